@@ -1,0 +1,77 @@
+"""Checkpoint formats: T5X legacy (msgpack + zarr) and Hugging Face safetensors.
+
+`load_params(path)` detects the format and returns `(T5Config, params)` with T5X parameter paths
+(no `target/` prefix). Nothing here imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, Optional
+
+import numpy as np
+
+from prompt_tuning.checkpoints import hf, t5x
+from prompt_tuning.checkpoints.common import (CheckpointError, check_params, derive_config,
+                                              flatten, unflatten)
+from prompt_tuning.models import t5
+
+__all__ = ['CheckpointError', 'detect_format', 'load_params', 'save_hf', 'save_t5x']
+
+# Trainable additions that may ride along in a full checkpoint (e.g. a prompt inserted for T5X).
+_EXTRA_PREFIXES = ('encoder/prompt/',)
+
+
+def detect_format(path: str) -> str:
+  """'t5x' or 'hf'; raises CheckpointError naming what was expected."""
+  if path.startswith('gs://'):
+    return 't5x'
+  if not os.path.exists(path):
+    raise CheckpointError(f'{path}: no such file or directory.')
+  if t5x.is_t5x_checkpoint(path):
+    return 't5x'
+  if os.path.isdir(path) and hf.is_hf_dir(path):
+    return 'hf'
+  raise CheckpointError(
+      f'{path}: unknown checkpoint format. Expected a T5X checkpoint (a directory with a '
+      f"'checkpoint' msgpack file, or one holding checkpoint_<step>/ directories) or a Hugging "
+      f"Face T5 directory ('config.json' with 'model.safetensors' or "
+      f"'model.safetensors.index.json').")
+
+
+def load_params(path: str, config: Optional[t5.T5Config] = None
+                ) -> tuple[t5.T5Config, dict[str, Any]]:
+  """Reads parameters and the model config from a T5X or Hugging Face checkpoint.
+
+  The config comes from the checkpoint where the format carries it (array shapes; HF's
+  config.json). `config`, when given, is used instead and every array is checked against it;
+  it also supplies what a T5X checkpoint cannot carry (relative-position max distance) and the
+  storage dtype (arrays are cast to `config.param_dtype`).
+  """
+  fmt = detect_format(path)
+  if fmt == 't5x':
+    flat, _, ckpt_dir = t5x.read_params(path)
+    source = os.path.join(ckpt_dir, t5x.CHECKPOINT_FILE)
+    resolved = derive_config(flat, source, base=config)
+  else:
+    source = f'{path} (Hugging Face safetensors)'
+    resolved, flat = hf.read_params(path, config)
+  check_params(flat, resolved, source, ignore=_EXTRA_PREFIXES)
+  if config is not None:
+    flat = {k: v if k.startswith(_EXTRA_PREFIXES) else v.astype(config.weight_dtype, copy=False)
+            for k, v in flat.items()}
+  return resolved, unflatten(flat)
+
+
+def save_t5x(directory: str, params: Mapping[str, Any], step: int,
+             overwrite: bool = False) -> str:
+  """Writes `directory/checkpoint_<step>` in T5X's legacy format; returns its path."""
+  return t5x.save_checkpoint(directory, params, step, overwrite=overwrite)
+
+
+def save_hf(directory: str, config: t5.T5Config, params: Mapping[str, Any],
+            max_shard_bytes: int = 10 * 1024**3) -> str:
+  """Writes a Hugging Face T5 directory (`config.json` + safetensors); returns its path."""
+  check_params(flatten(params), config, directory,
+               ignore=_EXTRA_PREFIXES)
+  return hf.save(directory, config, params, max_shard_bytes=max_shard_bytes)

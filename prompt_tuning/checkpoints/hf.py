@@ -1,0 +1,206 @@
+"""Hugging Face T5 directories (`config.json` + safetensors), mapped to and from T5X names.
+
+torch's Linear stores `weight` as [out, in]; T5X kernels are [in, out], hence the transposes.
+The relative position table lives in block 0 of each stack as [buckets, heads].
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Mapping, Optional
+
+import numpy as np
+from safetensors import SafetensorError, safe_open
+from safetensors.numpy import save_file
+
+from prompt_tuning.checkpoints.common import CheckpointError, to_numpy_tree
+from prompt_tuning.models import t5
+
+CONFIG_FILE = 'config.json'
+WEIGHTS_FILE = 'model.safetensors'
+INDEX_FILE = 'model.safetensors.index.json'
+
+_ATTN = {'q': 'query', 'k': 'key', 'v': 'value', 'o': 'out'}
+_MLP = ('wi_0', 'wi_1', 'wo')
+# HF's copies of the shared table; identical to shared.weight in T5 1.1 checkpoints.
+_TIED_COPIES = ('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight')
+
+
+def is_hf_dir(path: str) -> bool:
+  return os.path.isfile(os.path.join(path, CONFIG_FILE)) and (
+      os.path.isfile(os.path.join(path, WEIGHTS_FILE)) or
+      os.path.isfile(os.path.join(path, INDEX_FILE)))
+
+
+def name_map(config: t5.T5Config) -> list[tuple[str, str, bool]]:
+  """(t5x key, hf name, transpose) for every parameter of `config`."""
+  m = [('token_embedder/embedding', 'shared.weight', False)]
+  for stack, n_layers in (('encoder', config.num_encoder_layers),
+                          ('decoder', config.num_decoder_layers)):
+    m.append((f'{stack}/relpos_bias/rel_embedding',
+              f'{stack}.block.0.layer.0.SelfAttention.relative_attention_bias.weight', True))
+    norm = 'encoder_norm' if stack == 'encoder' else 'decoder_norm'
+    m.append((f'{stack}/{norm}/scale', f'{stack}.final_layer_norm.weight', False))
+    if stack == 'encoder':
+      sublayers = [('attention', 'pre_attention_layer_norm', 'SelfAttention')]
+    else:
+      sublayers = [('self_attention', 'pre_self_attention_layer_norm', 'SelfAttention'),
+                   ('encoder_decoder_attention', 'pre_cross_attention_layer_norm',
+                    'EncDecAttention')]
+    for i in range(n_layers):
+      t, h = f'{stack}/layers_{i}', f'{stack}.block.{i}.layer'
+      for j, (attn, norm_name, hf_attn) in enumerate(sublayers):
+        m.append((f'{t}/{norm_name}/scale', f'{h}.{j}.layer_norm.weight', False))
+        for hf_proj, proj in _ATTN.items():
+          m.append((f'{t}/{attn}/{proj}/kernel', f'{h}.{j}.{hf_attn}.{hf_proj}.weight', True))
+      j = len(sublayers)
+      m.append((f'{t}/pre_mlp_layer_norm/scale', f'{h}.{j}.layer_norm.weight', False))
+      for w in _MLP:
+        m.append((f'{t}/mlp/{w}/kernel', f'{h}.{j}.DenseReluDense.{w}.weight', True))
+  if not config.logits_via_embedding:
+    m.append(('decoder/logits_dense/kernel', 'lm_head.weight', True))
+  return m
+
+
+def config_from_json(path: str, hf: Mapping[str, Any]) -> t5.T5Config:
+  file = os.path.join(path, CONFIG_FILE)
+  act = hf.get('feed_forward_proj', 'relu')
+  if act != 'gated-gelu':
+    raise CheckpointError(f'{file}: feed_forward_proj is {act!r}; only T5 1.1 models '
+                          f"('gated-gelu', e.g. google/t5-v1_1-* and *-lm-adapt) are supported.")
+  try:
+    n_layers = int(hf['num_layers'])
+    return t5.T5Config(
+        vocab_size=int(hf['vocab_size']), d_model=int(hf['d_model']), d_ff=int(hf['d_ff']),
+        num_heads=int(hf['num_heads']), head_dim=int(hf['d_kv']),
+        num_encoder_layers=n_layers,
+        num_decoder_layers=int(hf.get('num_decoder_layers') or n_layers),
+        relpos_buckets=int(hf.get('relative_attention_num_buckets', 32)),
+        relpos_max_distance=int(hf.get('relative_attention_max_distance', 128)),
+        layer_norm_epsilon=float(hf.get('layer_norm_epsilon', 1e-6)),
+        logits_via_embedding=_scales_tied_logits(hf))
+  except KeyError as e:
+    raise CheckpointError(f'{file}: missing field {e.args[0]!r} of a T5 config.') from e
+
+
+def _scales_tied_logits(hf: Mapping[str, Any]) -> bool:
+  # T5 1.0 ties and scales logits by d_model**-0.5; T5 1.1 does neither. transformers >= 5
+  # records that as `scale_decoder_outputs` (and always says tie_word_embeddings=True); older
+  # versions used tie_word_embeddings alone.
+  return bool(hf.get('scale_decoder_outputs', hf.get('tie_word_embeddings', True)))
+
+
+def _weight_files(path: str) -> list[str]:
+  index = os.path.join(path, INDEX_FILE)
+  if os.path.isfile(index):
+    try:
+      with open(index) as f:
+        weight_map = json.load(f)['weight_map']
+    except (ValueError, KeyError) as e:
+      raise CheckpointError(f'{index}: not a valid safetensors index ({e}).') from e
+    return sorted({os.path.join(path, v) for v in weight_map.values()})
+  return [os.path.join(path, WEIGHTS_FILE)]
+
+
+def read_tensors(path: str) -> dict[str, np.ndarray]:
+  tensors = {}
+  for file in _weight_files(path):
+    if not os.path.isfile(file):
+      raise CheckpointError(f'{file}: listed in {INDEX_FILE} but missing.')
+    try:
+      with safe_open(file, framework='numpy') as f:
+        for name in f.keys():
+          tensors[name] = f.get_tensor(name)
+    except (SafetensorError, OSError, ValueError) as e:
+      raise CheckpointError(f'{file}: corrupt or truncated safetensors file ({e}).') from e
+  return tensors
+
+
+def read_params(path: str, config: Optional[t5.T5Config] = None
+                ) -> tuple[t5.T5Config, dict[str, np.ndarray]]:
+  """Reads an HF T5 1.1 directory into (config, flat T5X params)."""
+  file = os.path.join(path, CONFIG_FILE)
+  try:
+    with open(file) as f:
+      hf_config = json.load(f)
+  except ValueError as e:
+    raise CheckpointError(f'{file}: not valid JSON ({e}).') from e
+  tensors = read_tensors(path)
+  if 'shared.weight' not in tensors and 'encoder.embed_tokens.weight' in tensors:
+    tensors['shared.weight'] = tensors['encoder.embed_tokens.weight']
+  if config is None:
+    config = config_from_json(path, hf_config)
+    if 'shared.weight' in tensors:
+      config = config.replace(param_dtype=np.dtype(tensors['shared.weight'].dtype).name)
+  if (not config.logits_via_embedding and 'lm_head.weight' not in tensors and
+      'shared.weight' in tensors and hf_config.get('tie_word_embeddings', True)):
+    # transformers >= 5 may save a T5 1.1 head tied to `shared` (and runs it unscaled).
+    tensors['lm_head.weight'] = tensors['shared.weight']
+  source = f'{path} (Hugging Face safetensors)'
+  flat = {}
+  for key, hf_name, transpose in name_map(config):
+    if hf_name not in tensors:
+      raise CheckpointError(f'{source}: missing tensor {hf_name!r} (T5X {key!r}) expected by the '
+                            f'config.')
+    value = tensors.pop(hf_name)
+    flat[key] = np.ascontiguousarray(value.T) if transpose else value
+  extra = sorted(k for k in tensors if k not in _TIED_COPIES)
+  if extra:
+    raise CheckpointError(f'{source}: unexpected tensor(s) not in a T5 1.1 model: '
+                          f'{", ".join(extra[:5])}.')
+  return config, flat
+
+
+def config_to_json(config: t5.T5Config, dtype_name: str) -> dict[str, Any]:
+  return {
+      'architectures': ['T5ForConditionalGeneration'], 'model_type': 't5',
+      'vocab_size': config.vocab_size, 'd_model': config.d_model, 'd_kv': config.head_dim,
+      'd_ff': config.d_ff, 'num_layers': config.num_encoder_layers,
+      'num_decoder_layers': config.num_decoder_layers, 'num_heads': config.num_heads,
+      'relative_attention_num_buckets': config.relpos_buckets,
+      'relative_attention_max_distance': config.relpos_max_distance,
+      'dropout_rate': config.dropout_rate, 'layer_norm_epsilon': config.layer_norm_epsilon,
+      'initializer_factor': 1.0, 'feed_forward_proj': 'gated-gelu', 'dense_act_fn': 'gelu_new',
+      'is_gated_act': True, 'tie_word_embeddings': config.logits_via_embedding,
+      'scale_decoder_outputs': config.logits_via_embedding,
+      'is_encoder_decoder': True, 'pad_token_id': t5.PAD_ID, 'eos_token_id': t5.EOS_ID,
+      'decoder_start_token_id': t5.PAD_ID, 'use_cache': True, 'torch_dtype': dtype_name,
+  }
+
+
+def save(directory: str, config: t5.T5Config, params: Mapping[str, Any],
+         max_shard_bytes: int = 10 * 1024**3) -> str:
+  """Writes `config.json` and safetensors (sharded with an index above `max_shard_bytes`)."""
+  flat = to_numpy_tree(params)
+  tensors = {}
+  for key, hf_name, transpose in name_map(config):
+    if key not in flat:
+      raise CheckpointError(f'{directory}: cannot save, parameter {key!r} is missing.')
+    tensors[hf_name] = np.ascontiguousarray(flat[key].T if transpose else flat[key])
+  os.makedirs(directory, exist_ok=True)
+  shards, current, size = [], {}, 0
+  for name, value in tensors.items():
+    if current and size + value.nbytes > max_shard_bytes:
+      shards.append(current)
+      current, size = {}, 0
+    current[name] = value
+    size += value.nbytes
+  shards.append(current)
+
+  metadata = {'format': 'pt'}
+  if len(shards) == 1:
+    save_file(shards[0], os.path.join(directory, WEIGHTS_FILE), metadata=metadata)
+  else:
+    weight_map = {}
+    for i, shard in enumerate(shards, 1):
+      name = f'model-{i:05d}-of-{len(shards):05d}.safetensors'
+      save_file(shard, os.path.join(directory, name), metadata=metadata)
+      weight_map.update({k: name for k in shard})
+    total = sum(v.nbytes for v in tensors.values())
+    with open(os.path.join(directory, INDEX_FILE), 'w') as f:
+      json.dump({'metadata': {'total_size': total}, 'weight_map': weight_map}, f, indent=2)
+  dtype_name = np.dtype(tensors['shared.weight'].dtype).name
+  with open(os.path.join(directory, CONFIG_FILE), 'w') as f:
+    json.dump(config_to_json(config, dtype_name), f, indent=2)
+  return directory

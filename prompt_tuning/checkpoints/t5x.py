@@ -1,0 +1,259 @@
+"""T5X's legacy checkpoint format, read and written without t5x.
+
+A checkpoint directory `checkpoint_<step>/` holds a msgpack file `checkpoint` (written by
+flax.serialization) of `{'version': 3, 'optimizer': {'target': params, 'state': {'step', 'param_states'}}}`.
+Large arrays are not inline: their leaf is a TensorStore spec whose kvstore path is relative to the
+directory (`target.encoder.layers_0.attention.query.kernel`), and the array is a zarr v2 store there.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import time
+from typing import Any, Mapping, Optional
+
+import msgpack
+import numpy as np
+import tensorstore as ts
+from flax import serialization
+
+from prompt_tuning.checkpoints.common import CheckpointError, to_numpy_tree, unflatten
+
+VERSION = 3
+CHECKPOINT_FILE = 'checkpoint'
+_CHUNK_BYTES = 64 * 1024 * 1024  # T5X's target zarr chunk size.
+_TS_KEYS = {'driver', 'kvstore', 'metadata'}
+
+
+def is_t5x_checkpoint(path: str) -> bool:
+  return resolve_dir(path, must_exist=False) is not None
+
+
+def resolve_dir(path: str, must_exist: bool = True) -> Optional[str]:
+  """Accepts `checkpoint_N/`, its `checkpoint` file, or a dir of `checkpoint_N/` (latest wins)."""
+  path = path.rstrip('/') if path.startswith('gs://') else os.path.abspath(path)
+  if path.startswith('gs://'):
+    return path[:-len('/' + CHECKPOINT_FILE)] if path.endswith('/' + CHECKPOINT_FILE) else path
+  if os.path.isfile(path) and os.path.basename(path) == CHECKPOINT_FILE:
+    return os.path.dirname(path)
+  if os.path.isfile(os.path.join(path, CHECKPOINT_FILE)):
+    return path
+  steps = all_steps(path) if os.path.isdir(path) else []
+  if steps:
+    return os.path.join(path, f'checkpoint_{steps[-1]}')
+  if must_exist:
+    raise CheckpointError(f'{path}: no T5X checkpoint here (no {CHECKPOINT_FILE!r} file and no '
+                          f'checkpoint_<step>/ subdirectory).')
+  return None
+
+
+def all_steps(model_dir: str) -> list[int]:
+  steps = []
+  for name in os.listdir(model_dir):
+    m = re.fullmatch(r'checkpoint_(\d+)', name)
+    if m and os.path.isfile(os.path.join(model_dir, name, CHECKPOINT_FILE)):
+      steps.append(int(m.group(1)))
+  return sorted(steps)
+
+
+def _read_contents(ckpt_dir: str) -> dict:
+  """The msgpack tree with array payloads left undecoded (msgpack ExtType)."""
+  file = os.path.join(ckpt_dir, CHECKPOINT_FILE)
+  try:
+    with open(file, 'rb') as f:
+      raw = f.read()
+  except OSError as e:
+    raise CheckpointError(f'{file}: cannot read T5X checkpoint file ({e.strerror}).') from e
+  try:
+    # Keep array payloads as raw ExtType so optimizer state is never decoded.
+    contents = msgpack.unpackb(raw, ext_hook=msgpack.ExtType, strict_map_key=False, raw=False)
+  except Exception as e:  # msgpack raises several unrelated types on bad bytes.
+    raise CheckpointError(f'{file}: corrupt or truncated T5X checkpoint ({type(e).__name__}: '
+                          f'{e}).') from e
+  if not isinstance(contents, dict):
+    raise CheckpointError(f'{file}: not a T5X checkpoint (top level is {type(contents).__name__}).')
+  return contents
+
+
+def _target_subtree(contents: dict, file: str) -> dict:
+  if isinstance(contents.get('optimizer'), dict) and 'target' in contents['optimizer']:
+    return contents['optimizer']['target']
+  if 'target' in contents:
+    return contents['target']
+  raise CheckpointError(f'{file}: no parameters found (expected key optimizer/target or target; '
+                        f'found {sorted(contents)}).')
+
+
+def _is_ts_spec(x: Any) -> bool:
+  return isinstance(x, dict) and _TS_KEYS <= set(x)
+
+
+def _flatten_with_specs(tree: Any, prefix: str = '') -> dict[str, Any]:
+  if _is_ts_spec(tree) or not isinstance(tree, dict):
+    return {prefix: tree}
+  out = {}
+  for k, v in tree.items():
+    out.update(_flatten_with_specs(v, f'{prefix}/{k}' if prefix else k))
+  return out
+
+
+def absolute_spec(spec: Mapping[str, Any], ckpt_dir: str) -> dict:
+  """Resolves a stored spec's relative kvstore path against the checkpoint directory."""
+  spec = {**spec, 'kvstore': dict(spec['kvstore'])}
+  kv = spec['kvstore']
+  rel = kv.get('path', spec.pop('path', None))
+  if rel is None:
+    raise CheckpointError(f'{ckpt_dir}: TensorStore spec without a path: {spec}')
+  m = re.fullmatch(r'gs://([^/]+)/(.*)', ckpt_dir)
+  if m:
+    spec['kvstore'] = {'driver': 'gcs', 'bucket': m.group(1), 'path': f'{m.group(2)}/{rel}'}
+  else:
+    # T5X writes 'gfile' (its TF filesystem) or 'gcs' with a dummy bucket; both are local here.
+    spec['kvstore'] = {'driver': 'file', 'path': os.path.join(ckpt_dir, rel)}
+  return spec
+
+
+def read_params(path: str) -> tuple[dict[str, np.ndarray], int, str]:
+  """Reads only the parameters (`target`) of a T5X checkpoint: (flat params, step, directory)."""
+  ckpt_dir = resolve_dir(path)
+  file = os.path.join(ckpt_dir, CHECKPOINT_FILE)
+  contents = _read_contents(ckpt_dir)
+  target = _target_subtree(contents, file)
+  try:
+    # Re-pack the (small) target subtree and let flax decode its inline arrays.
+    target = serialization.msgpack_restore(msgpack.packb(target))
+  except Exception as e:
+    raise CheckpointError(f'{file}: cannot decode the parameter arrays ({e}).') from e
+  step = _read_step(contents)
+
+  flat = _flatten_with_specs(target)
+  pending = {}
+  for key, leaf in flat.items():
+    if _is_ts_spec(leaf):
+      pending[key] = _open_zarr(absolute_spec(leaf, ckpt_dir), key, ckpt_dir)
+  reads = {key: (store, store.read()) for key, store in pending.items()}
+  for key, (store, future) in reads.items():
+    try:
+      flat[key] = np.asarray(future.result())
+    except Exception as e:
+      raise CheckpointError(f'{ckpt_dir}: array {key!r} is corrupt or truncated '
+                            f'({_first_line(e)}).') from e
+  for key, leaf in flat.items():
+    if not isinstance(leaf, np.ndarray):
+      raise CheckpointError(f'{file}: parameter {key!r} is not an array ({type(leaf).__name__}).')
+  return flat, step, ckpt_dir
+
+
+def _open_zarr(spec: dict, key: str, ckpt_dir: str):
+  try:
+    return ts.open(spec, open=True, read=True).result()
+  except Exception as e:
+    where = spec['kvstore'].get('path')
+    raise CheckpointError(f'{ckpt_dir}: cannot open the zarr array of {key!r} at {where} '
+                          f'({_first_line(e)}).') from e
+
+
+def _first_line(e: Exception) -> str:
+  return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _read_step(contents: dict) -> int:
+  state = contents.get('optimizer', contents).get('state', {})
+  step = state.get('step') if isinstance(state, dict) else None
+  if isinstance(step, msgpack.ExtType):
+    step = serialization.msgpack_restore(msgpack.packb(step))
+  return int(step) if step is not None else 0
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing.
+
+
+def _zarr_dtype(dtype: np.dtype) -> str:
+  return 'bfloat16' if dtype.name == 'bfloat16' else dtype.str
+
+
+def _chunk_shape(shape: tuple[int, ...], itemsize: int) -> list[int]:
+  """Largest divisor-shaped chunk under 64 MiB, halving the largest dimension first (as T5X)."""
+  target = max(1, _CHUNK_BYTES // itemsize)
+  factors = [[d for d in range(1, n + 1) if n % d == 0] for n in shape]
+  while int(np.prod([f[-1] for f in factors])) > target:
+    i = max(range(len(shape)), key=lambda j: factors[j][-1])
+    factors[i].pop()
+  return [f[-1] for f in factors]
+
+
+def _goes_to_zarr(key: str, value: np.ndarray) -> bool:
+  # Same split as T5X's own files: kernels and embeddings as zarr, norms and biases inline.
+  return value.ndim >= 2 and key.rsplit('/', 1)[-1] in ('kernel', 'embedding')
+
+
+def adafactor_initial_state(flat: Mapping[str, np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+  """T5X Adafactor's freshly initialised per-parameter state (factored, no momentum).
+
+  Written so that T5X, configured with its default Adafactor, restores the checkpoint as is.
+  """
+  states = {}
+  for key, value in flat.items():
+    zeros1 = np.zeros((1,), np.float32)
+    state = {'m': zeros1, 'v': zeros1, 'v_col': zeros1, 'v_row': zeros1}
+    shape = value.shape
+    if len(shape) >= 2 and sorted(shape)[-2] >= 128:
+      order = np.argsort(shape)
+      d1, d0 = int(order[-2]), int(order[-1])
+      state['v_row'] = np.zeros(np.delete(shape, d0), np.float32)
+      state['v_col'] = np.zeros(np.delete(shape, d1), np.float32)
+    else:
+      state['v'] = np.zeros(shape, np.float32)
+    states[key] = state
+  return states
+
+
+def save_checkpoint(directory: str, params: Mapping[str, Any], step: int,
+                    overwrite: bool = False) -> str:
+  """Writes `directory/checkpoint_<step>/` in T5X's legacy layout; returns that path.
+
+  The checkpoint is assembled in a temporary sibling and renamed into place, so a crash never
+  leaves a half-written `checkpoint_<step>` behind and an existing one is replaced only whole.
+  """
+  flat = to_numpy_tree(params)
+  final = os.path.join(os.path.abspath(directory), f'checkpoint_{step}')
+  if os.path.exists(final) and not overwrite:
+    raise CheckpointError(f'{final}: already exists; pass overwrite=True to replace it.')
+  tmp = f'{final}.tmp-{int(time.time() * 1e6)}'
+  os.makedirs(tmp)
+
+  target = {}
+  writes = []
+  for key, value in flat.items():
+    if _goes_to_zarr(key, value):
+      name = 'target.' + key.replace('/', '.')
+      metadata = {'chunks': _chunk_shape(value.shape, value.dtype.itemsize),
+                  'compressor': {'id': 'gzip', 'level': 1},
+                  'dtype': _zarr_dtype(value.dtype), 'shape': list(value.shape)}
+      spec = {'driver': 'zarr', 'kvstore': {'driver': 'file', 'path': name},
+              'metadata': metadata}
+      store = ts.open(absolute_spec(spec, tmp), create=True, open=False).result()
+      writes.append(store.write(value))
+      target[key] = spec
+    else:
+      target[key] = value
+  for w in writes:
+    w.result()
+
+  state = {'step': np.asarray(step, np.int32),
+           'param_states': unflatten(adafactor_initial_state(flat))}
+  contents = {'version': VERSION, 'optimizer': {'state': state, 'target': unflatten(target)}}
+  with open(os.path.join(tmp, CHECKPOINT_FILE), 'wb') as f:
+    f.write(serialization.msgpack_serialize(contents))
+
+  if os.path.exists(final):
+    old = f'{final}.old-{int(time.time() * 1e6)}'
+    os.rename(final, old)
+    os.rename(tmp, final)
+    shutil.rmtree(old)
+  else:
+    os.rename(tmp, final)
+  return final

@@ -1,0 +1,207 @@
+"""T5 1.1 building blocks in Flax linen, one component each.
+
+Parameter names and logical axis names follow T5X/flaxformer so that T5X
+checkpoints map one-to-one onto these modules:
+
+  Embed                 embedding        ('vocab', 'embed')
+  DenseGeneral          kernel           given per use site
+  RMSNorm               scale            ('embed',)
+  RelativePositionBias  rel_embedding    ('heads', 'relpos_buckets')
+  MultiHeadAttention    query/key/value  ('embed', 'joined_kv'), out ('joined_kv', 'embed')
+  MlpBlock              wi_0/wi_1        ('embed', 'mlp'),       wo  ('mlp', 'embed')
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+Dtype = jnp.dtype
+Initializer = Callable[..., jax.Array]
+
+# Large negative bias for masked attention logits (T5X uses the same value).
+NEG_INF = -1e10
+
+default_kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+
+
+def _param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
+           axes: tuple[str, ...], dtype: Dtype) -> jax.Array:
+  """Declares a parameter annotated with logical axis names."""
+  return module.param(name, nn.with_logical_partitioning(init, axes), tuple(shape), dtype)
+
+
+class DenseGeneral(nn.Module):
+  """x @ kernel on the last axis; no bias (T5 has none)."""
+  features: int
+  kernel_axes: tuple[str, str]
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Initializer = default_kernel_init
+
+  @nn.compact
+  def __call__(self, x_BxLxI: jax.Array) -> jax.Array:
+    kernel = _param(self, 'kernel', self.kernel_init, (x_BxLxI.shape[-1], self.features),
+                    self.kernel_axes, self.param_dtype)
+    return jnp.einsum('...i,io->...o', x_BxLxI.astype(self.dtype), kernel.astype(self.dtype))
+
+
+class Embed(nn.Module):
+  """Token embedding table; lookup by gather, no sqrt(d_model) scaling."""
+  num_embeddings: int
+  features: int
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
+
+  def setup(self):
+    self.embedding = _param(self, 'embedding', self.embedding_init,
+                            (self.num_embeddings, self.features), ('vocab', 'embed'),
+                            self.param_dtype)
+
+  def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding, tokens_BxL, axis=0).astype(self.dtype)
+
+  def attend(self, x_BxLxD: jax.Array) -> jax.Array:
+    """Logits against the embedding table (only for tied-embedding models)."""
+    return jnp.einsum('bld,vd->blv', x_BxLxD, self.embedding.astype(x_BxLxD.dtype))
+
+
+class RMSNorm(nn.Module):
+  """T5 layer norm: x * rsqrt(mean(x^2) + eps) * scale, in float32, no bias, no centring."""
+  epsilon: float = 1e-6
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = _param(self, 'scale', nn.initializers.ones, (x.shape[-1],), ('embed',),
+                   self.param_dtype)
+    x = x.astype(jnp.float32)
+    y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
+    return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+def relative_position_bucket(relative_position: jax.Array, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> jax.Array:
+  """Maps key_position - query_position to a bucket id (T5's log-spaced buckets)."""
+  n = -relative_position
+  bucket = jnp.zeros_like(n)
+  if bidirectional:
+    num_buckets //= 2
+    bucket += (n < 0).astype(n.dtype) * num_buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  # eps keeps exact powers on the right side of the floor, as in T5/T5X.
+  log_ratio = jnp.log(n.astype(jnp.float32) / max_exact + np.finfo(np.float32).eps)
+  large = max_exact + (log_ratio / np.log(max_distance / max_exact) *
+                       (num_buckets - max_exact)).astype(n.dtype)
+  large = jnp.minimum(large, num_buckets - 1)
+  return bucket + jnp.where(is_small, n, large)
+
+
+class RelativePositionBias(nn.Module):
+  """Per-head scalar bias from bucketed relative position; one per stack."""
+  num_buckets: int
+  max_distance: int
+  num_heads: int
+  bidirectional: bool
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  embedding_init: Initializer = nn.initializers.variance_scaling(1.0, 'fan_avg', 'uniform')
+
+  @nn.compact
+  def __call__(self, q_len: int, k_len: int, q_offset: jax.Array | int = 0) -> jax.Array:
+    """Returns the bias [1, H, q_len, k_len]; q_offset shifts query positions (decoding)."""
+    rel_embedding = _param(self, 'rel_embedding', self.embedding_init,
+                           (self.num_heads, self.num_buckets), ('heads', 'relpos_buckets'),
+                           self.param_dtype)
+    q_pos = jnp.arange(q_len, dtype=jnp.int32)[:, None] + q_offset
+    k_pos = jnp.arange(k_len, dtype=jnp.int32)[None, :]
+    buckets_QxK = relative_position_bucket(k_pos - q_pos, self.bidirectional,
+                                           self.num_buckets, self.max_distance)
+    bias_HxQxK = jnp.take(rel_embedding, buckets_QxK, axis=1)
+    return bias_HxQxK[None].astype(self.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+  """T5 attention: no biases, no 1/sqrt(d_kv) at run time (folded into the query init)."""
+  num_heads: int
+  head_dim: int
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Initializer = default_kernel_init
+
+  @nn.compact
+  def __call__(self, x_BxQxD: jax.Array, kv_BxKxD: jax.Array, bias_BxHxQxK: jax.Array,
+               enable_dropout: bool = False) -> jax.Array:
+    inner = self.num_heads * self.head_dim
+    d_model = x_BxQxD.shape[-1]
+
+    def query_init(key, shape, dtype=jnp.float32):
+      return self.kernel_init(key, shape, dtype) / np.sqrt(self.head_dim).astype(dtype)
+
+    def dense(name, features, axes, init=self.kernel_init):
+      return DenseGeneral(features, axes, dtype=self.dtype, param_dtype=self.param_dtype,
+                          kernel_init=init, name=name)
+
+    def split(y_BxLxI):
+      return y_BxLxI.reshape(*y_BxLxI.shape[:2], self.num_heads, self.head_dim)
+
+    q = split(dense('query', inner, ('embed', 'joined_kv'), query_init)(x_BxQxD))
+    k = split(dense('key', inner, ('embed', 'joined_kv'))(kv_BxKxD))
+    v = split(dense('value', inner, ('embed', 'joined_kv'))(kv_BxKxD))
+    out_BxQxHxK = self.attend(q, k, v, bias_BxHxQxK, enable_dropout)
+    out_BxQxI = out_BxQxHxK.reshape(*out_BxQxHxK.shape[:2], inner)
+    return dense('out', d_model, ('joined_kv', 'embed'))(out_BxQxI)
+
+  def attend(self, q_BxQxHxK, k_BxKxHxK, v_BxKxHxK, bias_BxHxQxK, enable_dropout):
+    logits = jnp.einsum('bqhd,bkhd->bhqk', q_BxQxHxK, k_BxKxHxK,
+                        preferred_element_type=jnp.float32)
+    weights = jax.nn.softmax(logits + bias_BxHxQxK.astype(jnp.float32), axis=-1)
+    if enable_dropout and self.dropout_rate > 0:
+      weights = nn.Dropout(self.dropout_rate, deterministic=False)(weights)
+    return jnp.einsum('bhqk,bkhd->bqhd', weights.astype(self.dtype), v_BxKxHxK)
+
+
+class MlpBlock(nn.Module):
+  """Gated-GELU feed-forward: wo(gelu_tanh(x wi_0) * (x wi_1))."""
+  intermediate_dim: int
+  dropout_rate: float = 0.0
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+  kernel_init: Initializer = default_kernel_init
+
+  @nn.compact
+  def __call__(self, x_BxLxD: jax.Array, enable_dropout: bool = False) -> jax.Array:
+    def dense(name, features, axes):
+      return DenseGeneral(features, axes, dtype=self.dtype, param_dtype=self.param_dtype,
+                          kernel_init=self.kernel_init, name=name)
+
+    gate = nn.gelu(dense('wi_0', self.intermediate_dim, ('embed', 'mlp'))(x_BxLxD),
+                   approximate=True)
+    h_BxLxF = gate * dense('wi_1', self.intermediate_dim, ('embed', 'mlp'))(x_BxLxD)
+    h_BxLxF = nn.Dropout(self.dropout_rate, broadcast_dims=(-2,))(
+        h_BxLxF, deterministic=not enable_dropout)
+    return dense('wo', x_BxLxD.shape[-1], ('mlp', 'embed'))(h_BxLxF)
+
+
+def attention_bias(mask_BxQxK: jax.Array) -> jax.Array:
+  """Boolean mask [B, Q, K] -> additive bias [B, 1, Q, K]."""
+  return jnp.where(mask_BxQxK, 0.0, NEG_INF).astype(jnp.float32)[:, None]
+
+
+def make_attention_mask(query_valid_BxQ: jax.Array, key_valid_BxK: jax.Array) -> jax.Array:
+  return query_valid_BxQ[:, :, None] & key_valid_BxK[:, None, :]
+
+
+def causal_mask(length: int) -> jax.Array:
+  return jnp.tril(jnp.ones((length, length), dtype=bool))[None]

@@ -1,0 +1,238 @@
+"""T5 1.1 encoder-decoder with T5X's parameter tree.
+
+  token_embedder/embedding                       [V, D]   shared by both stacks
+  encoder/relpos_bias/rel_embedding              [H, buckets]
+  encoder/layers_i/{pre_attention_layer_norm, attention/{query,key,value,out}, pre_mlp_layer_norm,
+                    mlp/{wi_0,wi_1,wo}}
+  encoder/encoder_norm/scale
+  decoder/relpos_bias/rel_embedding
+  decoder/layers_i/{pre_self_attention_layer_norm, self_attention, pre_cross_attention_layer_norm,
+                    encoder_decoder_attention, pre_mlp_layer_norm, mlp}
+  decoder/decoder_norm/scale
+  decoder/logits_dense/kernel                    [D, V]   untied in T5 1.1
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from prompt_tuning.models import layers
+
+PAD_ID = 0
+EOS_ID = 1
+
+# d_model, d_ff, num_heads, layers per stack. T5 1.1 sizes; head_dim 64 and vocab 32128 throughout.
+_SIZES = {
+    'small': (512, 1024, 6, 8),
+    'base': (768, 2048, 12, 12),
+    'large': (1024, 2816, 16, 24),
+    'xl': (2048, 5120, 32, 24),
+    'xxl': (4096, 10240, 64, 24),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Architecture and numerics of a T5 1.1 model."""
+  vocab_size: int = 32128
+  d_model: int = 768
+  d_ff: int = 2048
+  num_heads: int = 12
+  head_dim: int = 64
+  num_encoder_layers: int = 12
+  num_decoder_layers: int = 12
+  relpos_buckets: int = 32
+  relpos_max_distance: int = 128
+  dropout_rate: float = 0.0
+  layer_norm_epsilon: float = 1e-6
+  logits_via_embedding: bool = False  # True only for tied (T5 1.0 style) checkpoints.
+  dtype: str = 'bfloat16'        # activations
+  param_dtype: str = 'float32'   # storage of the (frozen) weights
+
+  @classmethod
+  def preset(cls, name: str, **overrides: Any) -> 'T5Config':
+    """A named size: tiny (tests), small, base, large, xl, xxl."""
+    if name == 'tiny':
+      base = dict(d_model=32, d_ff=64, num_heads=4, head_dim=8, num_encoder_layers=2,
+                  num_decoder_layers=2)
+    elif name in _SIZES:
+      d_model, d_ff, heads, n_layers = _SIZES[name]
+      base = dict(d_model=d_model, d_ff=d_ff, num_heads=heads, head_dim=64,
+                  num_encoder_layers=n_layers, num_decoder_layers=n_layers)
+    else:
+      raise ValueError(f'Unknown T5 size {name!r}; choose one of tiny, {", ".join(_SIZES)}.')
+    return cls(**{**base, **overrides})
+
+  def replace(self, **changes: Any) -> 'T5Config':
+    return dataclasses.replace(self, **changes)
+
+  @property
+  def activation_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def weight_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+
+def _dropout(rate: float, x: jax.Array, enable: bool) -> jax.Array:
+  # T5X shares residual dropout masks along the length axis.
+  return nn.Dropout(rate, broadcast_dims=(-2,))(x, deterministic=not enable)
+
+
+class EncoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, x_BxLxD, bias_BxHxLxL, enable_dropout=False):
+    c = self.config
+    kw = dict(dtype=c.activation_dtype, param_dtype=c.weight_dtype)
+    h = layers.RMSNorm(c.layer_norm_epsilon, name='pre_attention_layer_norm', **kw)(x_BxLxD)
+    h = layers.MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, name='attention',
+                                  **kw)(h, h, bias_BxHxLxL, enable_dropout)
+    x_BxLxD = x_BxLxD + _dropout(c.dropout_rate, h, enable_dropout)
+    h = layers.RMSNorm(c.layer_norm_epsilon, name='pre_mlp_layer_norm', **kw)(x_BxLxD)
+    h = layers.MlpBlock(c.d_ff, c.dropout_rate, name='mlp', **kw)(h, enable_dropout)
+    return x_BxLxD + _dropout(c.dropout_rate, h, enable_dropout)
+
+
+class DecoderLayer(nn.Module):
+  config: T5Config
+
+  @nn.compact
+  def __call__(self, y_BxTxD, encoded_BxLxD, self_bias, cross_bias, enable_dropout=False):
+    c = self.config
+    kw = dict(dtype=c.activation_dtype, param_dtype=c.weight_dtype)
+    h = layers.RMSNorm(c.layer_norm_epsilon, name='pre_self_attention_layer_norm', **kw)(y_BxTxD)
+    h = layers.MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, name='self_attention',
+                                  **kw)(h, h, self_bias, enable_dropout)
+    y_BxTxD = y_BxTxD + _dropout(c.dropout_rate, h, enable_dropout)
+    h = layers.RMSNorm(c.layer_norm_epsilon, name='pre_cross_attention_layer_norm', **kw)(y_BxTxD)
+    h = layers.MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate,
+                                  name='encoder_decoder_attention',
+                                  **kw)(h, encoded_BxLxD, cross_bias, enable_dropout)
+    y_BxTxD = y_BxTxD + _dropout(c.dropout_rate, h, enable_dropout)
+    h = layers.RMSNorm(c.layer_norm_epsilon, name='pre_mlp_layer_norm', **kw)(y_BxTxD)
+    h = layers.MlpBlock(c.d_ff, c.dropout_rate, name='mlp', **kw)(h, enable_dropout)
+    return y_BxTxD + _dropout(c.dropout_rate, h, enable_dropout)
+
+
+class Encoder(nn.Module):
+  """Embeds tokens, runs the bidirectional stack; returns encoded states [B, L, D]."""
+  config: T5Config
+  shared_embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, encoder_input_tokens_BxL, enable_dropout=False):
+    c = self.config
+    kw = dict(dtype=c.activation_dtype, param_dtype=c.weight_dtype)
+    x_BxLxD = self.shared_embedding(encoder_input_tokens_BxL)
+    valid_BxL = encoder_input_tokens_BxL > PAD_ID
+    length = x_BxLxD.shape[1]
+    bias = layers.attention_bias(layers.make_attention_mask(valid_BxL, valid_BxL))
+    bias = bias + layers.RelativePositionBias(c.relpos_buckets, c.relpos_max_distance,
+                                              c.num_heads, bidirectional=True,
+                                              name='relpos_bias', **kw)(length, length)
+    x_BxLxD = _dropout(c.dropout_rate, x_BxLxD, enable_dropout)
+    for i in range(c.num_encoder_layers):
+      x_BxLxD = EncoderLayer(c, name=f'layers_{i}')(x_BxLxD, bias, enable_dropout)
+    x_BxLxD = layers.RMSNorm(c.layer_norm_epsilon, name='encoder_norm', **kw)(x_BxLxD)
+    return _dropout(c.dropout_rate, x_BxLxD, enable_dropout)
+
+
+class Decoder(nn.Module):
+  """Causal stack with cross-attention to the encoder; returns float32 logits [B, T, V]."""
+  config: T5Config
+  shared_embedding: nn.Module
+
+  @nn.compact
+  def __call__(self, encoded_BxLxD, encoder_valid_BxL, decoder_input_tokens_BxT,
+               decoder_target_tokens_BxT=None, enable_dropout=False):
+    c = self.config
+    kw = dict(dtype=c.activation_dtype, param_dtype=c.weight_dtype)
+    length = decoder_input_tokens_BxT.shape[1]
+    # T5X masks decoder positions by their *targets* (inputs start with the pad id 0).
+    if decoder_target_tokens_BxT is None:
+      decoder_valid_BxT = jnp.ones(decoder_input_tokens_BxT.shape, bool)
+    else:
+      decoder_valid_BxT = decoder_target_tokens_BxT > PAD_ID
+    self_mask = layers.make_attention_mask(decoder_valid_BxT, decoder_valid_BxT)
+    self_bias = layers.attention_bias(self_mask & layers.causal_mask(length))
+    self_bias = self_bias + layers.RelativePositionBias(
+        c.relpos_buckets, c.relpos_max_distance, c.num_heads, bidirectional=False,
+        name='relpos_bias', **kw)(length, length)
+    cross_bias = layers.attention_bias(
+        layers.make_attention_mask(decoder_valid_BxT, encoder_valid_BxL))
+
+    y_BxTxD = self.shared_embedding(decoder_input_tokens_BxT)
+    y_BxTxD = _dropout(c.dropout_rate, y_BxTxD, enable_dropout)
+    for i in range(c.num_decoder_layers):
+      y_BxTxD = DecoderLayer(c, name=f'layers_{i}')(y_BxTxD, encoded_BxLxD, self_bias,
+                                                     cross_bias, enable_dropout)
+    y_BxTxD = layers.RMSNorm(c.layer_norm_epsilon, name='decoder_norm', **kw)(y_BxTxD)
+    y_BxTxD = _dropout(c.dropout_rate, y_BxTxD, enable_dropout)
+    if c.logits_via_embedding:
+      return self.shared_embedding.attend(y_BxTxD.astype(jnp.float32)) / jnp.sqrt(c.d_model)
+    return layers.DenseGeneral(c.vocab_size, ('embed', 'vocab'), dtype=jnp.float32,
+                               param_dtype=c.weight_dtype, name='logits_dense')(y_BxTxD)
+
+
+class EncoderDecoder(nn.Module):
+  """T5X's EncoderDecoder: `__call__` gives teacher-forced logits; `encode`/`decode` split it."""
+  config: T5Config
+
+  def setup(self):
+    c = self.config
+    self.token_embedder = layers.Embed(c.vocab_size, c.d_model, dtype=c.activation_dtype,
+                                       param_dtype=c.weight_dtype)
+    self.encoder = Encoder(c, self.token_embedder)
+    self.decoder = Decoder(c, self.token_embedder)
+
+  def encoder_mask(self, encoder_input_tokens_BxL: jax.Array) -> jax.Array:
+    """Which encoded positions the decoder may attend to [B, L]."""
+    return encoder_input_tokens_BxL > PAD_ID
+
+  def encode(self, encoder_input_tokens, enable_dropout=False):
+    return self.encoder(encoder_input_tokens, enable_dropout)
+
+  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens,
+             decoder_target_tokens=None, enable_dropout=False):
+    return self.decoder(encoded, self.encoder_mask(encoder_input_tokens), decoder_input_tokens,
+                        decoder_target_tokens, enable_dropout)
+
+  def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
+               enable_dropout=False):
+    encoded = self.encode(encoder_input_tokens, enable_dropout)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                       decoder_target_tokens, enable_dropout)
+
+
+def init_params(config: T5Config, rng: Optional[jax.Array] = None,
+                batch: int = 1, enc_len: int = 8, dec_len: int = 4) -> dict:
+  """Randomly initialised (unboxed) parameters."""
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  model = EncoderDecoder(config)
+  variables = model.init(rng, jnp.ones((batch, enc_len), jnp.int32),
+                         jnp.ones((batch, dec_len), jnp.int32))
+  return nn.unbox(variables['params'])
+
+
+def param_shapes(config: T5Config) -> dict:
+  """Parameter ShapeDtypeStructs without allocating anything."""
+  return jax.eval_shape(lambda: init_params(config))
+
+
+def logical_axes(config: T5Config) -> dict:
+  """Logical PartitionSpecs of every parameter, e.g. PartitionSpec('vocab', 'embed')."""
+  boxed = jax.eval_shape(lambda: EncoderDecoder(config).init(
+      jax.random.PRNGKey(0), jnp.ones((1, 8), jnp.int32), jnp.ones((1, 4), jnp.int32)))
+  return nn.get_partition_spec(boxed)['params']
+
+
+def count_params(config: T5Config) -> int:
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(param_shapes(config)))

@@ -1,0 +1,119 @@
+"""The T5 1.1 module: preset sizes, T5X's parameter tree and axis names, dtypes, masking."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prompt_tuning.models import t5
+
+# The paper's Table 4 totals minus a 100-token prompt.
+EXPECTED_COUNTS = {
+    'small': 76_961_152,
+    'base': 247_577_856,
+    'large': 783_150_080,
+    'xl': 2_849_757_184,
+    'xxl': 11_135_332_352,
+}
+
+
+@pytest.mark.parametrize('name', sorted(EXPECTED_COUNTS))
+def test_preset_parameter_counts(name):
+  assert t5.count_params(t5.T5Config.preset(name)) == EXPECTED_COUNTS[name]
+
+
+def test_preset_sizes_and_unknown_name():
+  c = t5.T5Config.preset('xxl')
+  assert (c.d_model, c.d_ff, c.num_heads, c.head_dim, c.num_encoder_layers) == (4096, 10240, 64,
+                                                                                64, 24)
+  assert c.vocab_size == 32128 and c.relpos_buckets == 32 and c.relpos_max_distance == 128
+  with pytest.raises(ValueError, match="Unknown T5 size 'huge'"):
+    t5.T5Config.preset('huge')
+
+
+def test_parameter_tree_and_logical_axes_match_t5x():
+  config = t5.T5Config.preset('tiny')
+  axes = {'/'.join(k): tuple(v) for k, v in
+          _flat(t5.logical_axes(config)).items()}
+  expected = {
+      'token_embedder/embedding': ('vocab', 'embed'),
+      'encoder/relpos_bias/rel_embedding': ('heads', 'relpos_buckets'),
+      'encoder/layers_0/pre_attention_layer_norm/scale': ('embed',),
+      'encoder/layers_0/attention/query/kernel': ('embed', 'joined_kv'),
+      'encoder/layers_0/attention/out/kernel': ('joined_kv', 'embed'),
+      'encoder/layers_1/mlp/wi_0/kernel': ('embed', 'mlp'),
+      'encoder/layers_1/mlp/wo/kernel': ('mlp', 'embed'),
+      'encoder/encoder_norm/scale': ('embed',),
+      'decoder/relpos_bias/rel_embedding': ('heads', 'relpos_buckets'),
+      'decoder/layers_0/pre_self_attention_layer_norm/scale': ('embed',),
+      'decoder/layers_0/self_attention/key/kernel': ('embed', 'joined_kv'),
+      'decoder/layers_0/pre_cross_attention_layer_norm/scale': ('embed',),
+      'decoder/layers_1/encoder_decoder_attention/value/kernel': ('embed', 'joined_kv'),
+      'decoder/layers_1/pre_mlp_layer_norm/scale': ('embed',),
+      'decoder/decoder_norm/scale': ('embed',),
+      'decoder/logits_dense/kernel': ('embed', 'vocab'),
+  }
+  for key, value in expected.items():
+    assert axes[key] == value, key
+  per_enc_layer = 4 + 3 + 2
+  per_dec_layer = 8 + 3 + 3
+  # embedding + (relpos, final norm) per stack + layers + logits_dense
+  assert len(axes) == 1 + 2 * 2 + 2 * per_enc_layer + 2 * per_dec_layer + 1
+
+
+def _flat(tree, prefix=()):
+  out = {}
+  for k, v in tree.items():
+    if isinstance(v, dict):
+      out.update(_flat(v, prefix + (k,)))
+    else:
+      out[prefix + (k,)] = v
+  return out
+
+
+def test_forward_dtypes_and_shapes():
+  config = t5.T5Config.preset('tiny', param_dtype='bfloat16')
+  params = t5.init_params(config)
+  assert jax.tree_util.tree_leaves(params)[0].dtype == jnp.bfloat16
+  model = t5.EncoderDecoder(config)
+  enc = jnp.array([[5, 6, 7, 1, 0]])
+  logits = model.apply({'params': params}, enc, jnp.array([[0, 4, 1]]), jnp.array([[4, 1, 0]]))
+  assert logits.shape == (1, 3, config.vocab_size)
+  assert logits.dtype == jnp.float32
+  encoded = model.apply({'params': params}, enc, method=model.encode)
+  assert encoded.dtype == jnp.bfloat16 and encoded.shape == (1, 5, config.d_model)
+
+
+def test_padding_does_not_leak_into_real_positions():
+  config = t5.T5Config.preset('tiny', dtype='float32')
+  params = t5.init_params(config)
+  model = t5.EncoderDecoder(config)
+  short = model.apply({'params': params}, jnp.array([[5, 6, 1]]), jnp.array([[0, 4]]),
+                      jnp.array([[4, 1]]))
+  padded = model.apply({'params': params}, jnp.array([[5, 6, 1, 0, 0, 0]]),
+                       jnp.array([[0, 4, 0]]), jnp.array([[4, 1, 0]]))
+  np.testing.assert_allclose(padded[:, :2], short, rtol=1e-5, atol=1e-5)
+
+
+def test_decoder_is_causal():
+  config = t5.T5Config.preset('tiny', dtype='float32')
+  params = t5.init_params(config)
+  model = t5.EncoderDecoder(config)
+  enc = jnp.array([[5, 6, 1]])
+  a = model.apply({'params': params}, enc, jnp.array([[0, 4, 9]]), jnp.array([[4, 9, 1]]))
+  b = model.apply({'params': params}, enc, jnp.array([[0, 4, 17]]), jnp.array([[4, 17, 1]]))
+  np.testing.assert_allclose(a[:, :2], b[:, :2], rtol=1e-6)
+  assert not np.allclose(a[:, 2], b[:, 2])
+
+
+def test_dropout_only_when_enabled():
+  config = t5.T5Config.preset('tiny', dtype='float32', dropout_rate=0.5)
+  params = t5.init_params(config)
+  model = t5.EncoderDecoder(config)
+  args = (jnp.array([[5, 6, 1]]), jnp.array([[0, 4]]), jnp.array([[4, 1]]))
+  det1 = model.apply({'params': params}, *args)
+  det2 = model.apply({'params': params}, *args)
+  np.testing.assert_array_equal(det1, det2)
+  drop = model.apply({'params': params}, *args, enable_dropout=True,
+                     rngs={'dropout': jax.random.PRNGKey(0)})
+  assert not np.allclose(drop, det1)
