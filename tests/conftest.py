@@ -23,3 +23,11 @@ def shared():
       pytest.skip(f'shared fixture {path} not present (set PROMPT_TUNING_SHARED)')
     return path
   return get
+
+
+@pytest.fixture(scope='session')
+def tiny():
+  """(config, params) of the tiny T5 1.1 in float32; initialised once per session."""
+  from prompt_tuning.models import t5
+  config = t5.T5Config.preset('tiny', dtype='float32')
+  return config, t5.init_params(config)

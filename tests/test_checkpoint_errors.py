@@ -10,7 +10,6 @@ from safetensors.numpy import load_file, save_file
 from hf_reference import make_hf_t5
 from prompt_tuning import checkpoints
 from prompt_tuning.checkpoints import CheckpointError
-from prompt_tuning.models import t5
 from test_t5x_checkpoint import FIXTURE, FIXTURE_CONFIG, copy_tree
 
 
@@ -143,10 +142,10 @@ def test_hf_bad_json(hf_dir, tmp_path):
     checkpoints.load_params(path)
 
 
-def test_save_hf_with_missing_param(tmp_path):
-  config = t5.T5Config.preset('tiny')
-  params = t5.init_params(config)
-  del params['decoder']['logits_dense']
+def test_save_hf_with_missing_param(tiny, tmp_path):
+  config, params = tiny
+  params = {**params, 'decoder': {k: v for k, v in params['decoder'].items()
+                                  if k != 'logits_dense'}}
   with pytest.raises(CheckpointError, match="missing 1 parameter.*decoder/logits_dense/kernel"):
     checkpoints.save_hf(str(tmp_path), config, params)
   assert not os.listdir(tmp_path)

@@ -61,6 +61,11 @@ def test_parameter_tree_and_logical_axes_match_t5x():
   assert len(axes) == 1 + 2 * 2 + 2 * per_enc_layer + 2 * per_dec_layer + 1
 
 
+def _apply(model, *args, **kwargs):
+  # One compiled program per call signature; eager dispatch of a whole model is slow on CPU.
+  return jax.jit(model.apply, static_argnames=('enable_dropout', 'method'))(*args, **kwargs)
+
+
 def _flat(tree, prefix=()):
   out = {}
   for k, v in tree.items():
@@ -77,31 +82,29 @@ def test_forward_dtypes_and_shapes():
   assert jax.tree_util.tree_leaves(params)[0].dtype == jnp.bfloat16
   model = t5.EncoderDecoder(config)
   enc = jnp.array([[5, 6, 7, 1, 0]])
-  logits = model.apply({'params': params}, enc, jnp.array([[0, 4, 1]]), jnp.array([[4, 1, 0]]))
+  logits = _apply(model, {'params': params}, enc, jnp.array([[0, 4, 1]]), jnp.array([[4, 1, 0]]))
   assert logits.shape == (1, 3, config.vocab_size)
   assert logits.dtype == jnp.float32
-  encoded = model.apply({'params': params}, enc, method=model.encode)
+  encoded = _apply(model, {'params': params}, enc, method=model.encode)
   assert encoded.dtype == jnp.bfloat16 and encoded.shape == (1, 5, config.d_model)
 
 
-def test_padding_does_not_leak_into_real_positions():
-  config = t5.T5Config.preset('tiny', dtype='float32')
-  params = t5.init_params(config)
+def test_padding_does_not_leak_into_real_positions(tiny):
+  config, params = tiny
   model = t5.EncoderDecoder(config)
-  short = model.apply({'params': params}, jnp.array([[5, 6, 1]]), jnp.array([[0, 4]]),
+  short = _apply(model, {'params': params}, jnp.array([[5, 6, 1]]), jnp.array([[0, 4]]),
                       jnp.array([[4, 1]]))
-  padded = model.apply({'params': params}, jnp.array([[5, 6, 1, 0, 0, 0]]),
+  padded = _apply(model, {'params': params}, jnp.array([[5, 6, 1, 0, 0, 0]]),
                        jnp.array([[0, 4, 0]]), jnp.array([[4, 1, 0]]))
   np.testing.assert_allclose(padded[:, :2], short, rtol=1e-5, atol=1e-5)
 
 
-def test_decoder_is_causal():
-  config = t5.T5Config.preset('tiny', dtype='float32')
-  params = t5.init_params(config)
+def test_decoder_is_causal(tiny):
+  config, params = tiny
   model = t5.EncoderDecoder(config)
   enc = jnp.array([[5, 6, 1]])
-  a = model.apply({'params': params}, enc, jnp.array([[0, 4, 9]]), jnp.array([[4, 9, 1]]))
-  b = model.apply({'params': params}, enc, jnp.array([[0, 4, 17]]), jnp.array([[4, 17, 1]]))
+  a = _apply(model, {'params': params}, enc, jnp.array([[0, 4, 9]]), jnp.array([[4, 9, 1]]))
+  b = _apply(model, {'params': params}, enc, jnp.array([[0, 4, 17]]), jnp.array([[4, 17, 1]]))
   np.testing.assert_allclose(a[:, :2], b[:, :2], rtol=1e-6)
   assert not np.allclose(a[:, 2], b[:, 2])
 
@@ -111,9 +114,9 @@ def test_dropout_only_when_enabled():
   params = t5.init_params(config)
   model = t5.EncoderDecoder(config)
   args = (jnp.array([[5, 6, 1]]), jnp.array([[0, 4]]), jnp.array([[4, 1]]))
-  det1 = model.apply({'params': params}, *args)
-  det2 = model.apply({'params': params}, *args)
+  det1 = _apply(model, {'params': params}, *args)
+  det2 = _apply(model, {'params': params}, *args)
   np.testing.assert_array_equal(det1, det2)
-  drop = model.apply({'params': params}, *args, enable_dropout=True,
+  drop = _apply(model, {'params': params}, *args, enable_dropout=True,
                      rngs={'dropout': jax.random.PRNGKey(0)})
   assert not np.allclose(drop, det1)

@@ -4,6 +4,7 @@ import json
 import os
 
 import msgpack
+import jax
 import numpy as np
 import pytest
 from flax import serialization
@@ -56,7 +57,7 @@ def test_fixture_forward_is_finite(shared):
   config, params = checkpoints.load_params(shared(*FIXTURE), FIXTURE_CONFIG)
   model = t5.EncoderDecoder(config.replace(dtype='float32'))
   enc = np.array([[37, 423, 9, 1, 0, 0], [8, 1, 0, 0, 0, 0]])
-  logits = model.apply({'params': params}, enc, np.array([[0, 5, 6], [0, 7, 0]]),
+  logits = jax.jit(model.apply)({'params': params}, enc, np.array([[0, 5, 6], [0, 7, 0]]),
                        np.array([[5, 6, 1], [7, 1, 0]]))
   assert logits.shape == (2, 3, 32128)
   assert np.isfinite(np.asarray(logits)).all()
