@@ -12,7 +12,7 @@ import os
 import re
 import shutil
 import time
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import msgpack
 import numpy as np
@@ -115,12 +115,20 @@ def absolute_spec(spec: Mapping[str, Any], ckpt_dir: str) -> dict:
   return spec
 
 
-def read_params(path: str) -> tuple[dict[str, np.ndarray], int, str]:
-  """Reads only the parameters (`target`) of a T5X checkpoint: (flat params, step, directory)."""
+def read_params(path: str, keys: Optional[Sequence[str]] = None
+                ) -> tuple[dict[str, np.ndarray], int, str]:
+  """Reads only the parameters (`target`) of a T5X checkpoint: (flat params, step, directory).
+
+  `keys` (flat paths such as 'encoder/prompt/prompt/prompt', or a subtree such as 'encoder/prompt')
+  limits what is decoded and read; None reads everything. A key that is not in the checkpoint
+  raises CheckpointError.
+  """
   ckpt_dir = resolve_dir(path)
   file = os.path.join(ckpt_dir, CHECKPOINT_FILE)
   contents = _read_contents(ckpt_dir)
   target = _target_subtree(contents, file)
+  if keys is not None:
+    target = _select(target, [keys] if isinstance(keys, str) else keys, file)
   try:
     # Re-pack the (small) target subtree and let flax decode its inline arrays.
     target = serialization.msgpack_restore(msgpack.packb(target))
@@ -144,6 +152,38 @@ def read_params(path: str) -> tuple[dict[str, np.ndarray], int, str]:
     if not isinstance(leaf, np.ndarray):
       raise CheckpointError(f'{file}: parameter {key!r} is not an array ({type(leaf).__name__}).')
   return flat, step, ckpt_dir
+
+
+def _select(target: dict, keys: Sequence[str], file: str) -> dict:
+  """The part of the undecoded target tree under `keys` (so nothing else is decoded or read)."""
+  subset, missing = {}, []
+  for key in keys:
+    node, parts = target, key.split('/')
+    for part in parts:
+      if not isinstance(node, dict) or _is_ts_spec(node) or part not in node:
+        missing.append(key)
+        break
+      node = node[part]
+    else:
+      out = subset
+      for part in parts[:-1]:
+        out = out.setdefault(part, {})
+      out[parts[-1]] = node
+  if missing:
+    available = sorted(_flatten_with_specs(target))
+    # Names sharing the last component are the likely intended ones (e.g. '.../prompt').
+    word = missing[0].rsplit('/', 1)[-1]
+    similar = [k for k in available if word in k]
+    hint = (f'parameters containing {word!r}: {_listing(similar)}' if similar else
+            f'none contains {word!r}; it has {_listing(available)}')
+    raise CheckpointError(f'{file}: no parameter {", ".join(map(repr, missing))} in this '
+                          f'checkpoint; {hint}.')
+  return subset
+
+
+def _listing(keys: list[str], limit: int = 8) -> str:
+  return ', '.join(keys[:limit]) + (f', ... (+{len(keys) - limit} more)' if len(keys) > limit
+                                    else '')
 
 
 def _open_zarr(spec: dict, key: str, ckpt_dir: str):

@@ -53,6 +53,7 @@ class T5Config:
   logits_via_embedding: bool = False  # True only for tied (T5 1.0 style) checkpoints.
   dtype: str = 'bfloat16'        # activations
   param_dtype: str = 'float32'   # storage of the (frozen) weights
+  remat_policy: str = 'none'     # none | full | dots: what each layer keeps for the backward pass
 
   @classmethod
   def preset(cls, name: str, **overrides: Any) -> 'T5Config':
@@ -78,6 +79,21 @@ class T5Config:
   @property
   def weight_dtype(self) -> jnp.dtype:
     return jnp.dtype(self.param_dtype)
+
+
+_REMAT_POLICIES = {
+    'full': None,  # keep only layer inputs; recompute everything
+    'dots': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,  # keep weight matmuls
+}
+
+
+def _layer_class(cls: type, policy: str, static_argnums: tuple[int, ...]) -> type:
+  if policy == 'none':
+    return cls
+  if policy not in _REMAT_POLICIES:
+    raise ValueError(f"Unknown remat_policy {policy!r}; choose 'none', 'full' or 'dots'.")
+  # `self` counts as argument 0 for flax's lifted remat; enable_dropout must stay static.
+  return nn.remat(cls, policy=_REMAT_POLICIES[policy], static_argnums=static_argnums)
 
 
 def _dropout(rate: float, x: jax.Array, enable: bool) -> jax.Array:
@@ -123,24 +139,31 @@ class DecoderLayer(nn.Module):
 
 
 class Encoder(nn.Module):
-  """Embeds tokens, runs the bidirectional stack; returns encoded states [B, L, D]."""
+  """Embeds tokens (+ prompt), runs the bidirectional stack; returns encoded states [B, L, D]."""
   config: T5Config
   shared_embedding: nn.Module
+  prompt: Optional[Any] = None  # prompts.PromptConfig; None for the plain model
 
   @nn.compact
   def __call__(self, encoder_input_tokens_BxL, enable_dropout=False):
     c = self.config
     kw = dict(dtype=c.activation_dtype, param_dtype=c.weight_dtype)
     x_BxLxD = self.shared_embedding(encoder_input_tokens_BxL)
-    valid_BxL = encoder_input_tokens_BxL > PAD_ID
+    if self.prompt is None:
+      valid_BxL = encoder_input_tokens_BxL > PAD_ID
+    else:
+      # The one place the prompt enters: joined to the embedded inputs, L grows by P.
+      x_BxLxD, valid_BxL = self.prompt.module(c.activation_dtype, name='prompt')(
+          encoder_input_tokens_BxL, x_BxLxD)
     length = x_BxLxD.shape[1]
     bias = layers.attention_bias(layers.make_attention_mask(valid_BxL, valid_BxL))
     bias = bias + layers.RelativePositionBias(c.relpos_buckets, c.relpos_max_distance,
                                               c.num_heads, bidirectional=True,
                                               name='relpos_bias', **kw)(length, length)
     x_BxLxD = _dropout(c.dropout_rate, x_BxLxD, enable_dropout)
+    layer = _layer_class(EncoderLayer, c.remat_policy, static_argnums=(3,))
     for i in range(c.num_encoder_layers):
-      x_BxLxD = EncoderLayer(c, name=f'layers_{i}')(x_BxLxD, bias, enable_dropout)
+      x_BxLxD = layer(c, name=f'layers_{i}')(x_BxLxD, bias, enable_dropout)
     x_BxLxD = layers.RMSNorm(c.layer_norm_epsilon, name='encoder_norm', **kw)(x_BxLxD)
     return _dropout(c.dropout_rate, x_BxLxD, enable_dropout)
 
@@ -171,9 +194,10 @@ class Decoder(nn.Module):
 
     y_BxTxD = self.shared_embedding(decoder_input_tokens_BxT)
     y_BxTxD = _dropout(c.dropout_rate, y_BxTxD, enable_dropout)
+    layer = _layer_class(DecoderLayer, c.remat_policy, static_argnums=(5,))
     for i in range(c.num_decoder_layers):
-      y_BxTxD = DecoderLayer(c, name=f'layers_{i}')(y_BxTxD, encoded_BxLxD, self_bias,
-                                                     cross_bias, enable_dropout)
+      y_BxTxD = layer(c, name=f'layers_{i}')(y_BxTxD, encoded_BxLxD, self_bias, cross_bias,
+                                              enable_dropout)
     y_BxTxD = layers.RMSNorm(c.layer_norm_epsilon, name='decoder_norm', **kw)(y_BxTxD)
     y_BxTxD = _dropout(c.dropout_rate, y_BxTxD, enable_dropout)
     if c.logits_via_embedding:
@@ -183,18 +207,24 @@ class Decoder(nn.Module):
 
 
 class EncoderDecoder(nn.Module):
-  """T5X's EncoderDecoder: `__call__` gives teacher-forced logits; `encode`/`decode` split it."""
+  """T5X's EncoderDecoder: `__call__` gives teacher-forced logits; `encode`/`decode` split it.
+
+  With `prompt` (a prompts.PromptConfig) the encoder carries `encoder/prompt/prompt/prompt`.
+  """
   config: T5Config
+  prompt: Optional[Any] = None
 
   def setup(self):
     c = self.config
     self.token_embedder = layers.Embed(c.vocab_size, c.d_model, dtype=c.activation_dtype,
                                        param_dtype=c.weight_dtype)
-    self.encoder = Encoder(c, self.token_embedder)
+    self.encoder = Encoder(c, self.token_embedder, self.prompt)
     self.decoder = Decoder(c, self.token_embedder)
 
   def encoder_mask(self, encoder_input_tokens_BxL: jax.Array) -> jax.Array:
-    """Which encoded positions the decoder may attend to [B, L]."""
+    """Which encoded positions the decoder may attend to [B, L (+ P)]."""
+    if self.prompt is not None:
+      return self.prompt.mask(encoder_input_tokens_BxL)
     return encoder_input_tokens_BxL > PAD_ID
 
   def encode(self, encoder_input_tokens, enable_dropout=False):
@@ -213,27 +243,27 @@ class EncoderDecoder(nn.Module):
 
 
 def init_params(config: T5Config, rng: Optional[jax.Array] = None,
-                batch: int = 1, enc_len: int = 8, dec_len: int = 4) -> dict:
+                batch: int = 1, enc_len: int = 8, dec_len: int = 4, prompt: Any = None) -> dict:
   """Randomly initialised (unboxed) parameters."""
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  model = EncoderDecoder(config)
+  model = EncoderDecoder(config, prompt)
   enc, dec = jnp.ones((batch, enc_len), jnp.int32), jnp.ones((batch, dec_len), jnp.int32)
   # One compiled program; eager init dispatches hundreds of small ops.
   variables = jax.jit(model.init)(rng, enc, dec)
   return nn.unbox(variables['params'])
 
 
-def param_shapes(config: T5Config) -> dict:
+def param_shapes(config: T5Config, prompt: Any = None) -> dict:
   """Parameter ShapeDtypeStructs without allocating anything."""
-  return jax.eval_shape(lambda: init_params(config))
+  return jax.eval_shape(lambda: init_params(config, prompt=prompt))
 
 
-def logical_axes(config: T5Config) -> dict:
+def logical_axes(config: T5Config, prompt: Any = None) -> dict:
   """Logical PartitionSpecs of every parameter, e.g. PartitionSpec('vocab', 'embed')."""
-  boxed = jax.eval_shape(lambda: EncoderDecoder(config).init(
+  boxed = jax.eval_shape(lambda: EncoderDecoder(config, prompt).init(
       jax.random.PRNGKey(0), jnp.ones((1, 8), jnp.int32), jnp.ones((1, 4), jnp.int32)))
   return nn.get_partition_spec(boxed)['params']
 
 
-def count_params(config: T5Config) -> int:
-  return sum(int(x.size) for x in jax.tree_util.tree_leaves(param_shapes(config)))
+def count_params(config: T5Config, prompt: Any = None) -> int:
+  return sum(int(x.size) for x in jax.tree_util.tree_leaves(param_shapes(config, prompt)))

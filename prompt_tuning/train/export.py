@@ -1,0 +1,57 @@
+"""Exports of a trained prompt: .npy, a PEFT adapter, and a full T5X checkpoint for T5X users."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Optional
+
+import numpy as np
+from safetensors.numpy import save_file
+
+from prompt_tuning import checkpoints, prompts
+from prompt_tuning.models import t5
+
+PEFT_WEIGHTS = 'adapter_model.safetensors'
+PEFT_CONFIG = 'adapter_config.json'
+
+
+def export_numpy(path: str, prompt_PxD: Any) -> str:
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, 'wb') as f:
+    np.save(f, np.asarray(prompt_PxD, np.float32))
+  return path
+
+
+def export_peft(directory: str, prompt_PxD: Any, config: t5.T5Config,
+                base_model_name_or_path: Optional[str] = None) -> str:
+  """A PEFT prompt-tuning adapter: `PeftModel.from_pretrained(t5, directory)` loads it.
+
+  num_transformer_submodules is 1: the prompt is prepended to the encoder only, as here.
+  """
+  prompt_PxD = np.ascontiguousarray(np.asarray(prompt_PxD, np.float32))
+  length, width = prompt_PxD.shape
+  if width != config.d_model:
+    raise ValueError(f'Prompt width {width} does not match the model d_model {config.d_model}.')
+  os.makedirs(directory, exist_ok=True)
+  save_file({'prompt_embeddings': prompt_PxD}, os.path.join(directory, PEFT_WEIGHTS),
+            metadata={'format': 'pt'})
+  adapter_config = {
+      'peft_type': 'PROMPT_TUNING', 'task_type': 'SEQ_2_SEQ_LM',
+      'num_virtual_tokens': length, 'token_dim': width, 'num_transformer_submodules': 1,
+      'num_attention_heads': config.num_heads, 'num_layers': config.num_encoder_layers,
+      'prompt_tuning_init': 'RANDOM', 'prompt_tuning_init_text': None,
+      'tokenizer_name_or_path': None, 'base_model_name_or_path': base_model_name_or_path,
+      'inference_mode': True, 'revision': None,
+  }
+  with open(os.path.join(directory, PEFT_CONFIG), 'w') as f:
+    json.dump(adapter_config, f, indent=2)
+  return directory
+
+
+def export_t5x(directory: str, frozen_params: dict, prompt_PxD: Any, step: int,
+               overwrite: bool = False) -> str:
+  """The base model with the prompt at encoder/prompt/prompt/prompt, in T5X's format."""
+  params = prompts.merge_params(frozen_params, prompts.prompt_tree(np.asarray(prompt_PxD,
+                                                                              np.float32)))
+  return checkpoints.save_t5x(directory, params, step, overwrite=overwrite)

@@ -1,0 +1,196 @@
+"""The partitioned, prompt-only train step.
+
+Frozen weights enter the step as an ordinary (non-differentiated) argument: gradients are taken
+with respect to the trainable tree (the prompt) alone, so XLA drops every weight-gradient matmul
+and no gradient or optimizer buffer exists for frozen weights. The state is donated and the step
+is compiled once for the run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from prompt_tuning import prompts
+from prompt_tuning.models import t5
+from prompt_tuning.train import losses
+from prompt_tuning.train import partitioning
+
+FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')
+PACKED_FEATURES = ('encoder_segment_ids', 'decoder_segment_ids', 'encoder_positions',
+                   'decoder_positions')
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during prompt tuning; kilobytes for a 100-token prompt."""
+  step: jax.Array
+  params: Any        # the trainable tree: {'encoder': {'prompt': ...}}
+  opt_state: Any
+  rng: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  """T5X's loss settings."""
+  z_loss: float = 1e-4
+  label_smoothing: float = 0.0
+  loss_normalizing_factor: Any = None  # None | float | 'NUM_REAL_TARGET_TOKENS'
+
+
+def check_batch(batch: dict) -> None:
+  packed = [k for k in PACKED_FEATURES if k in batch]
+  if packed:
+    raise ValueError(f'Packed examples ({", ".join(packed)}) are not supported with prompts: '
+                     'packing would put one prompt in front of several examples. Disable '
+                     'packing in the dataset config.')
+  missing = [k for k in FEATURES if k not in batch]
+  if missing:
+    raise ValueError(f'Batch is missing feature(s) {missing}; it has {sorted(batch)}.')
+
+
+class PromptTrainer:
+  """Builds the sharded train/eval steps for one model, prompt, optimizer and mesh."""
+
+  def __init__(self, model_config: t5.T5Config, prompt_config: prompts.PromptConfig,
+               frozen_params: dict, optimizer: optax.GradientTransformation, *,
+               mesh: Optional[jax.sharding.Mesh] = None, rules: Optional[list] = None,
+               loss: LossConfig = LossConfig(), frozen_dtype: Optional[str] = None,
+               learning_rate_fn: Optional[Callable[[Any], Any]] = None):
+    self.model_config = model_config
+    self.prompt_config = prompt_config
+    self.model = t5.EncoderDecoder(model_config, prompt_config)
+    self.optimizer = optimizer
+    self.loss = loss
+    self.learning_rate_fn = learning_rate_fn
+    self.mesh = partitioning.make_mesh() if mesh is None else mesh
+    self.rules = partitioning.standard_logical_axis_rules() if rules is None else rules
+    self.trace_count = 0  # how many times the train step was traced (= compiled)
+
+    axes = t5.logical_axes(model_config, prompt_config)
+    frozen_axes, trainable_axes = prompts.split_params(axes)
+    self.frozen_shardings = partitioning.logical_to_sharding(frozen_axes, self.mesh, self.rules)
+    self.trainable_shardings = partitioning.logical_to_sharding(trainable_axes, self.mesh,
+                                                                self.rules)
+    partitioning.check_divisible(frozen_params, self.frozen_shardings)
+    if frozen_dtype is not None:
+      # e.g. bfloat16 halves the frozen weights' memory; they are never updated.
+      frozen_params = jax.tree_util.tree_map(lambda x: x.astype(frozen_dtype), frozen_params)
+    self.frozen = jax.device_put(frozen_params, self.frozen_shardings)
+
+    self.replicated = partitioning.replicated(self.mesh)
+    self.batch_sharding = partitioning.batch_sharding(self.mesh)
+    self.state_shardings = TrainState(step=self.replicated, params=self.trainable_shardings,
+                                      opt_state=self.replicated, rng=self.replicated)
+    self._train_step = jax.jit(self._step, donate_argnums=(0,),
+                               in_shardings=(self.state_shardings, self.frozen_shardings,
+                                             self.batch_sharding),
+                               out_shardings=(self.state_shardings, self.replicated))
+    self._eval_step = jax.jit(self._eval, in_shardings=(self.trainable_shardings,
+                                                        self.frozen_shardings,
+                                                        self.batch_sharding),
+                              out_shardings=self.replicated)
+
+  # -- state ------------------------------------------------------------------------------------
+
+  @property
+  def prompt_shape(self) -> tuple[int, int]:
+    return (self.prompt_config.length, self.model_config.d_model)
+
+  def init_state(self, prompt_PxD: Any, seed: int = 0, step: int = 0) -> TrainState:
+    prompt_PxD = np.asarray(prompt_PxD, np.float32)
+    if prompt_PxD.shape != self.prompt_shape:
+      raise ValueError(f'Initial prompt has shape {prompt_PxD.shape} but the model expects '
+                       f'{self.prompt_shape} (prompt length, d_model).')
+    params = prompts.prompt_tree(prompt_PxD)
+    state = TrainState(step=np.asarray(step, np.int32), params=params,
+                       opt_state=self.optimizer.init(params),
+                       rng=jax.random.key_data(jax.random.PRNGKey(seed)))
+    return jax.device_put(state, self.state_shardings)
+
+  def abstract_state(self) -> TrainState:
+    """Shapes/dtypes/shardings of the state, for restoring a checkpoint without allocating."""
+    shapes = jax.eval_shape(lambda: self.init_state(np.zeros(self.prompt_shape, np.float32)))
+    return jax.tree_util.tree_map(
+        lambda s, sh: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sh), shapes,
+        self._full_state_shardings(shapes))
+
+  def _full_state_shardings(self, shapes: TrainState) -> TrainState:
+    return TrainState(
+        step=self.replicated, params=self.trainable_shardings,
+        opt_state=jax.tree_util.tree_map(lambda _: self.replicated, shapes.opt_state),
+        rng=self.replicated)
+
+  # -- steps ------------------------------------------------------------------------------------
+
+  def _loss(self, trainable, frozen, batch, rng, enable_dropout):
+    params = prompts.merge_params(frozen, trainable)
+    logits = self.model.apply(
+        {'params': params}, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
+        batch['decoder_target_tokens'], enable_dropout=enable_dropout, rngs={'dropout': rng})
+    targets = batch['decoder_target_tokens']
+    weights = batch.get('decoder_loss_weights', (targets > 0).astype(jnp.float32))
+    loss, z_loss, weight_sum = losses.cross_entropy_loss(
+        logits, targets, weights, z_loss=self.loss.z_loss,
+        label_smoothing=self.loss.label_smoothing,
+        loss_normalizing_factor=self.loss.loss_normalizing_factor)
+    correct, _ = losses.token_accuracy(logits, targets, weights)
+    return loss, {'z_loss': z_loss, 'weight_sum': weight_sum, 'correct': correct}
+
+  def _step(self, state: TrainState, frozen, batch):
+    self.trace_count += 1
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+    grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+    (loss, aux), grads = grad_fn(state.params, frozen, batch, rng,
+                                 self.model_config.dropout_rate > 0)
+    updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    weight_sum = jnp.maximum(aux['weight_sum'], 1e-8)
+    metrics = {
+        'loss': loss,
+        'loss_per_token': loss / weight_sum,
+        'z_loss': aux['z_loss'],
+        'accuracy': aux['correct'] / weight_sum,
+        'prompt_norm': jnp.linalg.norm(prompts.get_prompt(params)),
+        'grad_norm': jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(grads))),
+    }
+    if self.learning_rate_fn is not None:
+      metrics['learning_rate'] = jnp.asarray(self.learning_rate_fn(state.step), jnp.float32)
+    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    return new_state, metrics
+
+  def _eval(self, trainable, frozen, batch):
+    loss, aux = self._loss(trainable, frozen, batch, jax.random.PRNGKey(0), False)
+    return {'loss': loss, 'weight_sum': aux['weight_sum'], 'correct': aux['correct']}
+
+  def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+    check_batch(batch)
+    batch = {k: batch[k] for k in FEATURES + ('decoder_loss_weights',) if k in batch}
+    return self._train_step(state, self.frozen, self._global(batch))
+
+  def eval_step(self, state: TrainState, batch: dict) -> dict:
+    check_batch(batch)
+    batch = {k: batch[k] for k in FEATURES + ('decoder_loss_weights',) if k in batch}
+    return self._eval_step(state.params, self.frozen, self._global(batch))
+
+  def _global(self, batch):
+    if all(isinstance(v, jax.Array) for v in batch.values()):
+      return batch
+    return partitioning.global_batch(batch, self.mesh)
+
+  # -- introspection ----------------------------------------------------------------------------
+
+  def lower_train_step(self, batch_shapes: dict[str, tuple[int, ...]]):
+    """Lowers the step for shapes alone (no data, no state allocation): for cost/memory plans."""
+    batch = {k: jax.ShapeDtypeStruct(s, jnp.int32, sharding=self.batch_sharding)
+             for k, s in batch_shapes.items()}
+    frozen = jax.tree_util.tree_map(
+        lambda x, sh: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sh), self.frozen,
+        self.frozen_shardings)
+    return self._train_step.lower(self.abstract_state(), frozen, batch)

@@ -1,0 +1,68 @@
+"""T5's SentencePiece vocabulary without TensorFlow (seqio's vocabulary needs tf.text).
+
+T5 appends `extra_ids` sentinel ids (<extra_id_0> ..) after the SentencePiece pieces, so the
+model's vocabulary (32100 for T5; the embedding is padded to 32128) is larger than the model file's.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Iterable
+
+import sentencepiece as spm
+
+PAD_ID = 0
+EOS_ID = 1
+
+
+class SentencePieceVocab:
+  """encode/decode with T5's conventions: no EOS appended, decoding stops at EOS."""
+
+  pad_id = PAD_ID
+  eos_id = EOS_ID
+
+  def __init__(self, path: str | os.PathLike, extra_ids: int = 100):
+    path = os.fspath(path)
+    if not os.path.exists(path):
+      raise FileNotFoundError(f'{path}: SentencePiece model file not found.')
+    if not os.path.isfile(path):
+      raise ValueError(f'{path}: is not a file; expected a SentencePiece model '
+                       f'(e.g. sentencepiece.model).')
+    if extra_ids < 0:
+      raise ValueError(f'extra_ids must be >= 0, got {extra_ids}.')
+    with open(path, 'rb') as f:
+      proto = f.read()
+    try:
+      # From bytes, so that the error names our path rather than sentencepiece's wording of it.
+      self._sp = spm.SentencePieceProcessor(model_proto=proto)
+    except Exception as e:  # sentencepiece raises RuntimeError/OSError depending on version.
+      raise ValueError(f'{path}: not a valid SentencePiece model ({e}).') from e
+    self.path = path
+    self.extra_ids = extra_ids
+    self.sp_size = self._sp.get_piece_size()
+    # T5 relies on pad=0 and eos=1; a model with other ids would silently shift every target.
+    if self._sp.pad_id() not in (PAD_ID, -1) or self._sp.eos_id() != EOS_ID:
+      raise ValueError(f'{path}: expected pad id {PAD_ID} and EOS id {EOS_ID} (T5 convention), '
+                       f'got pad {self._sp.pad_id()} and EOS {self._sp.eos_id()}.')
+
+  @property
+  def vocab_size(self) -> int:
+    return self.sp_size + self.extra_ids
+
+  def encode(self, text: str) -> list[int]:
+    return list(self._sp.encode(text, out_type=int))
+
+  def decode(self, ids: Iterable[int]) -> str:
+    """Text of `ids` up to the first EOS; pad and extra (sentinel) ids are dropped."""
+    kept = []
+    for i in ids:
+      i = int(i)
+      if i == EOS_ID:
+        break
+      if i == PAD_ID or i < 0 or i >= self.sp_size:
+        continue
+      kept.append(i)
+    return self._sp.decode(kept)
+
+  def __repr__(self) -> str:
+    return f'SentencePieceVocab({self.path!r}, extra_ids={self.extra_ids})'

@@ -1,0 +1,193 @@
+"""Prompt-only training: what changes, what is compiled, resume, divergence, bad input."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from prompt_tuning import prompts
+from prompt_tuning.models import t5
+from prompt_tuning.train import losses, loop, optim, state as state_lib
+from prompt_tuning.train.trainer import PromptTrainer
+from train_fixtures import batches, make_batch, make_trainer
+
+
+@pytest.fixture(scope='module')
+def model():
+  config = t5.T5Config.preset('tiny', dtype='float32', dropout_rate=0.1)
+  return config, t5.init_params(config)
+
+
+def uniform_init(rng, shape):
+  return prompts.random_uniform(0.5)(rng, shape)
+
+
+def test_only_the_prompt_changes(model):
+  config, frozen = model
+  before = jax.tree_util.tree_map(np.array, frozen)
+  trainer = make_trainer(config, frozen)
+  state = trainer.init_state(np.random.RandomState(0).uniform(-0.5, 0.5, (5, 32)))
+  prompt0 = np.array(prompts.get_prompt(state.params))
+  for i in range(2):
+    state, metrics = trainer.train_step(state, make_batch(i))
+  assert not np.array_equal(prompt0, np.asarray(prompts.get_prompt(state.params)))
+  for tree in (frozen, trainer.frozen):
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(before),
+                            jax.tree_util.tree_leaves(tree)):
+      assert np.asarray(a).tobytes() == np.asarray(b).tobytes(), path
+  # Optimizer state exists for the prompt alone.
+  for path, leaf in jax.tree_util.tree_leaves_with_path(state.opt_state):
+    names = [str(getattr(k, 'key', getattr(k, 'name', k))) for k in path]
+    assert leaf.size <= 5 * 32, (names, leaf.shape)
+    if any(n in ('encoder', 'decoder', 'token_embedder') for n in names):
+      assert 'prompt' in names, names
+  assert set(metrics) >= {'loss', 'loss_per_token', 'accuracy', 'z_loss', 'prompt_norm'}
+  assert trainer.trace_count == 1
+
+
+def test_no_frozen_weight_gradient_work_survives_compilation():
+  # Wide enough that matmuls, not vocab-sized elementwise work, dominate (as in real sizes).
+  config = t5.T5Config.preset('tiny', dtype='float32', d_model=128, d_ff=256, head_dim=32,
+                              vocab_size=2000)
+  shapes = jax.eval_shape(lambda: t5.init_params(config))
+  frozen = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+  trainer = make_trainer(config, frozen)
+  feature_shapes = {'encoder_input_tokens': (8, 32), 'decoder_input_tokens': (8, 8),
+                    'decoder_target_tokens': (8, 8)}
+  step_flops = _flops(trainer.lower_train_step(feature_shapes).compile())
+  full = prompts.merge_params(frozen, prompts.prompt_tree(jnp.zeros((5, 128))))
+  batch = {k: jnp.ones(s, jnp.int32) for k, s in feature_shapes.items()}
+
+  def forward_loss(params, b):
+    logits = trainer.model.apply({'params': params}, b['encoder_input_tokens'],
+                                 b['decoder_input_tokens'], b['decoder_target_tokens'])
+    return losses.cross_entropy_loss(logits, b['decoder_target_tokens'],
+                                     jnp.ones(b['decoder_target_tokens'].shape))[0]
+
+  fwd_flops = _flops(jax.jit(forward_loss).lower(full, batch).compile())
+  all_grad_flops = _flops(jax.jit(jax.grad(forward_loss)).lower(full, batch).compile())
+  assert step_flops <= 2.1 * fwd_flops, step_flops / fwd_flops
+  # The measurement can tell the difference: keeping weight gradients costs ~3x.
+  assert all_grad_flops >= 2.7 * fwd_flops, all_grad_flops / fwd_flops
+
+
+def _flops(compiled):
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return float(cost['flops'])
+
+
+def test_resume_is_bit_identical(model, tmp_path):
+  config, frozen = model
+
+  def run(model_dir, steps):
+    trainer = make_trainer(config, frozen)
+    return loop.train(trainer, lambda pos: batches(pos), str(model_dir), steps,
+                      prompt_init=uniform_init, seed=3, save_every=2, keep=2)
+
+  straight = run(tmp_path / 'straight', 4)
+  run(tmp_path / 'resumed', 2)
+  resumed = run(tmp_path / 'resumed', 4)
+  a = np.asarray(prompts.get_prompt(straight.params))
+  b = np.asarray(prompts.get_prompt(resumed.params))
+  assert a.tobytes() == b.tobytes()
+  assert int(resumed.step) == 4
+  # The anchor's numpy checkpoints, float32, next to the small orbax state.
+  saved = np.load(state_lib.numpy_prompt_path(str(tmp_path / 'resumed'), 4))
+  assert saved.dtype == np.float32 and saved.tobytes() == b.tobytes()
+  assert os.path.exists(state_lib.numpy_prompt_path(str(tmp_path / 'resumed'), 0))
+
+
+def test_checkpoint_is_prompt_sized(model, tmp_path):
+  config, frozen = model
+  trainer = make_trainer(config, frozen)
+  loop.train(trainer, lambda pos: batches(pos), str(tmp_path), 2, prompt_init=uniform_init,
+             save_every=2)
+  size = sum(os.path.getsize(os.path.join(root, f))
+             for root, _, files in os.walk(tmp_path / 'checkpoints') for f in files)
+  model_bytes = sum(x.nbytes for x in jax.tree_util.tree_leaves(frozen))
+  assert size < 200_000 < model_bytes, (size, model_bytes)
+
+
+def test_interrupted_save_leaves_previous_checkpoint_usable(model, tmp_path):
+  config, frozen = model
+  trainer = make_trainer(config, frozen)
+  loop.train(trainer, lambda pos: batches(pos), str(tmp_path), 2, prompt_init=uniform_init,
+             save_every=2)
+  # What a crash during orbax's save of step 4 leaves behind: an uncommitted temporary dir.
+  partial = tmp_path / 'checkpoints' / '4.orbax-checkpoint-tmp-1234'
+  partial.mkdir()
+  (partial / 'garbage').write_bytes(b'\0' * 10)
+  ckpt = state_lib.PromptCheckpointer(str(tmp_path))
+  assert ckpt.latest_step() == 2
+  state, meta = ckpt.restore(trainer.abstract_state())
+  assert int(state.step) == 2 and meta['data_position'] == 2
+
+
+def test_model_dir_of_another_run_is_refused_untouched(model, tmp_path):
+  config, frozen = model
+  loop.train(make_trainer(config, frozen), lambda pos: batches(pos), str(tmp_path), 2,
+             prompt_init=uniform_init, save_every=2)
+  before = _snapshot(tmp_path)
+  other = make_trainer(config, frozen, prompt_length=7)
+  with pytest.raises(state_lib.RunMismatchError,
+                     match=r'holds a different prompt-tuning run \(prompt_length: saved 5, '
+                           r'requested 7\).*nothing was changed'):
+    loop.train(other, lambda pos: batches(pos), str(tmp_path), 4, prompt_init=uniform_init)
+  assert _snapshot(tmp_path) == before
+
+
+def _snapshot(root):
+  out = {}
+  for dirpath, _, files in os.walk(root):
+    for f in files:
+      p = os.path.join(dirpath, f)
+      out[os.path.relpath(p, root)] = open(p, 'rb').read()
+  return out
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(model, tmp_path):
+  config, frozen = model
+  # A learning rate that turns NaN from the 4th update on (optimizer count 3).
+  bad_lr = lambda count: jnp.where(count >= 3, jnp.nan, 0.3)
+  trainer = make_trainer(config, frozen, optimizer=optim.adafactor(learning_rate=bad_lr))
+  with pytest.raises(loop.TrainingDivergedError,
+                     match=r'at step 4; stopped without saving. The last good checkpoint is '
+                           r'step 2'):
+    loop.train(trainer, lambda pos: batches(pos), str(tmp_path), 10,
+               prompt_init=uniform_init, save_every=2, check_every=1)
+  ckpt = state_lib.PromptCheckpointer(str(tmp_path))
+  assert ckpt.latest_step() == 2
+  state, _ = ckpt.restore(trainer.abstract_state())
+  assert np.isfinite(np.asarray(prompts.get_prompt(state.params))).all()
+  assert np.isfinite(np.load(state_lib.numpy_prompt_path(str(tmp_path), 2))).all()
+
+
+def test_wrong_prompt_shape_is_refused(model):
+  config, frozen = model
+  trainer = make_trainer(config, frozen)
+  with pytest.raises(ValueError, match=r'Initial prompt has shape \(5, 16\) but the model '
+                                       r'expects \(5, 32\)'):
+    trainer.init_state(np.zeros((5, 16)))
+
+
+def test_packed_batches_are_refused(model):
+  config, frozen = model
+  trainer = make_trainer(config, frozen)
+  state = trainer.init_state(np.zeros((5, 32)))
+  batch = {**make_batch(0), 'encoder_segment_ids': np.ones((8, 12), np.int32)}
+  with pytest.raises(ValueError, match='Packed examples .*encoder_segment_ids.* not supported'):
+    trainer.train_step(state, batch)
+
+
+def test_frozen_weights_can_be_bfloat16(model):
+  config, frozen = model
+  trainer = make_trainer(config, frozen, frozen_dtype='bfloat16')
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(trainer.frozen))
+  state = trainer.init_state(np.zeros((5, 32)))
+  state, metrics = trainer.train_step(state, make_batch(0))
+  assert np.isfinite(float(metrics['loss']))
+  assert prompts.get_prompt(state.params).dtype == jnp.float32
