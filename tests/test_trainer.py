@@ -191,3 +191,24 @@ def test_frozen_weights_can_be_bfloat16(model):
   state, metrics = trainer.train_step(state, make_batch(0))
   assert np.isfinite(float(metrics['loss']))
   assert prompts.get_prompt(state.params).dtype == jnp.float32
+
+
+def test_missing_base_checkpoint(tmp_path):
+  from prompt_tuning import checkpoints
+  missing = str(tmp_path / 'lm100k')
+  with pytest.raises(checkpoints.CheckpointError,
+                     match=rf'base checkpoint \(INITIAL_CHECKPOINT_PATH\): {missing}: no such'):
+    loop.load_base_checkpoint(missing)
+  with pytest.raises(ValueError, match='set INITIAL_CHECKPOINT_PATH'):
+    loop.load_base_checkpoint(None)
+
+
+def test_prompt_file_of_wrong_shape_writes_nothing(model, tmp_path):
+  config, frozen = model
+  bad = tmp_path / 'prompt.npy'
+  np.save(bad, np.zeros((5, 16), np.float32))
+  model_dir = tmp_path / 'run'
+  with pytest.raises(ValueError, match=r'prompt.npy.*\(5, 16\).*\(5, 32\)'):
+    loop.train(make_trainer(config, frozen), lambda pos: batches(pos), str(model_dir), 2,
+               prompt_init=prompts.from_file(str(bad)))
+  assert not model_dir.exists()

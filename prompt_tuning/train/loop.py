@@ -13,6 +13,7 @@ from typing import Any, Callable, Iterator, Optional
 import jax
 import numpy as np
 
+from prompt_tuning import checkpoints, prompts
 from prompt_tuning.train import state as state_lib
 from prompt_tuning.train.trainer import PromptTrainer, TrainState
 
@@ -21,6 +22,20 @@ log = logging.getLogger(__name__)
 
 class TrainingDivergedError(RuntimeError):
   """The loss became NaN/inf; the message names the step and the last good checkpoint."""
+
+
+def load_base_checkpoint(path: Optional[str], config=None):
+  """(config, frozen params) from INITIAL_CHECKPOINT_PATH; a prompt stored there is dropped."""
+  if not path:
+    raise ValueError('No base checkpoint: set INITIAL_CHECKPOINT_PATH to a T5X checkpoint or a '
+                     'Hugging Face T5 1.1 directory.')
+  try:
+    config, params = checkpoints.load_params(path, config)
+  except checkpoints.CheckpointError as e:
+    raise checkpoints.CheckpointError(f'Cannot load the base checkpoint '
+                                      f'(INITIAL_CHECKPOINT_PATH): {e}') from e
+  frozen, _ = prompts.split_params(params)
+  return config, frozen
 
 
 def run_info(trainer: PromptTrainer, initial_checkpoint: Optional[str] = None) -> dict:
@@ -41,17 +56,22 @@ def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], mode
   Losses are checked for NaN/inf at least every `check_every` steps and before every save, so
   a diverged state is never written; the error names the first bad step.
   """
-  state_lib.check_run_info(model_dir, run_info(trainer, initial_checkpoint))
+  info = run_info(trainer, initial_checkpoint)
+  state_lib.check_run_info(model_dir, info, write=False)
+  resuming = state_lib.has_checkpoint(model_dir)
+  if not resuming:
+    # Build the initial prompt before touching MODEL_DIR: a bad prompt file writes nothing.
+    rng = jax.random.PRNGKey(seed)
+    state = trainer.init_state(prompt_init(jax.random.fold_in(rng, 1), trainer.prompt_shape),
+                               seed=seed)
+  state_lib.check_run_info(model_dir, info)
   ckpt = state_lib.PromptCheckpointer(model_dir, keep=keep)
   try:
-    if ckpt.latest_step() is not None:
+    if resuming:
       state, meta = ckpt.restore(trainer.abstract_state())
       position = meta['data_position']
       log.info('Resumed %s at step %d (data position %d).', model_dir, meta['step'], position)
     else:
-      rng = jax.random.PRNGKey(seed)
-      prompt = prompt_init(jax.random.fold_in(rng, 1), trainer.prompt_shape)
-      state = trainer.init_state(prompt, seed=seed)
       position = 0
       ckpt.save(state, position)  # step 0: the initial prompt, as the anchor keeps it too
     step = int(jax.device_get(state.step))

@@ -31,7 +31,7 @@ class RunMismatchError(ValueError):
   """MODEL_DIR holds a run that is incompatible with the requested one."""
 
 
-def check_run_info(model_dir: str, info: dict) -> None:
+def check_run_info(model_dir: str, info: dict, write: bool = True) -> None:
   """Refuses a MODEL_DIR made by a different run; writes run_info.json for a new one."""
   path = os.path.join(model_dir, RUN_INFO)
   if os.path.exists(path):
@@ -44,8 +44,9 @@ def check_run_info(model_dir: str, info: dict) -> None:
           f'{model_dir} holds a different prompt-tuning run ({"; ".join(diffs)}). Use a new '
           f'MODEL_DIR; nothing was changed in this one.')
     return
-  os.makedirs(model_dir, exist_ok=True)
-  _atomic_write(path, json.dumps(info, indent=2, sort_keys=True).encode())
+  if write:
+    os.makedirs(model_dir, exist_ok=True)
+    _atomic_write(path, json.dumps(info, indent=2, sort_keys=True).encode())
 
 
 def _atomic_write(path: str, data: bytes) -> None:
@@ -68,6 +69,12 @@ def write_numpy_prompt(model_dir: str, step: int, prompt_PxD: Any) -> str:
     np.save(f, np.asarray(jax.device_get(prompt_PxD), np.float32))
   os.replace(tmp, path)
   return path
+
+
+def has_checkpoint(model_dir: str) -> bool:
+  """True when MODEL_DIR holds a committed orbax step (temporary, unfinished ones don't count)."""
+  directory = os.path.join(model_dir, 'checkpoints')
+  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
 
 
 class PromptCheckpointer:
