@@ -11,7 +11,12 @@ setuptools.setup(
     long_description_content_type='text/markdown',
     license='Apache-2.0',
     python_requires='>=3.11',
-    packages=setuptools.find_packages(include=['prompt_tuning', 'prompt_tuning.*']),
+    packages=setuptools.find_packages(include=['prompt_tuning', 'prompt_tuning.*']) + [
+        'prompt_tuning.gin', 'prompt_tuning.configs'],
+    # gin/ and configs/ live at the top of the repo but install inside the package, so gin files
+    # are found from a wheel as well as from a checkout.
+    package_dir={'prompt_tuning.gin': 'gin', 'prompt_tuning.configs': 'configs'},
+    package_data={'prompt_tuning.gin': ['**/*.gin'], 'prompt_tuning.configs': ['**/*.gin']},
     install_requires=[
         'jax>=0.4.35,<0.13',
         'flax>=0.10,<0.13',
@@ -26,8 +31,16 @@ setuptools.setup(
         'sentencepiece>=0.2,<0.3',
         'tqdm>=4.66,<5',
         'tensorboardX>=2.6,<3',
+        'matplotlib>=3.7,<4',
     ],
     extras_require={
+        # The data layer (SeqIO tasks); not needed to run the model, trainer or exports.
+        'data': [
+            'seqio>=0.0.18,<0.1',
+            'tensorflow>=2.16,<2.22',
+            'tensorflow-text>=2.16,<2.22',
+            'tensorflow-datasets>=4.9,<5',
+        ],
         # Independent references used only by the tests (CPU torch is enough).
         'test': [
             'pytest>=8,<10',

@@ -437,3 +437,42 @@ def _read_safetensor(file: str, name: str) -> np.ndarray:
   if not np.issubdtype(tensor.dtype, np.floating) and tensor.dtype.name != 'bfloat16':
     raise ValueError(f'{file}: tensor {name!r} has dtype {tensor.dtype}, not a float type.')
   return tensor.astype(np.float32)
+
+
+INITIALIZERS = ('random_uniform', 'sampled_vocab', 'class_labels', 'from_string', 'from_file')
+
+
+def initializer_by_name(name: str, embedding_VxD: Any, vocab: Any = None, *,
+                        labels: Optional[Sequence[Any]] = None, text: Any = None,
+                        path: Optional[str] = None, variable: Optional[str] = None,
+                        scale: float = 0.5, population: int = 5000,
+                        fallback: str = 'sampled_vocab') -> Initializer:
+  """Selects an initializer by name; what gin configures (gin/prompts/*.gin).
+
+  `embedding_VxD` and `vocab` come from the run (the frozen model and the task's vocabulary).
+  """
+  def make_fallback():
+    if fallback == 'sampled_vocab':
+      return sampled_vocab(embedding_VxD, population)
+    if fallback == 'random_uniform':
+      return random_uniform(scale)
+    raise ValueError(f"Unknown fallback initializer {fallback!r}; choose 'sampled_vocab' or "
+                     f"'random_uniform'.")
+
+  if name == 'random_uniform':
+    return random_uniform(scale)
+  if name == 'sampled_vocab':
+    return sampled_vocab(embedding_VxD, population)
+  if name == 'class_labels':
+    if not labels:
+      raise ValueError('class_labels initialization needs labels (set CLASS_LABELS).')
+    return class_labels(embedding_VxD, labels, vocab=vocab, fallback=make_fallback())
+  if name == 'from_string':
+    if text is None:
+      raise ValueError('from_string initialization needs text.')
+    return from_string(embedding_VxD, text, vocab=vocab, fallback=make_fallback())
+  if name == 'from_file':
+    if not path:
+      raise ValueError('from_file initialization needs a path (set PROMPT_FILE).')
+    return from_file(path, variable)
+  raise ValueError(f'Unknown prompt initializer {name!r}; choose one of {INITIALIZERS}.')

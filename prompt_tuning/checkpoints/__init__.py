@@ -16,7 +16,8 @@ from prompt_tuning.checkpoints.common import (CheckpointError, check_params, der
                                               flatten, unflatten)
 from prompt_tuning.models import t5
 
-__all__ = ['CheckpointError', 'detect_format', 'load_params', 'save_hf', 'save_t5x']
+__all__ = ['CheckpointError', 'detect_format', 'load_params', 'read_step', 'save_hf',
+           'save_t5x']
 
 # Trainable additions that may ride along in a full checkpoint (e.g. a prompt inserted for T5X).
 _EXTRA_PREFIXES = ('encoder/prompt/',)
@@ -61,6 +62,13 @@ def load_params(path: str, config: Optional[t5.T5Config] = None
     flat = {k: v if k.startswith(_EXTRA_PREFIXES) else v.astype(config.weight_dtype, copy=False)
             for k, v in flat.items()}
   return resolved, unflatten(flat)
+
+
+def read_step(path: str) -> int:
+  """The training step stored in a T5X checkpoint (1,100,000 for lm100k); 0 for other formats."""
+  if detect_format(path) != 't5x':
+    return 0
+  return t5x.read_step(path)
 
 
 def save_t5x(directory: str, params: Mapping[str, Any], step: int,

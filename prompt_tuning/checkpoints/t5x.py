@@ -199,6 +199,11 @@ def _first_line(e: Exception) -> str:
   return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+def read_step(path: str) -> int:
+  """The step stored with a checkpoint (without reading any array)."""
+  return _read_step(_read_contents(resolve_dir(path)))
+
+
 def _read_step(contents: dict) -> int:
   state = contents.get('optimizer', contents).get('state', {})
   step = state.get('step') if isinstance(state, dict) else None

@@ -6,9 +6,10 @@ from the exact batch it stopped at (the position is saved with each checkpoint).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import jax
 import numpy as np
@@ -42,7 +43,8 @@ def run_info(trainer: PromptTrainer, initial_checkpoint: Optional[str] = None) -
   return {'prompt_length': trainer.prompt_config.length,
           'd_model': trainer.model_config.d_model,
           'placement': trainer.prompt_config.placement,
-          'initial_checkpoint': initial_checkpoint}
+          'initial_checkpoint': initial_checkpoint,
+          'model_config': dataclasses.asdict(trainer.model_config)}
 
 
 def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], model_dir: str,
@@ -50,11 +52,14 @@ def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], mode
           seed: int = 0, save_every: int = 1000, keep: Optional[int] = 1,
           initial_checkpoint: Optional[str] = None,
           on_metrics: Optional[Callable[[int, dict], None]] = None,
-          check_every: int = 10) -> TrainState:
+          check_every: int = 10,
+          periodic: Sequence[tuple[int, Callable[[int, TrainState], None]]] = ()
+          ) -> TrainState:
   """Prompt-tunes until `num_steps`, resuming from MODEL_DIR's latest checkpoint if any.
 
   Losses are checked for NaN/inf at least every `check_every` steps and before every save, so
-  a diverged state is never written; the error names the first bad step.
+  a diverged state is never written; the error names the first bad step. `periodic` holds
+  (every_n_steps, fn(step, state)) hooks, e.g. evaluation, run after that step's save.
   """
   info = run_info(trainer, initial_checkpoint)
   state_lib.check_run_info(model_dir, info, write=False)
@@ -96,6 +101,9 @@ def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], mode
         pending = []
       if due_save:
         ckpt.save(state, position)
+      for every, fn in periodic:
+        if every and (step % every == 0 or step == num_steps):
+          fn(step, state)
     return state
   finally:
     ckpt.close()

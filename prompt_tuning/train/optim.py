@@ -138,7 +138,7 @@ def make_optimizer(
     name: 'adafactor' (the paper's preset; `weight_decay=None` keeps its 1e-5), 'adamw'
       (optax.adamw, decoupled weight decay, None meaning 0), or 'sgd' (optax.sgd; a `weight_decay`
       adds the usual L2 term `weight_decay * param` to the gradient).
-    learning_rate: peak/base learning rate handed to the schedule.
+    learning_rate: peak/base learning rate handed to the schedule, or a schedule itself.
     schedule: schedule name for `make_schedule`.
     warmup_steps: schedule warmup.
     decay_steps: schedule length ('cosine' only).
@@ -153,7 +153,11 @@ def make_optimizer(
     raise ValueError(f'Unknown optimizer {name!r}; choose one of {", ".join(OPTIMIZERS)}.')
   if step_offset and name != 'adafactor':
     raise ValueError(f'step_offset applies to adafactor only, not {name!r}.')
-  lr = make_schedule(schedule, learning_rate, warmup_steps=warmup_steps, decay_steps=decay_steps)
+  if callable(learning_rate):  # already a schedule (e.g. built by gin from make_schedule)
+    lr = learning_rate
+  else:
+    lr = make_schedule(schedule, learning_rate, warmup_steps=warmup_steps,
+                       decay_steps=decay_steps)
   if name == 'adafactor':
     wd = PAPER_WEIGHT_DECAY if weight_decay is None else weight_decay
     return adafactor(lr, weight_decay_rate=wd, step_offset=step_offset, **kwargs)

@@ -1,0 +1,1 @@
+"""Launchable experiment configs (installed as prompt_tuning.configs)."""

@@ -1,0 +1,187 @@
+"""The `prompt-tuning` command line, with T5X's flags.
+
+  prompt-tuning train --gin_file=configs/paper/t5_1_1_base_rte.gin \\
+      --gin.MODEL_DIR='"/tmp/rte"' --gin.INITIAL_CHECKPOINT_PATH='"/ckpts/lm100k_base"'
+
+Gin files are looked up in the current directory, the `--gin_search_paths`, and the `gin/` and
+`configs/` folders installed with the package (so `--gin_file=runs/prompt_finetune.gin` works from
+a wheel). Later `--gin_file`s and bindings win over earlier ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import re
+import sys
+from typing import Callable, Optional, Sequence
+
+log = logging.getLogger('prompt_tuning')
+
+COMMANDS = ('quickstart', 'train', 'eval', 'infer', 'export', 'convert')
+
+
+def package_gin_dirs() -> list[str]:
+  """The installed gin/ and configs/ folders (from a wheel or a checkout)."""
+  from importlib import resources
+  dirs = []
+  for package in ('prompt_tuning.gin', 'prompt_tuning.configs'):
+    try:
+      dirs.append(str(resources.files(package)))
+    except ModuleNotFoundError:
+      pass
+  return dirs
+
+
+def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
+  """T5X's `--gin.NAME=VALUE` -> `--gin_bindings=NAME = VALUE` (bare paths get quoted)."""
+  out = []
+  for arg in argv:
+    m = re.fullmatch(r'--gin\.([^=]+)=(.*)', arg, re.DOTALL)
+    if m:
+      out.append(f'--gin_bindings={m.group(1)} = {_gin_value(m.group(2))}')
+    else:
+      out.append(arg)
+  return out
+
+
+def _gin_value(value: str) -> str:
+  # Gin values are Python-like literals; a bare word or path would be a syntax error, so quote it.
+  if re.fullmatch(r"\s*([@%\[\(\{'\"]|-?\d|True\b|False\b|None\b).*", value, re.DOTALL):
+    return value
+  return repr(value)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  parser = argparse.ArgumentParser(
+      prog='prompt-tuning', description='Prompt tuning of frozen T5 1.1 models (JAX/Flax).')
+  parser.add_argument('command', nargs='?', default='quickstart', choices=COMMANDS,
+                      help='what to run (default: the quickstart on the embedded default)')
+  gin_group = parser.add_argument_group('gin (T5X flags)')
+  gin_group.add_argument('--gin_file', action='append', default=[],
+                         help='gin file; repeatable, later files win')
+  gin_group.add_argument('--gin_bindings', action='append', default=[],
+                         help="a gin binding, e.g. \"MODEL_DIR = '/tmp/x'\"; repeatable")
+  gin_group.add_argument('--gin_search_paths', action='append', default=[],
+                         help='extra folders (comma-separated or repeated) to find gin files in')
+  data = parser.add_argument_group('data')
+  data.add_argument('--tfds_data_dir', default=None, help='TFDS data directory')
+  hosts = parser.add_argument_group('multi-host (jax.distributed)')
+  hosts.add_argument('--multiprocess_gpu', action='store_true',
+                     help='initialise jax.distributed for multi-process GPU training')
+  hosts.add_argument('--coordinator_address', default=None, help='host:port of process 0')
+  hosts.add_argument('--process_count', type=int, default=None)
+  hosts.add_argument('--process_index', type=int, default=None)
+  io = parser.add_argument_group('export / convert')
+  io.add_argument('--model_dir', help='export: the prompt-tuning MODEL_DIR')
+  io.add_argument('--format', choices=('npy', 'peft', 't5x'), help='export format')
+  io.add_argument('--output', help='export/convert: where to write')
+  io.add_argument('--step', type=int, default=None, help='export: checkpoint step (latest)')
+  io.add_argument('--input', help='convert: source checkpoint (T5X or HF directory)')
+  io.add_argument('--to', choices=('t5x', 'hf'), help='convert: target format')
+  parser.add_argument('-v', '--verbose', action='store_true')
+  return parser.parse_args(rewrite_gin_args(argv))
+
+
+def setup_gin(args: argparse.Namespace, default_files: Sequence[str] = ()) -> None:
+  import gin
+  search = [os.getcwd()]
+  for entry in args.gin_search_paths:
+    search += [p for p in entry.split(',') if p]
+  search += package_gin_dirs()
+  for path in search:
+    gin.add_config_file_search_path(path)
+  files = list(args.gin_file) or list(default_files)
+  if not files:
+    raise SystemExit('prompt-tuning: no --gin_file given (e.g. --gin_file=configs/paper/'
+                     't5_1_1_base_rte.gin, or a file of your own that includes '
+                     'runs/prompt_finetune.gin).')
+  resolved = [_find_gin_file(f, search) for f in files]
+  try:
+    gin.parse_config_files_and_bindings(resolved, args.gin_bindings, finalize_config=True)
+  except (ValueError, SyntaxError, ImportError, gin.config.ParseError if hasattr(
+      gin.config, 'ParseError') else ValueError) as e:
+    raise SystemExit(f'prompt-tuning: gin configuration error: {e}') from None
+
+
+def _find_gin_file(name: str, search: Sequence[str]) -> str:
+  if os.path.isabs(name):
+    if os.path.exists(name):
+      return name
+  for root in search:
+    candidate = os.path.join(root, name)
+    if os.path.exists(candidate):
+      return candidate
+  raise SystemExit(f'prompt-tuning: gin file {name!r} not found in: {", ".join(search)}')
+
+
+def init_distributed(args: argparse.Namespace) -> None:
+  if not (args.multiprocess_gpu or args.coordinator_address):
+    return
+  import jax
+  jax.distributed.initialize(coordinator_address=args.coordinator_address,
+                             num_processes=args.process_count, process_id=args.process_index)
+  log.info('jax.distributed: process %d of %d, %d global devices', jax.process_index(),
+           jax.process_count(), jax.device_count())
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+  args = parse_args(sys.argv[1:] if argv is None else argv)
+  logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                      format='%(asctime)s %(levelname)s %(message)s', datefmt='%H:%M:%S')
+  for noisy in ('absl', 'jax._src', 'orbax', 'tensorflow'):
+    logging.getLogger(noisy).setLevel(logging.WARNING)
+  if args.tfds_data_dir:
+    os.environ['TFDS_DATA_DIR'] = args.tfds_data_dir
+  handler = _HANDLERS[args.command]
+  try:
+    return handler(args) or 0
+  except (ValueError, FileNotFoundError, RuntimeError) as e:
+    # Our errors name the file/flag at fault; a traceback from deep inside JAX would not help.
+    if args.verbose:
+      raise
+    print(f'prompt-tuning {args.command}: error: {e}', file=sys.stderr)
+    return 1
+
+
+def _gin_run(default_files: Sequence[str], function: str) -> Callable:
+  module_name, function_name = function.rsplit('.', 1)
+
+  def run(args):
+    init_distributed(args)
+    setup_gin(args, default_files)
+    result = getattr(importlib.import_module(module_name), function_name)()
+    return 0 if result is None or not isinstance(result, int) else result
+  return run
+
+
+def _export(args: argparse.Namespace) -> int:
+  from prompt_tuning import runs
+  missing = [f for f in ('model_dir', 'format', 'output') if not getattr(args, f)]
+  if missing:
+    raise ValueError('export needs ' + ', '.join(f'--{m}' for m in missing))
+  path = runs.export(args.model_dir, args.format, args.output, step=args.step)
+  print(f'wrote {path}')
+  return 0
+
+
+def _convert(args: argparse.Namespace) -> int:
+  from prompt_tuning import runs
+  missing = [f for f in ('input', 'output', 'to') if not getattr(args, f)]
+  if missing:
+    raise ValueError('convert needs ' + ', '.join(f'--{m}' for m in missing))
+  path = runs.convert(args.input, args.output, args.to)
+  print(f'wrote {path}')
+  return 0
+
+
+_HANDLERS = {
+    'train': _gin_run((), 'prompt_tuning.runs.train'),
+    'eval': _gin_run((), 'prompt_tuning.runs.evaluate'),
+    'infer': _gin_run((), 'prompt_tuning.runs.infer'),
+    'quickstart': _gin_run(('quickstart.gin',), 'prompt_tuning.quickstart.quickstart'),
+    'export': _export,
+    'convert': _convert,
+}

@@ -1,0 +1,157 @@
+"""Evaluation the paper's way: generate the label text (and/or rank the verbalizers), then T5's metrics.
+
+Examples are tokenized once; batches have a fixed shape so each decode/score function compiles
+once. Predictions go to MODEL_DIR/inference_eval/<task>-<method>-<step>.jsonl.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from typing import Any, Optional, Sequence
+
+import jax
+import numpy as np
+
+from prompt_tuning.train import decoding
+
+log = logging.getLogger('prompt_tuning')
+METHODS = ('generate', 'rank')
+
+
+@dataclasses.dataclass(frozen=True)
+class Decoding:
+  """How `generate` decodes (gin/decoding/*.gin)."""
+  method: str = 'greedy'  # greedy | beam_search | sample
+  num_beams: int = 4
+  alpha: float = 0.6
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  max_decode_length: Optional[int] = None  # default: the task's target length
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.method not in ('greedy', 'beam_search', 'sample'):
+      raise ValueError(f"Unknown decoding method {self.method!r}; choose 'greedy', "
+                       f"'beam_search' or 'sample'.")
+
+  def decode(self, model, params, encoder_input_tokens, max_length: int) -> np.ndarray:
+    length = self.max_decode_length or max_length
+    if self.method == 'greedy':
+      return np.asarray(decoding.greedy(model, params, encoder_input_tokens, length))
+    if self.method == 'beam_search':
+      tokens, _ = decoding.beam_search(model, params, encoder_input_tokens, length,
+                                       num_beams=self.num_beams, alpha=self.alpha)
+      return np.asarray(tokens)[:, 0]
+    return np.asarray(decoding.sample(model, params, encoder_input_tokens, length,
+                                      rng=jax.random.PRNGKey(self.seed),
+                                      temperature=self.temperature, top_k=self.top_k,
+                                      top_p=self.top_p))
+
+
+def _pad_rows(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
+  out = np.zeros((len(rows), length), np.int32)
+  for i, row in enumerate(rows):
+    row = list(row)[:length]
+    out[i, :len(row)] = row
+  return out
+
+
+class Evaluator:
+  """Holds one task's tokenized eval examples; evaluates any (model, params) on them."""
+
+  def __init__(self, task_name: str, split: str, feature_lengths: dict[str, int], *,
+               methods: Sequence[str] = ('generate',), batch_size: int = 32,
+               max_examples: Optional[int] = None, decoding_config: Decoding = Decoding(),
+               output_dir: Optional[str] = None):
+    from prompt_tuning.data import pipeline, tasks
+
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+      raise ValueError(f'Unknown eval method(s) {unknown}; choose from {METHODS}.')
+    self.task_name = task_name
+    self.methods = tuple(methods)
+    self.batch_size = batch_size
+    self.decoding = decoding_config
+    self.output_dir = output_dir
+    self.info = tasks.TASK_INFO.get(task_name)
+    self.vocab = tasks.get_vocabulary(task_name)
+    self.examples, self.num_truncated = pipeline.get_eval_examples(
+        task_name, split, feature_lengths, max_examples=max_examples)
+    if not self.examples:
+      raise ValueError(f'Task {task_name!r} has no {split!r} examples to evaluate.')
+    self.input_length = feature_lengths['inputs']
+    self.target_length = feature_lengths['targets']
+    self.inputs = _pad_rows([e['inputs'] for e in self.examples], self.input_length)
+    if 'rank' in self.methods:
+      if self.info is None or not self.info.labels:
+        raise ValueError(f'Rank classification needs the label verbalizers of {task_name!r}; '
+                         f'it has none (use the generate method).')
+      eos = self.vocab.eos_id
+      self.label_targets = _pad_rows([list(self.vocab.encode(label)) + [eos]
+                                      for label in self.info.labels], self.target_length)
+
+  @property
+  def main_metric(self) -> Optional[str]:
+    return self.info.main_metric if self.info else None
+
+  def _batches(self):
+    n = len(self.examples)
+    for start in range(0, n, self.batch_size):
+      rows = self.inputs[start:start + self.batch_size]
+      real = len(rows)
+      if real < self.batch_size:  # keep one shape: pad the last batch with empty rows
+        rows = np.concatenate([rows, np.zeros((self.batch_size - real, rows.shape[1]),
+                                              np.int32)])
+      yield start, real, rows
+
+  def generate(self, model, params) -> list[str]:
+    texts = []
+    for _, real, rows in self._batches():
+      tokens = self.decoding.decode(model, params, rows, self.target_length)[:real]
+      texts += [self.vocab.decode([int(t) for t in row if t > 0]) for row in tokens]
+    return texts
+
+  def rank(self, model, params) -> list[str]:
+    num_labels = len(self.info.labels)
+    predictions = []
+    for _, real, rows in self._batches():
+      scores = np.zeros((len(rows), num_labels), np.float32)
+      for j in range(num_labels):
+        targets = np.broadcast_to(self.label_targets[j], (len(rows), self.target_length))
+        inputs = np.concatenate([np.zeros((len(rows), 1), np.int32), targets[:, :-1]], 1)
+        batch = {'encoder_input_tokens': rows, 'decoder_input_tokens': inputs,
+                 'decoder_target_tokens': np.ascontiguousarray(targets)}
+        scores[:, j] = np.asarray(decoding.score(model, params, batch))
+      predictions += [self.info.labels[k] for k in scores.argmax(-1)[:real]]
+    return predictions
+
+  def evaluate(self, model, params, step: int, tag: str = '') -> dict[str, Any]:
+    """Runs every configured method; returns '<method>/<metric>' -> value."""
+    from prompt_tuning.data import pipeline
+
+    results: dict[str, Any] = {}
+    for method in self.methods:
+      predictions = self.generate(model, params) if method == 'generate' else self.rank(
+          model, params)
+      metrics = pipeline.evaluate_predictions(self.task_name, self.examples, predictions)
+      for key, value in metrics.items():
+        results[f'{method}/{key}'] = value
+      self._write(method, step, tag, predictions, metrics)
+    return results
+
+  def _write(self, method, step, tag, predictions, metrics):
+    if self.output_dir is None or jax.process_index() != 0:
+      return
+    os.makedirs(self.output_dir, exist_ok=True)
+    name = f'{self.task_name}-{method}{"-" + tag if tag else ""}-step{step}.jsonl'
+    with open(os.path.join(self.output_dir, name), 'w') as f:
+      for example, prediction in zip(self.examples, predictions):
+        f.write(json.dumps({'input': example.get('inputs_pretokenized'),
+                            'target': example.get('targets_pretokenized'),
+                            'prediction': prediction}) + '\n')
+    with open(os.path.join(self.output_dir, f'{self.task_name}-metrics.jsonl'), 'a') as f:
+      f.write(json.dumps({'step': step, 'method': method, 'tag': tag, **metrics}) + '\n')

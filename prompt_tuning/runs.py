@@ -1,0 +1,320 @@
+"""Gin-configured runs (what `prompt-tuning train|eval|infer|plan|quickstart` call).
+
+The data path: gin -> task -> batches -> PromptTrainer step -> prompt checkpoint -> evaluation.
+Every argument is bound in gin files (gin/runs/*.gin) through T5X-named macros such as MODEL_DIR,
+MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, TRAIN_STEPS, BATCH_SIZE, INITIAL_CHECKPOINT_PATH.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from typing import Any, Callable, Optional, Sequence
+
+import jax
+import numpy as np
+
+from prompt_tuning import checkpoints, evaluation, prompts, reporting
+from prompt_tuning.models import t5
+from prompt_tuning.train import export as export_lib
+from prompt_tuning.train import loop, optim, partitioning, state as state_lib
+from prompt_tuning.train.trainer import LossConfig, PromptTrainer
+
+log = logging.getLogger('prompt_tuning')
+
+DEFAULT_TASK_MODULE = 'prompt_tuning.data.tasks'
+
+
+def _import_tasks(module: Optional[str]) -> Any:
+  for name in [DEFAULT_TASK_MODULE] + ([module] if module and module != DEFAULT_TASK_MODULE
+                                       else []):
+    importlib.import_module(name)
+  return importlib.import_module(DEFAULT_TASK_MODULE)
+
+
+def _write_gin_config(model_dir: str, name: str = 'config.gin') -> None:
+  import gin
+  if jax.process_index() == 0:
+    os.makedirs(model_dir, exist_ok=True)
+    with open(os.path.join(model_dir, name), 'w') as f:
+      f.write(gin.config_str())
+
+
+def _adafactor_offset(setting: Any, checkpoint_step: int) -> int:
+  if setting in (None, 0, 'zero'):
+    return 0
+  if setting == 'checkpoint':
+    return checkpoint_step
+  if isinstance(setting, int) and setting > 0:
+    return setting
+  raise ValueError(f"adafactor_step_offset must be 'zero', 'checkpoint' or a step count, "
+                   f'got {setting!r}.')
+
+
+def build_trainer(*, model: Optional[t5.T5Config], prompt: prompts.PromptConfig,
+                  initial_checkpoint_path: Optional[str], learning_rate: Any,
+                  optimizer: Callable[..., Any], adafactor_step_offset: Any = 'zero',
+                  loss: LossConfig = LossConfig(), mesh_shape: Optional[Sequence[int]] = None,
+                  frozen_dtype: Optional[str] = None) -> tuple[PromptTrainer, int]:
+  """(trainer, base checkpoint step) from the base checkpoint and the gin-bound settings."""
+  config, frozen = loop.load_base_checkpoint(initial_checkpoint_path, model)
+  base_step = checkpoints.read_step(initial_checkpoint_path)
+  offset = _adafactor_offset(adafactor_step_offset, base_step)
+  tx = optimizer(learning_rate=learning_rate, step_offset=offset) if offset else optimizer(
+      learning_rate=learning_rate)
+  mesh = partitioning.make_mesh(mesh_shape)
+  schedule = learning_rate if callable(learning_rate) else (lambda _: learning_rate)
+  trainer = PromptTrainer(config, prompt, frozen, tx, mesh=mesh, loss=loss,
+                          frozen_dtype=frozen_dtype, learning_rate_fn=schedule)
+  return trainer, base_step
+
+
+def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: dict,
+          batch_size: int, train_steps: int, initial_checkpoint_path: Optional[str],
+          model: Optional[t5.T5Config] = None, prompt: prompts.PromptConfig = prompts.PromptConfig(),
+          prompt_init: Callable[..., Any] = prompts.initializer_by_name,
+          learning_rate: Any = 0.3, optimizer: Callable[..., Any] = optim.make_optimizer,
+          adafactor_step_offset: Any = 'zero', loss: LossConfig = LossConfig(),
+          eval_period: int = 1000, eval_split: str = 'validation',
+          eval_methods: Sequence[str] = ('generate',), eval_max_examples: Optional[int] = None,
+          eval_batch_size: int = 32, decoding: evaluation.Decoding = evaluation.Decoding(),
+          save_period: Optional[int] = None, keep: int = 1, random_seed: int = 0,
+          mesh_shape: Optional[Sequence[int]] = None, frozen_dtype: Optional[str] = None,
+          mixture_or_task_module: Optional[str] = None, shuffle: bool = True,
+          export_formats: Sequence[str] = ('npy', 'peft')) -> dict:
+  """Prompt-tunes on a SeqIO task, evaluating every `eval_period` steps; returns a summary."""
+  tasks = _import_tasks(mixture_or_task_module)
+  task = tasks.get_task_or_mixture(mixture_or_task_name)
+  vocab = tasks.get_vocabulary(mixture_or_task_name)
+  trainer, base_step = build_trainer(
+      model=model, prompt=prompt, initial_checkpoint_path=initial_checkpoint_path,
+      learning_rate=learning_rate, optimizer=optimizer,
+      adafactor_step_offset=adafactor_step_offset, loss=loss, mesh_shape=mesh_shape,
+      frozen_dtype=frozen_dtype)
+  if vocab.vocab_size > trainer.model_config.vocab_size:
+    raise ValueError(f'The vocabulary of {mixture_or_task_name!r} has {vocab.vocab_size} ids but '
+                     f'the model embeds only {trainer.model_config.vocab_size}.')
+  if base_step > train_steps:
+    log.warning('TRAIN_STEPS=%d counts prompt-tuning steps here; the base checkpoint is at step '
+                '%d. (The anchor T5X setup counts pretraining steps too: its TRAIN_STEPS=%d would '
+                'be %d here.)', train_steps, base_step, base_step + train_steps, train_steps)
+  _write_gin_config(model_dir)
+
+  num_hosts, host = jax.process_count(), jax.process_index()
+  if batch_size % num_hosts:
+    raise ValueError(f'BATCH_SIZE={batch_size} does not split over {num_hosts} hosts.')
+
+  def batches(position: int):
+    from prompt_tuning.data import pipeline
+    return pipeline.get_batches(mixture_or_task_name, 'train', task_feature_lengths,
+                                batch_size // num_hosts, shuffle=shuffle, seed=random_seed,
+                                shard_index=host, num_shards=num_hosts,
+                                start_position=position)
+
+  evaluator = evaluation.Evaluator(
+      mixture_or_task_name, eval_split, task_feature_lengths, methods=eval_methods,
+      batch_size=eval_batch_size, max_examples=eval_max_examples, decoding_config=decoding,
+      output_dir=os.path.join(model_dir, 'inference_eval')) if eval_period else None
+  main_metric = None
+  if evaluator is not None and evaluator.main_metric:
+    main_metric = f'{eval_methods[0]}/{evaluator.main_metric}'
+  reporter = reporting.Reporter(model_dir, train_steps, main_metric=main_metric)
+  best = _BestTracker(model_dir, main_metric)
+
+  def on_eval(step: int, state) -> None:
+    params = prompts.merge_params(trainer.frozen, state.params)
+    metrics = evaluator.evaluate(trainer.model, params, step)
+    reporter.eval_metrics(step, metrics)
+    best.update(step, metrics, prompts.get_prompt(state.params))
+
+  embedding = np.asarray(jax.device_get(trainer.frozen['token_embedder']['embedding']))
+  init = prompt_init(embedding_VxD=embedding, vocab=vocab)
+  periodic = [(eval_period, on_eval)] if evaluator is not None else []
+  state = loop.train(trainer, batches, model_dir, train_steps, prompt_init=init,
+                     seed=random_seed, save_every=save_period or eval_period or train_steps,
+                     keep=keep, initial_checkpoint=initial_checkpoint_path,
+                     on_metrics=reporter.train_metrics, periodic=periodic)
+  plot_path = reporter.close()
+  prompt_value = np.asarray(jax.device_get(prompts.get_prompt(state.params)))
+  written = _export_final(model_dir, prompt_value, trainer, export_formats)
+  summary = {'model_dir': model_dir, 'task': mixture_or_task_name, 'steps': train_steps,
+             'final_eval': reporter.eval_history[-1][1] if reporter.eval_history else None,
+             'best': best.record, 'plot': plot_path, 'exports': written,
+             'checkpoints': os.path.join(model_dir, 'checkpoints'),
+             'numpy_checkpoints': os.path.join(model_dir, 'numpy_checkpoints'),
+             'tensorboard': model_dir}
+  _write_gin_config(model_dir, 'operative_config.gin')
+  if host == 0:
+    with open(os.path.join(model_dir, 'summary.json'), 'w') as f:
+      json.dump(summary, f, indent=2, default=str)
+    print_summary(summary)
+  return summary
+
+
+def _export_final(model_dir, prompt_value, trainer, formats) -> dict:
+  if jax.process_index() != 0:
+    return {}
+  out = {}
+  export_dir = os.path.join(model_dir, 'export')
+  if 'npy' in formats:
+    out['npy'] = export_lib.export_numpy(os.path.join(export_dir, 'prompt.npy'), prompt_value)
+  if 'peft' in formats:
+    out['peft'] = export_lib.export_peft(os.path.join(export_dir, 'peft'), prompt_value,
+                                         trainer.model_config)
+  return out
+
+
+class _BestTracker:
+  """Keeps the prompt with the best main eval metric at MODEL_DIR/best/."""
+
+  def __init__(self, model_dir: str, metric: Optional[str]):
+    self.dir = os.path.join(model_dir, 'best')
+    self.metric = metric
+    self.record: Optional[dict] = None
+    path = os.path.join(self.dir, 'metrics.json')
+    if metric and os.path.exists(path):
+      with open(path) as f:
+        self.record = json.load(f)
+
+  def update(self, step: int, metrics: dict, prompt_value) -> None:
+    if not self.metric or self.metric not in metrics or jax.process_index() != 0:
+      return
+    value = float(metrics[self.metric])
+    if self.record is not None and value <= self.record['value']:
+      return
+    self.record = {'step': step, 'metric': self.metric, 'value': value, 'metrics': metrics}
+    export_lib.export_numpy(os.path.join(self.dir, state_lib.NUMPY_NAME),
+                            np.asarray(jax.device_get(prompt_value)))
+    with open(os.path.join(self.dir, 'metrics.json'), 'w') as f:
+      json.dump(self.record, f, indent=2, default=float)
+
+
+def print_summary(summary: dict) -> None:
+  lines = [f"Prompt tuning of {summary['task']} finished ({summary['steps']} steps)."]
+  if summary.get('final_eval'):
+    lines.append('  final eval: ' + ', '.join(
+        f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'
+        for k, v in summary['final_eval'].items()))
+  if summary.get('best'):
+    b = summary['best']
+    lines.append(f"  best {b['metric']} {b['value']:.4f} at step {b['step']}: "
+                 f"{os.path.join(summary['model_dir'], 'best')}")
+  lines.append(f"  prompt checkpoints (orbax): {summary['checkpoints']}")
+  lines.append(f"  numpy prompts:              {summary['numpy_checkpoints']}")
+  for fmt, path in summary.get('exports', {}).items():
+    lines.append(f'  export ({fmt}):{" " * (15 - len(fmt))}{path}')
+  if summary.get('plot'):
+    lines.append(f"  plot:                       {summary['plot']}")
+  lines.append(f"  TensorBoard:                tensorboard --logdir {summary['tensorboard']}")
+  print('\n'.join(lines))
+
+
+def evaluate(*, model_dir: Optional[str], mixture_or_task_name: str,
+             task_feature_lengths: dict, initial_checkpoint_path: Optional[str],
+             model: Optional[t5.T5Config] = None,
+             prompt: prompts.PromptConfig = prompts.PromptConfig(),
+             prompt_file: Optional[str] = None, split: str = 'validation',
+             eval_methods: Sequence[str] = ('generate',), eval_max_examples: Optional[int] = None,
+             eval_batch_size: int = 32, decoding: evaluation.Decoding = evaluation.Decoding(),
+             output_dir: Optional[str] = None, mixture_or_task_module: Optional[str] = None,
+             step: Optional[int] = None) -> dict:
+  """Evaluates a prompt (PROMPT_FILE, or MODEL_DIR's latest/`step` checkpoint) on a task."""
+  _import_tasks(mixture_or_task_module)
+  config, frozen = loop.load_base_checkpoint(initial_checkpoint_path, model)
+  prompt_value, step = _find_prompt(model_dir, prompt_file, step)
+  prompt = _prompt_for(prompt_value, prompt, config, prompt_file or model_dir)
+  model_module = t5.EncoderDecoder(config, prompt)
+  params = prompts.merge_params(frozen, prompts.prompt_tree(prompt_value))
+  out = output_dir or os.path.join(model_dir or '.', 'inference_eval')
+  evaluator = evaluation.Evaluator(mixture_or_task_name, split, task_feature_lengths,
+                                   methods=eval_methods, batch_size=eval_batch_size,
+                                   max_examples=eval_max_examples, decoding_config=decoding,
+                                   output_dir=out)
+  metrics = evaluator.evaluate(model_module, params, step, tag='eval')
+  print(json.dumps({'task': mixture_or_task_name, 'split': split, 'step': step, **metrics},
+                   indent=2, default=float))
+  return metrics
+
+
+def _find_prompt(model_dir: Optional[str], prompt_file: Optional[str],
+                 step: Optional[int]) -> tuple[np.ndarray, int]:
+  if prompt_file:
+    return prompts.load_prompt_file(prompt_file), step or 0
+  if not model_dir:
+    raise ValueError('Nothing to evaluate: set PROMPT_FILE or MODEL_DIR.')
+  numpy_dir = os.path.join(model_dir, 'numpy_checkpoints')
+  steps = sorted(int(d.split('_')[-1]) for d in os.listdir(numpy_dir)
+                 if d.startswith('checkpoint_')) if os.path.isdir(numpy_dir) else []
+  if not steps:
+    raise FileNotFoundError(f'{model_dir}: no numpy_checkpoints/checkpoint_<step>/ prompts.')
+  step = steps[-1] if step is None else step
+  if step not in steps:
+    raise FileNotFoundError(f'{model_dir}: no prompt for step {step}; available: {steps}.')
+  return prompts.load_prompt_file(state_lib.numpy_prompt_path(model_dir, step)), step
+
+
+def _prompt_for(value: np.ndarray, prompt: prompts.PromptConfig, config: t5.T5Config,
+                source: str) -> prompts.PromptConfig:
+  if value.shape[1] != config.d_model:
+    raise ValueError(f'{source}: the prompt has shape {value.shape} but the model width '
+                     f'(d_model) is {config.d_model}.')
+  return prompts.PromptConfig(value.shape[0], prompt.placement)
+
+
+def infer(*, model_dir: Optional[str], mixture_or_task_name: str, task_feature_lengths: dict,
+          initial_checkpoint_path: Optional[str], model: Optional[t5.T5Config] = None,
+          prompt: prompts.PromptConfig = prompts.PromptConfig(),
+          prompt_file: Optional[str] = None, split: str = 'validation',
+          max_examples: Optional[int] = None, batch_size: int = 32,
+          decoding: evaluation.Decoding = evaluation.Decoding(),
+          output_dir: Optional[str] = None, mixture_or_task_module: Optional[str] = None,
+          step: Optional[int] = None) -> str:
+  """Decodes a split with a prompt and writes predictions JSONL (no metrics)."""
+  _import_tasks(mixture_or_task_module)
+  config, frozen = loop.load_base_checkpoint(initial_checkpoint_path, model)
+  prompt_value, step = _find_prompt(model_dir, prompt_file, step)
+  prompt = _prompt_for(prompt_value, prompt, config, prompt_file or model_dir)
+  params = prompts.merge_params(frozen, prompts.prompt_tree(prompt_value))
+  evaluator = evaluation.Evaluator(mixture_or_task_name, split, task_feature_lengths,
+                                   methods=('generate',), batch_size=batch_size,
+                                   max_examples=max_examples, decoding_config=decoding)
+  texts = evaluator.generate(t5.EncoderDecoder(config, prompt), params)
+  out_dir = output_dir or os.path.join(model_dir or '.', 'inference')
+  os.makedirs(out_dir, exist_ok=True)
+  path = os.path.join(out_dir, f'{mixture_or_task_name}-{split}-step{step}.jsonl')
+  with open(path, 'w') as f:
+    for example, text in zip(evaluator.examples, texts):
+      f.write(json.dumps({'input': example.get('inputs_pretokenized'), 'prediction': text})
+              + '\n')
+  print(f'wrote {len(texts)} predictions to {path}')
+  return path
+
+
+def export(model_dir: str, fmt: str, output: str, step: Optional[int] = None) -> str:
+  """`prompt-tuning export`: a MODEL_DIR's prompt as .npy, a PEFT adapter or a full T5X ckpt."""
+  prompt_value, step = _find_prompt(model_dir, None, step)
+  if fmt == 'npy':
+    return export_lib.export_numpy(output, prompt_value)
+  info_path = os.path.join(model_dir, state_lib.RUN_INFO)
+  with open(info_path) as f:
+    info = json.load(f)
+  base = info.get('initial_checkpoint')
+  if fmt == 'peft':
+    config = t5.T5Config(**info['model_config'])
+    return export_lib.export_peft(output, prompt_value, config, base_model_name_or_path=base)
+  if fmt == 't5x':
+    _, frozen = loop.load_base_checkpoint(base)
+    return export_lib.export_t5x(output, frozen, prompt_value, step)
+  raise ValueError(f"Unknown export format {fmt!r}; choose 'npy', 'peft' or 't5x'.")
+
+
+def convert(source: str, output: str, to: str) -> str:
+  """`prompt-tuning convert`: T5X <-> Hugging Face safetensors."""
+  config, params = checkpoints.load_params(source)
+  if to == 'hf':
+    return checkpoints.save_hf(output, config, params)
+  if to == 't5x':
+    return checkpoints.save_t5x(output, params, checkpoints.read_step(source))
+  raise ValueError(f"Unknown target format {to!r}; choose 't5x' or 'hf'.")
