@@ -24,15 +24,12 @@ COMMANDS = ('quickstart', 'train', 'eval', 'infer', 'export', 'convert')
 
 
 def package_gin_dirs() -> list[str]:
-  """The installed gin/ and configs/ folders (from a wheel or a checkout)."""
-  from importlib import resources
-  dirs = []
-  for package in ('prompt_tuning.gin', 'prompt_tuning.configs'):
-    try:
-      dirs.append(str(resources.files(package)))
-    except ModuleNotFoundError:
-      pass
-  return dirs
+  """The gin/ and configs/ folders: inside the installed package (wheel) or the checkout."""
+  package = os.path.dirname(os.path.abspath(__file__))
+  candidates = [os.path.join(package, 'gin'), os.path.join(package, 'configs'),
+                os.path.join(os.path.dirname(package), 'gin'),
+                os.path.join(os.path.dirname(package), 'configs')]
+  return [d for d in candidates if os.path.isdir(d)]
 
 
 def rewrite_gin_args(argv: Sequence[str]) -> list[str]:

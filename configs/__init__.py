@@ -1,1 +1,0 @@
-"""Launchable experiment configs (installed as prompt_tuning.configs)."""

@@ -1,1 +1,0 @@
-"""Reusable gin blocks (installed as prompt_tuning.gin so gin files are found from a wheel)."""
