@@ -9,11 +9,14 @@ checkpoints map one-to-one onto these modules:
   RelativePositionBias  rel_embedding    ('heads', 'relpos_buckets')
   MultiHeadAttention    query/key/value  ('embed', 'joined_kv'), out ('joined_kv', 'embed')
   MlpBlock              wi_0/wi_1        ('embed', 'mlp'),       wo  ('mlp', 'embed')
+
+For decoding, MultiHeadAttention also keeps keys/values in the 'cache' collection
+(cached_key, cached_value and, for causal self-attention, cache_index; T5X's names).
 """
 
 from __future__ import annotations
 
-from typing import Callable, Optional, Sequence
+from typing import Any, Callable, Optional, Sequence
 
 import flax.linen as nn
 import jax
@@ -141,8 +144,20 @@ class MultiHeadAttention(nn.Module):
   kernel_init: Initializer = default_kernel_init
 
   @nn.compact
-  def __call__(self, x_BxQxD: jax.Array, kv_BxKxD: jax.Array, bias_BxHxQxK: jax.Array,
-               enable_dropout: bool = False) -> jax.Array:
+  def __call__(self, x_BxQxD: jax.Array, kv_BxKxD: Optional[jax.Array], bias_BxHxQxK: Any,
+               enable_dropout: bool = False, decode: Optional[str] = None) -> jax.Array:
+    """Attention of x's queries to kv's keys/values.
+
+    decode selects the 'cache' collection's use during autoregressive decoding:
+      None     no cache; bias_BxHxQxK is an array [B or 1, H or 1, Q, K].
+      'self'   causal self-attention (kv is x). The first call creates zeroed
+               cached_key/cached_value [B, K, H, head_dim] with K = the call's length (the
+               maximum decode length) and cache_index 0; later calls write their Q keys/values
+               at cache_index and advance it. bias_BxHxQxK is then a function
+               (q_offset, q_len, k_len) -> bias, since only this layer knows the position.
+      'cross'  attention to the encoded input: given kv, its keys/values are computed and
+               stored; with kv None they are read back, so each sequence projects them once.
+    """
     inner = self.num_heads * self.head_dim
     d_model = x_BxQxD.shape[-1]
 
@@ -157,11 +172,45 @@ class MultiHeadAttention(nn.Module):
       return y_BxLxI.reshape(*y_BxLxI.shape[:2], self.num_heads, self.head_dim)
 
     q = split(dense('query', inner, ('embed', 'joined_kv'), query_init)(x_BxQxD))
-    k = split(dense('key', inner, ('embed', 'joined_kv'))(kv_BxKxD))
-    v = split(dense('value', inner, ('embed', 'joined_kv'))(kv_BxKxD))
+    if decode == 'cross' and kv_BxKxD is None:
+      if not self.has_variable('cache', 'cached_key'):
+        raise ValueError('Cross-attention decode step without cached keys: initialise the '
+                         'cache with the encoded input first (EncoderDecoder.init_cache).')
+      k = self.get_variable('cache', 'cached_key')
+      v = self.get_variable('cache', 'cached_value')
+    else:
+      k = split(dense('key', inner, ('embed', 'joined_kv'))(kv_BxKxD))
+      v = split(dense('value', inner, ('embed', 'joined_kv'))(kv_BxKxD))
+      if decode == 'cross':
+        self.put_variable('cache', 'cached_key', k)
+        self.put_variable('cache', 'cached_value', v)
+      elif decode == 'self':
+        k, v, bias_BxHxQxK = self._causal_cache(k, v, bias_BxHxQxK)
+      elif decode is not None:
+        raise ValueError(f"Unknown decode mode {decode!r}; choose None, 'self' or 'cross'.")
     out_BxQxHxK = self.attend(q, k, v, bias_BxHxQxK, enable_dropout)
     out_BxQxI = out_BxQxHxK.reshape(*out_BxQxHxK.shape[:2], inner)
     return dense('out', d_model, ('joined_kv', 'embed'))(out_BxQxI)
+
+  def _causal_cache(self, k_BxQxHxK, v_BxQxHxK, bias_fn):
+    """Creates, or writes this call's keys/values into, the self-attention cache."""
+    q_len = k_BxQxHxK.shape[1]
+    initialized = self.has_variable('cache', 'cached_key')
+    cached_k = self.variable('cache', 'cached_key', jnp.zeros, k_BxQxHxK.shape, k_BxQxHxK.dtype)
+    cached_v = self.variable('cache', 'cached_value', jnp.zeros, v_BxQxHxK.shape,
+                             v_BxQxHxK.dtype)
+    index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
+    if not initialized:
+      # The creating call only fixes the cache's length; it attends like a full causal pass.
+      return k_BxQxHxK, v_BxQxHxK, bias_fn(0, q_len, q_len)
+    i = index.value
+    cached_k.value = jax.lax.dynamic_update_slice(
+        cached_k.value, k_BxQxHxK.astype(cached_k.value.dtype), (0, i, 0, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(
+        cached_v.value, v_BxQxHxK.astype(cached_v.value.dtype), (0, i, 0, 0))
+    index.value = i + q_len
+    # Positions past i + q_len are still zeros; the causal bias hides them.
+    return cached_k.value, cached_v.value, bias_fn(i, q_len, cached_k.value.shape[1])
 
   def attend(self, q_BxQxHxK, k_BxKxHxK, v_BxKxHxK, bias_BxHxQxK, enable_dropout):
     logits = jnp.einsum('bqhd,bkhd->bhqk', q_BxQxHxK, k_BxKxHxK,
@@ -205,3 +254,10 @@ def make_attention_mask(query_valid_BxQ: jax.Array, key_valid_BxK: jax.Array) ->
 
 def causal_mask(length: int) -> jax.Array:
   return jnp.tril(jnp.ones((length, length), dtype=bool))[None]
+
+
+def causal_bias(q_len: int, k_len: int, q_offset: jax.Array | int = 0) -> jax.Array:
+  """Additive bias [1, 1, Q, K] letting query q_offset + i see keys 0 .. q_offset + i."""
+  q_pos = jnp.arange(q_len, dtype=jnp.int32)[:, None] + q_offset
+  k_pos = jnp.arange(k_len, dtype=jnp.int32)[None, :]
+  return attention_bias((k_pos <= q_pos)[None])

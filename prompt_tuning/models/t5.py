@@ -121,17 +121,22 @@ class DecoderLayer(nn.Module):
   config: T5Config
 
   @nn.compact
-  def __call__(self, y_BxTxD, encoded_BxLxD, self_bias, cross_bias, enable_dropout=False):
+  def __call__(self, y_BxTxD, encoded_BxLxD, self_bias, cross_bias, enable_dropout=False,
+               decode=False):
+    """decode: use the 'cache' collection (see layers.MultiHeadAttention); self_bias is then a
+    function of the query offset and encoded_BxLxD may be None once the cache holds it."""
     c = self.config
     kw = dict(dtype=c.activation_dtype, param_dtype=c.weight_dtype)
     h = layers.RMSNorm(c.layer_norm_epsilon, name='pre_self_attention_layer_norm', **kw)(y_BxTxD)
     h = layers.MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, name='self_attention',
-                                  **kw)(h, h, self_bias, enable_dropout)
+                                  **kw)(h, h, self_bias, enable_dropout,
+                                        'self' if decode else None)
     y_BxTxD = y_BxTxD + _dropout(c.dropout_rate, h, enable_dropout)
     h = layers.RMSNorm(c.layer_norm_epsilon, name='pre_cross_attention_layer_norm', **kw)(y_BxTxD)
     h = layers.MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate,
                                   name='encoder_decoder_attention',
-                                  **kw)(h, encoded_BxLxD, cross_bias, enable_dropout)
+                                  **kw)(h, encoded_BxLxD, cross_bias, enable_dropout,
+                                        'cross' if decode else None)
     y_BxTxD = y_BxTxD + _dropout(c.dropout_rate, h, enable_dropout)
     h = layers.RMSNorm(c.layer_norm_epsilon, name='pre_mlp_layer_norm', **kw)(y_BxTxD)
     h = layers.MlpBlock(c.d_ff, c.dropout_rate, name='mlp', **kw)(h, enable_dropout)
@@ -169,13 +174,18 @@ class Encoder(nn.Module):
 
 
 class Decoder(nn.Module):
-  """Causal stack with cross-attention to the encoder; returns float32 logits [B, T, V]."""
+  """Causal stack with cross-attention to the encoder; returns float32 logits [B, T, V].
+
+  With decode=True the self- and cross-attention layers use the 'cache' collection: the first
+  call (T = the maximum decode length, with the encoded input) creates it, later calls (T
+  tokens from the cache's position on, usually 1; encoded_BxLxD may be None) extend it.
+  """
   config: T5Config
   shared_embedding: nn.Module
 
   @nn.compact
   def __call__(self, encoded_BxLxD, encoder_valid_BxL, decoder_input_tokens_BxT,
-               decoder_target_tokens_BxT=None, enable_dropout=False):
+               decoder_target_tokens_BxT=None, enable_dropout=False, decode=False):
     c = self.config
     kw = dict(dtype=c.activation_dtype, param_dtype=c.weight_dtype)
     length = decoder_input_tokens_BxT.shape[1]
@@ -184,20 +194,29 @@ class Decoder(nn.Module):
       decoder_valid_BxT = jnp.ones(decoder_input_tokens_BxT.shape, bool)
     else:
       decoder_valid_BxT = decoder_target_tokens_BxT > PAD_ID
-    self_mask = layers.make_attention_mask(decoder_valid_BxT, decoder_valid_BxT)
-    self_bias = layers.attention_bias(self_mask & layers.causal_mask(length))
-    self_bias = self_bias + layers.RelativePositionBias(
-        c.relpos_buckets, c.relpos_max_distance, c.num_heads, bidirectional=False,
-        name='relpos_bias', **kw)(length, length)
+    relpos = layers.RelativePositionBias(c.relpos_buckets, c.relpos_max_distance, c.num_heads,
+                                         bidirectional=False, name='relpos_bias', **kw)
+    if decode:
+      if decoder_target_tokens_BxT is not None:
+        raise ValueError('Decoding with the cache takes no decoder_target_tokens.')
+      # Each self-attention layer knows its cache position; it asks for the bias of its rows.
+      def self_bias(q_offset, q_len, k_len):
+        return relpos(q_len, k_len, q_offset) + layers.causal_bias(q_len, k_len, q_offset)
+    else:
+      self_mask = layers.make_attention_mask(decoder_valid_BxT, decoder_valid_BxT)
+      self_bias = layers.attention_bias(self_mask & layers.causal_mask(length))
+      self_bias = self_bias + relpos(length, length)
     cross_bias = layers.attention_bias(
         layers.make_attention_mask(decoder_valid_BxT, encoder_valid_BxL))
 
     y_BxTxD = self.shared_embedding(decoder_input_tokens_BxT)
     y_BxTxD = _dropout(c.dropout_rate, y_BxTxD, enable_dropout)
-    layer = _layer_class(DecoderLayer, c.remat_policy, static_argnums=(5,))
+    # Decoding keeps nothing for a backward pass, so it never needs remat.
+    layer = DecoderLayer if decode else _layer_class(DecoderLayer, c.remat_policy,
+                                                     static_argnums=(5,))
     for i in range(c.num_decoder_layers):
       y_BxTxD = layer(c, name=f'layers_{i}')(y_BxTxD, encoded_BxLxD, self_bias, cross_bias,
-                                              enable_dropout)
+                                              enable_dropout, decode)
     y_BxTxD = layers.RMSNorm(c.layer_norm_epsilon, name='decoder_norm', **kw)(y_BxTxD)
     y_BxTxD = _dropout(c.dropout_rate, y_BxTxD, enable_dropout)
     if c.logits_via_embedding:
@@ -207,7 +226,8 @@ class Decoder(nn.Module):
 
 
 class EncoderDecoder(nn.Module):
-  """T5X's EncoderDecoder: `__call__` gives teacher-forced logits; `encode`/`decode` split it.
+  """T5X's EncoderDecoder: `__call__` gives teacher-forced logits; `encode`/`decode` split it;
+  `init_cache`/`decode_step` decode autoregressively with a key/value cache.
 
   With `prompt` (a prompts.PromptConfig) the encoder carries `encoder/prompt/prompt/prompt`.
   """
@@ -234,6 +254,28 @@ class EncoderDecoder(nn.Module):
              decoder_target_tokens=None, enable_dropout=False):
     return self.decoder(encoded, self.encoder_mask(encoder_input_tokens), decoder_input_tokens,
                         decoder_target_tokens, enable_dropout)
+
+  def init_cache(self, encoded, encoder_input_tokens, max_decode_length: int):
+    """Creates the decoding cache; apply with {'params': ...} only and mutable=['cache'].
+
+    Per decoder layer i, under 'cache'/decoder/layers_i:
+      self_attention/cached_key, cached_value    [B, max_decode_length, H, head_dim] zeros
+      self_attention/cache_index                 int32 scalar 0 (the next position to write)
+      encoder_decoder_attention/cached_key, cached_value   [B, L (+ P), H, head_dim]: the
+          keys/values of `encoded` (prompt positions included), computed here once.
+    """
+    dummy_BxT = jnp.zeros((encoded.shape[0], max_decode_length), jnp.int32)
+    self.decoder(encoded, self.encoder_mask(encoder_input_tokens), dummy_BxT, decode=True)
+
+  def decode_step(self, encoder_input_tokens, decoder_input_tokens_BxQ):
+    """Logits [B, Q, V] for the next Q (usually 1) decoder positions, from the cache.
+
+    Apply with {'params': ..., 'cache': ...} and mutable=['cache']; the returned cache has the
+    tokens' keys/values written and cache_index advanced by Q. The encoded input is read from
+    the cache; `encoder_input_tokens` only gives the cross-attention mask.
+    """
+    return self.decoder(None, self.encoder_mask(encoder_input_tokens), decoder_input_tokens_BxQ,
+                        decode=True)
 
   def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
                enable_dropout=False):

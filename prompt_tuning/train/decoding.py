@@ -1,0 +1,290 @@
+"""Autoregressive decoding (greedy, sampling, beam search) and scoring, in pure JAX.
+
+Each decoding function encodes the inputs once (the prompt, when the model has one, is joined
+there; decoding only sees its mask), fills the model's key/value cache once
+(`EncoderDecoder.init_cache`: zeroed self-attention slots plus the cross-attention keys/values
+of the encoded input), then runs one jitted `lax.while_loop` of single-token
+`EncoderDecoder.decode_step`s with fixed shapes. Decoding starts from the decoder input id 0
+(PAD) and a row stops at its first EOS (id 1); later positions hold PAD.
+
+The model and the integer/float settings are static arguments: one compile per model, shape
+and setting, reused across calls.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from prompt_tuning.models import t5
+
+PAD_ID = t5.PAD_ID
+EOS_ID = t5.EOS_ID
+# Below this temperature sampling is argmax (T5X's threshold): 1/temperature would overflow.
+MIN_TEMPERATURE = 1e-4
+
+
+# ----------------------------------------------------------------------------------------------
+# The cached model, as two functions of arrays.
+
+
+def _start(model, params, encoder_input_tokens_BxL, max_decode_length, copies=1):
+  """Encodes once and builds the cache; `copies` repeats each row (beams) after encoding."""
+  if max_decode_length < 1:
+    raise ValueError(f'max_decode_length must be >= 1, got {max_decode_length}.')
+  tokens_BxL = jnp.asarray(encoder_input_tokens_BxL, jnp.int32)
+  encoded_BxLxD = model.apply({'params': params}, tokens_BxL, method=model.encode)
+  if copies > 1:
+    # Rows b*copies .. b*copies + copies - 1 belong to example b.
+    encoded_BxLxD = jnp.repeat(encoded_BxLxD, copies, axis=0)
+    tokens_BxL = jnp.repeat(tokens_BxL, copies, axis=0)
+  _, variables = model.apply({'params': params}, encoded_BxLxD, tokens_BxL, max_decode_length,
+                             method=model.init_cache, mutable=['cache'])
+  return tokens_BxL, variables['cache']
+
+
+def _step(model, params, cache, encoder_input_tokens_BxL, token_B):
+  """Logits [B, V] for the next position after `token_B`, and the advanced cache."""
+  logits_Bx1xV, variables = model.apply(
+      {'params': params, 'cache': cache}, encoder_input_tokens_BxL, token_B[:, None],
+      method=model.decode_step, mutable=['cache'])
+  return logits_Bx1xV[:, 0], variables['cache']
+
+
+# ----------------------------------------------------------------------------------------------
+# Greedy decoding and sampling: one token per row per step.
+
+
+class _SampleState(NamedTuple):
+  i: jax.Array            # tokens written so far
+  last_B: jax.Array       # the decoder input of step i
+  tokens_BxT: jax.Array
+  done_B: jax.Array       # row has emitted EOS
+  cache: Any
+
+
+def _decode_loop(model, params, encoder_input_tokens_BxL, max_decode_length,
+                 pick: Callable[[jax.Array, jax.Array], jax.Array], rng: jax.Array):
+  """Runs `pick(logits_BxV, step_rng) -> token_B` until every row ended or T tokens."""
+  tokens_BxL, cache = _start(model, params, encoder_input_tokens_BxL, max_decode_length)
+  batch = tokens_BxL.shape[0]
+
+  def cond(s: _SampleState):
+    return (s.i < max_decode_length) & ~jnp.all(s.done_B)
+
+  def body(s: _SampleState):
+    logits_BxV, cache = _step(model, params, s.cache, tokens_BxL, s.last_B)
+    token_B = pick(logits_BxV, jax.random.fold_in(rng, s.i)).astype(jnp.int32)
+    token_B = jnp.where(s.done_B, PAD_ID, token_B)
+    tokens_BxT = lax.dynamic_update_slice(s.tokens_BxT, token_B[:, None], (0, s.i))
+    return _SampleState(s.i + 1, token_B, tokens_BxT, s.done_B | (token_B == EOS_ID), cache)
+
+  init = _SampleState(jnp.array(0, jnp.int32), jnp.full((batch,), PAD_ID, jnp.int32),
+                      jnp.zeros((batch, max_decode_length), jnp.int32),
+                      jnp.zeros((batch,), bool), cache)
+  return lax.while_loop(cond, body, init).tokens_BxT
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_decode_length'))
+def greedy(model, params, encoder_input_tokens_BxL, max_decode_length: int) -> jax.Array:
+  """Argmax decoding: tokens [B, T=max_decode_length], PAD after each row's first EOS."""
+  pick = lambda logits_BxV, _: jnp.argmax(logits_BxV, axis=-1)
+  return _decode_loop(model, params, encoder_input_tokens_BxL, max_decode_length, pick,
+                      jax.random.PRNGKey(0))
+
+
+def top_k_filter(logits_BxV: jax.Array, k: int) -> jax.Array:
+  """Keeps the k largest logits of each row (ties to the lower id) and sets the rest to -inf."""
+  if k <= 0 or k >= logits_BxV.shape[-1]:
+    return logits_BxV
+  _, ids_BxK = lax.top_k(logits_BxV, k)
+  rows_Bx1 = jnp.arange(logits_BxV.shape[0])[:, None]
+  keep_BxV = jnp.zeros(logits_BxV.shape, bool).at[rows_Bx1, ids_BxK].set(True)
+  return jnp.where(keep_BxV, logits_BxV, -jnp.inf)
+
+
+def top_p_filter(logits_BxV: jax.Array, p: float) -> jax.Array:
+  """Nucleus filter: keeps each row's smallest set of most probable tokens whose probability
+  mass is >= p (ties to the lower id); the rest become -inf."""
+  if not 0.0 < p <= 1.0:
+    raise ValueError(f'top_p must be in (0, 1], got {p}.')
+  order_BxV = jnp.argsort(-logits_BxV, axis=-1, stable=True)  # most probable first
+  probs_BxV = jax.nn.softmax(jnp.take_along_axis(logits_BxV, order_BxV, axis=-1), axis=-1)
+  mass_before_BxV = jnp.concatenate(
+      [jnp.zeros_like(probs_BxV[:, :1]), jnp.cumsum(probs_BxV, axis=-1)[:, :-1]], axis=-1)
+  # A token is needed iff the more probable ones have not reached p yet.
+  keep_sorted_BxV = mass_before_BxV < p
+  rows_Bx1 = jnp.arange(logits_BxV.shape[0])[:, None]
+  keep_BxV = jnp.zeros(logits_BxV.shape, bool).at[rows_Bx1, order_BxV].set(keep_sorted_BxV)
+  return jnp.where(keep_BxV, logits_BxV, -jnp.inf)
+
+
+def sample_logits(logits_BxV: jax.Array, rng: jax.Array, temperature: float = 1.0,
+                  top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+  """One token per row from softmax(logits / temperature), restricted by top-k then top-p."""
+  if temperature < MIN_TEMPERATURE:
+    return jnp.argmax(logits_BxV, axis=-1)
+  logits_BxV = top_k_filter(logits_BxV.astype(jnp.float32) / temperature, top_k)
+  if top_p < 1.0:
+    logits_BxV = top_p_filter(logits_BxV, top_p)
+  return jax.random.categorical(rng, logits_BxV, axis=-1)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_decode_length', 'temperature',
+                                             'top_k', 'top_p'))
+def sample(model, params, encoder_input_tokens_BxL, max_decode_length: int, rng: jax.Array,
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+  """Ancestral sampling: tokens [B, T], PAD after each row's first EOS.
+
+  temperature < 1e-4 is argmax; top_k=0 and top_p=1 disable those filters. The same rng
+  gives the same tokens; step i uses fold_in(rng, i).
+  """
+  if top_k < 0:
+    raise ValueError(f'top_k must be >= 0, got {top_k}.')
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f'top_p must be in (0, 1], got {top_p}.')
+  pick = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
+  return _decode_loop(model, params, encoder_input_tokens_BxL, max_decode_length, pick, rng)
+
+
+# ----------------------------------------------------------------------------------------------
+# Beam search (T5X's algorithm: 2K candidates per step, finished set scored with its brevity
+# penalty, early exit once no live beam can beat the finished ones).
+
+
+def brevity_penalty(alpha: float, length: Any) -> Any:
+  """T5X's length normalisation: finished log-probs are divided by ((5 + length) / 6) ** alpha."""
+  return ((5.0 + length) / 6.0) ** alpha
+
+
+class _BeamState(NamedTuple):
+  i: jax.Array              # tokens decoded so far
+  live_seqs_BxKxT: jax.Array
+  live_logp_BxK: jax.Array  # summed log-probs, best first; -inf for empty beams
+  done_seqs_BxKxT: jax.Array
+  done_scores_BxK: jax.Array  # normalised scores, best first; -inf for empty slots
+  done_BxK: jax.Array
+  cache: Any                # rows b * K + k
+
+
+def _reorder_cache(cache, rows_N: jax.Array):
+  """Moves cache rows to follow their beams. The cross-attention entries are identical for
+  every beam of an example, so they stay put."""
+  def gather(path, x):
+    names = {getattr(k, 'key', None) for k in path}
+    if x.ndim == 0 or 'encoder_decoder_attention' in names:
+      return x
+    return jnp.take(x, rows_N, axis=0)
+  return jax.tree_util.tree_map_with_path(gather, cache)
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'max_decode_length', 'num_beams',
+                                             'alpha'))
+def beam_search(model, params, encoder_input_tokens_BxL, max_decode_length: int,
+                num_beams: int = 4, alpha: float = 0.6) -> tuple[jax.Array, jax.Array]:
+  """Beam search: (tokens [B, K, T], scores [B, K]), best first, K = num_beams.
+
+  Scores are summed log-probs divided by `brevity_penalty(alpha, length)` (length counts the
+  EOS). As in T5X: a row with any finished sequence returns only finished ones (empty slots:
+  PAD tokens, score -inf); a row with none returns its live beams and their raw log-probs.
+  """
+  if num_beams < 1:
+    raise ValueError(f'num_beams must be >= 1, got {num_beams}.')
+  k, t = num_beams, max_decode_length
+  tokens_NxL, cache = _start(model, params, encoder_input_tokens_BxL, t, copies=k)
+  batch = tokens_NxL.shape[0] // k
+  ninf = jnp.float32(-jnp.inf)
+
+  def cond(s: _BeamState):
+    # Log-probs only fall, so a live beam ends at best with its current log-prob over the
+    # largest penalty still reachable (lengths i + 1 .. T).
+    penalty = jnp.maximum(brevity_penalty(alpha, s.i + 1.0), brevity_penalty(alpha, float(t)))
+    best_live_B = s.live_logp_BxK[:, 0] / penalty
+    worst_done_B = jnp.where(jnp.all(s.done_BxK, axis=1), s.done_scores_BxK[:, -1], ninf)
+    return (s.i < t) & ~jnp.all(worst_done_B > best_live_B)
+
+  def body(s: _BeamState):
+    last_BxK = jnp.where(s.i == 0, PAD_ID, lax.dynamic_index_in_dim(
+        s.live_seqs_BxKxT, jnp.maximum(s.i - 1, 0), axis=2, keepdims=False))
+    logits_NxV, cache = _step(model, params, s.cache, tokens_NxL, last_BxK.reshape(-1))
+    vocab = logits_NxV.shape[-1]
+    logp_BxKxV = (jax.nn.log_softmax(logits_NxV.reshape(batch, k, vocab), axis=-1)
+                  + s.live_logp_BxK[..., None])
+    # 2K candidates: even if K of them end here, K remain to continue.
+    cand_logp_BxC, flat_BxC = lax.top_k(logp_BxKxV.reshape(batch, k * vocab), 2 * k)
+    parent_BxC, token_BxC = flat_BxC // vocab, (flat_BxC % vocab).astype(jnp.int32)
+    cand_seqs_BxCxT = jnp.take_along_axis(s.live_seqs_BxKxT, parent_BxC[..., None], axis=1)
+    cand_seqs_BxCxT = lax.dynamic_update_slice(cand_seqs_BxCxT, token_BxC[..., None],
+                                               (0, 0, s.i))
+    ended_BxC = token_BxC == EOS_ID
+
+    live_logp_BxK, pick_BxK = lax.top_k(jnp.where(ended_BxC, ninf, cand_logp_BxC), k)
+    live_seqs_BxKxT = jnp.take_along_axis(cand_seqs_BxCxT, pick_BxK[..., None], axis=1)
+    parent_BxK = jnp.take_along_axis(parent_BxC, pick_BxK, axis=1)
+    rows_N = (jnp.arange(batch)[:, None] * k + parent_BxK).reshape(-1)
+    cache = _reorder_cache(cache, rows_N)
+
+    new_scores_BxC = jnp.where(ended_BxC, cand_logp_BxC / brevity_penalty(alpha, s.i + 1.0),
+                               ninf)
+    scores_Bx3K = jnp.concatenate([s.done_scores_BxK, new_scores_BxC], axis=1)
+    done_scores_BxK, keep_BxK = lax.top_k(scores_Bx3K, k)
+    done_seqs_BxKxT = jnp.take_along_axis(
+        jnp.concatenate([s.done_seqs_BxKxT, cand_seqs_BxCxT], axis=1), keep_BxK[..., None], 1)
+    done_BxK = jnp.take_along_axis(jnp.concatenate([s.done_BxK, ended_BxC], axis=1), keep_BxK,
+                                   axis=1)
+    return _BeamState(s.i + 1, live_seqs_BxKxT, live_logp_BxK, done_seqs_BxKxT,
+                      done_scores_BxK, done_BxK, cache)
+
+  seqs0_BxKxT = jnp.zeros((batch, k, t), jnp.int32)
+  # Only beam 0 is real at first; the others would duplicate its candidates.
+  live0_BxK = jnp.tile(jnp.concatenate([jnp.zeros((1,)), jnp.full((k - 1,), -jnp.inf)]),
+                       (batch, 1)).astype(jnp.float32)
+  init = _BeamState(jnp.array(0, jnp.int32), seqs0_BxKxT, live0_BxK, seqs0_BxKxT,
+                    jnp.full((batch, k), ninf), jnp.zeros((batch, k), bool), cache)
+  s = lax.while_loop(cond, body, init)
+  any_done_B = jnp.any(s.done_BxK, axis=1)
+  tokens_BxKxT = jnp.where(any_done_B[:, None, None], s.done_seqs_BxKxT, s.live_seqs_BxKxT)
+  scores_BxK = jnp.where(any_done_B[:, None], s.done_scores_BxK, s.live_logp_BxK)
+  return tokens_BxKxT, scores_BxK
+
+
+# ----------------------------------------------------------------------------------------------
+# Scoring.
+
+
+def shift_right(targets_BxT: jax.Array) -> jax.Array:
+  """Teacher-forcing decoder inputs: PAD, then the targets without their last token."""
+  return jnp.concatenate([jnp.full_like(targets_BxT[:, :1], PAD_ID), targets_BxT[:, :-1]], 1)
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def _score(model, params, batch):
+  targets_BxT = batch['decoder_target_tokens']
+  inputs_BxT = batch.get('decoder_input_tokens')
+  inputs_BxT = shift_right(targets_BxT) if inputs_BxT is None else inputs_BxT
+  logits_BxTxV = model.apply({'params': params}, batch['encoder_input_tokens'], inputs_BxT,
+                             targets_BxT)
+  logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+  token_logp_BxT = jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+  weights_BxT = batch.get('decoder_loss_weights')
+  weights_BxT = targets_BxT > PAD_ID if weights_BxT is None else weights_BxT
+  return jnp.sum(token_logp_BxT * weights_BxT.astype(jnp.float32), axis=1)
+
+
+def score(model, params, batch: dict) -> jax.Array:
+  """Summed log-probabilities [B] of `decoder_target_tokens` given `encoder_input_tokens`.
+
+  Teacher-forced in one forward pass. Tokens are weighted by `decoder_loss_weights` when the
+  batch has them, else by target > 0; `decoder_input_tokens` default to the shifted targets.
+  """
+  keys = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
+          'decoder_loss_weights')
+  arrays = {k: jnp.asarray(batch[k]) for k in keys if batch.get(k) is not None}
+  for k in ('encoder_input_tokens', 'decoder_target_tokens'):
+    if k not in arrays:
+      raise ValueError(f'score needs {k!r}; the batch has {sorted(batch)}.')
+  return _score(model, params, arrays)
