@@ -116,17 +116,10 @@ class Evaluator:
     return texts
 
   def rank(self, model, params) -> list[str]:
-    num_labels = len(self.info.labels)
     predictions = []
     for _, real, rows in self._batches():
-      scores = np.zeros((len(rows), num_labels), np.float32)
-      for j in range(num_labels):
-        targets = np.broadcast_to(self.label_targets[j], (len(rows), self.target_length))
-        inputs = np.concatenate([np.zeros((len(rows), 1), np.int32), targets[:, :-1]], 1)
-        batch = {'encoder_input_tokens': rows, 'decoder_input_tokens': inputs,
-                 'decoder_target_tokens': np.ascontiguousarray(targets)}
-        scores[:, j] = np.asarray(decoding.score(model, params, batch))
-      predictions += [self.info.labels[k] for k in scores.argmax(-1)[:real]]
+      scores = decoding.score_candidates(model, params, rows, self.label_targets)
+      predictions += [self.info.labels[k] for k in np.asarray(scores).argmax(-1)[:real]]
     return predictions
 
   def evaluate(self, model, params, step: int, tag: str = '') -> dict[str, Any]:

@@ -259,3 +259,22 @@ def test_top_k_filter_keeps_k_largest():
   kept = np.isfinite(np.asarray(decoding.top_k_filter(logits, 2)))
   np.testing.assert_array_equal(kept, [[0, 1, 0, 1], [1, 1, 0, 0]])  # ties: lower id first
   np.testing.assert_array_equal(decoding.top_k_filter(logits, 0), logits)
+
+
+def test_score_candidates_equals_scoring_each_candidate():
+  """Rank classification encodes once; it must equal scoring each (input, candidate) pair."""
+  config = t5.T5Config.preset('tiny', dtype='float32', vocab_size=64, num_encoder_layers=1)
+  prompt = prompts.PromptConfig(3)
+  model = t5.EncoderDecoder(config, prompt)
+  params = t5.init_params(config, prompt=prompt)
+  rng = np.random.RandomState(0)
+  enc = rng.randint(2, 64, (3, 7)).astype(np.int32)
+  enc[1, 4:] = 0
+  candidates = np.array([[5, 1, 0], [9, 8, 1], [7, 1, 0]], np.int32)
+  got = np.asarray(decoding.score_candidates(model, params, enc, candidates))
+  assert got.shape == (3, 3)
+  for k in range(3):
+    targets = np.repeat(candidates[k:k + 1], 3, axis=0)
+    want = np.asarray(decoding.score(model, params, {'encoder_input_tokens': enc,
+                                                     'decoder_target_tokens': targets}))
+    np.testing.assert_allclose(got[:, k], want, rtol=1e-5, atol=1e-5)

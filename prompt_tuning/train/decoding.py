@@ -261,6 +261,13 @@ def shift_right(targets_BxT: jax.Array) -> jax.Array:
   return jnp.concatenate([jnp.full_like(targets_BxT[:, :1], PAD_ID), targets_BxT[:, :-1]], 1)
 
 
+def _target_logp(logits_BxTxV, targets_BxT, weights_BxT=None):
+  logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
+  token_logp_BxT = jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
+  weights_BxT = targets_BxT > PAD_ID if weights_BxT is None else weights_BxT
+  return jnp.sum(token_logp_BxT * weights_BxT.astype(jnp.float32), axis=1)
+
+
 @functools.partial(jax.jit, static_argnames=('model',))
 def _score(model, params, batch):
   targets_BxT = batch['decoder_target_tokens']
@@ -268,11 +275,23 @@ def _score(model, params, batch):
   inputs_BxT = shift_right(targets_BxT) if inputs_BxT is None else inputs_BxT
   logits_BxTxV = model.apply({'params': params}, batch['encoder_input_tokens'], inputs_BxT,
                              targets_BxT)
-  logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
-  token_logp_BxT = jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
-  weights_BxT = batch.get('decoder_loss_weights')
-  weights_BxT = targets_BxT > PAD_ID if weights_BxT is None else weights_BxT
-  return jnp.sum(token_logp_BxT * weights_BxT.astype(jnp.float32), axis=1)
+  return _target_logp(logits_BxTxV, targets_BxT, batch.get('decoder_loss_weights'))
+
+
+@functools.partial(jax.jit, static_argnames=('model',))
+def score_candidates(model, params, encoder_input_tokens_BxL, candidates_KxT) -> jax.Array:
+  """Log-likelihood [B, K] of each of K candidate targets (e.g. class verbalizers + EOS).
+
+  Rank classification: the input (and prompt) is encoded once and shared by the K candidates.
+  """
+  batch, num = encoder_input_tokens_BxL.shape[0], candidates_KxT.shape[0]
+  encoded = model.apply({'params': params}, encoder_input_tokens_BxL, method=model.encode)
+  encoded = jnp.repeat(encoded, num, axis=0)
+  tokens = jnp.repeat(encoder_input_tokens_BxL, num, axis=0)
+  targets_NxT = jnp.tile(candidates_KxT, (batch, 1))
+  logits = model.apply({'params': params}, encoded, tokens, shift_right(targets_NxT),
+                       targets_NxT, method=model.decode)
+  return _target_logp(logits, targets_NxT).reshape(batch, num)
 
 
 def score(model, params, batch: dict) -> jax.Array:
