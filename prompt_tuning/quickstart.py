@@ -11,6 +11,7 @@ It is a demonstration of the mechanism at toy scale, not a reproduction of the p
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -25,7 +26,7 @@ import optax
 
 from prompt_tuning import checkpoints, evaluation, prompts, runs
 from prompt_tuning.models import t5
-from prompt_tuning.train import losses, state as state_lib
+from prompt_tuning.train import losses
 
 log = logging.getLogger('prompt_tuning')
 
@@ -69,8 +70,8 @@ def quickstart(*, model_dir: str = os.path.join('runs', 'quickstart'),
                prompt_task: str = 'quickstart_max_taskless',
                task_feature_lengths: Optional[dict] = None, model_tune_steps: int = 600,
                model_tune_batch_size: int = 64, model_tune_learning_rate: float = 3e-3,
-               prompt_length: int = 8, prompt_steps: int = 300, batch_size: int = 32,
-               learning_rate: float = 0.3, eval_period: int = 100,
+               prompt_length: int = 10, prompt_steps: int = 200, batch_size: int = 32,
+               learning_rate: float = 0.3, eval_period: int = 50,
                eval_max_examples: Optional[int] = 200, random_seed: int = 0) -> dict:
   """Runs the three stages above; writes everything under `model_dir`."""
   started = time.time()
@@ -78,15 +79,22 @@ def quickstart(*, model_dir: str = os.path.join('runs', 'quickstart'),
   config = model or t5.T5Config(vocab_size=384, d_model=64, d_ff=128, num_heads=4, head_dim=16,
                                 num_encoder_layers=2, num_decoder_layers=2, dtype='float32')
   base_dir = os.path.join(model_dir, 'base')
-  base_path = os.path.join(base_dir, f'checkpoint_{model_tune_steps}')
-  if os.path.exists(base_path):
+  base_path = os.path.join(base_dir, 'checkpoint_0')
+  recipe = {'config': dataclasses.asdict(config), 'mixture': mixture, 'steps': model_tune_steps,
+            'batch_size': model_tune_batch_size, 'learning_rate': model_tune_learning_rate,
+            'seed': random_seed, 'lengths': lengths}
+  recipe_path = os.path.join(base_dir, 'recipe.json')
+  if os.path.exists(recipe_path) and json.load(open(recipe_path)) == recipe:
     log.info('Reusing the model-tuned base model at %s.', base_path)
   else:
     log.info('Stage 1: model-tuning a %s-parameter T5 1.1 on %s (task prefixes in the input).',
              f'{t5.count_params(config):,}', mixture)
     params = model_tune(config, mixture, lengths, model_tune_steps, model_tune_batch_size,
                         model_tune_learning_rate, random_seed)
-    checkpoints.save_t5x(base_dir, params, model_tune_steps)
+    # Step 0: the prompt-tuning run counts its own steps from here.
+    checkpoints.save_t5x(base_dir, params, 0, overwrite=True)
+    with open(recipe_path, 'w') as f:
+      json.dump(recipe, f, indent=2)
 
   # The oracle: the frozen model given the task prefix, no prompt.
   _, frozen = checkpoints.load_params(base_path, config)
@@ -107,13 +115,7 @@ def quickstart(*, model_dir: str = os.path.join('runs', 'quickstart'),
       eval_methods=('generate', 'rank'), eval_max_examples=eval_max_examples,
       random_seed=random_seed, export_formats=('npy', 'peft'))
 
-  # The untrained prompt: step 0 of the same run.
-  start_prompt = prompts.load_prompt_file(state_lib.numpy_prompt_path(prompt_dir, 0))
-  taskless = evaluation.Evaluator(prompt_task, 'validation', lengths,
-                                  methods=('generate', 'rank'), max_examples=eval_max_examples)
-  start_model = t5.EncoderDecoder(config, prompts.PromptConfig(prompt_length))
-  at_start = taskless.evaluate(start_model, prompts.merge_params(
-      frozen, prompts.prompt_tree(start_prompt)), step=0)
+  at_start = summary['first_eval'][1] if summary['first_eval'] else {}
   final = summary['final_eval'] or {}
   report = {
       'task': prompt_task,
@@ -132,8 +134,8 @@ def quickstart(*, model_dir: str = os.path.join('runs', 'quickstart'),
 
 
 def _print_report(r: dict, model_dir: str, prompt_dir: str) -> None:
-  def pct(v):
-    return '  n/a ' if v is None else f'{100 * v:5.1f}%'
+  def pct(v):  # metrics are percentages already, as T5 reports them
+    return '  n/a ' if v is None else f'{v:5.1f}%'
 
   print(f"""
 Quickstart: prompt tuning a frozen tiny T5 1.1 ({r['model parameters (frozen)']:,} frozen weights,

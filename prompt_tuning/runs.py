@@ -80,6 +80,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
           eval_period: int = 1000, eval_split: str = 'validation',
           eval_methods: Sequence[str] = ('generate',), eval_max_examples: Optional[int] = None,
           eval_batch_size: int = 32, decoding: evaluation.Decoding = evaluation.Decoding(),
+          eval_at_start: bool = True,
           save_period: Optional[int] = None, keep: int = 1, random_seed: int = 0,
           mesh_shape: Optional[Sequence[int]] = None, frozen_dtype: Optional[str] = None,
           mixture_or_task_module: Optional[str] = None, shuffle: bool = True,
@@ -135,11 +136,13 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
   state = loop.train(trainer, batches, model_dir, train_steps, prompt_init=init,
                      seed=random_seed, save_every=save_period or eval_period or train_steps,
                      keep=keep, initial_checkpoint=initial_checkpoint_path,
-                     on_metrics=reporter.train_metrics, periodic=periodic)
+                     on_metrics=reporter.train_metrics, periodic=periodic,
+                     periodic_at_start=eval_at_start)
   plot_path = reporter.close()
   prompt_value = np.asarray(jax.device_get(prompts.get_prompt(state.params)))
   written = _export_final(model_dir, prompt_value, trainer, export_formats)
   summary = {'model_dir': model_dir, 'task': mixture_or_task_name, 'steps': train_steps,
+             'first_eval': reporter.eval_history[0] if reporter.eval_history else None,
              'final_eval': reporter.eval_history[-1][1] if reporter.eval_history else None,
              'best': best.record, 'plot': plot_path, 'exports': written,
              'checkpoints': os.path.join(model_dir, 'checkpoints'),

@@ -53,13 +53,14 @@ def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], mode
           initial_checkpoint: Optional[str] = None,
           on_metrics: Optional[Callable[[int, dict], None]] = None,
           check_every: int = 10,
-          periodic: Sequence[tuple[int, Callable[[int, TrainState], None]]] = ()
-          ) -> TrainState:
+          periodic: Sequence[tuple[int, Callable[[int, TrainState], None]]] = (),
+          periodic_at_start: bool = False) -> TrainState:
   """Prompt-tunes until `num_steps`, resuming from MODEL_DIR's latest checkpoint if any.
 
   Losses are checked for NaN/inf at least every `check_every` steps and before every save, so
   a diverged state is never written; the error names the first bad step. `periodic` holds
-  (every_n_steps, fn(step, state)) hooks, e.g. evaluation, run after that step's save.
+  (every_n_steps, fn(step, state)) hooks, e.g. evaluation, run after that step's save (and on
+  the initial state of a new run with `periodic_at_start`).
   """
   info = run_info(trainer, initial_checkpoint)
   state_lib.check_run_info(model_dir, info, write=False)
@@ -79,6 +80,9 @@ def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], mode
     else:
       position = 0
       ckpt.save(state, position)  # step 0: the initial prompt, as the anchor keeps it too
+      if periodic_at_start:
+        for _, fn in periodic:
+          fn(0, state)
     step = int(jax.device_get(state.step))
     data = batches(position)
     pending: list[tuple[int, Any]] = []
