@@ -26,10 +26,13 @@ COMMANDS = ('quickstart', 'train', 'eval', 'infer', 'export', 'convert')
 def package_gin_dirs() -> list[str]:
   """The gin/ and configs/ folders: inside the installed package (wheel) or the checkout."""
   package = os.path.dirname(os.path.abspath(__file__))
-  candidates = [os.path.join(package, 'gin'), os.path.join(package, 'configs'),
-                os.path.join(os.path.dirname(package), 'gin'),
-                os.path.join(os.path.dirname(package), 'configs')]
-  return [d for d in candidates if os.path.isdir(d)]
+  dirs = []
+  for root in (package, os.path.dirname(package)):
+    if os.path.isdir(os.path.join(root, 'gin')):
+      # The folders themselves ('runs/prompt_finetune.gin') and their parent
+      # ('configs/paper/t5_1_1_base_rte.gin', as written from a checkout).
+      dirs += [os.path.join(root, 'gin'), os.path.join(root, 'configs'), root]
+  return [d for d in dirs if os.path.isdir(d)]
 
 
 def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
@@ -96,11 +99,25 @@ def setup_gin(args: argparse.Namespace, default_files: Sequence[str] = ()) -> No
                      't5_1_1_base_rte.gin, or a file of your own that includes '
                      'runs/prompt_finetune.gin).')
   resolved = [_find_gin_file(f, search) for f in files]
+  # gin logs every search-path probe (and miss, as an error) on the root logger.
+  quiet = _DropMessages(('Path not found', 'system_path_file_exists'))
+  logging.getLogger().addFilter(quiet)
   try:
     gin.parse_config_files_and_bindings(resolved, args.gin_bindings, finalize_config=True)
-  except (ValueError, SyntaxError, ImportError, gin.config.ParseError if hasattr(
-      gin.config, 'ParseError') else ValueError) as e:
+  except (ValueError, SyntaxError, ImportError, IOError) as e:
     raise SystemExit(f'prompt-tuning: gin configuration error: {e}') from None
+  finally:
+    logging.getLogger().removeFilter(quiet)
+
+
+class _DropMessages(logging.Filter):
+
+  def __init__(self, prefix: tuple[str, ...]):
+    super().__init__()
+    self.prefix = prefix
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(self.prefix)
 
 
 def _find_gin_file(name: str, search: Sequence[str]) -> str:
@@ -149,7 +166,10 @@ def _gin_run(default_files: Sequence[str], function: str) -> Callable:
   def run(args):
     init_distributed(args)
     setup_gin(args, default_files)
-    result = getattr(importlib.import_module(module_name), function_name)()
+    import gin
+    # Dynamic registration binds the function's registered twin, not the module attribute.
+    fn = getattr(importlib.import_module(module_name), function_name)
+    result = gin.get_configurable(fn)()
     return 0 if result is None or not isinstance(result, int) else result
   return run
 

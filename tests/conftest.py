@@ -14,7 +14,7 @@ def shared_path(*parts: str) -> str:
   return os.path.join(root, *parts)
 
 
-@pytest.fixture
+@pytest.fixture(scope='session')
 def shared():
   """Returns a function mapping relative parts to a path under shared/, skipping if absent."""
   def get(*parts):
