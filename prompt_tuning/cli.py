@@ -20,7 +20,7 @@ from typing import Callable, Optional, Sequence
 
 log = logging.getLogger('prompt_tuning')
 
-COMMANDS = ('quickstart', 'train', 'eval', 'infer', 'export', 'convert')
+COMMANDS = ('quickstart', 'train', 'eval', 'infer', 'plan', 'export', 'convert')
 
 
 def package_gin_dirs() -> list[str]:
@@ -198,6 +198,7 @@ _HANDLERS = {
     'train': _gin_run((), 'prompt_tuning.runs.train'),
     'eval': _gin_run((), 'prompt_tuning.runs.evaluate'),
     'infer': _gin_run((), 'prompt_tuning.runs.infer'),
+    'plan': _gin_run((), 'prompt_tuning.runs.plan'),
     'quickstart': _gin_run(('quickstart.gin',), 'prompt_tuning.quickstart.quickstart'),
     'export': _export,
     'convert': _convert,

@@ -225,11 +225,8 @@ def evaluate(*, model_dir: Optional[str], mixture_or_task_name: str,
              step: Optional[int] = None) -> dict:
   """Evaluates a prompt (PROMPT_FILE, or MODEL_DIR's latest/`step` checkpoint) on a task."""
   _import_tasks(mixture_or_task_module)
-  config, frozen = loop.load_base_checkpoint(initial_checkpoint_path, model)
-  prompt_value, step = _find_prompt(model_dir, prompt_file, step)
-  prompt = _prompt_for(prompt_value, prompt, config, prompt_file or model_dir)
-  model_module = t5.EncoderDecoder(config, prompt)
-  params = prompts.merge_params(frozen, prompts.prompt_tree(prompt_value))
+  model_module, params, step = _prompted_model(initial_checkpoint_path, model, prompt,
+                                               model_dir, prompt_file, step)
   out = output_dir or os.path.join(model_dir or '.', 'inference_eval')
   evaluator = evaluation.Evaluator(mixture_or_task_name, split, task_feature_lengths,
                                    methods=eval_methods, batch_size=eval_batch_size,
@@ -258,12 +255,15 @@ def _find_prompt(model_dir: Optional[str], prompt_file: Optional[str],
   return prompts.load_prompt_file(state_lib.numpy_prompt_path(model_dir, step)), step
 
 
-def _prompt_for(value: np.ndarray, prompt: prompts.PromptConfig, config: t5.T5Config,
-                source: str) -> prompts.PromptConfig:
+def _prompted_model(initial_checkpoint_path, model, prompt, model_dir, prompt_file, step):
+  """(EncoderDecoder with the saved prompt's length, full params, step) for eval/infer."""
+  config, frozen = loop.load_base_checkpoint(initial_checkpoint_path, model)
+  value, step = _find_prompt(model_dir, prompt_file, step)
   if value.shape[1] != config.d_model:
-    raise ValueError(f'{source}: the prompt has shape {value.shape} but the model width '
-                     f'(d_model) is {config.d_model}.')
-  return prompts.PromptConfig(value.shape[0], prompt.placement)
+    raise ValueError(f'{prompt_file or model_dir}: the prompt has shape {value.shape} but the '
+                     f'model width (d_model) is {config.d_model}.')
+  module = t5.EncoderDecoder(config, prompts.PromptConfig(value.shape[0], prompt.placement))
+  return module, prompts.merge_params(frozen, prompts.prompt_tree(value)), step
 
 
 def infer(*, model_dir: Optional[str], mixture_or_task_name: str, task_feature_lengths: dict,
@@ -276,14 +276,12 @@ def infer(*, model_dir: Optional[str], mixture_or_task_name: str, task_feature_l
           step: Optional[int] = None) -> str:
   """Decodes a split with a prompt and writes predictions JSONL (no metrics)."""
   _import_tasks(mixture_or_task_module)
-  config, frozen = loop.load_base_checkpoint(initial_checkpoint_path, model)
-  prompt_value, step = _find_prompt(model_dir, prompt_file, step)
-  prompt = _prompt_for(prompt_value, prompt, config, prompt_file or model_dir)
-  params = prompts.merge_params(frozen, prompts.prompt_tree(prompt_value))
+  model_module, params, step = _prompted_model(initial_checkpoint_path, model, prompt,
+                                               model_dir, prompt_file, step)
   evaluator = evaluation.Evaluator(mixture_or_task_name, split, task_feature_lengths,
                                    methods=('generate',), batch_size=batch_size,
                                    max_examples=max_examples, decoding_config=decoding)
-  texts = evaluator.generate(t5.EncoderDecoder(config, prompt), params)
+  texts = evaluator.generate(model_module, params)
   out_dir = output_dir or os.path.join(model_dir or '.', 'inference')
   os.makedirs(out_dir, exist_ok=True)
   path = os.path.join(out_dir, f'{mixture_or_task_name}-{split}-step{step}.jsonl')
@@ -321,3 +319,65 @@ def convert(source: str, output: str, to: str) -> str:
   if to == 't5x':
     return checkpoints.save_t5x(output, params, checkpoints.read_step(source))
   raise ValueError(f"Unknown target format {to!r}; choose 't5x' or 'hf'.")
+
+
+def plan(*, model: t5.T5Config, prompt: prompts.PromptConfig, batch_size: int,
+         task_feature_lengths: dict, mesh_shape: Optional[Sequence[int]] = None,
+         frozen_dtype: Optional[str] = None,
+         remat_policies: Sequence[str] = ('none', 'dots', 'full'),
+         device_memory_gib: Optional[float] = None) -> list[dict]:
+  """`prompt-tuning plan`: per-device memory of the compiled train step, before renting hardware.
+
+  Lowers and compiles the step ahead of time from shapes alone (nothing is allocated) for each
+  rematerialisation policy, on this machine's backend: on a GPU the numbers are that GPU's; on a
+  CPU they are XLA:CPU's buffer assignment, a close guide for arguments/outputs and a rougher one
+  for temporaries.
+  """
+  import time
+  mesh = partitioning.make_mesh(mesh_shape)
+  batch = {'encoder_input_tokens': (batch_size, task_feature_lengths['inputs']),
+           'decoder_input_tokens': (batch_size, task_feature_lengths['targets']),
+           'decoder_target_tokens': (batch_size, task_feature_lengths['targets'])}
+  limit = device_memory_gib * 2**30 if device_memory_gib else _device_bytes_limit()
+  rows = []
+  for policy in remat_policies:
+    config = model.replace(remat_policy=policy)
+    shapes = t5.param_shapes(config)
+    trainer = PromptTrainer(config, prompt, shapes, optim.make_optimizer(), mesh=mesh,
+                            frozen_dtype=frozen_dtype)
+    start = time.time()
+    compiled = trainer.lower_train_step(batch).compile()
+    seconds = time.time() - start
+    memory = compiled.memory_analysis()
+    args, out = memory.argument_size_in_bytes, memory.output_size_in_bytes
+    temp, alias = memory.temp_size_in_bytes, memory.alias_size_in_bytes
+    total = args + out + temp - alias
+    rows.append({'remat_policy': policy, 'arguments_bytes': args, 'outputs_bytes': out,
+                 'temporaries_bytes': temp, 'aliased_bytes': alias, 'total_bytes': total,
+                 'compile_seconds': round(seconds, 1),
+                 'fits': None if limit is None else total <= limit})
+  _print_plan(model, prompt, batch_size, task_feature_lengths, mesh, frozen_dtype, rows, limit)
+  return rows
+
+
+def _device_bytes_limit() -> Optional[int]:
+  stats = jax.devices()[0].memory_stats() or {}
+  return stats.get('bytes_limit')
+
+
+def _print_plan(model, prompt, batch_size, lengths, mesh, frozen_dtype, rows, limit) -> None:
+  gib = lambda b: f'{b / 2**30:8.2f}'
+  print(f'Train-step memory per device: T5 1.1 d_model={model.d_model} '
+        f'({t5.count_params(model) / 1e9:.2f}B params, frozen {frozen_dtype or model.param_dtype}),'
+        f' prompt {prompt.length}, batch {batch_size}, inputs {lengths["inputs"]} + prompt, '
+        f'targets {lengths["targets"]}, mesh {dict(mesh.shape)}, backend '
+        f'{jax.devices()[0].platform} ({jax.devices()[0].device_kind}).')
+  print(f'  {"remat":6} {"args GiB":>8} {"outs GiB":>8} {"temp GiB":>8} {"total GiB":>9}  '
+        f'{"compile s":>9}  fits')
+  for r in rows:
+    fits = '?' if r['fits'] is None else ('yes' if r['fits'] else 'NO')
+    print(f'  {r["remat_policy"]:6} {gib(r["arguments_bytes"])} {gib(r["outputs_bytes"])} '
+          f'{gib(r["temporaries_bytes"])} {gib(r["total_bytes"])}   {r["compile_seconds"]:9.1f}  '
+          f'{fits}')
+  if limit:
+    print(f'  device memory: {limit / 2**30:.1f} GiB')

@@ -213,7 +213,7 @@ class Decoder(nn.Module):
     y_BxTxD = _dropout(c.dropout_rate, y_BxTxD, enable_dropout)
     # Decoding keeps nothing for a backward pass, so it never needs remat.
     layer = DecoderLayer if decode else _layer_class(DecoderLayer, c.remat_policy,
-                                                     static_argnums=(5,))
+                                                     static_argnums=(5, 6))
     for i in range(c.num_decoder_layers):
       y_BxTxD = layer(c, name=f'layers_{i}')(y_BxTxD, encoded_BxLxD, self_bias, cross_bias,
                                               enable_dropout, decode)

@@ -27,6 +27,10 @@ PACKED_FEATURES = ('encoder_segment_ids', 'decoder_segment_ids', 'encoder_positi
                    'decoder_positions')
 
 
+def _is_abstract(x: Any) -> bool:
+  return isinstance(x, jax.ShapeDtypeStruct)
+
+
 @flax.struct.dataclass
 class TrainState:
   """Everything that changes during prompt tuning; kilobytes for a 100-token prompt."""
@@ -81,8 +85,14 @@ class PromptTrainer:
     partitioning.check_divisible(frozen_params, self.frozen_shardings)
     if frozen_dtype is not None:
       # e.g. bfloat16 halves the frozen weights' memory; they are never updated.
-      frozen_params = jax.tree_util.tree_map(lambda x: x.astype(frozen_dtype), frozen_params)
-    self.frozen = jax.device_put(frozen_params, self.frozen_shardings)
+      frozen_params = jax.tree_util.tree_map(
+          lambda x: jax.ShapeDtypeStruct(x.shape, frozen_dtype) if _is_abstract(x)
+          else x.astype(frozen_dtype), frozen_params)
+    if all(_is_abstract(x) for x in jax.tree_util.tree_leaves(frozen_params)):
+      # Shapes only (planning: lower and compile without allocating the model).
+      self.frozen = frozen_params
+    else:
+      self.frozen = jax.device_put(frozen_params, self.frozen_shardings)
 
     self.replicated = partitioning.replicated(self.mesh)
     self.batch_sharding = partitioning.batch_sharding(self.mesh)
@@ -187,7 +197,11 @@ class PromptTrainer:
   # -- introspection ----------------------------------------------------------------------------
 
   def lower_train_step(self, batch_shapes: dict[str, tuple[int, ...]]):
-    """Lowers the step for shapes alone (no data, no state allocation): for cost/memory plans."""
+    """Lowers the step for shapes alone (no data, no state allocation): for cost/memory plans.
+
+    Works with abstract frozen params (jax.ShapeDtypeStruct leaves), so an XXL step can be
+    planned on a machine that could never hold the model.
+    """
     batch = {k: jax.ShapeDtypeStruct(s, jnp.int32, sharding=self.batch_sharding)
              for k, s in batch_shapes.items()}
     frozen = jax.tree_util.tree_map(
