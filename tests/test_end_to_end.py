@@ -124,3 +124,24 @@ def test_quickstart_runs_under_three_minutes(tmp_path):
   assert (out / 'prompt' / 'plots' / 'training.png').exists()
   assert 'frozen model + tuned prompt' in proc.stdout
   assert elapsed < 180, elapsed
+
+
+def test_vocabulary_larger_than_the_model_is_refused(shared, tmp_path):
+  from prompt_tuning import checkpoints
+  from prompt_tuning.models import t5
+  config = t5.T5Config(vocab_size=384, d_model=8, d_ff=16, num_heads=2, head_dim=4,
+                       num_encoder_layers=1, num_decoder_layers=1, dtype='float32')
+  base = checkpoints.save_t5x(str(tmp_path / 'base'), t5.init_params(config), 0)
+  bindings = [
+      f"MODEL_DIR = '{tmp_path / 'm'}'", 'TRAIN_STEPS = 1', f"INITIAL_CHECKPOINT_PATH = '{base}'",
+      "MIXTURE_OR_TASK_NAME = 'super_glue_rte_local'", 'MODEL = None']
+  env = {**os.environ, 'PROMPT_TUNING_DATA_DIR': shared('data'),
+         'PROMPT_TUNING_VOCAB': shared('fixtures', 't5_vocab', 'sentencepiece.model')}
+  proc = subprocess.run([sys.executable, '-m', 'prompt_tuning', 'train',
+                         '--gin_file=configs/paper/t5_1_1_base_rte.gin'] +
+                        [f'--gin_bindings={b}' for b in bindings], env=env, cwd=str(tmp_path),
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert ("vocabulary of 'super_glue_rte_local' has 32100 ids but the model embeds only 384"
+          in proc.stderr), proc.stderr[-3000:]
+  assert not (tmp_path / 'm').exists()
