@@ -70,7 +70,8 @@ def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], mode
     rng = jax.random.PRNGKey(seed)
     state = trainer.init_state(prompt_init(jax.random.fold_in(rng, 1), trainer.prompt_shape),
                                seed=seed)
-  state_lib.check_run_info(model_dir, info)
+  # One writer on a MODEL_DIR shared by all hosts, as for the numpy prompts; others only check.
+  state_lib.check_run_info(model_dir, info, write=jax.process_index() == 0)
   ckpt = state_lib.PromptCheckpointer(model_dir, keep=keep)
   try:
     if resuming:
