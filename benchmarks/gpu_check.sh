@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# GPU benchmark pass for a session with a device machine (one H100; bf16 activations).
+# Shape: batch 32, inputs 512 + prompt 100, targets 16. Writes one JSON per run, a log and a
+# markdown summary under $OUT (7 files: within what the device tool brings back).
+#
+#   bash benchmarks/gpu_check.sh            # everything (~10+ min: more than one device call)
+#   bash benchmarks/gpu_check.sh base       # base train + inference, each beside HF PEFT
+#   bash benchmarks/gpu_check.sh big        # large, xl, xxl train steps (ours only)
+#   bash benchmarks/gpu_check.sh train_xl   # one run by name (several may follow)
+#
+# On the device tool, run the two halves as two calls (each command may run 10 minutes):
+#   run(command="bash benchmarks/gpu_check.sh base", timeout_s=560)
+#   run(command="bash benchmarks/gpu_check.sh big",  timeout_s=560)
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT="${OUT:-out/gpu_check}"
+mkdir -p "$OUT"
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+# Runs without the PEFT side may use more of the card than JAX's default 75%.
+export XLA_PYTHON_CLIENT_MEM_FRACTION="${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.92}"
+PY="${PYTHON:-python3}"
+PARTS=("${@:-all}")
+LIMIT="${LIMIT:-270}"  # seconds per benchmark process
+SHAPE=(--batch 32 --inputs 512 --prompt 100 --targets 16 --dtype bfloat16 --warmup 3 --steps 10)
+LOG="$OUT/gpu_check.log"
+
+bench() {  # bench NAME MODULE ARGS...: one process, its JSON in $OUT/NAME.json
+  local name=$1 module=$2
+  shift 2
+  echo "== $name: $module $*" | tee -a "$LOG"
+  local start=$SECONDS
+  if timeout "$LIMIT" "$PY" -m "$module" "$@" --json "$OUT/$name.json" >>"$LOG" 2>&1; then
+    tail -n 1 "$LOG"
+  else
+    echo "!! $name failed or timed out (exit $?); see $LOG" | tee -a "$LOG"
+  fi
+  echo "   ($((SECONDS - start)) s)" | tee -a "$LOG"
+}
+
+{ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  "$PY" -c 'import jax, torch, transformers, peft; print("jax", jax.__version__, jax.devices(),
+"| torch", torch.__version__, "| transformers", transformers.__version__, "| peft",
+peft.__version__)'; } 2>&1 | tee -a "$LOG"
+
+run_one() {
+  case "$1" in
+    # Base beside PEFT: f32 frozen weights + bf16 activations here, torch.autocast(bf16) there.
+    train_base) bench train_base benchmarks.train_step --size base "${SHAPE[@]}" --peft ;;
+    infer_base) bench infer_base benchmarks.inference --size base "${SHAPE[@]}" --peft ;;
+    train_large) bench train_large benchmarks.train_step --size large "${SHAPE[@]}" ;;
+    # xl: bf16 frozen weights (6 GB) and 'dots' remat (keeps the weight-matmul outputs,
+    # recomputes attention) hold activations near 20 GB.
+    train_xl) bench train_xl benchmarks.train_step --size xl "${SHAPE[@]}" \
+        --frozen_dtype bfloat16 --remat dots ;;
+    # xxl: 11B weights in bf16 (22 GB); full remat keeps only each layer's input.
+    train_xxl) bench train_xxl benchmarks.train_step --size xxl "${SHAPE[@]}" \
+        --frozen_dtype bfloat16 --remat full --warmup 2 --steps 6 ;;
+    *) echo "unknown run $1" | tee -a "$LOG" ;;
+  esac
+}
+
+for part in "${PARTS[@]}"; do
+  case "$part" in
+    all) names=(train_base infer_base train_large train_xl train_xxl) ;;
+    base) names=(train_base infer_base) ;;
+    big) names=(train_large train_xl train_xxl) ;;
+    *) names=("$part") ;;
+  esac
+  for name in "${names[@]}"; do run_one "$name"; done
+done
+
+"$PY" -m benchmarks.summarize "$OUT"/*.json >"$OUT/summary.md" 2>>"$LOG"
+cat "$OUT/summary.md"

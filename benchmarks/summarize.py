@@ -1,0 +1,36 @@
+"""Markdown tables from benchmark JSON files.
+
+  python -m benchmarks.summarize out/*.json > out/summary.md
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+if __package__ in (None, ''):
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import inference  # noqa: E402
+from benchmarks import train_step  # noqa: E402
+
+MODULES = {'train_step': train_step, 'inference': inference}
+
+
+def tables(paths: list[str]) -> str:
+  rows = {name: [] for name in MODULES}
+  for path in paths:
+    if not os.path.isfile(path):  # e.g. an unmatched shell glob: no run finished
+      continue
+    with open(path) as f:
+      result = json.load(f)
+    if result.get('benchmark') in MODULES:
+      rows[result['benchmark']].append(MODULES[result['benchmark']].table_row(result))
+  parts = [f'### {name}\n\n{MODULES[name].TABLE_HEADER}\n' + '\n'.join(lines)
+           for name, lines in rows.items() if lines]
+  return '\n\n'.join(parts) + '\n'
+
+
+if __name__ == '__main__':
+  print(tables(sys.argv[1:]), end='')
