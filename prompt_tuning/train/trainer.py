@@ -168,7 +168,8 @@ class PromptTrainer:
         'z_loss': aux['z_loss'],
         'accuracy': aux['correct'] / weight_sum,
         'prompt_norm': jnp.linalg.norm(prompts.get_prompt(params)),
-        'grad_norm': jnp.sqrt(sum(jnp.sum(jnp.square(g)) for g in jax.tree_util.tree_leaves(grads))),
+        'grad_norm': jnp.sqrt(sum(jnp.sum(jnp.square(g))
+                                  for g in jax.tree_util.tree_leaves(grads))),
     }
     if self.learning_rate_fn is not None:
       metrics['learning_rate'] = jnp.asarray(self.learning_rate_fn(state.step), jnp.float32)
