@@ -236,7 +236,7 @@ def machine_info() -> dict:
   device = jax.devices()[0]
   return {'backend': jax.default_backend(), 'device_kind': device.device_kind,
           'device_count': jax.device_count(), 'cpu_model': cpu_model(),
-          'cpu_cores': len(os.sched_getaffinity(0)), 'hostname_platform': platform.platform(),
+          'cpu_cores': len(os.sched_getaffinity(0)), 'os_platform': platform.platform(),
           'python': platform.python_version(), 'jax': jax.__version__,
           'xla_flags': os.environ.get('XLA_FLAGS', '')}
 
