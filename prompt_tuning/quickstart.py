@@ -20,8 +20,6 @@ import time
 from typing import Optional
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import optax
 
 from prompt_tuning import checkpoints, evaluation, prompts, runs

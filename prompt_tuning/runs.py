@@ -87,7 +87,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
           export_formats: Sequence[str] = ('npy', 'peft')) -> dict:
   """Prompt-tunes on a SeqIO task, evaluating every `eval_period` steps; returns a summary."""
   tasks = _import_tasks(mixture_or_task_module)
-  task = tasks.get_task_or_mixture(mixture_or_task_name)
+  tasks.get_task_or_mixture(mixture_or_task_name)  # unknown names fail here, with close names
   vocab = tasks.get_vocabulary(mixture_or_task_name)
   trainer, base_step = build_trainer(
       model=model, prompt=prompt, initial_checkpoint_path=initial_checkpoint_path,

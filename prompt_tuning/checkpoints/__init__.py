@@ -9,8 +9,6 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Optional
 
-import numpy as np
-
 from prompt_tuning.checkpoints import hf, t5x
 from prompt_tuning.checkpoints.common import (CheckpointError, check_params, derive_config,
                                               flatten, unflatten)

@@ -12,8 +12,9 @@ from safetensors.numpy import save_file
 from prompt_tuning import checkpoints, prompts
 from prompt_tuning.models import t5
 
-PEFT_WEIGHTS = 'adapter_model.safetensors'
-PEFT_CONFIG = 'adapter_config.json'
+# The file names PEFT reads; shared with the prompt loader.
+PEFT_WEIGHTS = prompts.PEFT_WEIGHTS
+PEFT_CONFIG = prompts.PEFT_CONFIG
 
 
 def export_numpy(path: str, prompt_PxD: Any) -> str:
@@ -34,7 +35,7 @@ def export_peft(directory: str, prompt_PxD: Any, config: t5.T5Config,
   if width != config.d_model:
     raise ValueError(f'Prompt width {width} does not match the model d_model {config.d_model}.')
   os.makedirs(directory, exist_ok=True)
-  save_file({'prompt_embeddings': prompt_PxD}, os.path.join(directory, PEFT_WEIGHTS),
+  save_file({prompts.PEFT_TENSOR: prompt_PxD}, os.path.join(directory, PEFT_WEIGHTS),
             metadata={'format': 'pt'})
   adapter_config = {
       'peft_type': 'PROMPT_TUNING', 'task_type': 'SEQ_2_SEQ_LM',
