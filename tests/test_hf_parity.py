@@ -23,8 +23,8 @@ def hf_dir(hf_model, tmp_path_factory):
   return str(path)
 
 
-def _ours(config, params, enc, dec_in, tgt):
-  model = t5.EncoderDecoder(config.replace(dtype='float32'))
+def _ours(config, params, enc, dec_in, tgt, fold='auto'):
+  model = t5.EncoderDecoder(config.replace(dtype='float32', cross_attention_fold=fold))
   apply = jax.jit(model.apply, static_argnames='method')
   logits = apply({'params': params}, enc, dec_in, tgt)
   encoded = apply({'params': params}, enc, method=model.encode)
@@ -40,12 +40,13 @@ def test_config_derived_from_hf_directory(hf_dir):
   assert not config.logits_via_embedding
 
 
-def test_logits_and_encoder_outputs_match_transformers(hf_model, hf_dir):
+@pytest.mark.parametrize('fold', ['never', 'always'])
+def test_logits_and_encoder_outputs_match_transformers(hf_model, hf_dir, fold):
   config, params = checkpoints.load_params(hf_dir)
   # 40 encoder / 30 decoder positions: well past max_distance 20, so the log buckets are used.
   enc, dec_in, tgt = padded_batch(SMALL['vocab_size'])
   ref_logits, ref_encoded = hf_forward(hf_model, enc, dec_in, tgt)
-  logits, encoded = _ours(config, params, enc, dec_in, tgt)
+  logits, encoded = _ours(config, params, enc, dec_in, tgt, fold)
   enc_valid, dec_valid = enc > 0, tgt > 0
   # Padded positions are undefined in both implementations; compare the real ones.
   assert max_rel_err(encoded[enc_valid], ref_encoded[enc_valid]) < 1e-4

@@ -139,3 +139,77 @@ def test_remat_policies_give_the_same_gradients():
     got = grads(config.replace(remat_policy=policy))
     for a, b in zip(jax.tree_util.tree_leaves(ref), jax.tree_util.tree_leaves(got)):
       np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4, err_msg=policy)
+
+
+def _fold_args():
+  # Ragged padding on both sides, so the folded path's masks are exercised too.
+  enc = jnp.array([[5, 6, 7, 8, 9, 10, 11, 1], [12, 13, 1, 0, 0, 0, 0, 0]])
+  tgt = jnp.array([[4, 7, 1], [9, 1, 0]])
+  dec_in = jnp.array([[0, 4, 7], [0, 9, 0]])
+  return enc, dec_in, tgt
+
+
+def _fold_pair(dropout_rate):
+  config = t5.T5Config.preset('tiny', dtype='float32', vocab_size=64, dropout_rate=dropout_rate,
+                              num_encoder_layers=1)
+  return config, t5.init_params(config), _fold_args()
+
+
+def test_folded_cross_attention_equals_projected():
+  config, params, args = _fold_pair(0.0)
+
+  def run(fold):
+    model = t5.EncoderDecoder(config.replace(cross_attention_fold=fold))
+    logits = lambda p: model.apply({'params': p}, *args)
+    return jax.jit(lambda p: (logits(p), jax.grad(lambda q: logits(q).sum())(p)))(params)
+
+  ref_logits, ref_grads = run('never')
+  logits, grads = run('always')
+  np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
+  cross = ref_grads['decoder']['layers_0']['encoder_decoder_attention']
+  assert float(jnp.abs(cross['key']['kernel']).max()) > 0  # the gradient reaches the kernels
+  for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ref_grads),
+                          jax.tree_util.tree_leaves(grads)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+
+def test_folded_cross_attention_drops_the_same_weights():
+  config, params, args = _fold_pair(0.3)
+  rngs = {'dropout': jax.random.PRNGKey(3)}
+
+  def run(fold):
+    model = t5.EncoderDecoder(config.replace(cross_attention_fold=fold))
+    return jax.jit(lambda p: model.apply({'params': p}, *args, enable_dropout=True,
+                                         rngs=rngs))(params)
+
+  np.testing.assert_allclose(run('always'), run('never'), rtol=1e-5, atol=1e-5)
+
+
+def _compiled_flops(config, enc_len, dec_len):
+  model = t5.EncoderDecoder(config)
+  params = t5.param_shapes(config)
+  enc = jax.ShapeDtypeStruct((2, enc_len), jnp.int32)
+  dec = jax.ShapeDtypeStruct((2, dec_len), jnp.int32)
+  compiled = jax.jit(lambda p, e, d: model.apply({'params': p}, e, d)).lower(
+      params, enc, dec).compile()
+  analysis = compiled.cost_analysis()
+  return (analysis[0] if isinstance(analysis, list) else analysis)['flops']
+
+
+@pytest.mark.parametrize('enc_len,dec_len', [(96, 4), (16, 48)])
+def test_auto_fold_picks_the_cheaper_program(enc_len, dec_len):
+  # d_model 64, 4 heads of 16: folding pays for few targets over a long input, not otherwise.
+  config = t5.T5Config.preset('tiny', dtype='float32', vocab_size=64, d_model=64, num_heads=4,
+                              head_dim=16, num_encoder_layers=1, num_decoder_layers=1)
+  flops = {fold: _compiled_flops(config.replace(cross_attention_fold=fold), enc_len, dec_len)
+           for fold in ('never', 'always', 'auto')}
+  assert flops['never'] != flops['always']
+  assert flops['auto'] == min(flops['never'], flops['always'])
+  expect_fold = dec_len < enc_len
+  assert (flops['always'] < flops['never']) == expect_fold
+
+
+def test_unknown_fold_mode_is_named():
+  config = t5.T5Config.preset('tiny', vocab_size=64, cross_attention_fold='sometimes')
+  with pytest.raises(ValueError, match="fold_kv 'sometimes'"):
+    t5.init_params(config)

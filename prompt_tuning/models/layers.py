@@ -47,10 +47,16 @@ class DenseGeneral(nn.Module):
   kernel_init: Initializer = default_kernel_init
 
   @nn.compact
-  def __call__(self, x_BxLxI: jax.Array) -> jax.Array:
-    kernel = _param(self, 'kernel', self.kernel_init, (x_BxLxI.shape[-1], self.features),
-                    self.kernel_axes, self.param_dtype)
-    return jnp.einsum('...i,io->...o', x_BxLxI.astype(self.dtype), kernel.astype(self.dtype))
+  def __call__(self, x_BxLxI: Optional[jax.Array] = None,
+               in_features: Optional[int] = None) -> jax.Array:
+    """x @ kernel; with no x, the kernel [in_features, features] itself (in `dtype`), for
+    callers that reorder the product (see MultiHeadAttention's folded cross-attention)."""
+    in_features = x_BxLxI.shape[-1] if x_BxLxI is not None else in_features
+    kernel = _param(self, 'kernel', self.kernel_init, (in_features, self.features),
+                    self.kernel_axes, self.param_dtype).astype(self.dtype)
+    if x_BxLxI is None:
+      return kernel
+    return jnp.einsum('...i,io->...o', x_BxLxI.astype(self.dtype), kernel)
 
 
 class Embed(nn.Module):
@@ -134,14 +140,31 @@ class RelativePositionBias(nn.Module):
     return bias_HxQxK[None].astype(self.dtype)
 
 
+def fold_saves_flops(q_len: int, kv_len: int, d_model: int, num_heads: int,
+                     head_dim: int) -> bool:
+  """Whether folding the key/value kernels into the queries costs fewer FLOPs than projecting
+  the keys/values: H*Q*D*(K + head_dim) vs K*D*H*head_dim + H*Q*K*head_dim, per product."""
+  folded = num_heads * q_len * d_model * (kv_len + head_dim)
+  projected = kv_len * d_model * num_heads * head_dim + num_heads * q_len * kv_len * head_dim
+  return folded < projected
+
+
 class MultiHeadAttention(nn.Module):
-  """T5 attention: no biases, no 1/sqrt(d_kv) at run time (folded into the query init)."""
+  """T5 attention: no biases, no 1/sqrt(d_kv) at run time (folded into the query init).
+
+  fold_kv ('never' | 'always' | 'auto') applies to attention over a given kv without the cache
+  (cross-attention in training and scoring). Folded, the key and value kernels go to the Q
+  queries' side instead of projecting all K encoded positions: logits = (q Wk^T) kv^T and
+  out = (weights kv) Wv. Same parameters and result (up to rounding); with few targets and a
+  long input it skips most of the cross-attention's FLOPs. 'auto' folds when that is cheaper.
+  """
   num_heads: int
   head_dim: int
   dropout_rate: float = 0.0
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Initializer = default_kernel_init
+  fold_kv: str = 'never'
 
   @nn.compact
   def __call__(self, x_BxQxD: jax.Array, kv_BxKxD: Optional[jax.Array], bias_BxHxQxK: Any,
@@ -172,25 +195,40 @@ class MultiHeadAttention(nn.Module):
       return y_BxLxI.reshape(*y_BxLxI.shape[:2], self.num_heads, self.head_dim)
 
     q = split(dense('query', inner, ('embed', 'joined_kv'), query_init)(x_BxQxD))
-    if decode == 'cross' and kv_BxKxD is None:
-      if not self.has_variable('cache', 'cached_key'):
-        raise ValueError('Cross-attention decode step without cached keys: initialise the '
-                         'cache with the encoded input first (EncoderDecoder.init_cache).')
-      k = self.get_variable('cache', 'cached_key')
-      v = self.get_variable('cache', 'cached_value')
+    if decode is None and kv_BxKxD is not None and self._folds(q.shape[1], kv_BxKxD.shape[1],
+                                                                 d_model):
+      key_DxHxK = dense('key', inner, ('embed', 'joined_kv'))(in_features=d_model)
+      value_DxHxK = dense('value', inner, ('embed', 'joined_kv'))(in_features=d_model)
+      shape = (d_model, self.num_heads, self.head_dim)
+      out_BxQxHxK = self.attend_folded(q, kv_BxKxD.astype(self.dtype), key_DxHxK.reshape(shape),
+                                       value_DxHxK.reshape(shape), bias_BxHxQxK, enable_dropout)
     else:
-      k = split(dense('key', inner, ('embed', 'joined_kv'))(kv_BxKxD))
-      v = split(dense('value', inner, ('embed', 'joined_kv'))(kv_BxKxD))
-      if decode == 'cross':
-        self.put_variable('cache', 'cached_key', k)
-        self.put_variable('cache', 'cached_value', v)
-      elif decode == 'self':
-        k, v, bias_BxHxQxK = self._causal_cache(k, v, bias_BxHxQxK)
-      elif decode is not None:
-        raise ValueError(f"Unknown decode mode {decode!r}; choose None, 'self' or 'cross'.")
-    out_BxQxHxK = self.attend(q, k, v, bias_BxHxQxK, enable_dropout)
+      if decode == 'cross' and kv_BxKxD is None:
+        if not self.has_variable('cache', 'cached_key'):
+          raise ValueError('Cross-attention decode step without cached keys: initialise the '
+                           'cache with the encoded input first (EncoderDecoder.init_cache).')
+        k = self.get_variable('cache', 'cached_key')
+        v = self.get_variable('cache', 'cached_value')
+      else:
+        k = split(dense('key', inner, ('embed', 'joined_kv'))(kv_BxKxD))
+        v = split(dense('value', inner, ('embed', 'joined_kv'))(kv_BxKxD))
+        if decode == 'cross':
+          self.put_variable('cache', 'cached_key', k)
+          self.put_variable('cache', 'cached_value', v)
+        elif decode == 'self':
+          k, v, bias_BxHxQxK = self._causal_cache(k, v, bias_BxHxQxK)
+        elif decode is not None:
+          raise ValueError(f"Unknown decode mode {decode!r}; choose None, 'self' or 'cross'.")
+      out_BxQxHxK = self.attend(q, k, v, bias_BxHxQxK, enable_dropout)
     out_BxQxI = out_BxQxHxK.reshape(*out_BxQxHxK.shape[:2], inner)
     return dense('out', d_model, ('joined_kv', 'embed'))(out_BxQxI)
+
+  def _folds(self, q_len: int, kv_len: int, d_model: int) -> bool:
+    if self.fold_kv not in ('never', 'always', 'auto'):
+      raise ValueError(f"Unknown fold_kv {self.fold_kv!r}; choose 'never', 'always' or 'auto'.")
+    if self.fold_kv == 'auto':
+      return fold_saves_flops(q_len, kv_len, d_model, self.num_heads, self.head_dim)
+    return self.fold_kv == 'always'
 
   def _causal_cache(self, k_BxQxHxK, v_BxQxHxK, bias_fn):
     """Creates, or writes this call's keys/values into, the self-attention cache."""
@@ -212,13 +250,27 @@ class MultiHeadAttention(nn.Module):
     # Positions past i + q_len are still zeros; the causal bias hides them.
     return cached_k.value, cached_v.value, bias_fn(i, q_len, cached_k.value.shape[1])
 
-  def attend(self, q_BxQxHxK, k_BxKxHxK, v_BxKxHxK, bias_BxHxQxK, enable_dropout):
-    logits = jnp.einsum('bqhd,bkhd->bhqk', q_BxQxHxK, k_BxKxHxK,
-                        preferred_element_type=jnp.float32)
-    weights = jax.nn.softmax(logits + bias_BxHxQxK.astype(jnp.float32), axis=-1)
+  def _softmax(self, logits_BxHxQxK, bias_BxHxQxK, enable_dropout):
+    weights = jax.nn.softmax(logits_BxHxQxK + bias_BxHxQxK.astype(jnp.float32), axis=-1)
     if enable_dropout and self.dropout_rate > 0:
       weights = nn.Dropout(self.dropout_rate, deterministic=False)(weights)
-    return jnp.einsum('bhqk,bkhd->bqhd', weights.astype(self.dtype), v_BxKxHxK)
+    return weights.astype(self.dtype)
+
+  def attend(self, q_BxQxHxK, k_BxKxHxK, v_BxKxHxK, bias_BxHxQxK, enable_dropout):
+    # Heads leading: plain batched matmuls, measured ~2x faster on XLA:CPU than strided heads.
+    q, k, v = (x.transpose(0, 2, 1, 3) for x in (q_BxQxHxK, k_BxKxHxK, v_BxKxHxK))
+    logits = jnp.einsum('bhqd,bhkd->bhqk', q, k, preferred_element_type=jnp.float32)
+    weights = self._softmax(logits, bias_BxHxQxK, enable_dropout)
+    return jnp.einsum('bhqk,bhkd->bhqd', weights, v).transpose(0, 2, 1, 3)
+
+  def attend_folded(self, q_BxQxHxK, kv_BxKxD, key_DxHxK, value_DxHxK, bias_BxHxQxK,
+                    enable_dropout):
+    qk_BxHxQxD = jnp.einsum('bqhk,dhk->bhqd', q_BxQxHxK, key_DxHxK)
+    logits = jnp.einsum('bhqd,bkd->bhqk', qk_BxHxQxD, kv_BxKxD,
+                        preferred_element_type=jnp.float32)
+    weights = self._softmax(logits, bias_BxHxQxK, enable_dropout)
+    mixed_BxHxQxD = jnp.einsum('bhqk,bkd->bhqd', weights, kv_BxKxD)
+    return jnp.einsum('bhqd,dhk->bqhk', mixed_BxHxQxD, value_DxHxK)
 
 
 class MlpBlock(nn.Module):

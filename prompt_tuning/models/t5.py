@@ -54,6 +54,9 @@ class T5Config:
   dtype: str = 'bfloat16'        # activations
   param_dtype: str = 'float32'   # storage of the (frozen) weights
   remat_policy: str = 'none'     # none | full | dots: what each layer keeps for the backward pass
+  # never | always | auto: fold cross-attention's key/value kernels into the decoder queries
+  # (teacher-forced passes only; see layers.MultiHeadAttention). auto: when it saves FLOPs.
+  cross_attention_fold: str = 'auto'
 
   @classmethod
   def preset(cls, name: str, **overrides: Any) -> 'T5Config':
@@ -134,7 +137,7 @@ class DecoderLayer(nn.Module):
     y_BxTxD = y_BxTxD + _dropout(c.dropout_rate, h, enable_dropout)
     h = layers.RMSNorm(c.layer_norm_epsilon, name='pre_cross_attention_layer_norm', **kw)(y_BxTxD)
     h = layers.MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate,
-                                  name='encoder_decoder_attention',
+                                  name='encoder_decoder_attention', fold_kv=c.cross_attention_fold,
                                   **kw)(h, encoded_BxLxD, cross_bias, enable_dropout,
                                         'cross' if decode else None)
     y_BxTxD = y_BxTxD + _dropout(c.dropout_rate, h, enable_dropout)
