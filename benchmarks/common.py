@@ -41,6 +41,9 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                       help='activation dtype; default float32 on CPU, bfloat16 on accelerators')
   parser.add_argument('--frozen_dtype', choices=('float32', 'bfloat16'), default='float32',
                       help='storage dtype of the frozen weights (PromptTrainer(frozen_dtype=...))')
+  parser.add_argument('--cross_attention_fold', choices=('auto', 'always', 'never'),
+                      default='auto', help="our T5Config.cross_attention_fold ('never': T5X's "
+                                           "key/value projection)")
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
   parser.add_argument('--steps', type=int, default=5, help='timed steps')
   parser.add_argument('--seed', type=int, default=0)
@@ -72,7 +75,8 @@ def setup_backend(args: argparse.Namespace) -> str:
 
 def model_config(args: argparse.Namespace, dtype: str, remat: str = 'none'):
   from prompt_tuning.models import t5
-  return t5.T5Config.preset(args.size, dtype=dtype, remat_policy=remat)
+  return t5.T5Config.preset(args.size, dtype=dtype, remat_policy=remat,
+                            cross_attention_fold=getattr(args, 'cross_attention_fold', 'auto'))
 
 
 def hf_dims(config) -> dict:
@@ -298,6 +302,16 @@ def other_cpu_use(start: tuple[float, float, float, float]) -> dict:
 
 def peak_rss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB.
+
+
+def executed_flops(compiled) -> Optional[float]:
+  """FLOPs XLA counts in the compiled program (its cost analysis), where the backend says."""
+  try:
+    analysis = compiled.cost_analysis()
+  except Exception:  # noqa: BLE001 - some backends do not implement it.
+    return None
+  analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
+  return float(analysis['flops']) if analysis and 'flops' in analysis else None
 
 
 def jax_memory(compiled=None) -> dict:

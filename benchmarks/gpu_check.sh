@@ -6,7 +6,8 @@
 #   bash benchmarks/gpu_check.sh            # everything (~10+ min: more than one device call)
 #   bash benchmarks/gpu_check.sh base       # base train + inference, each beside HF PEFT
 #   bash benchmarks/gpu_check.sh big        # large, xl, xxl train steps (ours only)
-#   bash benchmarks/gpu_check.sh train_xl   # one run by name (several may follow)
+#   bash benchmarks/gpu_check.sh train_xl   # one run by name (several may follow), also
+#                                           # train_base_projected (cross_attention_fold never)
 #
 # On the device tool, run the two halves as two calls (each command may run 10 minutes):
 #   run(command="bash benchmarks/gpu_check.sh base", timeout_s=560)
@@ -46,6 +47,9 @@ run_one() {
   case "$1" in
     # Base beside PEFT: f32 frozen weights + bf16 activations here, torch.autocast(bf16) there.
     train_base) bench train_base benchmarks.train_step --size base "${SHAPE[@]}" --peft ;;
+    # The same step with T5X's cross-attention key/value projection (the fold's effect).
+    train_base_projected) bench train_base_projected benchmarks.train_step --size base \
+        "${SHAPE[@]}" --cross_attention_fold never ;;
     infer_base) bench infer_base benchmarks.inference --size base "${SHAPE[@]}" --peft ;;
     train_large) bench train_large benchmarks.train_step --size large "${SHAPE[@]}" ;;
     # xl: bf16 frozen weights (6 GB) and 'dots' remat (keeps the weight-matmul outputs,
@@ -61,7 +65,7 @@ run_one() {
 
 for part in "${PARTS[@]}"; do
   case "$part" in
-    all) names=(train_base infer_base train_large train_xl train_xxl) ;;
+    all) names=(train_base infer_base train_base_projected train_large train_xl train_xxl) ;;
     base) names=(train_base infer_base) ;;
     big) names=(train_large train_xl train_xxl) ;;
     *) names=("$part") ;;

@@ -91,8 +91,11 @@ def run_ours(args: argparse.Namespace, config, arrays: dict) -> dict:
   built = build_ours(args, config, arrays)
   step = stepper(built)
   timing = common.time_calls(step, jax.block_until_ready, args.warmup, args.steps)
+  flops = common.executed_flops(built['compiled'])
   return {'lower_s': built['lower_s'], 'compile_s': built['compile_s'], 'timing': timing,
-          'final_loss': float(step()['loss']), 'memory': common.jax_memory(built['compiled'])}
+          'final_loss': float(step()['loss']), 'memory': common.jax_memory(built['compiled']),
+          'executed_flops_per_step': flops,
+          'executed_tflops_per_s': flops / timing['step_s_median'] / 1e12 if flops else None}
 
 
 def peft_spec(args: argparse.Namespace, config, dtype: str) -> dict:
@@ -119,6 +122,7 @@ def run(args: argparse.Namespace) -> dict:
                        'prompt': args.prompt, 'targets': args.targets, 'dtype': dtype,
                        'frozen_dtype': args.frozen_dtype, 'remat': args.remat,
                        'optimizer': args.optimizer, 'torch_compile': args.torch_compile,
+                       'cross_attention_fold': args.cross_attention_fold,
                        'gradient_checkpointing': args.gradient_checkpointing},
             'model_flops_per_step': flops}
   # PEFT first: JAX has allocated nothing on the device yet.
