@@ -15,6 +15,7 @@ import importlib
 import logging
 import os
 import re
+import subprocess
 import sys
 from typing import Callable, Optional, Sequence
 
@@ -149,6 +150,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger(noisy).setLevel(logging.WARNING)
   if args.tfds_data_dir:
     os.environ['TFDS_DATA_DIR'] = args.tfds_data_dir
+  if args.command == 'plan':
+    _memory_aware_cpu_schedule()
   handler = _HANDLERS[args.command]
   try:
     return handler(args) or 0
@@ -158,6 +161,28 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       raise
     print(f'prompt-tuning {args.command}: error: {e}', file=sys.stderr)
     return 1
+
+
+_MEMORY_SCHEDULE = '--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'
+
+
+def _memory_aware_cpu_schedule() -> None:
+  """Before JAX starts: XLA:CPU's default schedule ignores memory (remat then saves nothing in
+  its temporaries, e.g. T5 1.1 small, batch 32, 512 + 100: 13.2 GiB none vs 12.8 GiB full);
+  its memory-optimised one (8.2 vs 5.6 GiB) is closer to how accelerators schedule the step.
+  XLA exits on a flag it does not know, so a child process tries it first."""
+  flags = os.environ.get('XLA_FLAGS', '')
+  if 'xla_cpu_scheduler_type' in flags:
+    return
+  wanted = f'{flags} {_MEMORY_SCHEDULE}'.strip()
+  probe = subprocess.run([sys.executable, '-c', 'import jax; jax.devices("cpu")'],
+                         env={**os.environ, 'XLA_FLAGS': wanted, 'JAX_PLATFORMS': 'cpu'},
+                         capture_output=True, timeout=300)
+  if probe.returncode == 0:
+    os.environ['XLA_FLAGS'] = wanted
+  else:
+    log.warning('This jaxlib has no memory-optimised CPU schedule; on CPU the temporaries below '
+                'ignore rematerialisation.')
 
 
 def _gin_run(default_files: Sequence[str], function: str) -> Callable:

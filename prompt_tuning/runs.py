@@ -331,7 +331,8 @@ def plan(*, model: t5.T5Config, prompt: prompts.PromptConfig, batch_size: int,
   Lowers and compiles the step ahead of time from shapes alone (nothing is allocated) for each
   rematerialisation policy, on this machine's backend: on a GPU the numbers are that GPU's; on a
   CPU they are XLA:CPU's buffer assignment, a close guide for arguments/outputs and a rougher one
-  for temporaries.
+  for temporaries (the CLI asks XLA:CPU for its memory-optimised schedule first, without which
+  remat would not show in them at all).
   """
   import time
   mesh = partitioning.make_mesh(mesh_shape)

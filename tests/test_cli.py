@@ -92,3 +92,37 @@ def test_wheel_ships_gin_files(tmp_path):
                    'prompt_tuning/gin/prompts/class_labels.gin',
                    'prompt_tuning/configs/quickstart.gin'):
     assert expected in names, expected
+
+
+def _plan_rows(stdout):
+  rows = {}
+  for line in stdout.splitlines():
+    parts = line.split()
+    if parts and parts[0] in ('none', 'dots', 'full'):
+      rows[parts[0]] = dict(zip(('args', 'outs', 'temp', 'total'), map(float, parts[1:5])))
+  return rows
+
+
+def test_plan_prints_memory_per_remat_policy(tmp_path):
+  from prompt_tuning.models import t5
+  argv = ['plan', '--gin_file=models/t5_1_1_prompt.gin', '--gin_file=models/sizes/small.gin',
+          '--gin_file=prompts/random_uniform.gin', '--gin_file=runs/prompt_finetune.gin',
+          '--gin.BATCH_SIZE=8', "--gin.TASK_FEATURE_LENGTHS={'inputs': 256, 'targets': 4}",
+          '--gin.PROMPT_LENGTH=20', '--gin.t5.T5Config.num_encoder_layers=3',
+          '--gin.t5.T5Config.num_decoder_layers=1', '--gin.DROPOUT_RATE=0.0',
+          "--gin.MIXTURE_OR_TASK_NAME='unused'", f"--gin.MODEL_DIR='{tmp_path}/run'",
+          '--gin.TRAIN_STEPS=1', "--gin.INITIAL_CHECKPOINT_PATH='unused'"]
+  proc = subprocess.run([sys.executable, '-m', 'prompt_tuning', *argv], capture_output=True,
+                        text=True, cwd=tmp_path, timeout=600,
+                        env={k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'})
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = _plan_rows(proc.stdout)
+  assert set(rows) == {'none', 'dots', 'full'}, proc.stdout
+  # Arguments are the frozen float32 weights (plus the batch): same for every policy.
+  config = t5.T5Config.preset('small', num_encoder_layers=3, num_decoder_layers=1)
+  weights_gib = t5.count_params(config) * 4 / 2**30
+  for row in rows.values():
+    assert weights_gib - 0.005 <= row['args'] <= weights_gib * 1.02 + 0.01  # printed to 0.01
+  # The memory-aware CPU schedule makes rematerialisation show (default schedule: no change).
+  assert rows['full']['temp'] < 0.7 * rows['none']['temp'], proc.stdout
+  assert not os.path.exists(tmp_path / 'run')  # planning writes nothing
