@@ -44,6 +44,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--cross_attention_fold', choices=('auto', 'always', 'never'),
                       default='auto', help="our T5Config.cross_attention_fold ('never': T5X's "
                                            "key/value projection)")
+  parser.add_argument('--attention_impl', choices=('einsum', 'dot_product_attention', 'cudnn'),
+                      default='einsum', help='our T5Config.attention_impl')
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
   parser.add_argument('--steps', type=int, default=5, help='timed steps')
   parser.add_argument('--seed', type=int, default=0)
@@ -76,7 +78,8 @@ def setup_backend(args: argparse.Namespace) -> str:
 def model_config(args: argparse.Namespace, dtype: str, remat: str = 'none'):
   from prompt_tuning.models import t5
   return t5.T5Config.preset(args.size, dtype=dtype, remat_policy=remat,
-                            cross_attention_fold=getattr(args, 'cross_attention_fold', 'auto'))
+                            cross_attention_fold=getattr(args, 'cross_attention_fold', 'auto'),
+                            attention_impl=getattr(args, 'attention_impl', 'einsum'))
 
 
 def hf_dims(config) -> dict:

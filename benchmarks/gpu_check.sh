@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # GPU benchmark pass for a session with a device machine (one H100; bf16 activations).
 # Shape: batch 32, inputs 512 + prompt 100, targets 16. Writes one JSON per run, a log and a
-# markdown summary under $OUT (7 files: within what the device tool brings back).
+# markdown summary under $OUT.
 #
 #   bash benchmarks/gpu_check.sh            # everything (~10+ min: more than one device call)
 #   bash benchmarks/gpu_check.sh base       # base train + inference, each beside HF PEFT
 #   bash benchmarks/gpu_check.sh big        # large, xl, xxl train steps (ours only)
-#   bash benchmarks/gpu_check.sh train_xl   # one run by name (several may follow), also
-#                                           # train_base_projected (cross_attention_fold never)
+#   bash benchmarks/gpu_check.sh variants   # base with the fold off; base with fused attention
+#   bash benchmarks/gpu_check.sh train_xl   # one run by name (several may follow)
 #
 # On the device tool, run the two halves as two calls (each command may run 10 minutes):
 #   run(command="bash benchmarks/gpu_check.sh base", timeout_s=560)
@@ -50,6 +50,9 @@ run_one() {
     # The same step with T5X's cross-attention key/value projection (the fold's effect).
     train_base_projected) bench train_base_projected benchmarks.train_step --size base \
         "${SHAPE[@]}" --cross_attention_fold never ;;
+    # jax.nn.dot_product_attention (cuDNN's fused kernel where it applies) for the attention core.
+    train_base_dpa) bench train_base_dpa benchmarks.train_step --size base "${SHAPE[@]}" \
+        --attention_impl dot_product_attention ;;
     infer_base) bench infer_base benchmarks.inference --size base "${SHAPE[@]}" --peft ;;
     train_large) bench train_large benchmarks.train_step --size large "${SHAPE[@]}" ;;
     # xl: bf16 frozen weights (6 GB) and 'dots' remat (keeps the weight-matmul outputs,
@@ -65,7 +68,9 @@ run_one() {
 
 for part in "${PARTS[@]}"; do
   case "$part" in
-    all) names=(train_base infer_base train_base_projected train_large train_xl train_xxl) ;;
+    all) names=(train_base infer_base train_base_projected train_base_dpa train_large train_xl
+                train_xxl) ;;
+    variants) names=(train_base_projected train_base_dpa) ;;
     base) names=(train_base infer_base) ;;
     big) names=(train_large train_xl train_xxl) ;;
     *) names=("$part") ;;

@@ -123,6 +123,7 @@ def run(args: argparse.Namespace) -> dict:
                        'frozen_dtype': args.frozen_dtype, 'remat': args.remat,
                        'optimizer': args.optimizer, 'torch_compile': args.torch_compile,
                        'cross_attention_fold': args.cross_attention_fold,
+                       'attention_impl': args.attention_impl,
                        'gradient_checkpointing': args.gradient_checkpointing},
             'model_flops_per_step': flops}
   # PEFT first: JAX has allocated nothing on the device yet.

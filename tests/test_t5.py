@@ -213,3 +213,29 @@ def test_unknown_fold_mode_is_named():
   config = t5.T5Config.preset('tiny', vocab_size=64, cross_attention_fold='sometimes')
   with pytest.raises(ValueError, match="fold_kv 'sometimes'"):
     t5.init_params(config)
+
+
+def test_dot_product_attention_impl_equals_einsum():
+  # On CPU jax.nn.dot_product_attention runs XLA's implementation: same numbers, masks included.
+  config = t5.T5Config.preset('tiny', dtype='float32', vocab_size=64, num_encoder_layers=1,
+                              cross_attention_fold='never')
+  params = t5.init_params(config)
+  args = _fold_args()
+
+  def run(impl):
+    model = t5.EncoderDecoder(config.replace(attention_impl=impl))
+    logits = lambda p: model.apply({'params': p}, *args)
+    return jax.jit(lambda p: (logits(p), jax.grad(lambda q: logits(q).sum())(p)))(params)
+
+  ref_logits, ref_grads = run('einsum')
+  logits, grads = run('dot_product_attention')
+  np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
+  for a, b in zip(jax.tree_util.tree_leaves(ref_grads), jax.tree_util.tree_leaves(grads)):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(jax.default_backend() == 'gpu', reason='the error is for non-GPU backends')
+def test_cudnn_attention_off_gpu_is_a_clear_error():
+  config = t5.T5Config.preset('tiny', vocab_size=64, attention_impl='cudnn')
+  with pytest.raises(ValueError, match="'cudnn' needs a CUDA GPU"):
+    t5.init_params(config)

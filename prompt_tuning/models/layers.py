@@ -157,6 +157,11 @@ class MultiHeadAttention(nn.Module):
   queries' side instead of projecting all K encoded positions: logits = (q Wk^T) kv^T and
   out = (weights kv) Wv. Same parameters and result (up to rounding); with few targets and a
   long input it skips most of the cross-attention's FLOPs. 'auto' folds when that is cheaper.
+
+  impl picks the unfolded attention core: 'einsum' (ours: two einsums and a float32 softmax),
+  'dot_product_attention' (jax.nn.dot_product_attention, which takes cuDNN's fused kernel where
+  it applies on a GPU and XLA's otherwise) or 'cudnn' (that kernel or an error). Both library
+  paths fall back to 'einsum' while attention dropout is active, which they do not implement.
   """
   num_heads: int
   head_dim: int
@@ -165,6 +170,7 @@ class MultiHeadAttention(nn.Module):
   param_dtype: Dtype = jnp.float32
   kernel_init: Initializer = default_kernel_init
   fold_kv: str = 'never'
+  impl: str = 'einsum'
 
   @nn.compact
   def __call__(self, x_BxQxD: jax.Array, kv_BxKxD: Optional[jax.Array], bias_BxHxQxK: Any,
@@ -257,6 +263,16 @@ class MultiHeadAttention(nn.Module):
     return weights.astype(self.dtype)
 
   def attend(self, q_BxQxHxK, k_BxKxHxK, v_BxKxHxK, bias_BxHxQxK, enable_dropout):
+    if self.impl not in ('einsum', 'dot_product_attention', 'cudnn'):
+      raise ValueError(f"Unknown attention impl {self.impl!r}; choose 'einsum', "
+                       "'dot_product_attention' or 'cudnn'.")
+    if self.impl != 'einsum' and not (enable_dropout and self.dropout_rate > 0):
+      if self.impl == 'cudnn' and jax.default_backend() != 'gpu':
+        raise ValueError(f"attention impl 'cudnn' needs a CUDA GPU; the backend here is "
+                         f"{jax.default_backend()!r} (use 'dot_product_attention' or 'einsum').")
+      return jax.nn.dot_product_attention(
+          q_BxQxHxK, k_BxKxHxK, v_BxKxHxK, bias=bias_BxHxQxK.astype(q_BxQxHxK.dtype), scale=1.0,
+          implementation='cudnn' if self.impl == 'cudnn' else None)
     # Heads leading: plain batched matmuls, measured ~2x faster on XLA:CPU than strided heads.
     q, k, v = (x.transpose(0, 2, 1, 3) for x in (q_BxQxHxK, k_BxKxHxK, v_BxKxHxK))
     logits = jnp.einsum('bhqd,bhkd->bhqk', q, k, preferred_element_type=jnp.float32)

@@ -57,6 +57,8 @@ class T5Config:
   # never | always | auto: fold cross-attention's key/value kernels into the decoder queries
   # (teacher-forced passes only; see layers.MultiHeadAttention). auto: when it saves FLOPs.
   cross_attention_fold: str = 'auto'
+  # einsum | dot_product_attention | cudnn: the attention core (see layers.MultiHeadAttention).
+  attention_impl: str = 'einsum'
 
   @classmethod
   def preset(cls, name: str, **overrides: Any) -> 'T5Config':
@@ -113,7 +115,7 @@ class EncoderLayer(nn.Module):
     kw = dict(dtype=c.activation_dtype, param_dtype=c.weight_dtype)
     h = layers.RMSNorm(c.layer_norm_epsilon, name='pre_attention_layer_norm', **kw)(x_BxLxD)
     h = layers.MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, name='attention',
-                                  **kw)(h, h, bias_BxHxLxL, enable_dropout)
+                                  impl=c.attention_impl, **kw)(h, h, bias_BxHxLxL, enable_dropout)
     x_BxLxD = x_BxLxD + _dropout(c.dropout_rate, h, enable_dropout)
     h = layers.RMSNorm(c.layer_norm_epsilon, name='pre_mlp_layer_norm', **kw)(x_BxLxD)
     h = layers.MlpBlock(c.d_ff, c.dropout_rate, name='mlp', **kw)(h, enable_dropout)
@@ -132,14 +134,14 @@ class DecoderLayer(nn.Module):
     kw = dict(dtype=c.activation_dtype, param_dtype=c.weight_dtype)
     h = layers.RMSNorm(c.layer_norm_epsilon, name='pre_self_attention_layer_norm', **kw)(y_BxTxD)
     h = layers.MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, name='self_attention',
-                                  **kw)(h, h, self_bias, enable_dropout,
+                                  impl=c.attention_impl, **kw)(h, h, self_bias, enable_dropout,
                                         'self' if decode else None)
     y_BxTxD = y_BxTxD + _dropout(c.dropout_rate, h, enable_dropout)
     h = layers.RMSNorm(c.layer_norm_epsilon, name='pre_cross_attention_layer_norm', **kw)(y_BxTxD)
-    h = layers.MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate,
-                                  name='encoder_decoder_attention', fold_kv=c.cross_attention_fold,
-                                  **kw)(h, encoded_BxLxD, cross_bias, enable_dropout,
-                                        'cross' if decode else None)
+    cross = layers.MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate,
+                                      name='encoder_decoder_attention',
+                                      fold_kv=c.cross_attention_fold, impl=c.attention_impl, **kw)
+    h = cross(h, encoded_BxLxD, cross_bias, enable_dropout, 'cross' if decode else None)
     y_BxTxD = y_BxTxD + _dropout(c.dropout_rate, h, enable_dropout)
     h = layers.RMSNorm(c.layer_norm_epsilon, name='pre_mlp_layer_norm', **kw)(y_BxTxD)
     h = layers.MlpBlock(c.d_ff, c.dropout_rate, name='mlp', **kw)(h, enable_dropout)
