@@ -155,22 +155,28 @@ def _fold_pair(dropout_rate):
   return config, t5.init_params(config), _fold_args()
 
 
-def test_folded_cross_attention_equals_projected():
-  config, params, args = _fold_pair(0.0)
-
-  def run(fold):
-    model = t5.EncoderDecoder(config.replace(cross_attention_fold=fold))
+def _assert_same_logits_and_grads(config, variant, params, args):
+  """`variant` (a changed config) gives config's logits and every parameter gradient."""
+  def run(c):
+    model = t5.EncoderDecoder(c)
     logits = lambda p: model.apply({'params': p}, *args)
     return jax.jit(lambda p: (logits(p), jax.grad(lambda q: logits(q).sum())(p)))(params)
 
-  ref_logits, ref_grads = run('never')
-  logits, grads = run('always')
+  (ref_logits, ref_grads), (logits, grads) = run(config), run(variant)
   np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
-  cross = ref_grads['decoder']['layers_0']['encoder_decoder_attention']
-  assert float(jnp.abs(cross['key']['kernel']).max()) > 0  # the gradient reaches the kernels
   for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(ref_grads),
                           jax.tree_util.tree_leaves(grads)):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+  return ref_grads
+
+
+def test_folded_cross_attention_equals_projected():
+  config, params, args = _fold_pair(0.0)
+  ref_grads = _assert_same_logits_and_grads(config.replace(cross_attention_fold='never'),
+                                            config.replace(cross_attention_fold='always'),
+                                            params, args)
+  cross = ref_grads['decoder']['layers_0']['encoder_decoder_attention']
+  assert float(jnp.abs(cross['key']['kernel']).max()) > 0  # the gradient reaches the kernels
 
 
 def test_folded_cross_attention_drops_the_same_weights():
@@ -217,21 +223,10 @@ def test_unknown_fold_mode_is_named():
 
 def test_dot_product_attention_impl_equals_einsum():
   # On CPU jax.nn.dot_product_attention runs XLA's implementation: same numbers, masks included.
-  config = t5.T5Config.preset('tiny', dtype='float32', vocab_size=64, num_encoder_layers=1,
-                              cross_attention_fold='never')
-  params = t5.init_params(config)
-  args = _fold_args()
-
-  def run(impl):
-    model = t5.EncoderDecoder(config.replace(attention_impl=impl))
-    logits = lambda p: model.apply({'params': p}, *args)
-    return jax.jit(lambda p: (logits(p), jax.grad(lambda q: logits(q).sum())(p)))(params)
-
-  ref_logits, ref_grads = run('einsum')
-  logits, grads = run('dot_product_attention')
-  np.testing.assert_allclose(logits, ref_logits, rtol=1e-5, atol=1e-5)
-  for a, b in zip(jax.tree_util.tree_leaves(ref_grads), jax.tree_util.tree_leaves(grads)):
-    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
+  config, params, args = _fold_pair(0.0)
+  config = config.replace(cross_attention_fold='never')
+  _assert_same_logits_and_grads(config, config.replace(attention_impl='dot_product_attention'),
+                                params, args)
 
 
 @pytest.mark.skipif(jax.default_backend() == 'gpu', reason='the error is for non-GPU backends')
