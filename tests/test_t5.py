@@ -215,10 +215,12 @@ def test_auto_fold_picks_the_cheaper_program(enc_len, dec_len):
   assert (flops['always'] < flops['never']) == expect_fold
 
 
-def test_unknown_fold_mode_is_named():
-  config = t5.T5Config.preset('tiny', vocab_size=64, cross_attention_fold='sometimes')
-  with pytest.raises(ValueError, match="fold_kv 'sometimes'"):
-    t5.init_params(config)
+def test_unknown_fold_mode_and_attention_impl_are_named():
+  with pytest.raises(ValueError, match="cross_attention_fold .gin CROSS_ATTENTION_FOLD. is "
+                                       "'sometimes'"):
+    t5.T5Config.preset('tiny', cross_attention_fold='sometimes')
+  with pytest.raises(ValueError, match="attention_impl .gin ATTENTION_IMPL. is 'flash'"):
+    t5.T5Config.preset('tiny', attention_impl='flash')
 
 
 def test_dot_product_attention_impl_equals_einsum():

@@ -60,6 +60,14 @@ class T5Config:
   # einsum | dot_product_attention | cudnn: the attention core (see layers.MultiHeadAttention).
   attention_impl: str = 'einsum'
 
+  def __post_init__(self):
+    choices = {'cross_attention_fold': ('never', 'always', 'auto'),
+               'attention_impl': ('einsum', 'dot_product_attention', 'cudnn')}
+    for field, allowed in choices.items():
+      if getattr(self, field) not in allowed:
+        raise ValueError(f'T5Config.{field} (gin {field.upper()}) is '
+                         f'{getattr(self, field)!r}; choose one of {", ".join(allowed)}.')
+
   @classmethod
   def preset(cls, name: str, **overrides: Any) -> 'T5Config':
     """A named size: tiny (tests), small, base, large, xl, xxl."""
