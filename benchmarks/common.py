@@ -41,10 +41,11 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                       help='activation dtype; default float32 on CPU, bfloat16 on accelerators')
   parser.add_argument('--frozen_dtype', choices=('float32', 'bfloat16'), default='float32',
                       help='storage dtype of the frozen weights (PromptTrainer(frozen_dtype=...))')
-  parser.add_argument('--cross_attention_fold', choices=('auto', 'always', 'never'),
+  from prompt_tuning.models import layers  # no JAX backend starts at import
+  parser.add_argument('--cross_attention_fold', choices=layers.FOLD_MODES,
                       default='auto', help="our T5Config.cross_attention_fold ('never': T5X's "
                                            "key/value projection)")
-  parser.add_argument('--attention_impl', choices=('einsum', 'dot_product_attention', 'cudnn'),
+  parser.add_argument('--attention_impl', choices=layers.ATTENTION_IMPLS,
                       default='einsum', help='our T5Config.attention_impl')
   parser.add_argument('--warmup', type=int, default=2, help='untimed steps after compilation')
   parser.add_argument('--steps', type=int, default=5, help='timed steps')

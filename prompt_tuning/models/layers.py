@@ -140,6 +140,11 @@ class RelativePositionBias(nn.Module):
     return bias_HxQxK[None].astype(self.dtype)
 
 
+# Allowed MultiHeadAttention.fold_kv (T5Config.cross_attention_fold) and .impl (.attention_impl).
+FOLD_MODES = ('never', 'always', 'auto')
+ATTENTION_IMPLS = ('einsum', 'dot_product_attention', 'cudnn')
+
+
 def fold_saves_flops(q_len: int, kv_len: int, d_model: int, num_heads: int,
                      head_dim: int) -> bool:
   """Whether folding the key/value kernels into the queries costs fewer FLOPs than projecting
@@ -230,8 +235,8 @@ class MultiHeadAttention(nn.Module):
     return dense('out', d_model, ('joined_kv', 'embed'))(out_BxQxI)
 
   def _folds(self, q_len: int, kv_len: int, d_model: int) -> bool:
-    if self.fold_kv not in ('never', 'always', 'auto'):
-      raise ValueError(f"Unknown fold_kv {self.fold_kv!r}; choose 'never', 'always' or 'auto'.")
+    if self.fold_kv not in FOLD_MODES:
+      raise ValueError(f"Unknown fold_kv {self.fold_kv!r}; choose one of {', '.join(FOLD_MODES)}.")
     if self.fold_kv == 'auto':
       return fold_saves_flops(q_len, kv_len, d_model, self.num_heads, self.head_dim)
     return self.fold_kv == 'always'
@@ -263,9 +268,9 @@ class MultiHeadAttention(nn.Module):
     return weights.astype(self.dtype)
 
   def attend(self, q_BxQxHxK, k_BxKxHxK, v_BxKxHxK, bias_BxHxQxK, enable_dropout):
-    if self.impl not in ('einsum', 'dot_product_attention', 'cudnn'):
-      raise ValueError(f"Unknown attention impl {self.impl!r}; choose 'einsum', "
-                       "'dot_product_attention' or 'cudnn'.")
+    if self.impl not in ATTENTION_IMPLS:
+      raise ValueError(f"Unknown attention impl {self.impl!r}; choose one of "
+                       f"{', '.join(ATTENTION_IMPLS)}.")
     if self.impl != 'einsum' and not (enable_dropout and self.dropout_rate > 0):
       if self.impl == 'cudnn' and jax.default_backend() != 'gpu':
         raise ValueError(f"attention impl 'cudnn' needs a CUDA GPU; the backend here is "

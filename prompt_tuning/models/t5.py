@@ -61,8 +61,8 @@ class T5Config:
   attention_impl: str = 'einsum'
 
   def __post_init__(self):
-    choices = {'cross_attention_fold': ('never', 'always', 'auto'),
-               'attention_impl': ('einsum', 'dot_product_attention', 'cudnn')}
+    choices = {'cross_attention_fold': layers.FOLD_MODES,
+               'attention_impl': layers.ATTENTION_IMPLS}
     for field, allowed in choices.items():
       if getattr(self, field) not in allowed:
         raise ValueError(f'T5Config.{field} (gin {field.upper()}) is '
