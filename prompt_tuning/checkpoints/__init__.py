@@ -46,6 +46,9 @@ def load_params(path: str, config: Optional[t5.T5Config] = None
   config.json). `config`, when given, is used instead and every array is checked against it;
   it also supplies what a T5X checkpoint cannot carry (relative-position max distance) and the
   storage dtype (arrays are cast to `config.param_dtype`).
+
+  Nothing is loaded silently wrong: a missing zarr chunk, a non-float array, a shape that
+  disagrees or a corrupt file raises one single-line CheckpointError naming the file and array.
   """
   fmt = detect_format(path)
   if fmt == 't5x':

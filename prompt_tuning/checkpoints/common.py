@@ -6,6 +6,7 @@ import re
 from typing import Any, Mapping, Optional
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
@@ -13,7 +14,53 @@ from prompt_tuning.models import t5
 
 
 class CheckpointError(ValueError):
-  """A checkpoint could not be read or written; the message names the file and key at fault."""
+  """A checkpoint could not be read or written; the message names the file and key at fault.
+
+  The message is always one line (logs and CLI output grep cleanly): a multi-line text is folded.
+  """
+
+  def __init__(self, message: str = ''):
+    super().__init__(' '.join(line.strip() for line in str(message).splitlines() if line.strip()))
+
+
+def first_line(e: BaseException) -> str:
+  """The first line of an exception's text (tensorstore and safetensors errors can run on)."""
+  text = str(e).strip()
+  return text.splitlines()[0] if text else type(e).__name__
+
+
+# For messages: what a parameter may be stored as.
+FLOAT_DTYPES = 'float32, bfloat16, float16 or float64'
+
+
+def is_floating(dtype: Any) -> bool:
+  """True for numpy floats and ml_dtypes' (bfloat16, float8_*; numpy's kind for those is 'V')."""
+  try:
+    return bool(jnp.issubdtype(np.dtype(dtype), jnp.floating))
+  except TypeError:
+    return False
+
+
+def check_dtypes(flat: Mapping[str, Any], source: str) -> None:
+  """Raises CheckpointError on a parameter that is not floating point (int, bool, complex, ...).
+
+  An integer kernel would otherwise be cast to float on load and give silently wrong weights.
+  """
+  for key, value in flat.items():
+    dtype = _dtype(value)
+    if not is_floating(dtype):
+      raise CheckpointError(f'{source}: parameter {key!r} has dtype {dtype}; checkpoint '
+                            f'parameters must be floating point ({FLOAT_DTYPES}).')
+
+
+def _dtype(value: Any) -> np.dtype:
+  dtype = getattr(value, 'dtype', None)
+  return np.dtype(dtype) if dtype is not None else np.asarray(value).dtype
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+  shape = getattr(value, 'shape', None)
+  return tuple(shape) if shape is not None else np.shape(value)
 
 
 def flatten(params: Mapping[str, Any]) -> dict[str, Any]:
@@ -36,6 +83,14 @@ def _require(flat: Mapping[str, Any], key: str, source: str) -> Any:
   return flat[key]
 
 
+def _require_matrix(flat: Mapping[str, Any], key: str, source: str) -> Any:
+  value = _require(flat, key, source)
+  if len(_shape(value)) != 2:
+    raise CheckpointError(f'{source}: parameter {key!r} has shape {_shape(value)}; expected a '
+                          f'2-d array; cannot derive the model config.')
+  return value
+
+
 def derive_config(flat: Mapping[str, Any], source: str,
                   base: Optional[t5.T5Config] = None) -> t5.T5Config:
   """Architecture from array shapes; what shapes cannot carry comes from `base` (or defaults).
@@ -45,11 +100,16 @@ def derive_config(flat: Mapping[str, Any], source: str,
   """
   if base is not None:
     return base
-  embedding = _require(flat, 'token_embedder/embedding', source)
-  rel = _require(flat, 'encoder/relpos_bias/rel_embedding', source)
-  query = _require(flat, 'encoder/layers_0/attention/query/kernel', source)
-  wi_0 = _require(flat, 'encoder/layers_0/mlp/wi_0/kernel', source)
+  check_dtypes(flat, source)
+  embedding, rel, query, wi_0 = (_require_matrix(flat, key, source) for key in (
+      'token_embedder/embedding', 'encoder/relpos_bias/rel_embedding',
+      'encoder/layers_0/attention/query/kernel', 'encoder/layers_0/mlp/wi_0/kernel'))
   num_heads, buckets = rel.shape
+  if num_heads == 0 or query.shape[1] % num_heads:
+    raise CheckpointError(
+        f"{source}: parameter 'encoder/layers_0/attention/query/kernel' has shape "
+        f"{tuple(query.shape)}, not a whole number of heads for the {num_heads} heads of "
+        f"'encoder/relpos_bias/rel_embedding' {tuple(rel.shape)}.")
   return t5.T5Config(
       vocab_size=embedding.shape[0], d_model=embedding.shape[1], d_ff=wi_0.shape[1],
       num_heads=num_heads, head_dim=query.shape[1] // num_heads,
@@ -61,10 +121,12 @@ def derive_config(flat: Mapping[str, Any], source: str,
 
 def check_params(flat: Mapping[str, Any], config: t5.T5Config, source: str,
                  ignore: tuple[str, ...] = ()) -> None:
-  """Raises CheckpointError on missing keys, extra keys or shapes that disagree with `config`.
+  """Raises CheckpointError on missing keys, extra keys, non-float arrays or shapes that disagree
+  with `config`.
 
   Keys under any prefix in `ignore` (e.g. a prompt stored with the model) are allowed extra.
   """
+  check_dtypes(flat, source)
   expected = {k: tuple(v.shape) for k, v in flatten(t5.param_shapes(config)).items()}
   extra = sorted(k for k in flat if k not in expected and not k.startswith(ignore))
   missing = sorted(k for k in expected if k not in flat)
@@ -76,7 +138,7 @@ def check_params(flat: Mapping[str, Any], config: t5.T5Config, source: str,
     raise CheckpointError(
         f'{source}: unexpected parameter(s) not in the T5 1.1 model ({_short(extra)}).')
   for key, shape in expected.items():
-    got = tuple(flat[key].shape)
+    got = _shape(flat[key])
     if got != shape:
       raise CheckpointError(
           f'{source}: parameter {key!r} has shape {got} but the config expects {shape}.')

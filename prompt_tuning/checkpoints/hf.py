@@ -11,10 +11,11 @@ import os
 from typing import Any, Mapping, Optional
 
 import numpy as np
-from safetensors import SafetensorError, safe_open
+from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from prompt_tuning.checkpoints.common import CheckpointError, to_numpy_tree
+from prompt_tuning.checkpoints.common import (FLOAT_DTYPES, CheckpointError, check_dtypes,
+                                              first_line, is_floating, to_numpy_tree)
 from prompt_tuning.models import t5
 
 CONFIG_FILE = 'config.json'
@@ -82,6 +83,8 @@ def config_from_json(path: str, hf: Mapping[str, Any]) -> t5.T5Config:
         logits_via_embedding=_scales_tied_logits(hf))
   except KeyError as e:
     raise CheckpointError(f'{file}: missing field {e.args[0]!r} of a T5 config.') from e
+  except (TypeError, ValueError) as e:
+    raise CheckpointError(f'{file}: not a valid T5 config ({first_line(e)}).') from e
 
 
 def _scales_tied_logits(hf: Mapping[str, Any]) -> bool:
@@ -97,24 +100,39 @@ def _weight_files(path: str) -> list[str]:
     try:
       with open(index) as f:
         weight_map = json.load(f)['weight_map']
-    except (ValueError, KeyError) as e:
-      raise CheckpointError(f'{index}: not a valid safetensors index ({e}).') from e
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise CheckpointError(f'{index}: not a valid safetensors index '
+                            f'({type(e).__name__}: {first_line(e)}).') from e
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+      raise CheckpointError(f'{index}: not a valid safetensors index (weight_map is not a map '
+                            f'of tensor name to file name).')
     return sorted({os.path.join(path, v) for v in weight_map.values()})
   return [os.path.join(path, WEIGHTS_FILE)]
 
 
 def read_tensors(path: str) -> dict[str, np.ndarray]:
-  tensors = {}
+  return _read_tensors(path)[0]
+
+
+def _read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+  """(tensors, the file each came from); a tensor stored twice is an error, not a silent pick."""
+  tensors, files = {}, {}
   for file in _weight_files(path):
     if not os.path.isfile(file):
       raise CheckpointError(f'{file}: listed in {INDEX_FILE} but missing.')
     try:
       with safe_open(file, framework='numpy') as f:
         for name in f.keys():
-          tensors[name] = f.get_tensor(name)
-    except (SafetensorError, OSError, ValueError) as e:
-      raise CheckpointError(f'{file}: corrupt or truncated safetensors file ({e}).') from e
-  return tensors
+          if name in files:
+            raise CheckpointError(f'{file}: tensor {name!r} is also stored in {files[name]}; '
+                                  f'which one is meant is ambiguous.')
+          tensors[name], files[name] = f.get_tensor(name), file
+    except CheckpointError:
+      raise
+    except Exception as e:  # safetensors raises SafetensorError, OSError, TypeError, ...
+      raise CheckpointError(f'{file}: corrupt or truncated safetensors file '
+                            f'({first_line(e)}).') from e
+  return tensors, files
 
 
 def read_params(path: str, config: Optional[t5.T5Config] = None
@@ -125,14 +143,25 @@ def read_params(path: str, config: Optional[t5.T5Config] = None
     with open(file) as f:
       hf_config = json.load(f)
   except ValueError as e:
-    raise CheckpointError(f'{file}: not valid JSON ({e}).') from e
-  tensors = read_tensors(path)
-  if 'shared.weight' not in tensors and 'encoder.embed_tokens.weight' in tensors:
-    tensors['shared.weight'] = tensors['encoder.embed_tokens.weight']
+    raise CheckpointError(f'{file}: not valid JSON ({first_line(e)}).') from e
+  if not isinstance(hf_config, dict):
+    raise CheckpointError(f'{file}: not a T5 config (top level is {type(hf_config).__name__}).')
+  tensors, files = _read_tensors(path)
+  param_dtype_from_file = config is None
   if config is None:
     config = config_from_json(path, hf_config)
-    if 'shared.weight' in tensors:
-      config = config.replace(param_dtype=np.dtype(tensors['shared.weight'].dtype).name)
+  # Before the dtype of `shared` becomes the config's: an int tensor would be cast silently.
+  t5x_keys = {hf_name: key for key, hf_name, _ in name_map(config)}
+  t5x_keys.update({name: 'token_embedder/embedding' for name in _TIED_COPIES})
+  for name, value in tensors.items():
+    if not is_floating(value.dtype):
+      what = f' (T5X {t5x_keys[name]!r})' if name in t5x_keys else ''
+      raise CheckpointError(f'{files[name]}: tensor {name!r}{what} has dtype {value.dtype}; '
+                            f'checkpoint parameters must be floating point ({FLOAT_DTYPES}).')
+  if 'shared.weight' not in tensors and 'encoder.embed_tokens.weight' in tensors:
+    tensors['shared.weight'] = tensors['encoder.embed_tokens.weight']
+  if param_dtype_from_file and 'shared.weight' in tensors:
+    config = config.replace(param_dtype=np.dtype(tensors['shared.weight'].dtype).name)
   if (not config.logits_via_embedding and 'lm_head.weight' not in tensors and
       'shared.weight' in tensors and hf_config.get('tie_word_embeddings', True)):
     # transformers >= 5 may save a T5 1.1 head tied to `shared` (and runs it unscaled).
@@ -173,6 +202,7 @@ def save(directory: str, config: t5.T5Config, params: Mapping[str, Any],
          max_shard_bytes: int = 10 * 1024**3) -> str:
   """Writes `config.json` and safetensors (sharded with an index above `max_shard_bytes`)."""
   flat = to_numpy_tree(params)
+  check_dtypes(flat, directory)  # Refused before anything is written.
   tensors = {}
   for key, hf_name, transpose in name_map(config):
     if key not in flat:

@@ -8,18 +8,21 @@ directory (`target.encoder.layers_0.attention.query.kernel`), and the array is a
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
 import re
 import shutil
 import time
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import msgpack
 import numpy as np
 import tensorstore as ts
 from flax import serialization
 
-from prompt_tuning.checkpoints.common import CheckpointError, to_numpy_tree, unflatten
+from prompt_tuning.checkpoints.common import (FLOAT_DTYPES, CheckpointError, check_dtypes,
+                                              first_line, is_floating, to_numpy_tree, unflatten)
 
 VERSION = 3
 CHECKPOINT_FILE = 'checkpoint'
@@ -71,7 +74,7 @@ def _read_contents(ckpt_dir: str) -> dict:
     contents = msgpack.unpackb(raw, ext_hook=msgpack.ExtType, strict_map_key=False, raw=False)
   except Exception as e:  # msgpack raises several unrelated types on bad bytes.
     raise CheckpointError(f'{file}: corrupt or truncated T5X checkpoint ({type(e).__name__}: '
-                          f'{e}).') from e
+                          f'{first_line(e)}).') from e
   if not isinstance(contents, dict):
     raise CheckpointError(f'{file}: not a T5X checkpoint (top level is {type(contents).__name__}).')
   return contents
@@ -129,29 +132,104 @@ def read_params(path: str, keys: Optional[Sequence[str]] = None
   target = _target_subtree(contents, file)
   if keys is not None:
     target = _select(target, [keys] if isinstance(keys, str) else keys, file)
-  try:
-    # Re-pack the (small) target subtree and let flax decode its inline arrays.
-    target = serialization.msgpack_restore(msgpack.packb(target))
-  except Exception as e:
-    raise CheckpointError(f'{file}: cannot decode the parameter arrays ({e}).') from e
+  target = _decode_inline(target, file)
   step = _read_step(contents)
 
   flat = _flatten_with_specs(target)
-  pending = {}
   for key, leaf in flat.items():
-    if _is_ts_spec(leaf):
-      pending[key] = _open_zarr(absolute_spec(leaf, ckpt_dir), key, ckpt_dir)
-  reads = {key: (store, store.read()) for key, store in pending.items()}
-  for key, (store, future) in reads.items():
+    if not _is_ts_spec(leaf) and not isinstance(leaf, np.ndarray):
+      raise CheckpointError(f'{file}: parameter {key!r} is not an array ({type(leaf).__name__}).')
+  # Inline arrays: checked before any zarr array is read.
+  check_dtypes({k: v for k, v in flat.items() if not _is_ts_spec(v)}, file)
+  specs = {key: absolute_spec(leaf, ckpt_dir) for key, leaf in flat.items() if _is_ts_spec(leaf)}
+  where = {key: _location(spec) for key, spec in specs.items()}
+  stores = {key: _open_zarr(spec, key, ckpt_dir) for key, spec in specs.items()}
+  for key, store in stores.items():
+    if not is_floating(store.dtype.numpy_dtype):
+      raise CheckpointError(f'{where[key]}: parameter {key!r} has dtype {store.dtype.name}; '
+                            f'checkpoint parameters must be floating point ({FLOAT_DTYPES}).')
+  # tensorstore reads a missing chunk file as zeros: verify every chunk is there first.
+  metadata = {key: store.spec().to_json().get('metadata', {}) for key, store in stores.items()}
+  # An explicit fill value makes an absent chunk meaningful (all fill); T5X never writes one.
+  listings = {key: stores[key].kvstore.list() for key, md in metadata.items()
+              if md.get('fill_value') is None}
+  for key, listing in listings.items():
+    _check_chunks(metadata[key], listing, key, where[key], ckpt_dir)
+  reads = {key: store.read() for key, store in stores.items()}
+  for key, future in reads.items():
     try:
       flat[key] = np.asarray(future.result())
     except Exception as e:
       raise CheckpointError(f'{ckpt_dir}: array {key!r} is corrupt or truncated '
-                            f'({_first_line(e)}).') from e
-  for key, leaf in flat.items():
-    if not isinstance(leaf, np.ndarray):
-      raise CheckpointError(f'{file}: parameter {key!r} is not an array ({type(leaf).__name__}).')
+                            f'({first_line(e)}); its zarr store is {where[key]}.') from e
   return flat, step, ckpt_dir
+
+
+def _decode_inline(target: dict, file: str) -> dict:
+  """Lets flax decode the (small) target subtree's inline arrays; names the leaf that fails."""
+  try:
+    return serialization.msgpack_restore(msgpack.packb(target))
+  except Exception as e:
+    culprit = ''
+    for key, leaf in _flatten_with_specs(target).items():
+      if isinstance(leaf, msgpack.ExtType):
+        try:
+          serialization.msgpack_restore(msgpack.packb(leaf))
+        except Exception:  # pylint: disable=broad-except
+          culprit = f' of {key!r}'
+          break
+    raise CheckpointError(f'{file}: cannot decode the inline array{culprit} (corrupt or '
+                          f'inconsistent shape/dtype/bytes: {first_line(e)}).') from e
+
+
+def _location(spec: Mapping[str, Any]) -> str:
+  """Where an absolute spec's array lives, for messages: a local path or gs://bucket/path."""
+  kv = spec['kvstore']
+  path = str(kv.get('path', '')).rstrip('/')
+  return f"gs://{kv['bucket']}/{path}" if kv.get('driver') == 'gcs' else path
+
+
+def _chunk_grid(shape: Sequence[int], chunks: Sequence[int]) -> list[int]:
+  """Chunks per dimension; a zero-size dimension has none."""
+  return [-(-n // max(c, 1)) for n, c in zip(shape, chunks)]
+
+
+def chunk_keys(grid: Sequence[int], separator: str = '.') -> Iterator[str]:
+  """The zarr v2 key of every chunk in a grid, in order ('0' for a 0-d array)."""
+  if not grid:
+    yield '0'
+    return
+  for index in itertools.product(*(range(g) for g in grid)):
+    yield separator.join(map(str, index))
+
+
+def _in_grid(key: str, grid: Sequence[int], separator: str) -> bool:
+  if not grid:
+    return key == '0'
+  parts = key.split(separator)
+  return len(parts) == len(grid) and all(
+      p.isascii() and p.isdigit() and str(int(p)) == p and int(p) < g for p, g in zip(parts, grid))
+
+
+def _check_chunks(metadata: Mapping[str, Any], listing, key: str, where: str, ckpt_dir: str,
+                  limit: int = 5) -> None:
+  """Raises CheckpointError naming the chunk files of a zarr array absent from its `listing`."""
+  try:
+    present = {k.decode() if isinstance(k, bytes) else k for k in listing.result()}
+  except Exception as e:
+    raise CheckpointError(f'{ckpt_dir}: cannot list the chunk files of array {key!r} at {where} '
+                          f'({first_line(e)}).') from e
+  grid = _chunk_grid(metadata['shape'], metadata['chunks'])
+  separator = metadata.get('dimension_separator') or '.'
+  absent = math.prod(grid) - sum(_in_grid(k, grid, separator) for k in present)
+  if absent:
+    # Walks at most len(present) + limit keys of the grid.
+    shown = list(itertools.islice(
+        (k for k in chunk_keys(grid, separator) if k not in present), limit))
+    more = ', ...' if absent > len(shown) else ''
+    raise CheckpointError(
+        f'{ckpt_dir}: array {key!r} is missing {absent} of its {math.prod(grid)} zarr chunk '
+        f'file(s) ({", ".join(shown)}{more}) under {where}; a missing chunk would read as zeros.')
 
 
 def _select(target: dict, keys: Sequence[str], file: str) -> dict:
@@ -190,13 +268,9 @@ def _open_zarr(spec: dict, key: str, ckpt_dir: str):
   try:
     return ts.open(spec, open=True, read=True).result()
   except Exception as e:
-    where = spec['kvstore'].get('path')
+    where = _location(spec)
     raise CheckpointError(f'{ckpt_dir}: cannot open the zarr array of {key!r} at {where} '
-                          f'({_first_line(e)}).') from e
-
-
-def _first_line(e: Exception) -> str:
-  return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                          f'({first_line(e)}).') from e
 
 
 def read_step(path: str) -> int:
@@ -265,6 +339,7 @@ def save_checkpoint(directory: str, params: Mapping[str, Any], step: int,
   """
   flat = to_numpy_tree(params)
   final = os.path.join(os.path.abspath(directory), f'checkpoint_{step}')
+  check_dtypes(flat, final)  # Refused before anything is written.
   if os.path.exists(final) and not overwrite:
     raise CheckpointError(f'{final}: already exists; pass overwrite=True to replace it.')
   tmp = f'{final}.tmp-{int(time.time() * 1e6)}'
