@@ -7,6 +7,7 @@ postprocessor and metrics as T5 does.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
@@ -20,6 +21,27 @@ log = logging.getLogger('prompt_tuning')
 BATCH_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
                   'decoder_loss_weights')
 
+# Our one-line input errors; raised while tf.data traces a map function, autograph re-raises
+# them as a multi-line StagingError (keeping the original as its __context__).
+_INPUT_ERRORS = (tasks.DataFileError, tasks.VocabularyError)
+
+
+@contextlib.contextmanager
+def _input_errors_unwrapped():
+  """Re-raises a DataFileError/VocabularyError that tf.data's tracing wrapped, as itself."""
+  try:
+    yield
+  except Exception as e:  # pylint: disable=broad-except  # re-raised unless it wraps ours
+    cause, seen = e, set()
+    while cause is not None and id(cause) not in seen:
+      if isinstance(cause, _INPUT_ERRORS):
+        if cause is e:
+          raise
+        raise cause from None
+      seen.add(id(cause))
+      cause = cause.__cause__ or cause.__context__
+    raise
+
 
 def get_batches(name: str, split: str, feature_lengths: Mapping[str, int], batch_size: int, *,
                 shuffle: bool = True, seed: Optional[int] = 0, repeat: bool = True,
@@ -32,12 +54,13 @@ def get_batches(name: str, split: str, feature_lengths: Mapping[str, int], batch
   if not 0 <= shard_index < num_shards:
     raise ValueError(f'shard_index {shard_index} not in [0, {num_shards}).')
   provider = tasks.get_task_or_mixture(name)
-  ds = seqio.get_dataset(
-      provider, task_feature_lengths=dict(feature_lengths),
-      feature_converter=seqio.EncDecFeatureConverter(pack=False), dataset_split=split,
-      shuffle=shuffle, num_epochs=None if repeat else 1,
-      shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
-      seed=seed, verbose=False)
+  with _input_errors_unwrapped():
+    ds = seqio.get_dataset(
+        provider, task_feature_lengths=dict(feature_lengths),
+        feature_converter=seqio.EncDecFeatureConverter(pack=False), dataset_split=split,
+        shuffle=shuffle, num_epochs=None if repeat else 1,
+        shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
+        seed=seed, verbose=False)
   ds = ds.batch(batch_size, drop_remainder=True)
   if start_position:
     ds = ds.skip(start_position)
@@ -92,8 +115,9 @@ def get_eval_examples(name: str, split: str, feature_lengths: Mapping[str, int],
   provider = tasks.get_task_or_mixture(name)
   examples, truncated = [], 0
   for task in _eval_tasks(provider, split):
-    ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
-                          trim_output_features=False)
+    with _input_errors_unwrapped():
+      ds = task.get_dataset(sequence_length=None, split=split, shuffle=False, num_epochs=1,
+                            trim_output_features=False)
     if max_examples is not None:
       ds = ds.take(max_examples)
     # Batched (ragged) because iterating tf.data one example at a time is slow in Python.

@@ -21,7 +21,11 @@ Local files (folder from `set_local_data_dir` or $PROMPT_TUNING_DATA_DIR, read w
 is built): `superglue/<Task>/{train,val}.jsonl` with SuperGLUE's folder names and
 `glue/<Task>/{train,dev}.tsv` (MNLI: dev_matched.tsv / dev_mismatched.tsv) as GLUE ships them.
 They are converted to the TFDS schema, so both sources give the same text
-(`set_local_file` points a split at another file, e.g. MRPC's tokenized copy).
+(`set_local_file` points a split at another file, e.g. MRPC's tokenized copy). Every field a
+task reads is checked as the file is read: a bad row raises a one-line DataFileError
+`<path>:<line>: <what is wrong> (<what to do>)` (TFDS would drop a GLUE row with a missing
+column; here it is an error too). `validate_task_data` and `check_vocabulary` raise these
+errors (and VocabularyError) up front, before a run writes anything.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import dataclasses
 import difflib
 import functools
 import json
+import logging
 import os
 import zlib
 from typing import Any, Callable, Optional, Sequence
@@ -41,8 +46,10 @@ import tensorflow as tf
 
 from prompt_tuning.data import metrics, postprocessors, preprocessors, vocabularies
 
+log = logging.getLogger('prompt_tuning')
+
 LOCAL_DATA_ENV = 'PROMPT_TUNING_DATA_DIR'
-VOCAB_ENV = 'PROMPT_TUNING_VOCAB'
+VOCAB_ENV = vocabularies.VOCAB_ENV  # 'PROMPT_TUNING_VOCAB'
 TFDS_DOWNLOAD_ENV = 'PROMPT_TUNING_TFDS_DOWNLOAD'
 
 _MAX_SHUFFLE_BUFFER = 100_000
@@ -53,6 +60,25 @@ _settings: dict[str, Any] = {'vocabulary': None, 'vocabulary_path': None,
 
 class TfdsDataMissingError(FileNotFoundError):
   """A TFDS-sourced task was built but TFDS has no prepared copy of its data."""
+
+
+class DataFileError(ValueError):
+  """A local task file is malformed: one line, `<path>:<line>: <what is wrong> (<what to do>)`.
+
+  Files are read eagerly in Python when a dataset is built (not inside tf.data), so this
+  reaches the caller as itself; pipeline.py also unwraps it should tf.data tracing wrap it.
+  """
+
+  def __init__(self, message: str):
+    super().__init__(message.replace('\n', ' '))  # a quoted value must not break the line
+
+
+class DataFileMissingError(DataFileError, FileNotFoundError):
+  """A local task file (or the local data folder) is not there."""
+
+
+# Re-exported: the error a missing or unreadable SentencePiece model file raises.
+VocabularyError = vocabularies.VocabularyError
 
 
 @dataclasses.dataclass(frozen=True)
@@ -202,29 +228,32 @@ def _tfds_dataset(tfds_name: str, tfds_splits: dict[str, str], local_name: str,
 def _local_path(*parts: str) -> str:
   root = local_data_dir()
   if root is None:
-    raise FileNotFoundError(
+    raise DataFileMissingError(
         f'No local data folder is set: expected {os.path.join("<DIR>", *parts)}. Set '
         f'${LOCAL_DATA_ENV} or call prompt_tuning.data.tasks.set_local_data_dir(DIR).')
   path = os.path.join(root, *parts)
   if not os.path.isfile(path):
-    raise FileNotFoundError(
+    raise DataFileMissingError(
         f'{path}: file not found (local data folder {root!r} from ${LOCAL_DATA_ENV} / '
         f'set_local_data_dir; expected the official release file there).')
   return path
 
 
-def _read_local(relative_paths: dict[str, tuple[str, ...]], reader: Callable[[str], list],
+def _read_local(relative_paths: dict[str, tuple[str, ...]], reader: Callable[[str, bool], list],
                 train_filter: Optional[Callable[[dict], bool]], split: str) -> list[dict]:
   path = _local_path(*relative_paths[split])
-  examples = reader(path)
+  # Train/validation rows must have labels (else T5 trains/scores on '<unk>'); test rows may not.
+  examples = reader(path, not split.startswith('test'))
   if train_filter is not None and split == 'train':
     examples = [ex for ex in examples if train_filter(ex)]
   if not examples:
-    raise ValueError(f'{path}: no examples.')
+    raise DataFileError(f'{path}: no examples for the {split!r} split (expected the official '
+                        f'release file, one example per line).')
   return examples
 
 
-def _local_dataset(relative_paths: dict[str, tuple[str, ...]], reader: Callable[[str], list],
+def _local_dataset(relative_paths: dict[str, tuple[str, ...]],
+                   reader: Callable[[str, bool], list],
                    train_filter: Optional[Callable[[dict], bool]], split: str,
                    shuffle_files: bool, seed: Optional[int] = None) -> tf.data.Dataset:
   examples = _read_local(relative_paths, reader, train_filter, split)
@@ -234,18 +263,115 @@ def _local_dataset(relative_paths: dict[str, tuple[str, ...]], reader: Callable[
 
 # ============================ local readers (TFDS schema) ============================
 
-def _read_jsonl(path: str) -> list[dict]:
-  with open(path, encoding='utf-8') as f:
-    return [json.loads(line) for line in f if line.strip()]
+def _text_lines(path: str, first_encoding: str = 'utf-8'):
+  """Yields (1-based line number, decoded line); a line that is not UTF-8 is a DataFileError."""
+  try:
+    f = open(path, 'rb')
+  except OSError as e:
+    raise DataFileError(f'{path}: cannot read it: {e.strerror or e} (check the file and its '
+                        f'permissions).') from e
+  with f:
+    for n, raw in enumerate(f, 1):
+      try:
+        yield n, raw.decode(first_encoding if n == 1 else 'utf-8')
+      except UnicodeDecodeError as e:
+        raise DataFileError(f'{path}:{n}: not UTF-8 text (byte {e.start + 1} of the line); '
+                            f'fix or remove this line (the release files are UTF-8).') from e
 
 
-def _bool_label(row: dict) -> int:
-  # TFDS casts booleans to 'False'/'True', i.e. class ids 0/1; no label (test) is -1.
-  return -1 if row.get('label') is None else int(bool(row['label']))
+def _read_jsonl(path: str) -> list[tuple[int, Any]]:
+  """(line number, parsed value) of each non-blank line; bad JSON names the file's line."""
+  out = []
+  # utf-8-sig on line 1: a BOM there is an editor's artefact, not a JSON error.
+  for n, line in _text_lines(path, 'utf-8-sig'):
+    if not line.strip():
+      continue
+    try:
+      # Without the newline, a line cut short reads 'Unterminated string', not a control char.
+      out.append((n, json.loads(line.rstrip('\r\n'))))
+    except json.JSONDecodeError as e:
+      msg = e.msg[:-3] if e.msg.endswith(' at') else e.msg
+      raise DataFileError(f'{path}:{n}: invalid JSON: {msg} at column {e.colno} (each line '
+                          f'must hold one complete JSON object; fix or remove this line, e.g. '
+                          f'one cut short by an interrupted copy).') from e
+  return out
 
 
-def _string_label(row: dict, label_classes: Sequence[str]) -> int:
-  return -1 if row.get('label') is None else list(label_classes).index(row['label'])
+_KINDS = {str: 'a string', int: 'an integer', list: 'a list', dict: 'an object'}
+
+
+def _kind_of(value: Any) -> str:
+  if value is None:
+    return 'null'
+  if isinstance(value, bool):
+    return 'a boolean'
+  for kind, name in _KINDS.items():
+    if isinstance(value, kind):
+      return name
+  return type(value).__name__
+
+
+def _short(value: Any) -> str:
+  text = repr(value)
+  return text if len(text) <= 60 else text[:57] + '...'
+
+
+class _Row:
+  """Checks one row of a local file; errors name the file, the line and what the task needs."""
+
+  def __init__(self, path: str, line: int, needs: str):
+    self.path, self.line, self.needs = path, line, needs
+
+  def error(self, what: str, todo: Optional[str] = None) -> DataFileError:
+    return DataFileError(f'{self.path}:{self.line}: {what} ({todo or self.needs}; fix or '
+                         f'remove this line).')
+
+  def object(self, value: Any, name: str = 'the row') -> dict:
+    if not isinstance(value, dict):
+      raise self.error(f'{name} is {_kind_of(value)}, not a JSON object')
+    return value
+
+  def get(self, obj: dict, key: str, kind: type, prefix: str = '') -> Any:
+    if key not in obj:
+      raise self.error(f'missing field {prefix + key!r}')
+    value = obj[key]
+    # bool is an int in Python, but a JSON true is no index or text.
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+      raise self.error(f'field {prefix + key!r} is {_kind_of(value)} {_short(value)}, not '
+                       f'{_KINDS[kind]}')
+    return value
+
+  def label(self, obj: dict, labeled: bool, classes: Sequence[Any], prefix: str = '') -> int:
+    """Class id of obj['label'] among `classes` (True/False: also 1/0); -1 when unlabeled."""
+    value = obj.get('label')
+    if value is None:
+      if labeled:
+        raise self.error(f'missing field {prefix + "label"!r}',
+                         f'train/validation rows need a label; {self.needs}')
+      return -1
+    for i, cls in enumerate(classes):
+      # Exact type match: the string 'False' is no boolean, and True is not the COPA choice 1.
+      if value == cls and (type(value) is type(cls) or (
+          isinstance(cls, bool) and type(value) is int)):
+        return i
+    allowed = ', '.join(json.dumps(c) for c in classes)
+    raise self.error(f'{prefix}label {_short(value)} is not one of the classes {allowed}',
+                     'use one of the task\'s classes')
+
+
+_JSON_BOOL = (False, True)  # SuperGLUE writes booleans (MultiRC: 0/1); TFDS class ids 0/1
+_COPA_CHOICES = (0, 1)
+
+
+def _superglue_needs(task: str) -> str:
+  fields = {
+      'multirc': 'idx, passage: {text, questions: [{idx, question, answers: [{idx, text, '
+                 'label}]}]}',
+      'record': 'idx, passage: {text, entities: [{start, end}]}, qas: [{idx, query, answers: '
+                '[{text}]}]',
+      'wsc': 'idx, text, target: {span1_index, span1_text, span2_index, span2_text}, label',
+  }.get(task) or ', '.join(('idx',) + _SUPERGLUE_FEATURES[task] + ('label',))
+  return f'SuperGLUE {_SUPERGLUE_FOLDERS[task]} rows need {fields}'
 
 
 def _fix_wsc_spans(ex: dict) -> dict:
@@ -266,78 +392,186 @@ def _fix_wsc_spans(ex: dict) -> dict:
   return ex
 
 
-def _superglue_reader(task: str, label_classes: Sequence[str]) -> Callable[[str], list]:
-  """Reader of SuperGLUE's official JSONL giving TFDS's super_glue examples."""
+def _superglue_reader(task: str, label_classes: Sequence[str]) -> Callable[[str, bool], list]:
+  """Reader of SuperGLUE's official JSONL giving TFDS's super_glue examples.
 
-  def read(path: str) -> list[dict]:
+  Every field the task reads is checked as the row is read, so a bad row is reported with its
+  file and line here rather than as a KeyError or a tf.data error later.
+  """
+
+  def multirc(row: dict, check: _Row, labeled: bool) -> list[dict]:
+    idx = check.get(row, 'idx', int)
+    passage = check.get(row, 'passage', dict)
+    text = check.get(passage, 'text', str, 'passage.')
     out = []
-    for row in _read_jsonl(path):
-      if task == 'multirc':
-        passage = row['passage']
-        for question in passage['questions']:
-          for answer in question['answers']:
-            out.append({'paragraph': passage['text'], 'question': question['question'],
-                        'answer': answer['text'], 'label': _bool_label(answer),
-                        'idx': {'paragraph': row['idx'], 'question': question['idx'],
-                                'answer': answer['idx']}})
-      elif task == 'record':
-        passage = row['passage']
-        text = passage['text']
-        entities = sorted({text[e['start']:e['end'] + 1] for e in passage['entities']})
-        for qa in row['qas']:
-          out.append({'passage': text, 'query': qa['query'], 'entities': entities,
-                      'answers': sorted({a['text'] for a in qa.get('answers', [])}),
-                      'idx': {'passage': row['idx'], 'query': qa['idx']}})
-      elif task == 'wsc':
-        ex = {'text': row['text'], **{k: row['target'][k] for k in (
-            'span1_index', 'span2_index', 'span1_text', 'span2_text')}}
-        ex = _fix_wsc_spans(ex)
-        out.append({**ex, 'idx': row['idx'], 'label': _bool_label(row)})
+    for i, question in enumerate(check.get(passage, 'questions', list, 'passage.')):
+      where = f'passage.questions[{i}].'
+      question = check.object(question, where[:-1])
+      q_text = check.get(question, 'question', str, where)
+      q_idx = check.get(question, 'idx', int, where)
+      for j, answer in enumerate(check.get(question, 'answers', list, where)):
+        at = f'{where}answers[{j}].'
+        answer = check.object(answer, at[:-1])
+        out.append({'paragraph': text, 'question': q_text,
+                    'answer': check.get(answer, 'text', str, at),
+                    'label': check.label(answer, labeled, _JSON_BOOL, at),
+                    'idx': {'paragraph': idx, 'question': q_idx,
+                            'answer': check.get(answer, 'idx', int, at)}})
+    return out
+
+  def record(row: dict, check: _Row, labeled: bool) -> list[dict]:
+    idx = check.get(row, 'idx', int)
+    passage = check.get(row, 'passage', dict)
+    text = check.get(passage, 'text', str, 'passage.')
+    entities = set()
+    for i, entity in enumerate(check.get(passage, 'entities', list, 'passage.')):
+      at = f'passage.entities[{i}].'
+      entity = check.object(entity, at[:-1])
+      entities.add(text[check.get(entity, 'start', int, at):check.get(entity, 'end', int, at) + 1])
+    out = []
+    for i, qa in enumerate(check.get(row, 'qas', list)):
+      at = f'qas[{i}].'
+      qa = check.object(qa, at[:-1])
+      if 'answers' in qa or labeled:  # the answers are ReCoRD's labels
+        answers = check.get(qa, 'answers', list, at)
       else:
-        keys = _SUPERGLUE_FEATURES[task]
-        ex = {k: row[k] for k in keys}
-        ex['idx'] = row['idx']
-        if task == 'copa':
-          ex['label'] = -1 if row.get('label') is None else int(row['label'])
-        elif task in ('cb', 'rte'):
-          ex['label'] = _string_label(row, label_classes)
-        else:
-          ex['label'] = _bool_label(row)
-        out.append(ex)
+        answers = []
+      texts = {check.get(check.object(a, f'{at}answers[{j}]'), 'text', str, f'{at}answers[{j}].')
+               for j, a in enumerate(answers)}
+      out.append({'passage': text, 'query': check.get(qa, 'query', str, at),
+                  'entities': sorted(entities), 'answers': sorted(texts),
+                  'idx': {'passage': idx, 'query': check.get(qa, 'idx', int, at)}})
+    return out
+
+  def wsc(row: dict, check: _Row, labeled: bool) -> list[dict]:
+    target = check.get(row, 'target', dict)
+    ex = {'text': check.get(row, 'text', str)}
+    for key in ('span1_index', 'span2_index'):
+      ex[key] = check.get(target, key, int, 'target.')
+    for key in ('span1_text', 'span2_text'):
+      ex[key] = check.get(target, key, str, 'target.')
+    try:
+      ex = _fix_wsc_spans(ex)
+      preprocessors.wsc_blanked_text(ex)  # what the tf.data preprocessor asserts, said earlier
+    except (ValueError, IndexError) as e:
+      raise check.error(f'bad WSC spans: {e}', 'span2_index must be the word index of '
+                        'span2_text in text, split on spaces') from e
+    return [{**ex, 'idx': check.get(row, 'idx', int),
+             'label': check.label(row, labeled, _JSON_BOOL)}]
+
+  def simple(row: dict, check: _Row, labeled: bool) -> list[dict]:
+    ex = {k: check.get(row, k, int if k[:-1] in ('start', 'end') else str)
+          for k in _SUPERGLUE_FEATURES[task]}
+    ex['idx'] = check.get(row, 'idx', int)
+    classes = {'copa': _COPA_CHOICES, 'cb': tuple(label_classes),
+               'rte': tuple(label_classes)}.get(task, _JSON_BOOL)
+    ex['label'] = check.label(row, labeled, classes)
+    return [ex]
+
+  examples_of = {'multirc': multirc, 'record': record, 'wsc': wsc}.get(task, simple)
+
+  def read(path: str, labeled: bool = True) -> list[dict]:
+    needs = _superglue_needs(task)
+    out = []
+    for line, row in _read_jsonl(path):
+      check = _Row(path, line, needs)
+      out.extend(examples_of(check.object(row), check, labeled))
     return out
 
   return read
 
 
 def _glue_reader(task: str, text_features: dict[str, str], label_column: str,
-                 label_classes: Optional[Sequence[str]]) -> Callable[[str], list]:
-  """Reader of a GLUE release TSV giving TFDS's glue examples (same row filtering, idx = row)."""
+                 label_classes: Optional[Sequence[str]]) -> Callable[[str, bool], list]:
+  """Reader of a GLUE release TSV giving TFDS's glue examples (idx = row).
 
-  def read(path: str) -> list[dict]:
-    out = []
+  TFDS silently drops rows with a missing column; here they are errors naming the line, as are
+  labels that are not the task's classes (train/validation need labels; test rows may lack
+  them as in TFDS). QQP is the exception: its official files hold malformed rows, which TFDS
+  and this reader drop (with a warning giving their count).
+  """
+
+  def read(path: str, labeled: bool = True) -> list[dict]:
+    folder = _GLUE[task][1]
     # utf-8-sig: MRPC's header starts with a BOM that would otherwise rename 'Quality'.
-    with open(path, encoding='utf-8-sig', newline='') as f:
-      if task == 'cola':  # no header: source, label, original label, sentence
-        rows = ({'sentence': r[3], 'is_acceptable': r[1]} if len(r) > 3 else {'sentence': None}
-                for r in csv.reader(f, delimiter='\t', quoting=csv.QUOTE_NONE))
-      else:
-        rows = csv.DictReader(f, delimiter='\t', quoting=csv.QUOTE_NONE)
-      for n, row in enumerate(rows):
-        ex = {feature: row.get(column) for feature, column in text_features.items()}
+    lines = _text_lines(path, 'utf-8-sig')
+    rows = csv.reader((line for _, line in lines), delimiter='\t', quoting=csv.QUOTE_NONE)
+    if task == 'cola':  # no header: source, label, original label, sentence
+      columns = {'is_acceptable': 1, 'sentence': 3}
+      needs = f'GLUE {folder} rows need 4 tab-separated columns: source, label, note, sentence'
+    else:
+      header = next((r for r in rows if r), None)
+      if header is None:
+        raise DataFileError(f'{path}: empty file (expected the official GLUE release file '
+                            f'with a header line).')
+      columns = {name: i for i, name in enumerate(header)}  # as DictReader: the last one wins
+      wanted = list(text_features.values()) + [label_column]
+      needs = f'GLUE {folder} rows need the tab-separated columns {", ".join(wanted)}'
+      for column in wanted:
+        if column not in columns and (column != label_column or labeled):
+          raise DataFileError(
+              f'{path}:{rows.line_num}: the header has no column {column!r} ({needs}; use the '
+              f'official GLUE release file).')
+    out, n, dropped = [], -1, 0
+    try:
+      for row in rows:
+        if not row:
+          continue  # blank line (DictReader skips them too)
+        n += 1  # TFDS's idx: the row's position, counting rows it drops
+        if task == 'qqp' and len(row) < len(columns):
+          dropped += 1
+          continue
+        check = _Row(path, rows.line_num, needs)
+        ex = {feature: _cell(row, columns, column, check)
+              for feature, column in text_features.items()}
         ex['idx'] = n
-        label = row.get(label_column, -1)
-        if label_classes is None:  # STS-B: a float score
-          label = None if label in (None, '') else float(np.float32(label))
-        elif label in label_classes:
-          label = list(label_classes).index(label)
-        elif label != -1:
-          label = int(label) if label else None
-        ex['label'] = label
-        if all(v is not None for v in ex.values()):  # TFDS drops corrupted rows
-          out.append(ex)
+        if label_column not in columns:
+          ex['label'] = -1  # a test file: no label column
+        else:
+          label = _glue_label(_cell(row, columns, label_column, check), label_classes, check,
+                              labeled)
+          if label is None:
+            continue  # unlabeled (test) row with an empty label: TFDS drops it
+          ex['label'] = label
+        out.append(ex)
+    except csv.Error as e:
+      raise DataFileError(f'{path}:{rows.line_num}: {e} (fix or remove this line).') from e
+    if dropped:
+      log.warning('%s: dropped %d malformed row(s) with missing columns, as TFDS does.', path,
+                  dropped)
     return out
 
   return read
+
+
+def _cell(row: list[str], columns: dict[str, int], column: str, check: _Row) -> str:
+  i = columns[column]
+  if i >= len(row):
+    raise check.error(f'the row has {len(row)} tab-separated columns, so no {column!r} '
+                      f'(column {i + 1})')
+  return row[i]
+
+
+def _glue_label(text: str, label_classes: Optional[Sequence[str]], check: _Row,
+                labeled: bool) -> Optional[float | int]:
+  """TFDS's label of a GLUE cell: class name or id (STS-B: a float score); None if empty."""
+  if not text:
+    if labeled:
+      raise check.error('empty label', f'train/validation rows need a label; {check.needs}')
+    return None
+  if label_classes is None:  # STS-B: a float score
+    try:
+      return float(np.float32(text))
+    except ValueError:
+      raise check.error(f'score {_short(text)} is not a number',
+                        'STS-B scores are numbers from 0 to 5') from None
+  if text in label_classes:
+    return list(label_classes).index(text)
+  if text.strip().isdigit() and int(text) < len(label_classes):
+    return int(text)
+  raise check.error(f'label {_short(text)} is not one of the classes '
+                    f'{", ".join(label_classes)} or their ids 0-{len(label_classes) - 1}',
+                    'use one of the task\'s classes')
 
 
 # ================================ task specs ================================
@@ -613,6 +847,50 @@ def read_local_examples(name: str, split: str) -> list[dict]:
   if split not in files:
     raise ValueError(f'{name!r} has no split {split!r} (splits: {sorted(files)}).')
   return _read_local(files, reader, train_filter, split)
+
+
+def _tasks_of(name: str) -> list[seqio.Task]:
+  provider = get_task_or_mixture(name)
+  return list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
+
+
+def validate_task_data(name: str, splits: Sequence[str]) -> None:
+  """Reads and checks every local file `name` would read for `splits`, now.
+
+  For a `*_local` task (or a mixture: each of its tasks) each split's file is read completely
+  as training would read it; the first bad row raises a one-line DataFileError
+  (`<path>:<line>: ...`), a missing file a DataFileMissingError. Call it before writing
+  anything. TFDS-sourced and built-in (quickstart) tasks read nothing here (no network).
+  Unknown names raise get_task_or_mixture's ValueError; a split the task lacks, a ValueError
+  (in a mixture, tasks without that split are skipped: evaluation skips them too).
+  """
+  provider = get_task_or_mixture(name)
+  is_mixture = isinstance(provider, seqio.Mixture)
+  for split in splits:
+    if not is_mixture and split not in provider.splits:
+      raise ValueError(f'{name!r} has no split {split!r} (splits: {sorted(provider.splits)}).')
+  for task in _tasks_of(name):
+    if task.name not in _LOCAL:
+      continue  # TFDS / generated data: checked by their own loaders
+    files, reader, train_filter = _LOCAL[task.name]
+    for split in splits:
+      if split in files:
+        _read_local(files, reader, train_filter, split)
+
+
+def check_vocabulary(name: str) -> None:
+  """Loads the vocabulary file(s) of a task or mixture now.
+
+  A missing or unreadable SentencePiece model raises a one-line VocabularyError naming the file
+  and $PROMPT_TUNING_VOCAB, before training writes anything (instead of a TensorFlow error from
+  inside the data pipeline). The default gs:// vocabulary is fetched from the network here.
+  """
+  seen = set()
+  for task in _tasks_of(name):
+    for feature in task.output_features.values():
+      if id(feature.vocabulary) not in seen:
+        seen.add(id(feature.vocabulary))
+        vocabularies.load_vocabulary(feature.vocabulary)
 
 
 def format_example(name: str, example: dict) -> list[dict]:

@@ -10,17 +10,69 @@ import seqio
 
 DEFAULT_T5_VOCAB = 'gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model'
 T5_EXTRA_IDS = 100
+VOCAB_ENV = 'PROMPT_TUNING_VOCAB'
+
+_VOCAB_HINT = (f'set ${VOCAB_ENV} or prompt_tuning.data.tasks.set_vocabulary_path to T5\'s '
+               f'SentencePiece model "sentencepiece.model" (cc_all.32000), e.g. a local copy '
+               f'of {DEFAULT_T5_VOCAB}')
+
+
+class VocabularyError(ValueError):
+  """The SentencePiece model file is missing or unreadable; the message is one line.
+
+  First raised inside tf.data's tokenize map, autograph wraps it in a multi-line StagingError;
+  prompt_tuning.data.pipeline re-raises the original, and tasks.check_vocabulary raises it
+  before any dataset is built.
+  """
+
+  def __init__(self, message: str):
+    super().__init__(message.replace('\n', ' '))
+
+
+def _is_local(path: str) -> bool:
+  return '://' not in path
 
 
 @functools.lru_cache(maxsize=None)
 def _sentencepiece(path: str, extra_ids: int) -> seqio.SentencePieceVocabulary:
   # One object per file: seqio loads the model lazily and then keeps it.
-  return seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+  vocab = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
+  if _is_local(path):
+    load_vocabulary(vocab)  # a local file is cheap to check now; gs:// stays lazy (network)
+  return vocab
 
 
 def t5_vocabulary(path: Optional[str | os.PathLike] = None) -> seqio.SentencePieceVocabulary:
-  """T5's `cc_all.32000` SentencePiece vocabulary: 32000 pieces + 100 extra ids = 32100."""
-  return _sentencepiece(os.fspath(path) if path else DEFAULT_T5_VOCAB, T5_EXTRA_IDS)
+  """T5's `cc_all.32000` SentencePiece vocabulary: 32000 pieces + 100 extra ids = 32100.
+
+  A local `path` that is missing or not a SentencePiece model raises VocabularyError here,
+  before any dataset is built; remote paths (gs://, the default) are opened on first use.
+  """
+  path = os.fspath(path) if path else DEFAULT_T5_VOCAB
+  if _is_local(path) and not os.path.isfile(path):
+    what = ('is a directory, not a SentencePiece model file' if os.path.isdir(path)
+            else 'SentencePiece model file not found')
+    raise VocabularyError(f'{path}: {what} ({_VOCAB_HINT}).')
+  return _sentencepiece(path, T5_EXTRA_IDS)
+
+
+def load_vocabulary(vocab: seqio.Vocabulary) -> seqio.Vocabulary:
+  """Loads `vocab`'s model file now (a DeferredVocabulary is resolved first) and returns it.
+
+  SentencePiece files are otherwise read on first use, deep inside a tf.data pipeline; any
+  failure to read or parse the file becomes a one-line VocabularyError naming it.
+  """
+  if isinstance(vocab, DeferredVocabulary):
+    vocab = vocab.resolved
+  if isinstance(vocab, seqio.SentencePieceVocabulary):
+    path = vocab.sentencepiece_model_file
+    try:
+      vocab.load_model()
+    except Exception as e:  # pylint: disable=broad-except  # TF, protobuf and SP raise many
+      reason = ' '.join(str(e).split())[:200] or type(e).__name__
+      raise VocabularyError(f'{path}: cannot load this SentencePiece model: {reason} '
+                            f'({_VOCAB_HINT}).') from e
+  return vocab
 
 
 def byte_vocabulary() -> seqio.ByteVocabulary:
