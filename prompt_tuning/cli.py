@@ -11,6 +11,7 @@ a wheel). Later `--gin_file`s and bindings win over earlier ones.
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
 import os
@@ -96,9 +97,8 @@ def setup_gin(args: argparse.Namespace, default_files: Sequence[str] = ()) -> No
     gin.add_config_file_search_path(path)
   files = list(args.gin_file) or list(default_files)
   if not files:
-    raise SystemExit('prompt-tuning: no --gin_file given (e.g. --gin_file=configs/paper/'
-                     't5_1_1_base_rte.gin, or a file of your own that includes '
-                     'runs/prompt_finetune.gin).')
+    raise UsageError('no --gin_file given (e.g. --gin_file=configs/paper/t5_1_1_base_rte.gin, '
+                     'or a file of your own that includes runs/prompt_finetune.gin).')
   resolved = [_find_gin_file(f, search) for f in files]
   # gin logs every search-path probe (and miss, as an error) on the root logger.
   quiet = _DropMessages(('Path not found', 'system_path_file_exists'))
@@ -106,9 +106,44 @@ def setup_gin(args: argparse.Namespace, default_files: Sequence[str] = ()) -> No
   try:
     gin.parse_config_files_and_bindings(resolved, args.gin_bindings, finalize_config=True)
   except (ValueError, SyntaxError, ImportError, IOError) as e:
-    raise SystemExit(f'prompt-tuning: gin configuration error: {e}') from None
+    raise UsageError(f'gin configuration error: {e}') from None
   finally:
     logging.getLogger().removeFilter(quiet)
+  check_macros_used(args.gin_bindings)
+
+
+def _referenced_macros() -> set[str]:
+  """Names used as %NAME anywhere in the parsed configuration."""
+  from gin import config as gin_config
+  found: set[str] = set()
+
+  def walk(value):
+    if isinstance(value, gin_config.ConfigurableReference):
+      if value.selector == 'gin.macro':
+        found.add('/'.join(value.scopes))
+    elif isinstance(value, dict):
+      for v in value.values():
+        walk(v)
+    elif isinstance(value, (list, tuple, set)):
+      for v in value:
+        walk(v)
+  for bindings in gin_config._CONFIG.values():  # pylint: disable=protected-access
+    walk(bindings)
+  return found
+
+
+def check_macros_used(bindings: Sequence[str]) -> None:
+  """A --gin.NAME macro that no configuration reads is a typo: name it and the close match."""
+  names = [m.group(1) for b in bindings
+           if (m := re.match(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=', b))]
+  if not names:
+    return
+  used = _referenced_macros()
+  for name in names:
+    if name not in used:
+      close = difflib.get_close_matches(name, sorted(used), n=1)
+      hint = f'did you mean {close[0]}?' if close else 'check its spelling'
+      raise UsageError(f'--gin.{name}: no gin file reads the macro {name} ({hint}).')
 
 
 class _DropMessages(logging.Filter):
@@ -129,7 +164,7 @@ def _find_gin_file(name: str, search: Sequence[str]) -> str:
     candidate = os.path.join(root, name)
     if os.path.exists(candidate):
       return candidate
-  raise SystemExit(f'prompt-tuning: gin file {name!r} not found in: {", ".join(search)}')
+  raise UsageError(f'gin file {name!r} not found in: {", ".join(search)}')
 
 
 def init_distributed(args: argparse.Namespace) -> None:
@@ -142,25 +177,108 @@ def init_distributed(args: argparse.Namespace) -> None:
            jax.process_count(), jax.device_count())
 
 
+class UsageError(ValueError):
+  """A flag or gin setting that cannot work; the message names it."""
+
+
+# Bad input (exit 2): what the user can fix from the message. Anything else exits 1.
+_BAD_INPUT = (ValueError, LookupError, TypeError, OSError)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
   args = parse_args(sys.argv[1:] if argv is None else argv)
+  if not args.verbose:
+    _quiet_third_party()
   logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                       format='%(asctime)s %(levelname)s %(message)s', datefmt='%H:%M:%S')
   for noisy in ('absl', 'jax._src', 'orbax', 'tensorflow'):
-    logging.getLogger(noisy).setLevel(logging.WARNING)
+    # Their warnings are about their own internals (e.g. orbax on a read-only restore).
+    logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
   if args.tfds_data_dir:
     os.environ['TFDS_DATA_DIR'] = args.tfds_data_dir
   if args.command == 'plan':
     _memory_aware_cpu_schedule()
   handler = _HANDLERS[args.command]
+  from prompt_tuning.train import preemption
+  if not args.verbose and args.command in _DATA_COMMANDS:
+    _import_quietly(('tensorflow', 'tensorflow_text', 'tensorflow_datasets', 'seqio'))
   try:
     return handler(args) or 0
-  except (ValueError, FileNotFoundError, RuntimeError) as e:
-    # Our errors name the file/flag at fault; a traceback from deep inside JAX would not help.
+  except preemption.Preempted as e:
+    print(f'prompt-tuning {args.command}: {one_line(e)}', file=sys.stderr, flush=True)
+    return 0
+  except KeyboardInterrupt:
+    print(f'prompt-tuning {args.command}: interrupted before training started; nothing was '
+          f'written.', file=sys.stderr)
+    return 130
+  except Exception as e:  # pylint: disable=broad-except
+    # One line that names what is wrong; the traceback only on request.
     if args.verbose:
       raise
-    print(f'prompt-tuning {args.command}: error: {e}', file=sys.stderr)
-    return 1
+    print(f'prompt-tuning {args.command}: error: {error_line(e)}', file=sys.stderr)
+    return 2 if isinstance(e, _BAD_INPUT) else 1
+
+
+def one_line(e: BaseException) -> str:
+  """The message on one line, without gin's "In call to configurable" trailer."""
+  text = str(e).split('\n  In call to configurable')[0]
+  parts = [p.strip() for p in text.splitlines() if p.strip() and set(p.strip()) != {'^'}]
+  return ' '.join(parts) or type(e).__name__
+
+
+def error_line(e: BaseException) -> str:
+  """What `prompt-tuning <cmd>: error:` says: the message, and for a failure that is not bad
+  input, its type and where to find more."""
+  text = one_line(e)
+  if isinstance(e, KeyError) and len(e.args) == 1:
+    text = f'missing key {e.args[0]!r}'
+  if not isinstance(e, (_BAD_INPUT, RuntimeError)) or type(e) in (TypeError, OSError):
+    text = f'{type(e).__name__}: {text}'
+  return text + ('' if isinstance(e, _BAD_INPUT) else ' (run with --verbose for the traceback)')
+
+
+_DATA_COMMANDS = ('train', 'eval', 'infer', 'quickstart')
+
+
+def _import_quietly(modules: Sequence[str]) -> None:
+  """Imports TensorFlow & co. with the process's stderr closed: their C++ start-up notices
+  (oneDNN, "Could not find cuda drivers") are printed before any logging setting applies."""
+  saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+  try:
+    sys.stderr.flush()
+    os.dup2(devnull, 2)
+    for name in modules:
+      try:
+        importlib.import_module(name)
+      except Exception:  # pylint: disable=broad-except
+        pass  # a missing or broken package speaks for itself at its real import, unsilenced
+    if 'tensorflow' in sys.modules:
+      # The data pipeline runs on the host: TF must neither probe nor take the accelerators.
+      sys.modules['tensorflow'].config.set_visible_devices([], 'GPU')
+  finally:
+    os.dup2(saved, 2)
+    os.close(saved)
+    os.close(devnull)
+
+
+def _quiet_third_party() -> None:
+  """Our lines first: TensorFlow's and XLA's start-up notices only with --verbose."""
+  default_hook = sys.unraisablehook
+
+  def unraisable(info):
+    # After a failed orbax restore (a damaged file, already reported in our one line), its
+    # asyncio callbacks find their loop closed; that is noise, not a second error.
+    if isinstance(info.exc_value, RuntimeError) and 'Event loop is closed' in str(
+        info.exc_value):
+      log.debug('ignored after an earlier error: %s', info.exc_value)
+      return
+    default_hook(info)
+  sys.unraisablehook = unraisable
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  os.environ.setdefault('GRPC_VERBOSITY', 'ERROR')
+  import warnings
+  warnings.filterwarnings('ignore', category=DeprecationWarning)
+  warnings.filterwarnings('ignore', category=FutureWarning)
 
 
 _MEMORY_SCHEDULE = '--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'

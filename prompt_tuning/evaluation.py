@@ -15,7 +15,8 @@ from typing import Any, Optional, Sequence
 import jax
 import numpy as np
 
-from prompt_tuning.train import decoding
+from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning.train import decoding, preemption
 
 log = logging.getLogger('prompt_tuning')
 METHODS = ('generate', 'rank')
@@ -111,6 +112,7 @@ class Evaluator:
   def generate(self, model, params) -> list[str]:
     texts = []
     for _, real, rows in self._batches():
+      preemption.check_interrupt()
       tokens = self.decoding.decode(model, params, rows, self.target_length)[:real]
       texts += [self.vocab.decode([int(t) for t in row if t > 0]) for row in tokens]
     return texts
@@ -118,6 +120,7 @@ class Evaluator:
   def rank(self, model, params) -> list[str]:
     predictions = []
     for _, real, rows in self._batches():
+      preemption.check_interrupt()
       scores = decoding.score_candidates(model, params, rows, self.label_targets)
       predictions += [self.info.labels[k] for k in np.asarray(scores).argmax(-1)[:real]]
     return predictions
@@ -139,12 +142,11 @@ class Evaluator:
   def _write(self, method, step, tag, predictions, metrics):
     if self.output_dir is None or jax.process_index() != 0:
       return
-    os.makedirs(self.output_dir, exist_ok=True)
     name = f'{self.task_name}-{method}{"-" + tag if tag else ""}-step{step}.jsonl'
-    with open(os.path.join(self.output_dir, name), 'w') as f:
-      for example, prediction in zip(self.examples, predictions):
-        f.write(json.dumps({'input': example.get('inputs_pretokenized'),
-                            'target': example.get('targets_pretokenized'),
-                            'prediction': prediction}) + '\n')
-    with open(os.path.join(self.output_dir, f'{self.task_name}-metrics.jsonl'), 'a') as f:
-      f.write(json.dumps({'step': step, 'method': method, 'tag': tag, **metrics}) + '\n')
+    model_dir_lib.atomic_write(os.path.join(self.output_dir, name), ''.join(
+        json.dumps({'input': example.get('inputs_pretokenized'),
+                    'target': example.get('targets_pretokenized'),
+                    'prediction': prediction}) + '\n'
+        for example, prediction in zip(self.examples, predictions)))
+    model_dir_lib.append_jsonl(os.path.join(self.output_dir, f'{self.task_name}-metrics.jsonl'),
+                               {'step': step, 'method': method, 'tag': tag, **metrics})

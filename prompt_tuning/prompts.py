@@ -40,7 +40,7 @@ class PromptConfig:
 
   def __post_init__(self):
     if self.length < 1:
-      raise ValueError(f'Prompt length must be at least 1, got {self.length}.')
+      raise ValueError(f'Prompt length (PROMPT_LENGTH) must be at least 1, got {self.length}.')
     if self.placement not in PLACEMENTS:
       raise ValueError(f'Unknown prompt placement {self.placement!r}; choose one of {PLACEMENTS}.')
 

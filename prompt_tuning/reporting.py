@@ -16,11 +16,18 @@ from typing import Any, Optional
 
 import jax
 
+from prompt_tuning import model_dir as model_dir_lib
+
 log = logging.getLogger('prompt_tuning')
 
 
 class Reporter:
-  """Writes metrics on process 0 only; shows a progress bar on a terminal, log lines otherwise."""
+  """Writes metrics on process 0 only; shows a progress bar on a terminal, log lines otherwise.
+
+  It starts on its first record, after the training loop repaired MODEL_DIR: a resumed run
+  continues the history in metrics.jsonl, and TensorBoard drops the events of steps that are
+  redone (purge_step).
+  """
 
   def __init__(self, model_dir: str, total_steps: int, start_step: int = 0,
                log_every: int = 50, main_metric: Optional[str] = None):
@@ -33,25 +40,44 @@ class Reporter:
     self.eval_history: list[tuple[int, dict]] = []
     self._writers: dict[str, Any] = {}
     self._bar = None
+    self._start_step = start_step
+    self._started = False
     self._start = time.time()
-    if self.enabled and sys.stderr.isatty():
+
+  def _ensure_started(self) -> None:
+    if self._started or not self.enabled:
+      return
+    self._started = True
+    for record in model_dir_lib.read_jsonl(os.path.join(self.model_dir, model_dir_lib.METRICS)):
+      if record.get('kind') == 'train' and 'loss_per_token' in record:
+        self.train_history.append((record['step'], record['loss_per_token']))
+      elif record.get('kind') == 'eval':
+        self.eval_history.append((record['step'], {k: v for k, v in record.items()
+                                                   if k not in ('kind', 'step')}))
+    latest = model_dir_lib.latest_step(self.model_dir)
+    self._start_step = latest if latest is not None else self._start_step
+    self._purge = {'train': self._start_step + 1,
+                   'eval': self._start_step + int(
+                       model_dir_lib.eval_done(self.model_dir, self._start_step))}
+    if sys.stderr.isatty():
       from tqdm import tqdm
-      self._bar = tqdm(total=total_steps, initial=start_step, desc='prompt tuning',
+      self._bar = tqdm(total=self.total_steps, initial=self._start_step, desc='prompt tuning',
                        dynamic_ncols=True)
 
   def _writer(self, name: str):
     if name not in self._writers:
       from tensorboardX import SummaryWriter
-      self._writers[name] = SummaryWriter(os.path.join(self.model_dir, name))
+      self._writers[name] = SummaryWriter(os.path.join(self.model_dir, name),
+                                          purge_step=self._purge.get(name))
     return self._writers[name]
 
   def _append_jsonl(self, record: dict) -> None:
-    with open(os.path.join(self.model_dir, 'metrics.jsonl'), 'a') as f:
-      f.write(json.dumps(record) + '\n')
+    model_dir_lib.append_jsonl(os.path.join(self.model_dir, model_dir_lib.METRICS), record)
 
   def train_metrics(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
       return
+    self._ensure_started()
     self.train_history.append((step, metrics['loss_per_token']))
     writer = self._writer('train')
     for key, value in metrics.items():
@@ -63,19 +89,22 @@ class Reporter:
     if step % self.log_every == 0 or step == self.total_steps:
       self._append_jsonl({'kind': 'train', 'step': step, **metrics})
       if self._bar is None:
-        rate = step / max(time.time() - self._start, 1e-9)
+        rate = (step - self._start_step) / max(time.time() - self._start, 1e-9)
         log.info('step %d/%d  loss/token %.4f  token acc %.3f  prompt norm %.2f  (%.1f steps/s)',
                  step, self.total_steps, metrics['loss_per_token'], metrics['accuracy'],
                  metrics['prompt_norm'], rate)
 
   def eval_metrics(self, step: int, metrics: dict[str, float], tag: str = 'eval') -> None:
+    """Records an evaluation; its metrics.jsonl line is written last and marks it complete."""
     if not self.enabled:
       return
+    self._ensure_started()
     self.eval_history.append((step, metrics))
     writer = self._writer(tag)
     for key, value in metrics.items():
       if isinstance(value, (int, float)):
         writer.add_scalar(key, value, step)
+    writer.flush()
     self._append_jsonl({'kind': tag, 'step': step, **metrics})
     shown = ', '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'
                       for k, v in metrics.items())
@@ -85,12 +114,18 @@ class Reporter:
     else:
       log.info(message)
 
+  def flush(self) -> None:
+    """Makes what was logged durable (at every checkpoint, evaluation and signal)."""
+    for writer in self._writers.values():
+      writer.flush()
+
   def close(self) -> Optional[str]:
     """Flushes writers; returns the plot's path (or None when nothing was logged)."""
     if self._bar is not None:
       self._bar.close()
     for writer in self._writers.values():
       writer.close()
+    self._writers = {}
     if not self.enabled or not self.train_history:
       return None
     return plot(os.path.join(self.model_dir, 'plots', 'training.png'), self.train_history,
@@ -103,7 +138,6 @@ def plot(path: str, train: list[tuple[int, float]], evals: list[tuple[int, dict]
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
 
-  os.makedirs(os.path.dirname(path), exist_ok=True)
   fig, ax = plt.subplots(figsize=(8, 4.5))
   ax.plot([s for s, _ in train], [v for _, v in train], color='tab:blue', lw=1)
   ax.set_xlabel('step')
@@ -115,6 +149,6 @@ def plot(path: str, train: list[tuple[int, float]], evals: list[tuple[int, dict]
     ax2.set_ylabel(f'eval {metric}', color='tab:red')
   ax.set_title('prompt tuning')
   fig.tight_layout()
-  fig.savefig(path, dpi=100)
+  model_dir_lib.atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=100, format='png'))
   plt.close(fig)
   return path

@@ -17,9 +17,10 @@ import jax
 import numpy as np
 
 from prompt_tuning import checkpoints, evaluation, prompts, reporting
+from prompt_tuning import model_dir as model_dir_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import export as export_lib
-from prompt_tuning.train import loop, optim, partitioning, state as state_lib
+from prompt_tuning.train import loop, optim, partitioning, preemption
 from prompt_tuning.train.trainer import LossConfig, PromptTrainer
 
 log = logging.getLogger('prompt_tuning')
@@ -37,9 +38,7 @@ def _import_tasks(module: Optional[str]) -> Any:
 def _write_gin_config(model_dir: str, name: str = 'config.gin') -> None:
   import gin
   if jax.process_index() == 0:
-    os.makedirs(model_dir, exist_ok=True)
-    with open(os.path.join(model_dir, name), 'w') as f:
-      f.write(gin.config_str())
+    model_dir_lib.atomic_write(os.path.join(model_dir, name), gin.config_str())
 
 
 def _adafactor_offset(setting: Any, checkpoint_step: int) -> int:
@@ -85,9 +84,24 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
           mesh_shape: Optional[Sequence[int]] = None, frozen_dtype: Optional[str] = None,
           mixture_or_task_module: Optional[str] = None, shuffle: bool = True,
           export_formats: Sequence[str] = ('npy', 'peft')) -> dict:
-  """Prompt-tunes on a SeqIO task, evaluating every `eval_period` steps; returns a summary."""
+  """Prompt-tunes on a SeqIO task, evaluating every `eval_period` steps; returns a summary.
+
+  Every input is checked before MODEL_DIR is created or changed; a kill at any moment leaves it
+  consistent, and the same command resumes it (see prompt_tuning.model_dir).
+  """
   tasks = _import_tasks(mixture_or_task_module)
   tasks.get_task_or_mixture(mixture_or_task_name)  # unknown names fail here, with close names
+  _check_settings(train_steps=train_steps, batch_size=batch_size, eval_period=eval_period,
+                  save_period=save_period, keep=keep, eval_methods=eval_methods,
+                  eval_batch_size=eval_batch_size, task_feature_lengths=task_feature_lengths)
+  if train_steps == 0:
+    print(f'TRAIN_STEPS = 0: nothing to train; {model_dir} was not touched.')
+    return {'model_dir': model_dir, 'task': mixture_or_task_name, 'steps': 0}
+  model_dir_lib.check_usable(model_dir)
+  model_dir_lib.read_run_info(model_dir)  # a damaged run_info.json is named now, not later
+  tasks.check_vocabulary(mixture_or_task_name)
+  tasks.validate_task_data(mixture_or_task_name,
+                           ['train'] + ([eval_split] if eval_period else []))
   vocab = tasks.get_vocabulary(mixture_or_task_name)
   trainer, base_step = build_trainer(
       model=model, prompt=prompt, initial_checkpoint_path=initial_checkpoint_path,
@@ -101,11 +115,13 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
     log.warning('TRAIN_STEPS=%d counts prompt-tuning steps here; the base checkpoint is at step '
                 '%d. (The anchor T5X setup counts pretraining steps too: its TRAIN_STEPS=%d would '
                 'be %d here.)', train_steps, base_step, base_step + train_steps, train_steps)
-  _write_gin_config(model_dir)
 
   num_hosts, host = jax.process_count(), jax.process_index()
-  if batch_size % num_hosts:
-    raise ValueError(f'BATCH_SIZE={batch_size} does not split over {num_hosts} hosts.')
+  data_shards = trainer.mesh.shape.get('data', 1)
+  for count, what in ((num_hosts, 'hosts'), (data_shards, "devices on the mesh's data axis")):
+    if batch_size % count:
+      raise ValueError(f'BATCH_SIZE={batch_size} does not split over {count} {what}; use a '
+                       f'multiple of {count}.')
 
   def batches(position: int):
     from prompt_tuning.data import pipeline
@@ -117,7 +133,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
   evaluator = evaluation.Evaluator(
       mixture_or_task_name, eval_split, task_feature_lengths, methods=eval_methods,
       batch_size=eval_batch_size, max_examples=eval_max_examples, decoding_config=decoding,
-      output_dir=os.path.join(model_dir, 'inference_eval')) if eval_period else None
+      output_dir=os.path.join(model_dir, model_dir_lib.INFERENCE_EVAL)) if eval_period else None
   main_metric = None
   if evaluator is not None and evaluator.main_metric:
     main_metric = f'{eval_methods[0]}/{evaluator.main_metric}'
@@ -127,17 +143,28 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
   def on_eval(step: int, state) -> None:
     params = prompts.merge_params(trainer.frozen, state.params)
     metrics = evaluator.evaluate(trainer.model, params, step)
-    reporter.eval_metrics(step, metrics)
+    preemption.crash_point('mid_eval', step)
     best.update(step, metrics, prompts.get_prompt(state.params))
+    reporter.eval_metrics(step, metrics)  # last: its record marks this evaluation complete
+
+  def eval_done(step: int) -> bool:
+    return _agreed(model_dir_lib.eval_done(model_dir, step))
 
   embedding = np.asarray(jax.device_get(trainer.frozen['token_embedder']['embedding']))
   init = prompt_init(embedding_VxD=embedding, vocab=vocab)
-  periodic = [(eval_period, on_eval)] if evaluator is not None else []
-  state = loop.train(trainer, batches, model_dir, train_steps, prompt_init=init,
-                     seed=random_seed, save_every=save_period or eval_period or train_steps,
-                     keep=keep, initial_checkpoint=initial_checkpoint_path,
-                     on_metrics=reporter.train_metrics, periodic=periodic,
-                     periodic_at_start=eval_at_start)
+  periodic = [(eval_period, on_eval, eval_done)] if evaluator is not None else []
+  try:
+    state = loop.train(trainer, batches, model_dir, train_steps, prompt_init=init,
+                       seed=random_seed, save_every=save_period or eval_period or train_steps,
+                       keep=keep, initial_checkpoint=initial_checkpoint_path,
+                       on_metrics=reporter.train_metrics, periodic=periodic,
+                       periodic_at_start=eval_at_start,
+                       before_write=lambda: _write_gin_config(model_dir),
+                       on_save=lambda _: reporter.flush())
+  except preemption.Preempted:
+    reporter.close()
+    raise
+  best.load()  # a restarted run's best prompt may come from before the restart
   plot_path = reporter.close()
   prompt_value = np.asarray(jax.device_get(prompts.get_prompt(state.params)))
   written = _export_final(model_dir, prompt_value, trainer, export_formats)
@@ -150,10 +177,42 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
              'tensorboard': model_dir}
   _write_gin_config(model_dir, 'operative_config.gin')
   if host == 0:
-    with open(os.path.join(model_dir, 'summary.json'), 'w') as f:
-      json.dump(summary, f, indent=2, default=str)
+    model_dir_lib.atomic_write(os.path.join(model_dir, 'summary.json'),
+                               json.dumps(summary, indent=2, default=str))
     print_summary(summary)
   return summary
+
+
+def _check_settings(*, train_steps, batch_size, eval_period, save_period, keep, eval_methods,
+                    eval_batch_size, task_feature_lengths) -> None:
+  """Numbers and names of a launch, named by their gin macro when they are wrong."""
+  lengths = task_feature_lengths
+  if (not isinstance(lengths, dict) or not {'inputs', 'targets'} <= set(lengths) or any(
+      isinstance(lengths[k], bool) or not isinstance(lengths[k], int) or lengths[k] < 1
+      for k in ('inputs', 'targets'))):
+    raise ValueError(f"TASK_FEATURE_LENGTHS = {lengths!r}: must be a dict with positive integer "
+                     f"'inputs' and 'targets' lengths, e.g. {{'inputs': 512, 'targets': 8}}.")
+  for macro, value, low in (('TRAIN_STEPS', train_steps, 0), ('BATCH_SIZE', batch_size, 1),
+                            ('EVAL_PERIOD', eval_period, 0),
+                            ('SAVE_PERIOD', save_period, 1),
+                            ('KEEP_CHECKPOINTS', keep, 1),
+                            ('runs.train.eval_batch_size', eval_batch_size, 1)):
+    if value is None and macro in ('SAVE_PERIOD', 'KEEP_CHECKPOINTS', 'EVAL_PERIOD'):
+      continue
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+      raise ValueError(f'{macro} = {value!r}: must be an integer >= {low}.')
+  unknown = [m for m in eval_methods if m not in evaluation.METHODS]
+  if isinstance(eval_methods, str) or unknown or not eval_methods:
+    raise ValueError(f'EVAL_METHODS = {eval_methods!r}: choose a list from '
+                     f'{list(evaluation.METHODS)}.')
+
+
+def _agreed(flag: bool) -> bool:
+  """Process 0's answer on every process (hosts must run the same evaluations)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
 
 
 def _export_final(model_dir, prompt_value, trainer, formats) -> dict:
@@ -176,22 +235,28 @@ class _BestTracker:
     self.dir = os.path.join(model_dir, 'best')
     self.metric = metric
     self.record: Optional[dict] = None
+    self.load()
+
+  def load(self) -> None:
     path = os.path.join(self.dir, 'metrics.json')
-    if metric and os.path.exists(path):
+    if self.metric and os.path.exists(path):
       with open(path) as f:
         self.record = json.load(f)
 
   def update(self, step: int, metrics: dict, prompt_value) -> None:
     if not self.metric or self.metric not in metrics or jax.process_index() != 0:
       return
+    self.load()  # what a previous process of this run saved counts too
     value = float(metrics[self.metric])
     if self.record is not None and value <= self.record['value']:
       return
-    self.record = {'step': step, 'metric': self.metric, 'value': value, 'metrics': metrics}
-    export_lib.export_numpy(os.path.join(self.dir, state_lib.NUMPY_NAME),
+    record = {'step': step, 'metric': self.metric, 'value': value, 'metrics': metrics}
+    # The prompt first: a kill between the two writes leaves a metric that a rerun beats again.
+    export_lib.export_numpy(os.path.join(self.dir, model_dir_lib.NUMPY_NAME),
                             np.asarray(jax.device_get(prompt_value)))
-    with open(os.path.join(self.dir, 'metrics.json'), 'w') as f:
-      json.dump(self.record, f, indent=2, default=float)
+    model_dir_lib.atomic_write(os.path.join(self.dir, 'metrics.json'),
+                               json.dumps(record, indent=2, default=float))
+    self.record = record
 
 
 def print_summary(summary: dict) -> None:
@@ -244,15 +309,7 @@ def _find_prompt(model_dir: Optional[str], prompt_file: Optional[str],
     return prompts.load_prompt_file(prompt_file), step or 0
   if not model_dir:
     raise ValueError('Nothing to evaluate: set PROMPT_FILE or MODEL_DIR.')
-  numpy_dir = os.path.join(model_dir, 'numpy_checkpoints')
-  steps = sorted(int(d.split('_')[-1]) for d in os.listdir(numpy_dir)
-                 if d.startswith('checkpoint_')) if os.path.isdir(numpy_dir) else []
-  if not steps:
-    raise FileNotFoundError(f'{model_dir}: no numpy_checkpoints/checkpoint_<step>/ prompts.')
-  step = steps[-1] if step is None else step
-  if step not in steps:
-    raise FileNotFoundError(f'{model_dir}: no prompt for step {step}; available: {steps}.')
-  return prompts.load_prompt_file(state_lib.numpy_prompt_path(model_dir, step)), step
+  return model_dir_lib.load_prompt(model_dir, step)
 
 
 def _prompted_model(initial_checkpoint_path, model, prompt, model_dir, prompt_file, step):
@@ -298,9 +355,10 @@ def export(model_dir: str, fmt: str, output: str, step: Optional[int] = None) ->
   prompt_value, step = _find_prompt(model_dir, None, step)
   if fmt == 'npy':
     return export_lib.export_numpy(output, prompt_value)
-  info_path = os.path.join(model_dir, state_lib.RUN_INFO)
-  with open(info_path) as f:
-    info = json.load(f)
+  info = model_dir_lib.read_run_info(model_dir)
+  if info is None or 'model_config' not in info:
+    raise model_dir_lib.ModelDirError(f'{model_dir}: no {model_dir_lib.RUN_INFO} with the model '
+                                      f'config; export --format=npy needs none.')
   base = info.get('initial_checkpoint')
   if fmt == 'peft':
     config = t5.T5Config(**info['model_config'])

@@ -69,14 +69,14 @@ def test_convert_t5x_to_hf_and_back(shared, tmp_path):
 
 def test_convert_reports_bad_input_without_traceback(tmp_path, capsys):
   assert cli.main(['convert', f'--input={tmp_path / "missing"}', f'--output={tmp_path / "o"}',
-                   '--to=hf']) == 1
+                   '--to=hf']) == 2
   err = capsys.readouterr().err
   assert 'prompt-tuning convert: error:' in err and 'no such file or directory' in err
   assert 'Traceback' not in err
 
 
 def test_export_needs_its_flags(capsys):
-  assert cli.main(['export', '--format=npy']) == 1
+  assert cli.main(['export', '--format=npy']) == 2
   assert 'export needs --model_dir, --output' in capsys.readouterr().err
 
 

@@ -11,20 +11,7 @@ import pytest
 
 from prompt_tuning import prompts
 
-FIXTURE_MODEL = [  # the T5X fixture's architecture, bound over the paper preset's size
-    't5.T5Config.d_model = 4', 't5.T5Config.d_ff = 8', 't5.T5Config.num_heads = 2',
-    't5.T5Config.head_dim = 2', 't5.T5Config.num_encoder_layers = 2',
-    't5.T5Config.num_decoder_layers = 2', 't5.T5Config.relpos_buckets = 4',
-    't5.T5Config.relpos_max_distance = 8', "ACTIVATION_DTYPE = 'float32'",
-]
-
-
-def run(args, env_extra, cwd, timeout=600):
-  env = {**os.environ, **env_extra}
-  proc = subprocess.run([sys.executable, '-m', 'prompt_tuning', *args], env=env, cwd=cwd,
-                        capture_output=True, text=True, timeout=timeout)
-  assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
-  return proc
+from cli_helpers import FIXTURE_MODEL, run_cli as run
 
 
 @pytest.fixture(scope='module')
@@ -106,7 +93,7 @@ def test_unknown_task_lists_close_names(shared, tmp_path):
                          '--gin_file=configs/paper/t5_1_1_base_rte.gin'] +
                         [f'--gin_bindings={b}' for b in bindings], env=env, cwd=str(tmp_path),
                         capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 1
+  assert proc.returncode == 2  # bad input
   assert 'super_glue_rtee' in proc.stderr and 'super_glue_rte' in proc.stderr
   assert 'Traceback' not in proc.stderr
 
@@ -141,7 +128,7 @@ def test_vocabulary_larger_than_the_model_is_refused(shared, tmp_path):
                          '--gin_file=configs/paper/t5_1_1_base_rte.gin'] +
                         [f'--gin_bindings={b}' for b in bindings], env=env, cwd=str(tmp_path),
                         capture_output=True, text=True, timeout=300)
-  assert proc.returncode == 1, proc.stderr[-3000:]
+  assert proc.returncode == 2, proc.stderr[-3000:]
   assert ("vocabulary of 'super_glue_rte_local' has 32100 ids but the model embeds only 384"
           in proc.stderr), proc.stderr[-3000:]
   assert not (tmp_path / 'm').exists()

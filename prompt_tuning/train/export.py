@@ -10,6 +10,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from prompt_tuning import checkpoints, prompts
+from prompt_tuning import model_dir as model_dir_lib
 from prompt_tuning.models import t5
 
 # The file names PEFT reads; shared with the prompt loader.
@@ -18,10 +19,8 @@ PEFT_CONFIG = prompts.PEFT_CONFIG
 
 
 def export_numpy(path: str, prompt_PxD: Any) -> str:
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, 'wb') as f:
-    np.save(f, np.asarray(prompt_PxD, np.float32))
-  return path
+  """float32 .npy, written whole or not at all."""
+  return model_dir_lib.save_npy(os.path.abspath(path), prompt_PxD)
 
 
 def export_peft(directory: str, prompt_PxD: Any, config: t5.T5Config,
@@ -35,8 +34,8 @@ def export_peft(directory: str, prompt_PxD: Any, config: t5.T5Config,
   if width != config.d_model:
     raise ValueError(f'Prompt width {width} does not match the model d_model {config.d_model}.')
   os.makedirs(directory, exist_ok=True)
-  save_file({prompts.PEFT_TENSOR: prompt_PxD}, os.path.join(directory, PEFT_WEIGHTS),
-            metadata={'format': 'pt'})
+  model_dir_lib.atomic_save(os.path.join(directory, PEFT_WEIGHTS), lambda tmp: save_file(
+      {prompts.PEFT_TENSOR: prompt_PxD}, tmp, metadata={'format': 'pt'}))
   adapter_config = {
       'peft_type': 'PROMPT_TUNING', 'task_type': 'SEQ_2_SEQ_LM',
       'num_virtual_tokens': length, 'token_dim': width, 'num_transformer_submodules': 1,
@@ -45,8 +44,8 @@ def export_peft(directory: str, prompt_PxD: Any, config: t5.T5Config,
       'tokenizer_name_or_path': None, 'base_model_name_or_path': base_model_name_or_path,
       'inference_mode': True, 'revision': None,
   }
-  with open(os.path.join(directory, PEFT_CONFIG), 'w') as f:
-    json.dump(adapter_config, f, indent=2)
+  model_dir_lib.atomic_write(os.path.join(directory, PEFT_CONFIG),
+                             json.dumps(adapter_config, indent=2))
   return directory
 
 

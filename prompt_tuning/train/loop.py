@@ -7,14 +7,17 @@ from the exact batch it stopped at (the position is saved with each checkpoint).
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
 import math
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 
 import jax
 import numpy as np
 
 from prompt_tuning import checkpoints, prompts
+from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning.train import preemption
 from prompt_tuning.train import state as state_lib
 from prompt_tuning.train.trainer import PromptTrainer, TrainState
 
@@ -47,71 +50,133 @@ def run_info(trainer: PromptTrainer, initial_checkpoint: Optional[str] = None) -
           'model_config': dataclasses.asdict(trainer.model_config)}
 
 
+class Periodic(NamedTuple):
+  """A hook run after the save of every `every`-th step (and of the last); `done(step)` says
+  whether a previous process already ran it whole, so a restart redoes only what a kill cut."""
+  every: int
+  fn: Callable[[int, TrainState], None]
+  done: Optional[Callable[[int], bool]] = None
+
+
 def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], model_dir: str,
           num_steps: int, *, prompt_init: Callable[[Any, tuple[int, int]], Any],
           seed: int = 0, save_every: int = 1000, keep: Optional[int] = 1,
           initial_checkpoint: Optional[str] = None,
           on_metrics: Optional[Callable[[int, dict], None]] = None,
           check_every: int = 10,
-          periodic: Sequence[tuple[int, Callable[[int, TrainState], None]]] = (),
-          periodic_at_start: bool = False) -> TrainState:
-  """Prompt-tunes until `num_steps`, resuming from MODEL_DIR's latest checkpoint if any.
+          periodic: Sequence[tuple] = (),
+          periodic_at_start: bool = False,
+          before_write: Optional[Callable[[], None]] = None,
+          on_save: Optional[Callable[[int], None]] = None) -> TrainState:
+  """Prompt-tunes until `num_steps`, resuming from MODEL_DIR's latest committed step if any.
 
-  Losses are checked for NaN/inf at least every `check_every` steps and before every save, so
-  a diverged state is never written; the error names the first bad step. `periodic` holds
-  (every_n_steps, fn(step, state)) hooks, e.g. evaluation, run after that step's save (and on
-  the initial state of a new run with `periodic_at_start`).
+  Everything that can fail on bad input (MODEL_DIR of another run, a damaged checkpoint, a bad
+  initial prompt, the first batch of data) is done before the first write; `before_write` runs
+  just before it. A restart first repairs what a kill left (see model_dir.repair) and reruns a
+  `periodic` hook of the resumed step that did not finish. Losses are checked for NaN/inf at
+  least every `check_every` steps and before every save, so a diverged state is never written.
+  SIGTERM/SIGINT save the current step and raise preemption.Preempted.
   """
+  hooks = [Periodic(*p) for p in periodic]
   info = run_info(trainer, initial_checkpoint)
-  state_lib.check_run_info(model_dir, info, write=False)
-  resuming = state_lib.has_checkpoint(model_dir)
-  if not resuming:
-    # Build the initial prompt before touching MODEL_DIR: a bad prompt file writes nothing.
+  model_dir_lib.check_usable(model_dir)
+  model_dir_lib.check_run_info(model_dir, info, write=False)
+  latest = model_dir_lib.latest_step(model_dir)
+  if latest is None:
     rng = jax.random.PRNGKey(seed)
     state = trainer.init_state(prompt_init(jax.random.fold_in(rng, 1), trainer.prompt_shape),
                                seed=seed)
-  # One writer on a MODEL_DIR shared by all hosts, as for the numpy prompts; others only check.
-  state_lib.check_run_info(model_dir, info, write=jax.process_index() == 0)
-  ckpt = state_lib.PromptCheckpointer(model_dir, keep=keep)
-  try:
-    if resuming:
-      state, meta = ckpt.restore(trainer.abstract_state())
-      position = meta['data_position']
-      log.info('Resumed %s at step %d (data position %d).', model_dir, meta['step'], position)
-    else:
-      position = 0
-      ckpt.save(state, position)  # step 0: the initial prompt, as the anchor keeps it too
-      if periodic_at_start:
-        for _, fn in periodic:
-          fn(0, state)
-    step = int(jax.device_get(state.step))
+    position = 0
+  else:
+    reader = state_lib.PromptCheckpointer(model_dir, keep=None, read_only=True)
+    try:
+      state, meta = reader.restore(trainer.abstract_state(), latest)
+    finally:
+      reader.close()
+    position = meta['data_position']
+  step = int(jax.device_get(state.step))
+  data: Iterator[dict] = iter(())
+  if step < num_steps:
     data = batches(position)
-    pending: list[tuple[int, Any]] = []
-    while step < num_steps:
-      try:
-        batch = next(data)
-      except StopIteration:
-        raise ValueError(f'The training data ran out at step {step} (position {position}); '
-                         f'it must repeat or hold at least {num_steps} batches.') from None
-      state, metrics = trainer.train_step(state, batch)
-      step += 1
-      position += 1
-      pending.append((step, metrics))
-      due_save = step % save_every == 0 or step == num_steps
-      if len(pending) >= check_every or due_save:
-        _check_finite(pending, ckpt, model_dir)
-        if on_metrics is not None:
-          for s, m in pending:
-            on_metrics(s, {k: float(v) for k, v in jax.device_get(m).items()})
-        pending = []
-      if due_save:
-        ckpt.save(state, position)
-      for every, fn in periodic:
-        if every and (step % every == 0 or step == num_steps):
-          fn(step, state)
-    return state
-  finally:
-    ckpt.close()
+    first = _next_batch(data, step, position, num_steps)  # bad data fails before any write
+    data = itertools.chain([first], data)
+
+  with preemption.SignalGuard():
+    if before_write is not None:
+      before_write()
+    writer = jax.process_index() == 0
+    # One writer on a MODEL_DIR shared by all hosts; the others only check.
+    model_dir_lib.check_run_info(model_dir, info, write=writer)
+    if writer:
+      model_dir_lib.repair(model_dir, keep)
+    _sync('repair')
+    ckpt = state_lib.PromptCheckpointer(model_dir, keep=keep)
+    try:
+      if latest is None:
+        ckpt.save(state, position)  # step 0: the initial prompt, as the anchor keeps it too
+        if on_save is not None:
+          on_save(step)
+        preemption.crash_point('after_save', step)
+      else:
+        log.info('Resumed %s at step %d (data position %d).', model_dir, step, position)
+      for hook in hooks:  # a new run's evaluation at start, or one a kill cut short
+        due = periodic_at_start if step == 0 else _due(hook, step, num_steps)
+        if due and not (hook.done is not None and hook.done(step)):
+          _run_hook(hook, step, state, model_dir)
+      pending: list[tuple[int, Any]] = []
+      while step < num_steps:
+        batch = _next_batch(data, step, position, num_steps)
+        state, metrics = trainer.train_step(state, batch)
+        step += 1
+        position += 1
+        preemption.crash_point('step', step)
+        pending.append((step, metrics))
+        due_save = step % save_every == 0 or step == num_steps
+        stop = preemption.agreed(check=len(pending) >= check_every or due_save)
+        if len(pending) >= check_every or due_save or stop:
+          _check_finite(pending, ckpt, model_dir)
+          if on_metrics is not None:
+            for s, m in pending:
+              on_metrics(s, {k: float(v) for k, v in jax.device_get(m).items()})
+          pending = []
+        if due_save or stop:
+          ckpt.save(state, position)
+          if on_save is not None:
+            on_save(step)
+          preemption.crash_point('after_save', step)
+        if stop:
+          raise preemption.Preempted(stop, step, model_dir)
+        for hook in hooks:
+          if _due(hook, step, num_steps):
+            _run_hook(hook, step, state, model_dir)
+      return state
+    finally:
+      ckpt.close()
+
+
+def _due(hook: Periodic, step: int, num_steps: int) -> bool:
+  return bool(hook.every) and (step % hook.every == 0 or step == num_steps)
+
+
+def _run_hook(hook: Periodic, step: int, state: TrainState, model_dir: str) -> None:
+  try:
+    hook.fn(step, state)
+  except preemption.Interrupted as e:  # a signal during an evaluation: the step is saved
+    raise preemption.Preempted(e.signal_name, step, model_dir) from None
+
+
+def _next_batch(data: Iterator[dict], step: int, position: int, num_steps: int) -> dict:
+  try:
+    return next(data)
+  except StopIteration:
+    raise ValueError(f'The training data ran out at step {step} (position {position}); '
+                     f'it must repeat or hold at least {num_steps} batches.') from None
+
+
+def _sync(name: str) -> None:
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    multihost_utils.sync_global_devices(name)
 
 
 def _check_finite(pending: list, ckpt: state_lib.PromptCheckpointer, model_dir: str) -> None:

@@ -50,12 +50,12 @@ def make_mesh(mesh_shape: Optional[Sequence[int]] = None,
   n = len(devices)
   shape = [n, 1] if mesh_shape is None else list(mesh_shape)
   if len(shape) != 2:
-    raise ValueError(f'mesh_shape must have 2 entries (data, model), got {tuple(shape)}.')
+    raise ValueError(f'MESH_SHAPE must have 2 entries (data, model), got {tuple(shape)}.')
   if shape.count(-1) == 1:
     known = int(np.prod([s for s in shape if s != -1]))
     shape[shape.index(-1)] = n // known if known and n % known == 0 else 0
   if int(np.prod(shape)) != n or min(shape) < 1:
-    raise ValueError(f'mesh_shape {tuple(mesh_shape)} does not cover the {n} available '
+    raise ValueError(f'MESH_SHAPE {tuple(mesh_shape)} does not cover the {n} available '
                      f'device(s); data x model must equal {n}.')
   return Mesh(np.asarray(devices, dtype=object).reshape(shape), MESH_AXES)
 

@@ -1,90 +1,42 @@
-"""Prompt-sized, resumable checkpoints under MODEL_DIR.
+"""Prompt-sized, resumable orbax checkpoints under MODEL_DIR (layout: prompt_tuning.model_dir).
 
-  MODEL_DIR/run_info.json                       what this run is (prompt length, width, base)
-  MODEL_DIR/checkpoints/<step>/                 orbax: TrainState + {'data_position': ...}
-  MODEL_DIR/numpy_checkpoints/checkpoint_<step>/encoder.prompt.prompt.prompt   (the anchor's path)
-
-The frozen model is never written: resuming = base checkpoint + this small state. Orbax commits
-each step atomically (written to a temporary directory, then renamed), so a crash mid-save leaves
-the previous checkpoint as the latest usable one.
+The frozen model is never written: resuming = base checkpoint + this small state. Each save
+writes the step's numpy prompt first (atomically), then the orbax step, whose rename commits it:
+a kill anywhere leaves the previous committed step as the latest, and nothing names a step that
+was not committed.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Optional
 
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
+from prompt_tuning import model_dir as model_dir_lib
 from prompt_tuning import prompts
-
-RUN_INFO = 'run_info.json'
-NUMPY_NAME = 'encoder.prompt.prompt.prompt'
-# Fields that must agree for a MODEL_DIR to be resumed.
-IDENTITY_FIELDS = ('prompt_length', 'd_model', 'placement')
-
-
-class RunMismatchError(ValueError):
-  """MODEL_DIR holds a run that is incompatible with the requested one."""
-
-
-def check_run_info(model_dir: str, info: dict, write: bool = True) -> None:
-  """Refuses a MODEL_DIR made by a different run; writes run_info.json for a new one."""
-  path = os.path.join(model_dir, RUN_INFO)
-  if os.path.exists(path):
-    with open(path) as f:
-      existing = json.load(f)
-    diffs = [f'{k}: saved {existing.get(k)!r}, requested {info.get(k)!r}'
-             for k in IDENTITY_FIELDS if existing.get(k) != info.get(k)]
-    if diffs:
-      raise RunMismatchError(
-          f'{model_dir} holds a different prompt-tuning run ({"; ".join(diffs)}). Use a new '
-          f'MODEL_DIR; nothing was changed in this one.')
-    return
-  if write:
-    os.makedirs(model_dir, exist_ok=True)
-    _atomic_write(path, json.dumps(info, indent=2, sort_keys=True).encode())
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    f.write(data)
-  os.replace(tmp, path)
-
-
-def numpy_prompt_path(model_dir: str, step: int) -> str:
-  return os.path.join(model_dir, 'numpy_checkpoints', f'checkpoint_{step}', NUMPY_NAME)
-
-
-def write_numpy_prompt(model_dir: str, step: int, prompt_PxD: Any) -> str:
-  """float32 .npy content at the anchor's extension-less path."""
-  path = numpy_prompt_path(model_dir, step)
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = f'{path}.tmp-{os.getpid()}'
-  with open(tmp, 'wb') as f:
-    np.save(f, np.asarray(jax.device_get(prompt_PxD), np.float32))
-  os.replace(tmp, path)
-  return path
+from prompt_tuning.model_dir import (NUMPY_NAME, RUN_INFO, IDENTITY_FIELDS,  # noqa: F401
+                                     RunMismatchError, check_run_info, numpy_prompt_path,
+                                     write_numpy_prompt)
+from prompt_tuning.train import preemption
 
 
 def has_checkpoint(model_dir: str) -> bool:
   """True when MODEL_DIR holds a committed orbax step (temporary, unfinished ones don't count)."""
-  directory = os.path.join(model_dir, 'checkpoints')
-  return os.path.isdir(directory) and any(name.isdigit() for name in os.listdir(directory))
+  return model_dir_lib.latest_step(model_dir) is not None
 
 
 class PromptCheckpointer:
   """Saves/restores the TrainState with orbax, keeping the last `keep` steps."""
 
-  def __init__(self, model_dir: str, keep: Optional[int] = 1):
+  def __init__(self, model_dir: str, keep: Optional[int] = 1, read_only: bool = False):
     self.model_dir = model_dir
-    self.directory = os.path.join(os.path.abspath(model_dir), 'checkpoints')
-    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+    self.directory = model_dir_lib.checkpoints_dir(model_dir)
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                           read_only=read_only,
                                            enable_async_checkpointing=False)
+    preemption.arm_orbax_crash()
     self.manager = ocp.CheckpointManager(self.directory, options=options)
 
   def latest_step(self) -> Optional[int]:
@@ -95,20 +47,29 @@ class PromptCheckpointer:
 
   def save(self, state: Any, data_position: int) -> int:
     step = int(jax.device_get(state.step))
+    if jax.process_index() == 0:
+      write_numpy_prompt(self.model_dir, step,
+                         jax.device_get(prompts.get_prompt(state.params)))
+    preemption.crash_point('numpy_written', step)
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         meta=ocp.args.JsonSave({'step': step, 'data_position': int(data_position)})))
     self.manager.wait_until_finished()
-    if jax.process_index() == 0:
-      write_numpy_prompt(self.model_dir, step, prompts.get_prompt(state.params))
     return step
 
   def restore(self, abstract_state: Any, step: Optional[int] = None) -> tuple[Any, dict]:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'No checkpoint in {self.directory}.')
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    path = os.path.join(self.directory, str(step))
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+    except Exception as e:  # orbax/tensorstore raise many unrelated types on damaged files
+      raise model_dir_lib.ModelDirError(
+          f'{path}: cannot restore step {step} ({model_dir_lib.one_line(e)}). The checkpoint '
+          f'is damaged: delete {path} to resume from an earlier kept step (or from the start), '
+          f'or use a new MODEL_DIR.') from e
     return restored.state, dict(restored.meta)
 
   def close(self) -> None:

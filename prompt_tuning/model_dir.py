@@ -1,0 +1,353 @@
+"""MODEL_DIR: its layout, what is committed in it, reading a step's prompt, and repair after a kill.
+
+  run_info.json                         what this run is (prompt length, width, base checkpoint)
+  config.gin, operative_config.gin      the gin configuration of the launch
+  checkpoints/<step>/                   orbax: TrainState + {'step', 'data_position'}
+  numpy_checkpoints/checkpoint_<step>/encoder.prompt.prompt.prompt   (the anchor's float32 .npy)
+  metrics.jsonl                         train and eval records, one JSON object a line
+  inference_eval/                       predictions and metrics of each evaluation
+  best/, export/, train/, eval/, plots/ best prompt, final exports, TensorBoard, plot
+
+The orbax step is the commit point. What a step produces is written atomically before it (the
+numpy prompt) or after it in an order that ends with a marker (an evaluation's record in
+metrics.jsonl), so a kill at any moment leaves "the latest committed step" well defined, readers
+only ever return a committed step's prompt, and `repair` brings everything else back to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from typing import Any, Callable, Optional
+
+import numpy as np
+
+log = logging.getLogger('prompt_tuning')
+
+RUN_INFO = 'run_info.json'
+CHECKPOINTS = 'checkpoints'
+NUMPY_CHECKPOINTS = 'numpy_checkpoints'
+NUMPY_NAME = 'encoder.prompt.prompt.prompt'
+METRICS = 'metrics.jsonl'
+INFERENCE_EVAL = 'inference_eval'
+# Fields that must agree for a MODEL_DIR to be resumed.
+IDENTITY_FIELDS = ('prompt_length', 'd_model', 'placement')
+_TMP = '.tmp-'
+_ORBAX_TMP = '.orbax-checkpoint-tmp'
+_PREDICTIONS_STEP = re.compile(r'-step(\d+)\.jsonl$')
+
+
+class ModelDirError(ValueError):
+  """MODEL_DIR cannot be used as asked; the message names the path and what to do."""
+
+
+class RunMismatchError(ModelDirError):
+  """MODEL_DIR holds a run that is incompatible with the requested one."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Atomic writes: a temporary sibling renamed into place, so a reader sees the old or the new file.
+
+
+def tmp_name(path: str) -> str:
+  return f'{path}{_TMP}{os.getpid()}'
+
+
+def atomic_write(path: str, data: bytes | str) -> str:
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = tmp_name(path)
+  with open(tmp, 'wb') as f:
+    f.write(data.encode() if isinstance(data, str) else data)
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+  return path
+
+
+def atomic_save(path: str, save: Callable[[str], Any]) -> str:
+  """Runs `save(tmp_path)` (a writer that wants a path), then renames into place."""
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  tmp = tmp_name(path)
+  save(tmp)
+  os.replace(tmp, path)
+  return path
+
+
+def save_npy(path: str, array: Any) -> str:
+  """float32 .npy content at `path` (extension-less paths too, as the anchor writes them)."""
+  value = np.asarray(array, np.float32)
+
+  def write(tmp):
+    with open(tmp, 'wb') as f:
+      np.save(f, value)
+  return atomic_save(path, write)
+
+
+# ----------------------------------------------------------------------------------------------
+# Run identity and usability, checked before anything is written.
+
+
+def run_info_path(model_dir: str) -> str:
+  return os.path.join(model_dir, RUN_INFO)
+
+
+def read_run_info(model_dir: str) -> Optional[dict]:
+  path = run_info_path(model_dir)
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      info = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ModelDirError(f'{path}: not a readable run description ({one_line(e)}); it was '
+                        f'damaged outside prompt-tuning. Use a new MODEL_DIR, or restore the '
+                        f'file.') from e
+  if not isinstance(info, dict):
+    raise ModelDirError(f'{path}: not a run description (a JSON object was expected).')
+  return info
+
+
+def check_run_info(model_dir: str, info: dict, write: bool = True) -> None:
+  """Refuses a MODEL_DIR made by a different run; writes run_info.json for a new one."""
+  existing = read_run_info(model_dir)
+  if existing is not None:
+    diffs = [f'{k}: saved {existing.get(k)!r}, requested {info.get(k)!r}'
+             for k in IDENTITY_FIELDS if existing.get(k) != info.get(k)]
+    if diffs:
+      raise RunMismatchError(
+          f'{model_dir} holds a different prompt-tuning run ({"; ".join(diffs)}). Use a new '
+          f'MODEL_DIR; nothing was changed in this one.')
+    return
+  if write:
+    atomic_write(run_info_path(model_dir), json.dumps(info, indent=2, sort_keys=True))
+
+
+def check_usable(model_dir: str) -> None:
+  """MODEL_DIR is a directory (or can be made one) that this process can write."""
+  if not model_dir:
+    raise ModelDirError('MODEL_DIR is empty: set --gin.MODEL_DIR to a directory.')
+  path = os.path.abspath(model_dir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ModelDirError(f'MODEL_DIR {model_dir} is a file, not a directory: choose another '
+                        f'MODEL_DIR (or move the file).')
+  existing = path
+  while not os.path.exists(existing):
+    existing = os.path.dirname(existing)
+  if not os.path.isdir(existing):
+    raise ModelDirError(f'MODEL_DIR {model_dir}: {existing} is a file, so the directory cannot '
+                        f'be created; choose another MODEL_DIR.')
+  try:  # a real write: permissions, read-only mounts and root all answer truthfully
+    os.rmdir(tempfile.mkdtemp(prefix='.prompt-tuning-probe-', dir=existing))
+  except OSError as e:
+    raise ModelDirError(f'MODEL_DIR {model_dir}: cannot write in {existing} ({e.strerror}); '
+                        f'choose a writable MODEL_DIR.') from e
+
+
+# ----------------------------------------------------------------------------------------------
+# Steps: committed orbax steps are the truth; numpy prompts are readable copies of them.
+
+
+def checkpoints_dir(model_dir: str) -> str:
+  return os.path.join(os.path.abspath(model_dir), CHECKPOINTS)
+
+
+def committed_steps(model_dir: str) -> list[int]:
+  """Orbax steps renamed into place (an unfinished save keeps a temporary name)."""
+  directory = checkpoints_dir(model_dir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory)
+                if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+
+
+def latest_step(model_dir: str) -> Optional[int]:
+  steps = committed_steps(model_dir)
+  return steps[-1] if steps else None
+
+
+def numpy_prompt_path(model_dir: str, step: int) -> str:
+  return os.path.join(model_dir, NUMPY_CHECKPOINTS, f'checkpoint_{step}', NUMPY_NAME)
+
+
+def numpy_steps(model_dir: str) -> list[int]:
+  """Steps with a complete numpy prompt file (committed or not)."""
+  directory = os.path.join(model_dir, NUMPY_CHECKPOINTS)
+  if not os.path.isdir(directory):
+    return []
+  steps = []
+  for name in os.listdir(directory):
+    m = re.fullmatch(r'checkpoint_(\d+)', name)
+    if m and os.path.isfile(os.path.join(directory, name, NUMPY_NAME)):
+      steps.append(int(m.group(1)))
+  return sorted(steps)
+
+
+def prompt_steps(model_dir: str) -> list[int]:
+  """Steps whose prompt a reader may return: numpy prompts up to the latest committed step,
+  and every kept orbax step. A numpy prompt past it is from a save a kill cut short."""
+  latest = latest_step(model_dir)
+  if latest is None:
+    return []
+  return sorted({s for s in numpy_steps(model_dir) if s <= latest} |
+                set(committed_steps(model_dir)))
+
+
+def write_numpy_prompt(model_dir: str, step: int, prompt_PxD: Any) -> str:
+  """The anchor's float32 file, made whole in a temporary folder and renamed into place."""
+  final_dir = os.path.dirname(numpy_prompt_path(model_dir, step))
+  tmp_dir = tmp_name(final_dir)
+  shutil.rmtree(tmp_dir, ignore_errors=True)
+  os.makedirs(tmp_dir)
+  with open(os.path.join(tmp_dir, NUMPY_NAME), 'wb') as f:
+    np.save(f, np.asarray(prompt_PxD, np.float32))
+  if os.path.exists(final_dir):
+    shutil.rmtree(final_dir)
+  os.rename(tmp_dir, final_dir)
+  return os.path.join(final_dir, NUMPY_NAME)
+
+
+def read_orbax_prompt(model_dir: str, step: int) -> np.ndarray:
+  """The prompt of a committed orbax step, read without knowing the optimizer's state."""
+  import orbax.checkpoint as ocp
+  path = os.path.join(checkpoints_dir(model_dir), str(step), 'state')
+  try:
+    tree = ocp.PyTreeCheckpointer().restore(path)
+    value = tree['params']['encoder']['prompt']['prompt']['prompt']
+  except Exception as e:  # orbax/tensorstore raise many unrelated types on damaged files
+    raise ModelDirError(f'{path}: cannot read the prompt of step {step} ({one_line(e)}); the '
+                        f'checkpoint is damaged.') from e
+  return np.asarray(value, np.float32)
+
+
+def load_prompt(model_dir: str, step: Optional[int] = None) -> tuple[np.ndarray, int]:
+  """(prompt, step): `step`'s prompt, or the latest committed step's; never another step's."""
+  from prompt_tuning import prompts
+  if not os.path.isdir(model_dir):
+    raise ModelDirError(f'MODEL_DIR {model_dir}: no such directory.')
+  available = prompt_steps(model_dir)
+  if not available:
+    raise ModelDirError(f'{model_dir}: no committed checkpoint (checkpoints/<step>/); nothing to '
+                        f'read. Train into it first, or pass a prompt file.')
+  step = latest_step(model_dir) if step is None else step
+  if step not in available:
+    raise ModelDirError(f'{model_dir}: no prompt for step {step}; available: {available}.')
+  if os.path.isfile(numpy_prompt_path(model_dir, step)):
+    return prompts.load_prompt_file(numpy_prompt_path(model_dir, step)), step
+  return read_orbax_prompt(model_dir, step), step
+
+
+# ----------------------------------------------------------------------------------------------
+# Records and repair.
+
+
+def read_jsonl(path: str) -> list[dict]:
+  """The whole records of a JSONL file (a line a kill cut short is left out)."""
+  if not os.path.exists(path):
+    return []
+  records = []
+  with open(path, encoding='utf-8') as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        continue
+      if isinstance(record, dict):
+        records.append(record)
+  return records
+
+
+def append_jsonl(path: str, record: dict) -> None:
+  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
+  with open(path, 'a', encoding='utf-8') as f:
+    f.write(json.dumps(record) + '\n')
+
+
+def _rewrite_jsonl(path: str, keep: Callable[[dict], bool]) -> None:
+  if not os.path.exists(path):
+    return
+  records = read_jsonl(path)
+  kept = [r for r in records if keep(r)]
+  with open(path, 'rb') as f:
+    original = f.read()
+  data = ''.join(json.dumps(r) + '\n' for r in kept).encode()
+  if data != original:
+    atomic_write(path, data)
+
+
+def eval_done(model_dir: str, step: int) -> bool:
+  """An evaluation's record in metrics.jsonl is written last: it marks the evaluation whole."""
+  return any(r.get('kind') == 'eval' and r.get('step') == step
+             for r in read_jsonl(os.path.join(model_dir, METRICS)))
+
+
+def _remove_temporaries(root: str) -> list[str]:
+  removed = []
+  for dirpath, dirnames, filenames in os.walk(root):
+    for name in list(dirnames):
+      if _TMP in name or _ORBAX_TMP in name:
+        shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
+        dirnames.remove(name)
+        removed.append(os.path.join(dirpath, name))
+    for name in filenames:
+      if _TMP in name:
+        os.remove(os.path.join(dirpath, name))
+        removed.append(os.path.join(dirpath, name))
+  return removed
+
+
+def repair(model_dir: str, keep: Optional[int] = None) -> Optional[int]:
+  """Brings MODEL_DIR back to its latest committed step after a kill; returns that step.
+
+  Removes temporaries, orbax steps past `keep`, numpy prompts and records of steps after the
+  latest committed one (they are redone), writes the numpy prompt of a kept step that lacks it,
+  and drops the predictions/metrics of an evaluation whose final record is missing (it is rerun).
+  """
+  if not os.path.isdir(model_dir):
+    return None
+  removed = _remove_temporaries(model_dir)
+  steps = committed_steps(model_dir)
+  if keep and len(steps) > keep:
+    for step in steps[:-keep]:
+      shutil.rmtree(os.path.join(checkpoints_dir(model_dir), str(step)))
+      removed.append(os.path.join(CHECKPOINTS, str(step)))
+    steps = steps[-keep:]
+  latest = steps[-1] if steps else None
+  limit = -1 if latest is None else latest
+  for step in numpy_steps(model_dir):
+    if step > limit:
+      shutil.rmtree(os.path.dirname(numpy_prompt_path(model_dir, step)))
+      removed.append(f'{NUMPY_CHECKPOINTS}/checkpoint_{step}')
+  for step in steps:
+    if not os.path.isfile(numpy_prompt_path(model_dir, step)):
+      write_numpy_prompt(model_dir, step, read_orbax_prompt(model_dir, step))
+      log.info('Rewrote the numpy prompt of step %d in %s.', step, model_dir)
+
+  _rewrite_jsonl(os.path.join(model_dir, METRICS), lambda r: r.get('step', 0) <= limit)
+  whole = latest is not None and eval_done(model_dir, latest)
+  eval_dir = os.path.join(model_dir, INFERENCE_EVAL)
+  if os.path.isdir(eval_dir):
+    for name in os.listdir(eval_dir):
+      path = os.path.join(eval_dir, name)
+      m = _PREDICTIONS_STEP.search(name)
+      if name.endswith('-metrics.jsonl'):
+        _rewrite_jsonl(path, lambda r: r.get('tag') or r.get('step', 0) < limit or (
+            r.get('step') == limit and whole))
+      elif m and '-eval-' not in name and (int(m.group(1)) > limit or (
+          int(m.group(1)) == limit and not whole)):
+        os.remove(path)
+  if removed:
+    log.info('Repaired %s: removed what a stopped run left unfinished (%s).', model_dir,
+             ', '.join(os.path.relpath(p, model_dir) if os.path.isabs(p) else p
+                       for p in removed[:6]) + (' …' if len(removed) > 6 else ''))
+  return latest
+
+
+def one_line(e: BaseException) -> str:
+  """An exception's first line, without tensorstore's long spec dumps."""
+  text = str(e).strip()
+  text = text.splitlines()[0] if text else type(e).__name__
+  return text.split(' [tensorstore_spec')[0]
