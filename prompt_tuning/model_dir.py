@@ -22,6 +22,7 @@ import os
 import re
 import shutil
 import tempfile
+import warnings
 from typing import Any, Callable, Optional
 
 import numpy as np
@@ -215,7 +216,9 @@ def read_orbax_prompt(model_dir: str, step: int) -> np.ndarray:
   import orbax.checkpoint as ocp
   path = os.path.join(checkpoints_dir(model_dir), str(step), 'state')
   try:
-    tree = ocp.PyTreeCheckpointer().restore(path)
+    with warnings.catch_warnings():  # "sharding info not provided": none is needed here
+      warnings.simplefilter('ignore')
+      tree = ocp.PyTreeCheckpointer().restore(path)
     value = tree['params']['encoder']['prompt']['prompt']['prompt']
   except Exception as e:  # orbax/tensorstore raise many unrelated types on damaged files
     raise ModelDirError(f'{path}: cannot read the prompt of step {step} ({one_line(e)}); the '
@@ -261,9 +264,14 @@ def read_jsonl(path: str) -> list[dict]:
 
 
 def append_jsonl(path: str, record: dict) -> None:
+  """Appends one line; after a line a kill cut short, on a line of its own."""
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  with open(path, 'a', encoding='utf-8') as f:
-    f.write(json.dumps(record) + '\n')
+  with open(path, 'a+b') as f:
+    cut = False
+    if f.seek(0, os.SEEK_END) > 0:
+      f.seek(-1, os.SEEK_END)
+      cut = f.read(1) != b'\n'
+    f.write((('\n' if cut else '') + json.dumps(record) + '\n').encode())
 
 
 def _rewrite_jsonl(path: str, keep: Callable[[dict], bool]) -> None:
@@ -317,6 +325,11 @@ def repair(model_dir: str, keep: Optional[int] = None) -> Optional[int]:
     steps = steps[-keep:]
   latest = steps[-1] if steps else None
   limit = -1 if latest is None else latest
+  numpy_dir = os.path.join(model_dir, NUMPY_CHECKPOINTS)
+  for name in os.listdir(numpy_dir) if os.path.isdir(numpy_dir) else []:
+    if not os.path.isfile(os.path.join(numpy_dir, name, NUMPY_NAME)):
+      shutil.rmtree(os.path.join(numpy_dir, name))  # a folder a kill left without its file
+      removed.append(f'{NUMPY_CHECKPOINTS}/{name}')
   for step in numpy_steps(model_dir):
     if step > limit:
       shutil.rmtree(os.path.dirname(numpy_prompt_path(model_dir, step)))

@@ -21,6 +21,43 @@ from prompt_tuning import model_dir as model_dir_lib
 log = logging.getLogger('prompt_tuning')
 
 
+class HeldLogs(logging.Filter):
+  """Holds back log lines while a run checks its inputs: a run stopped by bad input prints its
+  one error line alone; one that starts prints the held lines (`release`) before it writes."""
+
+  def __init__(self):
+    super().__init__()
+    self.records: list[logging.LogRecord] = []
+    self.handlers: list[logging.Handler] = []
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if not any(r is record for r in self.records):
+      self.records.append(record)
+    return False
+
+  def __enter__(self) -> 'HeldLogs':
+    self.handlers = list(logging.getLogger().handlers)
+    for handler in self.handlers:
+      handler.addFilter(self)
+    return self
+
+  def release(self) -> None:
+    self._detach()
+    for record in self.records:
+      for handler in self.handlers:
+        if record.levelno >= handler.level:
+          handler.handle(record)
+    self.records = []
+
+  def _detach(self) -> None:
+    for handler in self.handlers:
+      handler.removeFilter(self)
+
+  def __exit__(self, *exc) -> bool:
+    self._detach()  # not released: the run stopped before writing, its error says why
+    return False
+
+
 class Reporter:
   """Writes metrics on process 0 only; shows a progress bar on a terminal, log lines otherwise.
 

@@ -89,98 +89,104 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
   Every input is checked before MODEL_DIR is created or changed; a kill at any moment leaves it
   consistent, and the same command resumes it (see prompt_tuning.model_dir).
   """
-  tasks = _import_tasks(mixture_or_task_module)
-  tasks.get_task_or_mixture(mixture_or_task_name)  # unknown names fail here, with close names
-  _check_settings(train_steps=train_steps, batch_size=batch_size, eval_period=eval_period,
-                  save_period=save_period, keep=keep, eval_methods=eval_methods,
-                  eval_batch_size=eval_batch_size, task_feature_lengths=task_feature_lengths)
-  if train_steps == 0:
-    print(f'TRAIN_STEPS = 0: nothing to train; {model_dir} was not touched.')
-    return {'model_dir': model_dir, 'task': mixture_or_task_name, 'steps': 0}
-  model_dir_lib.check_usable(model_dir)
-  model_dir_lib.read_run_info(model_dir)  # a damaged run_info.json is named now, not later
-  tasks.check_vocabulary(mixture_or_task_name)
-  tasks.validate_task_data(mixture_or_task_name,
-                           ['train'] + ([eval_split] if eval_period else []))
-  vocab = tasks.get_vocabulary(mixture_or_task_name)
-  trainer, base_step = build_trainer(
-      model=model, prompt=prompt, initial_checkpoint_path=initial_checkpoint_path,
-      learning_rate=learning_rate, optimizer=optimizer,
-      adafactor_step_offset=adafactor_step_offset, loss=loss, mesh_shape=mesh_shape,
-      frozen_dtype=frozen_dtype)
-  if vocab.vocab_size > trainer.model_config.vocab_size:
-    raise ValueError(f'The vocabulary of {mixture_or_task_name!r} has {vocab.vocab_size} ids but '
-                     f'the model embeds only {trainer.model_config.vocab_size}.')
-  if base_step > train_steps:
-    log.warning('TRAIN_STEPS=%d counts prompt-tuning steps here; the base checkpoint is at step '
-                '%d. (The anchor T5X setup counts pretraining steps too: its TRAIN_STEPS=%d would '
-                'be %d here.)', train_steps, base_step, base_step + train_steps, train_steps)
-
-  num_hosts, host = jax.process_count(), jax.process_index()
-  data_shards = trainer.mesh.shape.get('data', 1)
-  for count, what in ((num_hosts, 'hosts'), (data_shards, "devices on the mesh's data axis")):
-    if batch_size % count:
-      raise ValueError(f'BATCH_SIZE={batch_size} does not split over {count} {what}; use a '
-                       f'multiple of {count}.')
-
-  def batches(position: int):
-    from prompt_tuning.data import pipeline
-    return pipeline.get_batches(mixture_or_task_name, 'train', task_feature_lengths,
-                                batch_size // num_hosts, shuffle=shuffle, seed=random_seed,
-                                shard_index=host, num_shards=num_hosts,
-                                start_position=position)
-
-  evaluator = evaluation.Evaluator(
-      mixture_or_task_name, eval_split, task_feature_lengths, methods=eval_methods,
-      batch_size=eval_batch_size, max_examples=eval_max_examples, decoding_config=decoding,
-      output_dir=os.path.join(model_dir, model_dir_lib.INFERENCE_EVAL)) if eval_period else None
-  main_metric = None
-  if evaluator is not None and evaluator.main_metric:
-    main_metric = f'{eval_methods[0]}/{evaluator.main_metric}'
-  reporter = reporting.Reporter(model_dir, train_steps, main_metric=main_metric)
-  best = _BestTracker(model_dir, main_metric)
-
-  def on_eval(step: int, state) -> None:
-    params = prompts.merge_params(trainer.frozen, state.params)
-    metrics = evaluator.evaluate(trainer.model, params, step)
-    preemption.crash_point('mid_eval', step)
-    best.update(step, metrics, prompts.get_prompt(state.params))
-    reporter.eval_metrics(step, metrics)  # last: its record marks this evaluation complete
-
-  def eval_done(step: int) -> bool:
-    return _agreed(model_dir_lib.eval_done(model_dir, step))
-
-  embedding = np.asarray(jax.device_get(trainer.frozen['token_embedder']['embedding']))
-  init = prompt_init(embedding_VxD=embedding, vocab=vocab)
-  periodic = [(eval_period, on_eval, eval_done)] if evaluator is not None else []
+  # Log lines of the checks wait until the run starts: bad input prints its one error line alone.
+  held = reporting.HeldLogs().__enter__()
   try:
-    state = loop.train(trainer, batches, model_dir, train_steps, prompt_init=init,
-                       seed=random_seed, save_every=save_period or eval_period or train_steps,
-                       keep=keep, initial_checkpoint=initial_checkpoint_path,
-                       on_metrics=reporter.train_metrics, periodic=periodic,
-                       periodic_at_start=eval_at_start,
-                       before_write=lambda: _write_gin_config(model_dir),
-                       on_save=lambda _: reporter.flush())
-  except preemption.Preempted:
-    reporter.close()
-    raise
-  best.load()  # a restarted run's best prompt may come from before the restart
-  plot_path = reporter.close()
-  prompt_value = np.asarray(jax.device_get(prompts.get_prompt(state.params)))
-  written = _export_final(model_dir, prompt_value, trainer, export_formats)
-  summary = {'model_dir': model_dir, 'task': mixture_or_task_name, 'steps': train_steps,
-             'first_eval': reporter.eval_history[0] if reporter.eval_history else None,
-             'final_eval': reporter.eval_history[-1][1] if reporter.eval_history else None,
-             'best': best.record, 'plot': plot_path, 'exports': written,
-             'checkpoints': os.path.join(model_dir, 'checkpoints'),
-             'numpy_checkpoints': os.path.join(model_dir, 'numpy_checkpoints'),
-             'tensorboard': model_dir}
-  _write_gin_config(model_dir, 'operative_config.gin')
-  if host == 0:
-    model_dir_lib.atomic_write(os.path.join(model_dir, 'summary.json'),
-                               json.dumps(summary, indent=2, default=str))
-    print_summary(summary)
-  return summary
+    tasks = _import_tasks(mixture_or_task_module)
+    tasks.get_task_or_mixture(mixture_or_task_name)  # unknown names fail here, with close names
+    _check_settings(train_steps=train_steps, batch_size=batch_size, eval_period=eval_period,
+                    save_period=save_period, keep=keep, eval_methods=eval_methods,
+                    eval_batch_size=eval_batch_size, task_feature_lengths=task_feature_lengths)
+    if train_steps == 0:
+      print(f'TRAIN_STEPS = 0: nothing to train; {model_dir} was not touched.')
+      return {'model_dir': model_dir, 'task': mixture_or_task_name, 'steps': 0}
+    model_dir_lib.check_usable(model_dir)
+    model_dir_lib.read_run_info(model_dir)  # a damaged run_info.json is named now, not later
+    tasks.check_vocabulary(mixture_or_task_name)
+    tasks.validate_task_data(mixture_or_task_name,
+                             ['train'] + ([eval_split] if eval_period else []))
+    vocab = tasks.get_vocabulary(mixture_or_task_name)
+    trainer, base_step = build_trainer(
+        model=model, prompt=prompt, initial_checkpoint_path=initial_checkpoint_path,
+        learning_rate=learning_rate, optimizer=optimizer,
+        adafactor_step_offset=adafactor_step_offset, loss=loss, mesh_shape=mesh_shape,
+        frozen_dtype=frozen_dtype)
+    if vocab.vocab_size > trainer.model_config.vocab_size:
+      raise ValueError(f'The vocabulary of {mixture_or_task_name!r} has {vocab.vocab_size} ids but '
+                       f'the model embeds only {trainer.model_config.vocab_size}.')
+
+    num_hosts, host = jax.process_count(), jax.process_index()
+    data_shards = trainer.mesh.shape.get('data', 1)
+    for count, what in ((num_hosts, 'hosts'), (data_shards, "devices on the mesh's data axis")):
+      if batch_size % count:
+        raise ValueError(f'BATCH_SIZE={batch_size} does not split over {count} {what}; use a '
+                         f'multiple of {count}.')
+
+    def batches(position: int):
+      from prompt_tuning.data import pipeline
+      return pipeline.get_batches(mixture_or_task_name, 'train', task_feature_lengths,
+                                  batch_size // num_hosts, shuffle=shuffle, seed=random_seed,
+                                  shard_index=host, num_shards=num_hosts,
+                                  start_position=position)
+
+    evaluator = evaluation.Evaluator(
+        mixture_or_task_name, eval_split, task_feature_lengths, methods=eval_methods,
+        batch_size=eval_batch_size, max_examples=eval_max_examples, decoding_config=decoding,
+        output_dir=os.path.join(model_dir, model_dir_lib.INFERENCE_EVAL)) if eval_period else None
+    main_metric = None
+    if evaluator is not None and evaluator.main_metric:
+      main_metric = f'{eval_methods[0]}/{evaluator.main_metric}'
+    reporter = reporting.Reporter(model_dir, train_steps, main_metric=main_metric)
+    best = _BestTracker(model_dir, main_metric)
+
+    def on_eval(step: int, state) -> None:
+      params = prompts.merge_params(trainer.frozen, state.params)
+      metrics = evaluator.evaluate(trainer.model, params, step)
+      preemption.crash_point('mid_eval', step)
+      best.update(step, metrics, prompts.get_prompt(state.params))
+      reporter.eval_metrics(step, metrics)  # last: its record marks this evaluation complete
+
+    def eval_done(step: int) -> bool:
+      return _agreed(model_dir_lib.eval_done(model_dir, step))
+
+    embedding = np.asarray(jax.device_get(trainer.frozen['token_embedder']['embedding']))
+    init = prompt_init(embedding_VxD=embedding, vocab=vocab)
+    periodic = [(eval_period, on_eval, eval_done)] if evaluator is not None else []
+    if base_step > train_steps:
+      log.warning('TRAIN_STEPS=%d counts prompt-tuning steps here; the base checkpoint is at '
+                  'step %d. (The anchor T5X setup counts pretraining steps too: its '
+                  'TRAIN_STEPS=%d would be %d here.)', train_steps, base_step,
+                  base_step + train_steps, train_steps)
+    try:
+      state = loop.train(trainer, batches, model_dir, train_steps, prompt_init=init,
+                         seed=random_seed, save_every=save_period or eval_period or train_steps,
+                         keep=keep, initial_checkpoint=initial_checkpoint_path,
+                         on_metrics=reporter.train_metrics, periodic=periodic,
+                         periodic_at_start=eval_at_start,
+                         before_write=lambda: (held.release(), _write_gin_config(model_dir)),
+                         on_save=lambda _: reporter.flush())
+    except preemption.Preempted:
+      reporter.close()
+      raise
+    best.load()  # a restarted run's best prompt may come from before the restart
+    plot_path = reporter.close()
+    prompt_value = np.asarray(jax.device_get(prompts.get_prompt(state.params)))
+    written = _export_final(model_dir, prompt_value, trainer, export_formats)
+    summary = {'model_dir': model_dir, 'task': mixture_or_task_name, 'steps': train_steps,
+               'first_eval': reporter.eval_history[0] if reporter.eval_history else None,
+               'final_eval': reporter.eval_history[-1][1] if reporter.eval_history else None,
+               'best': best.record, 'plot': plot_path, 'exports': written,
+               'checkpoints': os.path.join(model_dir, 'checkpoints'),
+               'numpy_checkpoints': os.path.join(model_dir, 'numpy_checkpoints'),
+               'tensorboard': model_dir}
+    _write_gin_config(model_dir, 'operative_config.gin')
+    if host == 0:
+      model_dir_lib.atomic_write(os.path.join(model_dir, 'summary.json'),
+                                 json.dumps(summary, indent=2, default=str))
+      print_summary(summary)
+    return summary
+  finally:
+    held.__exit__()
 
 
 def _check_settings(*, train_steps, batch_size, eval_period, save_period, keep, eval_methods,

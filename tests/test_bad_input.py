@@ -16,7 +16,6 @@ import pytest
 
 from cli_helpers import rte_env, rte_train_args, run_cli
 from prompt_tuning import cli
-from prompt_tuning import model_dir as model_dir_lib
 
 FAST = dict(TRAIN_STEPS=2, EVAL_PERIOD=0)
 
@@ -299,15 +298,23 @@ def test_train_steps_zero_states_it_and_writes_nothing(shared, tmp_path, capsys,
   assert not (tmp_path / 'm').exists()
 
 
-@pytest.mark.parametrize('macro, expect', [
-    ('--gin.PROMPT_LENGHT=7', 'did you mean PROMPT_LENGTH'),
-    ('--gin.TRAIN_STEPS=-5', 'TRAIN_STEPS = -5')])
-def test_in_a_fresh_process_stderr_is_that_one_line(shared, tmp_path, macro, expect):
-  """No TensorFlow/XLA start-up notices, no gin trailer, no traceback: one line."""
-  args = rte_train_args(shared, tmp_path / 'm', **FAST) + [macro]
-  proc = run_cli(args, rte_env(shared), str(tmp_path), check=False)
+def _wrong_prompt_file(tmp_path):
+  np.save(tmp_path / 'p.npy', np.zeros((5, 16), np.float32))
+  return ['--gin_file=prompts/from_file.gin', f'--gin.PROMPT_FILE={tmp_path / "p.npy"}',
+          '--gin.EVAL_PERIOD=2']  # its evaluator warns of truncated inputs before the error
+
+
+@pytest.mark.parametrize('flags, expect, env', [
+    (lambda _: ['--gin.PROMPT_LENGHT=7'], 'did you mean PROMPT_LENGTH', {}),
+    (_wrong_prompt_file, '(5, 16)', {}),
+    (lambda _: ['--gin.BATCH_SIZE=3'],
+     "BATCH_SIZE=3 does not split over 2 devices on the mesh's data axis",
+     {'XLA_FLAGS': '--xla_force_host_platform_device_count=2'})])
+def test_in_a_fresh_process_stderr_is_that_one_line(shared, tmp_path, flags, expect, env):
+  """No TensorFlow/XLA start-up notices, no held-back warnings, no gin trailer: one line."""
+  args = rte_train_args(shared, tmp_path / 'm', **FAST) + flags(tmp_path)
+  proc = run_cli(args, rte_env(shared, **env), str(tmp_path), check=False)
   assert proc.returncode == 2
   assert proc.stderr.strip().splitlines() == [proc.stderr.strip()], proc.stderr
   assert proc.stderr.startswith('prompt-tuning train: error: ') and expect in proc.stderr
   assert not (tmp_path / 'm').exists()
-  assert model_dir_lib.latest_step(str(tmp_path / 'm')) is None
