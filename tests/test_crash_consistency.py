@@ -45,6 +45,19 @@ def _temporaries(root):
           if '.tmp-' in n or 'orbax-checkpoint-tmp' in n]
 
 
+def _scalar_steps(directory, tag):
+  """Steps with a `tag` scalar in the event files (a record a kill cut short ends a file)."""
+  import tensorflow as tf
+  steps = set()
+  for name in os.listdir(directory):
+    try:
+      for event in tf.compat.v1.train.summary_iterator(str(directory / name)):
+        steps |= {event.step for v in event.summary.value if v.tag == tag}
+    except tf.errors.DataLossError:
+      pass
+  return steps
+
+
 @pytest.fixture(scope='module')
 def env(shared, tmp_path_factory):
   # One compilation cache for all the runs below: each process compiles the same programs.
@@ -78,6 +91,8 @@ def test_kills_and_sigterm_then_restart_leave_the_uninterrupted_files(shared, en
       assert older <= committed
     exported = runs.export(str(cut), 'npy', str(tmp_path / f'export-{fault}.npy'))
     assert np.load(exported).tobytes() == value.tobytes(), moment
+    if fault == 'after_save@8':  # TensorBoard was flushed with the save the kill followed
+      assert set(range(1, 9)) <= _scalar_steps(cut / 'train', 'loss'), moment
 
   run_cli(rte_train_args(shared, cut, **STEPS), env, str(tmp_path))
   assert _temporaries(cut) == []
