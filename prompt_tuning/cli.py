@@ -87,7 +87,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   return parser.parse_args(rewrite_gin_args(argv))
 
 
-def setup_gin(args: argparse.Namespace, default_files: Sequence[str] = ()) -> None:
+def setup_gin(args: argparse.Namespace, default_files: Sequence[str] = (),
+              defaults: Sequence[str] = ()) -> None:
+  """Parses the gin files, then `defaults` (bindings a command fills in), then the user's."""
   import gin
   search = [os.getcwd()]
   for entry in args.gin_search_paths:
@@ -104,7 +106,8 @@ def setup_gin(args: argparse.Namespace, default_files: Sequence[str] = ()) -> No
   quiet = _DropMessages(('Path not found', 'system_path_file_exists'))
   logging.getLogger().addFilter(quiet)
   try:
-    gin.parse_config_files_and_bindings(resolved, args.gin_bindings, finalize_config=True)
+    gin.parse_config_files_and_bindings(resolved, list(defaults) + list(args.gin_bindings),
+                                        finalize_config=True)
   except (ValueError, SyntaxError, ImportError, IOError) as e:
     raise UsageError(f'gin configuration error: {e}') from None
   finally:
@@ -303,12 +306,19 @@ def _memory_aware_cpu_schedule() -> None:
                 'ignore rematerialisation.')
 
 
-def _gin_run(default_files: Sequence[str], function: str) -> Callable:
+# What `plan` does not read, though the train gin files require it: planning needs only the
+# model, prompt, batch size and lengths.
+_PLAN_DEFAULTS = ('MODEL_DIR = None', 'MIXTURE_OR_TASK_NAME = None', 'TRAIN_STEPS = None',
+                  'INITIAL_CHECKPOINT_PATH = None')
+
+
+def _gin_run(default_files: Sequence[str], function: str,
+             defaults: Sequence[str] = ()) -> Callable:
   module_name, function_name = function.rsplit('.', 1)
 
   def run(args):
     init_distributed(args)
-    setup_gin(args, default_files)
+    setup_gin(args, default_files, defaults)
     import gin
     # Dynamic registration binds the function's registered twin, not the module attribute.
     fn = getattr(importlib.import_module(module_name), function_name)
@@ -341,7 +351,7 @@ _HANDLERS = {
     'train': _gin_run((), 'prompt_tuning.runs.train'),
     'eval': _gin_run((), 'prompt_tuning.runs.evaluate'),
     'infer': _gin_run((), 'prompt_tuning.runs.infer'),
-    'plan': _gin_run((), 'prompt_tuning.runs.plan'),
+    'plan': _gin_run((), 'prompt_tuning.runs.plan', _PLAN_DEFAULTS),
     'quickstart': _gin_run(('quickstart.gin',), 'prompt_tuning.quickstart.quickstart'),
     'export': _export,
     'convert': _convert,

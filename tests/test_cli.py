@@ -110,8 +110,7 @@ def test_plan_prints_memory_per_remat_policy(tmp_path):
           '--gin.BATCH_SIZE=8', "--gin.TASK_FEATURE_LENGTHS={'inputs': 256, 'targets': 4}",
           '--gin.PROMPT_LENGTH=20', '--gin.t5.T5Config.num_encoder_layers=3',
           '--gin.t5.T5Config.num_decoder_layers=1', '--gin.DROPOUT_RATE=0.0',
-          "--gin.MIXTURE_OR_TASK_NAME='unused'", f"--gin.MODEL_DIR='{tmp_path}/run'",
-          '--gin.TRAIN_STEPS=1', "--gin.INITIAL_CHECKPOINT_PATH='unused'"]
+          ]  # no MODEL_DIR, task, steps or base checkpoint: planning reads none of them
   proc = subprocess.run([sys.executable, '-m', 'prompt_tuning', *argv], capture_output=True,
                         text=True, cwd=tmp_path, timeout=600,
                         env={k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'})
@@ -125,4 +124,4 @@ def test_plan_prints_memory_per_remat_policy(tmp_path):
     assert weights_gib - 0.005 <= row['args'] <= weights_gib * 1.02 + 0.01  # printed to 0.01
   # The memory-aware CPU schedule makes rematerialisation show (default schedule: no change).
   assert rows['full']['temp'] < 0.7 * rows['none']['temp'], proc.stdout
-  assert not os.path.exists(tmp_path / 'run')  # planning writes nothing
+  assert os.listdir(tmp_path) == []  # planning writes nothing
