@@ -22,6 +22,12 @@ log = logging.getLogger('prompt_tuning')
 METHODS = ('generate', 'rank')
 
 
+def check_methods(methods: Sequence[str]) -> None:
+  """EVAL_METHODS must be a non-empty list of known methods."""
+  if isinstance(methods, str) or not methods or any(m not in METHODS for m in methods):
+    raise ValueError(f'EVAL_METHODS = {methods!r}: choose a list from {list(METHODS)}.')
+
+
 @dataclasses.dataclass(frozen=True)
 class Decoding:
   """How `generate` decodes (gin/decoding/*.gin)."""
@@ -70,9 +76,7 @@ class Evaluator:
                output_dir: Optional[str] = None):
     from prompt_tuning.data import pipeline, tasks
 
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-      raise ValueError(f'Unknown eval method(s) {unknown}; choose from {METHODS}.')
+    check_methods(methods)
     self.task_name = task_name
     self.methods = tuple(methods)
     self.batch_size = batch_size

@@ -90,13 +90,13 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
   consistent, and the same command resumes it (see prompt_tuning.model_dir).
   """
   # Log lines of the checks wait until the run starts: bad input prints its one error line alone.
-  held = reporting.HeldLogs().__enter__()
-  try:
+  with reporting.HeldLogs() as held:
     tasks = _import_tasks(mixture_or_task_module)
     tasks.get_task_or_mixture(mixture_or_task_name)  # unknown names fail here, with close names
     _check_settings(train_steps=train_steps, batch_size=batch_size, eval_period=eval_period,
-                    save_period=save_period, keep=keep, eval_methods=eval_methods,
-                    eval_batch_size=eval_batch_size, task_feature_lengths=task_feature_lengths)
+                    save_period=save_period, keep=keep, eval_batch_size=eval_batch_size,
+                    task_feature_lengths=task_feature_lengths)
+    evaluation.check_methods(eval_methods)  # a typo is named even when nothing evaluates
     if train_steps == 0:
       print(f'TRAIN_STEPS = 0: nothing to train; {model_dir} was not touched.')
       return {'model_dir': model_dir, 'task': mixture_or_task_name, 'steps': 0}
@@ -185,32 +185,27 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
                                  json.dumps(summary, indent=2, default=str))
       print_summary(summary)
     return summary
-  finally:
-    held.__exit__()
 
 
-def _check_settings(*, train_steps, batch_size, eval_period, save_period, keep, eval_methods,
-                    eval_batch_size, task_feature_lengths) -> None:
-  """Numbers and names of a launch, named by their gin macro when they are wrong."""
+def _check_settings(*, train_steps, batch_size, eval_period, save_period, keep, eval_batch_size,
+                    task_feature_lengths) -> None:
+  """Numbers of a launch, named by their gin macro when they are wrong."""
   lengths = task_feature_lengths
   if (not isinstance(lengths, dict) or not {'inputs', 'targets'} <= set(lengths) or any(
       isinstance(lengths[k], bool) or not isinstance(lengths[k], int) or lengths[k] < 1
       for k in ('inputs', 'targets'))):
     raise ValueError(f"TASK_FEATURE_LENGTHS = {lengths!r}: must be a dict with positive integer "
                      f"'inputs' and 'targets' lengths, e.g. {{'inputs': 512, 'targets': 8}}.")
-  for macro, value, low in (('TRAIN_STEPS', train_steps, 0), ('BATCH_SIZE', batch_size, 1),
-                            ('EVAL_PERIOD', eval_period, 0),
-                            ('SAVE_PERIOD', save_period, 1),
-                            ('KEEP_CHECKPOINTS', keep, 1),
-                            ('runs.train.eval_batch_size', eval_batch_size, 1)):
-    if value is None and macro in ('SAVE_PERIOD', 'KEEP_CHECKPOINTS', 'EVAL_PERIOD'):
+  # (macro, value, smallest allowed, None allowed)
+  for macro, value, low, optional in (
+      ('TRAIN_STEPS', train_steps, 0, False), ('BATCH_SIZE', batch_size, 1, False),
+      ('EVAL_PERIOD', eval_period, 0, True), ('SAVE_PERIOD', save_period, 1, True),
+      ('KEEP_CHECKPOINTS', keep, 1, True),
+      ('runs.train.eval_batch_size', eval_batch_size, 1, False)):
+    if value is None and optional:
       continue
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
       raise ValueError(f'{macro} = {value!r}: must be an integer >= {low}.')
-  unknown = [m for m in eval_methods if m not in evaluation.METHODS]
-  if isinstance(eval_methods, str) or unknown or not eval_methods:
-    raise ValueError(f'EVAL_METHODS = {eval_methods!r}: choose a list from '
-                     f'{list(evaluation.METHODS)}.')
 
 
 def _agreed(flag: bool) -> bool:

@@ -21,6 +21,7 @@ log = logging.getLogger('prompt_tuning')
 
 FAULT_ENV = 'PROMPT_TUNING_FAULT'
 _requested: Optional[str] = None
+_orbax_armed = False
 
 
 class Preempted(Exception):
@@ -94,8 +95,10 @@ class SignalGuard:
 def agreed(check: bool) -> Optional[str]:
   """The stop request as all processes see it; cheap on one process (no communication)."""
   import jax
-  if jax.process_count() == 1 or not check:
-    return _requested if jax.process_count() == 1 else None
+  if jax.process_count() == 1:
+    return _requested
+  if not check:  # hosts only stop together, at check points
+    return None
   import numpy as np
   from jax.experimental import multihost_utils
   flags = multihost_utils.process_allgather(np.asarray(_requested is not None, np.int32))
@@ -127,9 +130,11 @@ def crash_point(point: str, step: int) -> None:
 def arm_orbax_crash() -> None:
   """For PROMPT_TUNING_FAULT=orbax_commit@N: die inside orbax's save of step N, after its files
   are written and before the rename that commits them."""
+  global _orbax_armed
   fault = _fault()
-  if fault is None or fault[0] != 'orbax_commit':
+  if fault is None or fault[0] != 'orbax_commit' or _orbax_armed:
     return
+  _orbax_armed = True
   from orbax.checkpoint._src.path import atomicity
   original = atomicity.AtomicRenameTemporaryPath.finalize
   step = fault[1]
