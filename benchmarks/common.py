@@ -22,8 +22,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from prompt_tuning.vocab import EOS_ID, PAD_ID  # noqa: F401  (common.PAD_ID, common.EOS_ID)
+
 SIZES = ('tiny', 'small', 'base', 'large', 'xl', 'xxl')
-PAD_ID, EOS_ID = 0, 1
 
 
 # ----------------------------------------------------------------------------------------------
@@ -124,10 +125,10 @@ def random_frozen_params(config, prompt_config, dtype: str, seed: int) -> dict:
   Scales keep activations finite: kernels N(0, 1/fan_in), embedding N(0, 1), norms 1.
   """
   import jax
-  from prompt_tuning import prompts
+  from prompt_tuning.models import prompt as prompt_lib
   from prompt_tuning.models import t5
 
-  frozen_shapes, _ = prompts.split_params(t5.param_shapes(config, prompt_config))
+  frozen_shapes, _ = prompt_lib.split_params(t5.param_shapes(config, prompt_config))
   leaves, treedef = jax.tree_util.tree_flatten_with_path(frozen_shapes)
   on_cpu = jax.default_backend() == 'cpu'
   rng = np.random.default_rng(seed)

@@ -50,12 +50,12 @@ def candidates(num: int, length: int, vocab: int, seed: int) -> np.ndarray:
 
 def our_params(args: argparse.Namespace, config, prompt_config):
   """Frozen weights + prompt in one tree, with the EOS column of the head zeroed."""
-  from prompt_tuning import prompts
+  from prompt_tuning.models import prompt as prompt_lib
   frozen = common.random_frozen_params(config, prompt_config, args.frozen_dtype, args.seed)
   kernel = frozen['decoder']['logits_dense']['kernel']
   frozen['decoder']['logits_dense']['kernel'] = kernel.at[:, common.EOS_ID].set(0)
   prompt = common.random_prompt(args.prompt, config.d_model, args.seed)
-  return prompts.merge_params(frozen, prompts.prompt_tree(prompt))
+  return prompt_lib.merge_params(frozen, prompt_lib.prompt_tree(prompt))
 
 
 def compile_and_time(lower, dynamic: tuple, args: argparse.Namespace) -> dict:
@@ -72,11 +72,11 @@ def compile_and_time(lower, dynamic: tuple, args: argparse.Namespace) -> dict:
 
 def run_ours(args: argparse.Namespace, config, arrays: dict) -> dict:
   import jax.numpy as jnp
-  from prompt_tuning import prompts
+  from prompt_tuning import decoding
+  from prompt_tuning.models import prompt as prompt_lib
   from prompt_tuning.models import t5
-  from prompt_tuning.train import decoding
 
-  prompt_config = prompts.PromptConfig(args.prompt)
+  prompt_config = prompt_lib.PromptConfig(args.prompt)
   model = t5.EncoderDecoder(config, prompt_config)
   params = our_params(args, config, prompt_config)
   enc = jnp.asarray(arrays['encoder_input_tokens'])

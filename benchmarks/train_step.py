@@ -54,11 +54,11 @@ def derive(timing: dict, flops: int, peak: float, batch: int, tokens_per_example
 
 def build_ours(args: argparse.Namespace, config, arrays: dict) -> dict:
   """Trainer, initial state, the compiled step (with its lower/compile seconds) and the batch."""
-  from prompt_tuning import prompts
+  from prompt_tuning.models import prompt as prompt_lib
   from prompt_tuning.train import partitioning
   from prompt_tuning.train.trainer import PromptTrainer
 
-  prompt_config = prompts.PromptConfig(args.prompt)
+  prompt_config = prompt_lib.PromptConfig(args.prompt)
   frozen = common.random_frozen_params(config, prompt_config, args.frozen_dtype, args.seed)
   trainer = PromptTrainer(config, prompt_config, frozen, make_optimizer(args),
                           frozen_dtype=args.frozen_dtype)

@@ -1,4 +1,5 @@
-"""`python -m prompt_tuning [command] [flags]`; with no command, the quickstart (embedded default)."""
+"""`python -m prompt_tuning [command] [flags]`; with no command, the quickstart (the embedded
+default job)."""
 
 import sys
 

@@ -320,7 +320,7 @@ def _gin_run(default_files: Sequence[str], function: str,
     init_distributed(args)
     setup_gin(args, default_files, defaults)
     import gin
-    # Dynamic registration binds the function's registered twin, not the module attribute.
+    # Dynamic registration binds the function's registered wrapper, not the module attribute.
     fn = getattr(importlib.import_module(module_name), function_name)
     result = gin.get_configurable(fn)()
     return 0 if result is None or not isinstance(result, int) else result
@@ -328,21 +328,21 @@ def _gin_run(default_files: Sequence[str], function: str,
 
 
 def _export(args: argparse.Namespace) -> int:
-  from prompt_tuning import runs
+  from prompt_tuning import export
   missing = [f for f in ('model_dir', 'format', 'output') if not getattr(args, f)]
   if missing:
     raise ValueError('export needs ' + ', '.join(f'--{m}' for m in missing))
-  path = runs.export(args.model_dir, args.format, args.output, step=args.step)
+  path = export.export(args.model_dir, args.format, args.output, step=args.step)
   print(f'wrote {path}')
   return 0
 
 
 def _convert(args: argparse.Namespace) -> int:
-  from prompt_tuning import runs
+  from prompt_tuning import checkpoints
   missing = [f for f in ('input', 'output', 'to') if not getattr(args, f)]
   if missing:
     raise ValueError('convert needs ' + ', '.join(f'--{m}' for m in missing))
-  path = runs.convert(args.input, args.output, args.to)
+  path = checkpoints.convert(args.input, args.output, args.to)
   print(f'wrote {path}')
   return 0
 
@@ -351,7 +351,7 @@ _HANDLERS = {
     'train': _gin_run((), 'prompt_tuning.runs.train'),
     'eval': _gin_run((), 'prompt_tuning.runs.evaluate'),
     'infer': _gin_run((), 'prompt_tuning.runs.infer'),
-    'plan': _gin_run((), 'prompt_tuning.runs.plan', _PLAN_DEFAULTS),
+    'plan': _gin_run((), 'prompt_tuning.train.plan.plan', _PLAN_DEFAULTS),
     'quickstart': _gin_run(('quickstart.gin',), 'prompt_tuning.quickstart.quickstart'),
     'export': _export,
     'convert': _convert,

@@ -1,4 +1,7 @@
-"""`python -m prompt_tuning.eval --gin_file=...`: T5X-style entry point."""
+"""`python -m prompt_tuning.eval --gin_file=...`, as T5X users launch `python -m t5x.eval`.
+
+Only a launcher (= `prompt-tuning eval`); what it runs is in runs.evaluate and evaluation.py
+(the Evaluator)."""
 
 import sys
 

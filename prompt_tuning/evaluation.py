@@ -1,4 +1,5 @@
-"""Evaluation the paper's way: generate the label text (and/or rank the verbalizers), then T5's metrics.
+"""Evaluation the paper's way: generate the label text (and/or rank the verbalizers), then T5's
+metrics. Owns the Evaluator (one task's examples, scored for any model and prompt).
 
 Examples are tokenized once; batches have a fixed shape so each decode/score function compiles
 once. Predictions go to MODEL_DIR/inference_eval/<task>-<method>-<step>.jsonl.
@@ -6,20 +7,22 @@ once. Predictions go to MODEL_DIR/inference_eval/<task>-<method>-<step>.jsonl.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
-from typing import Any, Optional, Sequence
+from typing import Any, Literal, Optional, Sequence, get_args
 
 import jax
 import numpy as np
 
+from prompt_tuning import decoding
 from prompt_tuning import model_dir as model_dir_lib
-from prompt_tuning.train import decoding, preemption
+from prompt_tuning.train import preemption
+from prompt_tuning.vocab import PAD_ID
 
 log = logging.getLogger('prompt_tuning')
-METHODS = ('generate', 'rank')
+EvalMethod = Literal['generate', 'rank']
+METHODS: tuple[str, ...] = get_args(EvalMethod)
 
 
 def check_methods(methods: Sequence[str]) -> None:
@@ -28,35 +31,8 @@ def check_methods(methods: Sequence[str]) -> None:
     raise ValueError(f'EVAL_METHODS = {methods!r}: choose a list from {list(METHODS)}.')
 
 
-@dataclasses.dataclass(frozen=True)
-class Decoding:
-  """How `generate` decodes (gin/decoding/*.gin)."""
-  method: str = 'greedy'  # greedy | beam_search | sample
-  num_beams: int = 4
-  alpha: float = 0.6
-  temperature: float = 1.0
-  top_k: int = 0
-  top_p: float = 1.0
-  max_decode_length: Optional[int] = None  # default: the task's target length
-  seed: int = 0
-
-  def __post_init__(self):
-    if self.method not in ('greedy', 'beam_search', 'sample'):
-      raise ValueError(f"Unknown decoding method {self.method!r}; choose 'greedy', "
-                       f"'beam_search' or 'sample'.")
-
-  def decode(self, model, params, encoder_input_tokens, max_length: int) -> np.ndarray:
-    length = self.max_decode_length or max_length
-    if self.method == 'greedy':
-      return np.asarray(decoding.greedy(model, params, encoder_input_tokens, length))
-    if self.method == 'beam_search':
-      tokens, _ = decoding.beam_search(model, params, encoder_input_tokens, length,
-                                       num_beams=self.num_beams, alpha=self.alpha)
-      return np.asarray(tokens)[:, 0]
-    return np.asarray(decoding.sample(model, params, encoder_input_tokens, length,
-                                      rng=jax.random.PRNGKey(self.seed),
-                                      temperature=self.temperature, top_k=self.top_k,
-                                      top_p=self.top_p))
+# The name gin files and saved configs used before DecodingConfig moved to decoding.py.
+Decoding = decoding.DecodingConfig
 
 
 def _pad_rows(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
@@ -72,7 +48,8 @@ class Evaluator:
 
   def __init__(self, task_name: str, split: str, feature_lengths: dict[str, int], *,
                methods: Sequence[str] = ('generate',), batch_size: int = 32,
-               max_examples: Optional[int] = None, decoding_config: Decoding = Decoding(),
+               max_examples: Optional[int] = None,
+               decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),
                output_dir: Optional[str] = None):
     from prompt_tuning.data import pipeline, tasks
 
@@ -80,7 +57,7 @@ class Evaluator:
     self.task_name = task_name
     self.methods = tuple(methods)
     self.batch_size = batch_size
-    self.decoding = decoding_config
+    self.decoding_config = decoding_config
     self.output_dir = output_dir
     self.info = tasks.TASK_INFO.get(task_name)
     self.vocab = tasks.get_vocabulary(task_name)
@@ -117,8 +94,8 @@ class Evaluator:
     texts = []
     for _, real, rows in self._batches():
       preemption.check_interrupt()
-      tokens = self.decoding.decode(model, params, rows, self.target_length)[:real]
-      texts += [self.vocab.decode([int(t) for t in row if t > 0]) for row in tokens]
+      tokens = self.decoding_config.generate(model, params, rows, self.target_length)[:real]
+      texts += [self.vocab.decode([int(t) for t in row if t > PAD_ID]) for row in tokens]
     return texts
 
   def rank(self, model, params) -> list[str]:

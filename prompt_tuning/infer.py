@@ -1,4 +1,6 @@
-"""`python -m prompt_tuning.infer --gin_file=...`: T5X-style entry point."""
+"""`python -m prompt_tuning.infer --gin_file=...`, as T5X users launch `python -m t5x.infer`.
+
+Only a launcher (= `prompt-tuning infer`); what it runs is in runs.infer."""
 
 import sys
 

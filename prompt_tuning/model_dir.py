@@ -1,12 +1,18 @@
 """MODEL_DIR: its layout, what is committed in it, reading a step's prompt, and repair after a kill.
 
+The one owner of MODEL_DIR's paths: training, evaluation, inference, reporting and export ask
+here where things are and which steps exist.
+
   run_info.json                         what this run is (prompt length, width, base checkpoint)
   config.gin, operative_config.gin      the gin configuration of the launch
   checkpoints/<step>/                   orbax: TrainState + {'step', 'data_position'}
   numpy_checkpoints/checkpoint_<step>/encoder.prompt.prompt.prompt   (the anchor's float32 .npy)
   metrics.jsonl                         train and eval records, one JSON object a line
   inference_eval/                       predictions and metrics of each evaluation
-  best/, export/, train/, eval/, plots/ best prompt, final exports, TensorBoard, plot
+  inference/                            predictions of `infer`
+  best/{prompt, metrics.json}           the prompt with the best main eval metric
+  export/{prompt.npy, peft/}            the final prompt's exports
+  summary.json, train/, eval/, plots/   what the run printed, TensorBoard, plot
 
 The orbax step is the commit point. What a step produces is written atomically before it (the
 numpy prompt) or after it in an order that ends with a marker (an evaluation's record in
@@ -27,17 +33,27 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
+from prompt_tuning import prompt_files
+from prompt_tuning.atomic import TMP_MARK, atomic_write, tmp_name
+from prompt_tuning.models.prompt import PROMPT_PATH
+
 log = logging.getLogger('prompt_tuning')
 
 RUN_INFO = 'run_info.json'
+CONFIG_GIN = 'config.gin'
+OPERATIVE_CONFIG_GIN = 'operative_config.gin'
 CHECKPOINTS = 'checkpoints'
 NUMPY_CHECKPOINTS = 'numpy_checkpoints'
-NUMPY_NAME = 'encoder.prompt.prompt.prompt'
+NUMPY_NAME = '.'.join(PROMPT_PATH)  # T5X names numpy checkpoint files by the parameter path
 METRICS = 'metrics.jsonl'
 INFERENCE_EVAL = 'inference_eval'
+INFERENCE = 'inference'
+BEST = 'best'
+BEST_METRICS = 'metrics.json'
+EXPORT = 'export'
+SUMMARY = 'summary.json'
 # Fields that must agree for a MODEL_DIR to be resumed.
 IDENTITY_FIELDS = ('prompt_length', 'd_model', 'placement')
-_TMP = '.tmp-'
 _ORBAX_TMP = '.orbax-checkpoint-tmp'
 _PREDICTIONS_STEP = re.compile(r'-step(\d+)\.jsonl$')
 
@@ -48,44 +64,6 @@ class ModelDirError(ValueError):
 
 class RunMismatchError(ModelDirError):
   """MODEL_DIR holds a run that is incompatible with the requested one."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Atomic writes: a temporary sibling renamed into place, so a reader sees the old or the new file.
-
-
-def tmp_name(path: str) -> str:
-  return f'{path}{_TMP}{os.getpid()}'
-
-
-def atomic_write(path: str, data: bytes | str) -> str:
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = tmp_name(path)
-  with open(tmp, 'wb') as f:
-    f.write(data.encode() if isinstance(data, str) else data)
-    f.flush()
-    os.fsync(f.fileno())
-  os.replace(tmp, path)
-  return path
-
-
-def atomic_save(path: str, save: Callable[[str], Any]) -> str:
-  """Runs `save(tmp_path)` (a writer that wants a path), then renames into place."""
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  tmp = tmp_name(path)
-  save(tmp)
-  os.replace(tmp, path)
-  return path
-
-
-def save_npy(path: str, array: Any) -> str:
-  """float32 .npy content at `path` (extension-less paths too, as the anchor writes them)."""
-  value = np.asarray(array, np.float32)
-
-  def write(tmp):
-    with open(tmp, 'wb') as f:
-      np.save(f, value)
-  return atomic_save(path, write)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,8 +181,7 @@ def write_numpy_prompt(model_dir: str, step: int, prompt_PxD: Any) -> str:
   tmp_dir = tmp_name(final_dir)
   shutil.rmtree(tmp_dir, ignore_errors=True)
   os.makedirs(tmp_dir)
-  with open(os.path.join(tmp_dir, NUMPY_NAME), 'wb') as f:
-    np.save(f, np.asarray(prompt_PxD, np.float32))
+  prompt_files.write_npy(os.path.join(tmp_dir, NUMPY_NAME), prompt_PxD)
   if os.path.exists(final_dir):
     shutil.rmtree(final_dir)
   os.rename(tmp_dir, final_dir)
@@ -219,7 +196,9 @@ def read_orbax_prompt(model_dir: str, step: int) -> np.ndarray:
     with warnings.catch_warnings():  # "sharding info not provided": none is needed here
       warnings.simplefilter('ignore')
       tree = ocp.PyTreeCheckpointer().restore(path)
-    value = tree['params']['encoder']['prompt']['prompt']['prompt']
+    value = tree['params']
+    for key in PROMPT_PATH:
+      value = value[key]
   except Exception as e:  # orbax/tensorstore raise many unrelated types on damaged files
     raise ModelDirError(f'{path}: cannot read the prompt of step {step} ({one_line(e)}); the '
                         f'checkpoint is damaged.') from e
@@ -228,7 +207,6 @@ def read_orbax_prompt(model_dir: str, step: int) -> np.ndarray:
 
 def load_prompt(model_dir: str, step: Optional[int] = None) -> tuple[np.ndarray, int]:
   """(prompt, step): `step`'s prompt, or the latest committed step's; never another step's."""
-  from prompt_tuning import prompts
   if not os.path.isdir(model_dir):
     raise ModelDirError(f'MODEL_DIR {model_dir}: no such directory.')
   available = prompt_steps(model_dir)
@@ -239,7 +217,7 @@ def load_prompt(model_dir: str, step: Optional[int] = None) -> tuple[np.ndarray,
   if step not in available:
     raise ModelDirError(f'{model_dir}: no prompt for step {step}; available: {available}.')
   if os.path.isfile(numpy_prompt_path(model_dir, step)):
-    return prompts.load_prompt_file(numpy_prompt_path(model_dir, step)), step
+    return prompt_files.load_prompt_file(numpy_prompt_path(model_dir, step)), step
   return read_orbax_prompt(model_dir, step), step
 
 
@@ -296,12 +274,12 @@ def _remove_temporaries(root: str) -> list[str]:
   removed = []
   for dirpath, dirnames, filenames in os.walk(root):
     for name in list(dirnames):
-      if _TMP in name or _ORBAX_TMP in name:
+      if TMP_MARK in name or _ORBAX_TMP in name:
         shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
         dirnames.remove(name)
         removed.append(os.path.join(dirpath, name))
     for name in filenames:
-      if _TMP in name:
+      if TMP_MARK in name:
         os.remove(os.path.join(dirpath, name))
         removed.append(os.path.join(dirpath, name))
   return removed

@@ -22,8 +22,9 @@ from typing import Optional
 import jax
 import optax
 
-from prompt_tuning import checkpoints, evaluation, prompts, runs
+from prompt_tuning import checkpoints, evaluation, prompt_init, runs
 from prompt_tuning.models import t5
+from prompt_tuning.models.prompt import PromptConfig
 from prompt_tuning.train import losses
 
 log = logging.getLogger('prompt_tuning')
@@ -105,9 +106,9 @@ def quickstart(*, model_dir: str = os.path.join('runs', 'quickstart'),
   summary = runs.train(
       model_dir=prompt_dir, mixture_or_task_name=prompt_task, task_feature_lengths=lengths,
       batch_size=batch_size, train_steps=prompt_steps, initial_checkpoint_path=base_path,
-      model=config, prompt=prompts.PromptConfig(prompt_length),
+      model=config, prompt=PromptConfig(prompt_length),
       # The paper's class-label init: the ten digit labels, the rest sampled from the vocabulary.
-      prompt_init=functools.partial(prompts.initializer_by_name, 'class_labels',
+      prompt_init=functools.partial(prompt_init.initializer_by_name, 'class_labels',
                                     labels=[str(d) for d in range(10)]),
       learning_rate=learning_rate, eval_period=eval_period,
       eval_methods=('generate', 'rank'), eval_max_examples=eval_max_examples,
@@ -135,14 +136,18 @@ def _print_report(r: dict, model_dir: str, prompt_dir: str) -> None:
   def pct(v):  # metrics are percentages already, as T5 reports them
     return '  n/a ' if v is None else f'{v:5.1f}%'
 
+  untrained, tuned = pct(r['untrained prompt']), pct(r['tuned prompt'])
+  ranked, oracle = pct(r['tuned prompt (rank classification)']), pct(
+      r['task prefix, no prompt (oracle)'])
+  example_checkpoint = '/path/to/t5_1_1_lm100k_base/checkpoint_1100000'
   print(f"""
 Quickstart: prompt tuning a frozen tiny T5 1.1 ({r['model parameters (frozen)']:,} frozen weights,
 {r['prompt parameters']:,} trained prompt values), {r['seconds']}s.
 
 Accuracy on {r['task']} (validation; inputs WITHOUT the task prefix):
-  frozen model + untrained prompt       {pct(r['untrained prompt'])}
-  frozen model + tuned prompt           {pct(r['tuned prompt'])}   (rank classification: {pct(r['tuned prompt (rank classification)'])})
-  frozen model given the task prefix    {pct(r['task prefix, no prompt (oracle)'])}   (no prompt; the oracle input)
+  frozen model + untrained prompt       {untrained}
+  frozen model + tuned prompt           {tuned}   (rank classification: {ranked})
+  frozen model given the task prefix    {oracle}   (no prompt; the oracle input)
 
 What this shows: only the prompt was trained, and it steers the frozen model to the task that the
 prefix used to name. It is a toy-scale demonstration of the mechanism, not the paper's results.
@@ -150,6 +155,6 @@ prefix used to name. It is a toy-scale demonstration of the mechanism, not the p
 Everything is under {model_dir}/ (prompt checkpoints, numpy prompts, PEFT adapter, metrics, plot).
 To tune a prompt for a real model and task:
   prompt-tuning train --gin_file=configs/paper/t5_1_1_base_rte.gin \\
-    --gin.MODEL_DIR=/tmp/rte --gin.INITIAL_CHECKPOINT_PATH=/path/to/t5_1_1_lm100k_base/checkpoint_1100000
+    --gin.MODEL_DIR=/tmp/rte --gin.INITIAL_CHECKPOINT_PATH={example_checkpoint}
 (add --gin.MIXTURE_OR_TASK_NAME=super_glue_rte_local and set PROMPT_TUNING_DATA_DIR to use the
 official release files offline).""")

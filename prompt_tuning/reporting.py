@@ -1,8 +1,10 @@
-"""What a run leaves for people: TensorBoard scalars, JSONL metrics, progress, a plot, a summary.
+"""What a run leaves for people: TensorBoard scalars, JSONL metrics, progress, a plot, the best
+prompt so far, a summary.
 
   MODEL_DIR/train/ and MODEL_DIR/eval/    TensorBoard event files
   MODEL_DIR/metrics.jsonl                 one line per logged train/eval record
   MODEL_DIR/plots/training.png            training loss and the eval metric against step
+  MODEL_DIR/best/                         the prompt with the best main eval metric (BestPrompt)
 """
 
 from __future__ import annotations
@@ -15,8 +17,11 @@ import time
 from typing import Any, Optional
 
 import jax
+import numpy as np
 
 from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning import prompt_files
+from prompt_tuning.atomic import atomic_save, atomic_write
 
 log = logging.getLogger('prompt_tuning')
 
@@ -186,6 +191,57 @@ def plot(path: str, train: list[tuple[int, float]], evals: list[tuple[int, dict]
     ax2.set_ylabel(f'eval {metric}', color='tab:red')
   ax.set_title('prompt tuning')
   fig.tight_layout()
-  model_dir_lib.atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=100, format='png'))
+  atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=100, format='png'))
   plt.close(fig)
   return path
+
+
+class BestPrompt:
+  """Keeps the prompt with the best main eval metric at MODEL_DIR/best/."""
+
+  def __init__(self, model_dir: str, metric: Optional[str]):
+    self.dir = os.path.join(model_dir, model_dir_lib.BEST)
+    self.metric = metric
+    self.record: Optional[dict] = None
+    self.load()
+
+  def load(self) -> None:
+    path = os.path.join(self.dir, model_dir_lib.BEST_METRICS)
+    if self.metric and os.path.exists(path):
+      with open(path) as f:
+        self.record = json.load(f)
+
+  def update(self, step: int, metrics: dict, prompt_value) -> None:
+    if not self.metric or self.metric not in metrics or jax.process_index() != 0:
+      return
+    self.load()  # what a previous process of this run saved counts too
+    value = float(metrics[self.metric])
+    if self.record is not None and value <= self.record['value']:
+      return
+    record = {'step': step, 'metric': self.metric, 'value': value, 'metrics': metrics}
+    # The prompt first: a kill between the two writes leaves a metric that a rerun beats again.
+    prompt_files.write_npy(os.path.join(self.dir, model_dir_lib.NUMPY_NAME),
+                           np.asarray(jax.device_get(prompt_value)))
+    atomic_write(os.path.join(self.dir, model_dir_lib.BEST_METRICS),
+                 json.dumps(record, indent=2, default=float))
+    self.record = record
+
+
+def print_summary(summary: dict) -> None:
+  lines = [f"Prompt tuning of {summary['task']} finished ({summary['steps']} steps)."]
+  if summary.get('final_eval'):
+    lines.append('  final eval: ' + ', '.join(
+        f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'
+        for k, v in summary['final_eval'].items()))
+  if summary.get('best'):
+    b = summary['best']
+    lines.append(f"  best {b['metric']} {b['value']:.4f} at step {b['step']}: "
+                 f"{os.path.join(summary['model_dir'], model_dir_lib.BEST)}")
+  lines.append(f"  prompt checkpoints (orbax): {summary['checkpoints']}")
+  lines.append(f"  numpy prompts:              {summary['numpy_checkpoints']}")
+  for fmt, path in summary.get('exports', {}).items():
+    lines.append(f'  export ({fmt}):{" " * (15 - len(fmt))}{path}')
+  if summary.get('plot'):
+    lines.append(f"  plot:                       {summary['plot']}")
+  lines.append(f"  TensorBoard:                tensorboard --logdir {summary['tensorboard']}")
+  print('\n'.join(lines))

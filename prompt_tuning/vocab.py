@@ -1,4 +1,9 @@
-"""T5's SentencePiece vocabulary without TensorFlow (seqio's vocabulary needs tf.text).
+"""T5's vocabulary conventions and its SentencePiece tokenizer without TensorFlow.
+
+Owns the special ids every layer agrees on (`PAD_ID`, `EOS_ID`, and `token_mask`: which positions
+of a token array are real). `SentencePieceVocab` is the TF-free tokenizer for where SeqIO is
+absent (the GPU machines, prompt initialisation from text, benchmarks); the SeqIO tasks wrap the
+same model file (data/vocabularies.py).
 
 T5 appends `extra_ids` sentinel ids (<extra_id_0> ..) after the SentencePiece pieces, so the
 model's vocabulary (32100 for T5; the embedding is padded to 32128) is larger than the model file's.
@@ -7,12 +12,15 @@ model's vocabulary (32100 for T5; the embedding is padded to 32128) is larger th
 from __future__ import annotations
 
 import os
-from typing import Iterable
+from typing import Any, Iterable
 
-import sentencepiece as spm
-
-PAD_ID = 0
+PAD_ID = 0  # also the decoder's start token
 EOS_ID = 1
+
+
+def token_mask(tokens: Any) -> Any:
+  """True where `tokens` (numpy or jax, any shape) holds a real token rather than padding."""
+  return tokens > PAD_ID
 
 
 class SentencePieceVocab:
@@ -30,6 +38,7 @@ class SentencePieceVocab:
                        f'(e.g. sentencepiece.model).')
     if extra_ids < 0:
       raise ValueError(f'extra_ids must be >= 0, got {extra_ids}.')
+    import sentencepiece as spm  # only tokenizing needs it
     with open(path, 'rb') as f:
       proto = f.read()
     try:

@@ -1,4 +1,5 @@
-"""An independent T5 1.1 reference: a randomly initialised transformers model, saved as safetensors."""
+"""An independent T5 1.1 reference: a randomly initialised transformers model, saved as
+safetensors."""
 
 import numpy as np
 import torch

@@ -20,7 +20,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from prompt_tuning import cli, prompts
+from prompt_tuning import cli, prompt_init
+from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import loop, partitioning
 from train_fixtures import make_batch, make_trainer
@@ -62,7 +63,7 @@ def local_batches(start: int):
 
 def host_prompt(state) -> np.ndarray:
   """The replicated prompt as numpy; every local replica must hold the same bytes."""
-  prompt = prompts.get_prompt(state.params)
+  prompt = prompt_lib.get_prompt(state.params)
   copies = [np.asarray(shard.data) for shard in prompt.addressable_shards]
   assert len(copies) == jax.local_device_count(), len(copies)
   for copy in copies[1:]:
@@ -72,14 +73,14 @@ def host_prompt(state) -> np.ndarray:
 
 def check_processes_agree(state, final: np.ndarray) -> None:
   # The global array, gathered, is this process's copy; and every process holds the same.
-  gathered = multihost_utils.process_allgather(prompts.get_prompt(state.params), tiled=True)
+  gathered = multihost_utils.process_allgather(prompt_lib.get_prompt(state.params), tiled=True)
   np.testing.assert_array_equal(gathered, final)
   for other in multihost_utils.process_allgather(final):  # [processes, P, D]
     np.testing.assert_array_equal(other, final)
 
 
 def uniform_init(rng, shape):
-  return prompts.random_uniform(0.5)(rng, shape)
+  return prompt_init.random_uniform(0.5)(rng, shape)
 
 
 def train_mesh(trainer, prompt: np.ndarray) -> dict:

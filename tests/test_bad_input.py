@@ -168,7 +168,8 @@ def _base_with_missing_chunk(ctx):
 
 
 def _missing_chunk(ctx):
-  return Case(['convert', f'--input={_chunkless_checkpoint(ctx)}', f'--output={ctx.tmp / "out"}', '--to=hf'],
+  return Case(['convert', f'--input={_chunkless_checkpoint(ctx)}', f'--output={ctx.tmp / "out"}',
+               '--to=hf'],
               ["'encoder/layers_0/attention/query/kernel'", 'missing', '0.0'],
               str(ctx.tmp / 'out'))
 

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 from benchmarks import common
 from benchmarks import inference
 from benchmarks import train_step
-from prompt_tuning import prompts
+from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
 
 TINY = ['--size', 'tiny', '--batch', '2', '--inputs', '8', '--prompt', '4', '--targets', '4',
@@ -33,7 +33,7 @@ def test_inference_greedy_tiny():
 def test_forward_flops_match_xla():
   """The analytic forward matmul FLOPs agree with XLA's count (which adds elementwise work)."""
   config = t5.T5Config.preset('tiny', dtype='float32', d_model=128, d_ff=256, vocab_size=512)
-  prompt = prompts.PromptConfig(4)
+  prompt = prompt_lib.PromptConfig(4)
   model = t5.EncoderDecoder(config, prompt)
   enc = jax.ShapeDtypeStruct((2, 60), jnp.int32)
   dec = jax.ShapeDtypeStruct((2, 8), jnp.int32)

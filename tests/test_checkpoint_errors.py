@@ -91,7 +91,8 @@ def test_extra_key(fixture_copy, tmp_path):
 
 def test_shape_mismatch_against_config(fixture_copy):
   with pytest.raises(CheckpointError,
-                     match=r"checkpoint_3/checkpoint: parameter '(en|de)coder/layers_0/mlp/wi_0/kernel'"
+                     match=r"checkpoint_3/checkpoint: parameter "
+                           r"'(en|de)coder/layers_0/mlp/wi_0/kernel'"
                            r' has shape \(4, 8\) but the config expects \(4, 16\)'):
     checkpoints.load_params(fixture_copy, FIXTURE_CONFIG.replace(d_ff=16))
 

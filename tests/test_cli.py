@@ -6,7 +6,6 @@ import sys
 import zipfile
 
 import numpy as np
-import pytest
 
 from prompt_tuning import checkpoints, cli
 

@@ -11,7 +11,7 @@ import pytest
 
 from cli_helpers import rte_env, rte_train_args, run_cli
 from prompt_tuning import model_dir as model_dir_lib
-from prompt_tuning import runs
+from prompt_tuning import export
 
 STEPS = dict(TRAIN_STEPS=8, SAVE_PERIOD=2, EVAL_PERIOD=4)
 # (fault, what the kill cuts) in the order the restarted run reaches them.
@@ -89,7 +89,7 @@ def test_kills_and_sigterm_then_restart_leave_the_uninterrupted_files(shared, en
       assert value.tobytes() == expected.tobytes(), moment
     for older in model_dir_lib.prompt_steps(str(cut)):
       assert older <= committed
-    exported = runs.export(str(cut), 'npy', str(tmp_path / f'export-{fault}.npy'))
+    exported = export.export(str(cut), 'npy', str(tmp_path / f'export-{fault}.npy'))
     assert np.load(exported).tobytes() == value.tobytes(), moment
     if fault == 'after_save@8':  # TensorBoard was flushed with the save the kill followed
       assert set(range(1, 9)) <= _scalar_steps(cut / 'train', 'loss'), moment

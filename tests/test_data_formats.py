@@ -2,7 +2,8 @@
 
 Each expected string is written out by hand from the file's record and T5's preprocessors
 (t5/data/preprocessors.py: glue, stsb, record, wsc_simple/_wsc_inputs; glue_utils.py). The
-tf.data preprocessors and their Python twins must agree on every example of every shared file.
+tf.data preprocessors and their pure-Python versions must agree on every example of every shared
+file.
 """
 
 import json
@@ -52,14 +53,14 @@ def text_examples(name, split, batched=True):
   return out
 
 
-def twin_examples(name, split):
+def formatted_examples(name, split):
   return [f for raw in tasks.read_local_examples(name, split)
           for f in tasks.format_example(name, raw)]
 
 
-def assert_tf_matches_twin(name, split, batched=True):
+def assert_tf_matches_python(name, split, batched=True):
   got = text_examples(name, split, batched)
-  want = twin_examples(name, split)
+  want = formatted_examples(name, split)
   assert len(got) == len(want) > 0
   for i, (g, w) in enumerate(zip(got, want)):
     assert (g['inputs'], g['targets']) == (w['inputs'], w['targets']), (name, split, i)
@@ -162,7 +163,7 @@ MULTIRC_PARAGRAPH = (
 @pytest.mark.parametrize('name,split,expected', REAL, ids=[f'{n}-{s}' for n, s, _ in REAL])
 def test_real_examples(shared_data, local_dir, name, split, expected):
   local_dir(shared_data)
-  got = assert_tf_matches_twin(name, split)
+  got = assert_tf_matches_python(name, split)
   if name == 'super_glue_boolq_local':
     got = got[2:]  # the first two passages are long; the third is short enough to write out
   assert [(g['inputs'], g['targets']) for g in got[:len(expected)]] == expected
@@ -172,7 +173,7 @@ def test_real_mrpc_tokenized_file_as_tfds_reads_it(shared_data, local_dir):
   local_dir(shared_data)
   tasks.set_local_file('glue_mrpc_local', 'validation', 'glue/MRPC/dev_tokenized_lmbff.tsv')
   try:
-    got = assert_tf_matches_twin('taskless_glue_mrpc_local', 'validation')
+    got = assert_tf_matches_python('taskless_glue_mrpc_local', 'validation')
   finally:
     tasks.set_local_file('glue_mrpc_local', 'validation', 'glue/MRPC/dev.tsv')
   assert len(got) == 408
@@ -186,7 +187,7 @@ def test_real_mrpc_tokenized_file_as_tfds_reads_it(shared_data, local_dir):
 
 def test_real_multirc_one_example_per_answer_with_ids(shared_data, local_dir):
   local_dir(shared_data)
-  got = assert_tf_matches_twin('super_glue_multirc_local', 'validation')
+  got = assert_tf_matches_python('super_glue_multirc_local', 'validation')
   assert len(got) == 4848  # every answer option of the 953 questions
   question = ('multirc question: Would the mass of a baseball affect how much force you have to '
               'use to pick it up? answer: ')
@@ -201,10 +202,10 @@ def test_real_multirc_one_example_per_answer_with_ids(shared_data, local_dir):
 
 def test_real_wsc_train_keeps_true_referents_only(shared_data, local_dir):
   local_dir(shared_data)
-  train = assert_tf_matches_twin('super_glue_wsc_local', 'train')
+  train = assert_tf_matches_python('super_glue_wsc_local', 'train')
   # T5 weights super_glue_wsc_v102_simple_train by its 259 examples.
   assert len(train) == 259 and all(g['label'] == 1 for g in train)
-  validation = assert_tf_matches_twin('super_glue_wsc_local', 'validation')
+  validation = assert_tf_matches_python('super_glue_wsc_local', 'validation')
   assert len(validation) == 104 and {g['label'] for g in validation} == {0, 1}
   # T5's hand-written special case (span2_index points at 'use', not 'it').
   special = [g['inputs'] for g in validation if 'magic pebble' in g['inputs']]
@@ -216,8 +217,8 @@ def test_real_wsc_train_keeps_true_referents_only(shared_data, local_dir):
 
 def test_real_rte_and_copa_train(shared_data, local_dir):
   local_dir(shared_data)
-  assert len(assert_tf_matches_twin('super_glue_rte_local', 'train')) == 2490
-  copa = assert_tf_matches_twin('super_glue_copa_local', 'train')
+  assert len(assert_tf_matches_python('super_glue_rte_local', 'train')) == 2490
+  copa = assert_tf_matches_python('super_glue_copa_local', 'train')
   assert (copa[0]['inputs'], copa[0]['targets']) == (
       'copa choice1: The sun was rising. choice2: The grass was cut. premise: My body cast a '
       'shadow over the grass. question: cause', 'choice1')
@@ -236,7 +237,7 @@ def test_real_taskless(shared_data, local_dir):
                               'lemon trees , but *they* came out looking more like light bulbs.')
   sst2 = text_examples('taskless_glue_sst2_local', 'validation')
   assert sst2[1]['inputs'] == 'sentence: unflinchingly bleak and desperate '
-  assert twin_examples('taskless_glue_sst2_local', 'validation')[1]['inputs'] == (
+  assert formatted_examples('taskless_glue_sst2_local', 'validation')[1]['inputs'] == (
       'sentence: unflinchingly bleak and desperate ')
 
 
@@ -363,13 +364,13 @@ HANDWRITTEN = [
 @pytest.mark.parametrize('name,expected', HANDWRITTEN, ids=[n for n, _ in HANDWRITTEN])
 def test_handwritten_examples(handwritten, local_dir, name, expected):
   local_dir(handwritten)
-  got = assert_tf_matches_twin(name, 'validation')
+  got = assert_tf_matches_python(name, 'validation')
   assert [(g['inputs'], g['targets']) for g in got] == expected
 
 
 def test_handwritten_record_one_example_per_answer(handwritten, local_dir):
   local_dir(handwritten)
-  got = assert_tf_matches_twin('super_glue_record_local', 'validation', batched=False)
+  got = assert_tf_matches_python('super_glue_record_local', 'validation', batched=False)
   passage = 'Rover the dog chased a cat in Paris. Rover is fast. The cat escaped'
   first = ('record query: @placeholder is a fast dog. entities: Paris, Rover passage: '
            + passage)
@@ -394,7 +395,7 @@ def test_handwritten_glue_mnli_splits(handwritten, local_dir):
       'question1: How do I learn Python? question2: What is the best way to learn Python?')
 
 
-def test_twins_on_edge_cases():
+def test_python_formatters_on_edge_cases():
   # T5's hand-written WSC special case (the pronoun is glued to punctuation).
   text = ('The boy continued to whip the pony , and eventually the pony threw him over. John '
           'laughed out quite loud. "Good for him," he said. ')

@@ -11,9 +11,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning import prompts
+from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
-from prompt_tuning.train import decoding
+from prompt_tuning import decoding
 
 T = 12  # max decode length
 
@@ -22,7 +22,7 @@ T = 12  # max decode length
 def setup():
   """(config, params, encoder tokens) shared by every model below (prompt shapes agree)."""
   config = t5.T5Config.preset('tiny', dtype='float32', vocab_size=64, num_encoder_layers=1)
-  params = _eos_scaled(t5.init_params(config, prompt=prompts.PromptConfig(3)), 6.0)
+  params = _eos_scaled(t5.init_params(config, prompt=prompt_lib.PromptConfig(3)), 6.0)
   rng = np.random.RandomState(0)
   enc = rng.randint(2, 64, (4, 7))
   for row, n in enumerate([6, 4, 2, 5]):
@@ -40,7 +40,7 @@ def _eos_scaled(params, factor):
 
 
 def _model(config, placement='prefix'):
-  return t5.EncoderDecoder(config, prompts.PromptConfig(3, placement))
+  return t5.EncoderDecoder(config, prompt_lib.PromptConfig(3, placement))
 
 
 @functools.partial(jax.jit, static_argnames='model')
@@ -123,7 +123,7 @@ def test_greedy_is_stepwise_argmax_of_teacher_forced_logits(setup, greedy_prefix
 def test_prompt_reaches_decoding(setup, greedy_prefix):
   config, params, enc = setup
   shifted = jax.tree_util.tree_map(lambda x: x, params)
-  prompt = prompts.get_prompt(prompts.split_params(params)[1])
+  prompt = prompt_lib.get_prompt(prompt_lib.split_params(params)[1])
   shifted['encoder']['prompt']['prompt']['prompt'] = prompt + 3.0
   other = decoding.greedy(_model(config), shifted, enc, T)
   assert not np.array_equal(other, greedy_prefix)
@@ -264,7 +264,7 @@ def test_top_k_filter_keeps_k_largest():
 def test_score_candidates_equals_scoring_each_candidate():
   """Rank classification encodes once; it must equal scoring each (input, candidate) pair."""
   config = t5.T5Config.preset('tiny', dtype='float32', vocab_size=64, num_encoder_layers=1)
-  prompt = prompts.PromptConfig(3)
+  prompt = prompt_lib.PromptConfig(3)
   model = t5.EncoderDecoder(config, prompt)
   params = t5.init_params(config, prompt=prompt)
   rng = np.random.RandomState(0)

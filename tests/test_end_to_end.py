@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from prompt_tuning import prompts
+from prompt_tuning import prompt_files
 
 from cli_helpers import FIXTURE_MODEL, run_cli as run
 
@@ -64,7 +64,7 @@ def test_export_command(rte_run):
   run(['export', f'--model_dir={model_dir}', '--format=npy', f'--output={tmp / "p.npy"}',
        '--step=0'], env, str(tmp))
   final = np.load(model_dir / 'numpy_checkpoints' / 'checkpoint_3' / 'encoder.prompt.prompt.prompt')
-  np.testing.assert_array_equal(prompts.load_prompt_file(str(tmp / 'peft')), final)
+  np.testing.assert_array_equal(prompt_files.load_prompt_file(str(tmp / 'peft')), final)
   start = np.load(model_dir / 'numpy_checkpoints' / 'checkpoint_0' / 'encoder.prompt.prompt.prompt')
   np.testing.assert_array_equal(np.load(tmp / 'p.npy'), start)
 

@@ -3,7 +3,6 @@
 import jax
 import numpy as np
 import pytest
-import torch
 import transformers
 
 from hf_reference import SMALL, hf_forward, make_hf_t5, max_rel_err, padded_batch

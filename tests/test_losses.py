@@ -99,12 +99,12 @@ def test_loss_normalizing_factor(batch, factor):
 
 def test_normalizing_factor_under_jit(batch):
   logits, targets, weights = batch
-  fn = jax.jit(lambda l, t, w: losses.cross_entropy_loss(
-      l, t, w, loss_normalizing_factor=losses.NUM_REAL_TARGET_TOKENS))
+  fn = jax.jit(lambda x, t, w: losses.cross_entropy_loss(
+      x, t, w, loss_normalizing_factor=losses.NUM_REAL_TARGET_TOKENS))
   _close(fn(logits, targets, weights),
          _reference(logits, targets, weights, divisor=weights.sum()))
   # A traced numeric factor (e.g. computed from the batch) is accepted too.
-  fn = jax.jit(lambda l, t, w, f: losses.cross_entropy_loss(l, t, w, loss_normalizing_factor=f))
+  fn = jax.jit(lambda x, t, w, f: losses.cross_entropy_loss(x, t, w, loss_normalizing_factor=f))
   _close(fn(logits, targets, weights, jnp.float32(3.0)),
          _reference(logits, targets, weights, divisor=3.0))
 
@@ -126,8 +126,8 @@ def test_gradient_is_finite_and_analytic(batch):
   logits, targets, weights = batch
   logits = 30.0 * logits  # large logits: log_z ~ 100, softmax nearly one-hot
   coef, ls = 1e-4, 0.1
-  grad = jax.grad(lambda l: losses.cross_entropy_loss(
-      l, targets, weights, z_loss=coef, label_smoothing=ls)[0])(jnp.asarray(logits))
+  grad = jax.grad(lambda x: losses.cross_entropy_loss(
+      x, targets, weights, z_loss=coef, label_smoothing=ls)[0])(jnp.asarray(logits))
   grad = np.asarray(grad)
   assert np.isfinite(grad).all()
   # d/dlogits [KL(q || p) + c log_z^2] = p * (1 + 2 c log_z) - q, times the token weight.

@@ -3,9 +3,6 @@
 import json
 import os
 import shutil
-import signal
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -155,27 +152,3 @@ def test_usable_model_dir(tmp_path):
     model_dir_lib.check_usable(str(tmp_path / 'f'))
   with pytest.raises(model_dir_lib.ModelDirError, match='is a file, so the directory cannot'):
     model_dir_lib.check_usable(str(tmp_path / 'f' / 'run'))
-
-
-def test_atomic_write_replaces_whole(tmp_path):
-  path = str(tmp_path / 'a.json')
-  model_dir_lib.atomic_write(path, 'old')
-  model_dir_lib.atomic_write(path, b'new')
-  assert open(path).read() == 'new' and os.listdir(tmp_path) == ['a.json']
-
-
-def test_second_signal_exits_at_once():
-  script = ('import os, signal, time\n'
-            'from prompt_tuning.train import preemption\n'
-            'with preemption.SignalGuard():\n'
-            '  os.kill(os.getpid(), signal.SIGTERM)\n'
-            '  assert preemption.requested() == "SIGTERM"\n'
-            '  print("saving", flush=True)\n'
-            '  os.kill(os.getpid(), signal.SIGTERM)\n'
-            '  time.sleep(30)\n'
-            '  print("still running")\n')
-  proc = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True,
-                        timeout=60)
-  assert proc.returncode == 128 + signal.SIGTERM, proc.stderr
-  assert proc.stdout == 'saving\n'
-  assert 'second SIGTERM: exiting now' in proc.stderr

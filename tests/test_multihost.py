@@ -17,7 +17,8 @@ import time
 import flax
 import numpy as np
 
-from prompt_tuning import prompts
+from prompt_tuning.models import prompt as prompt_lib
+from prompt_tuning import model_dir as model_dir_lib
 from prompt_tuning.train import state as state_lib
 from train_fixtures import make_trainer
 
@@ -137,10 +138,10 @@ def check_loop(p0, p1, ref, model_dir, config, frozen):
   numpy_dir = os.path.join(model_dir, 'numpy_checkpoints')
   assert sorted(os.listdir(numpy_dir)) == ['checkpoint_0', 'checkpoint_2', 'checkpoint_3']
   for step in os.listdir(numpy_dir):
-    assert os.listdir(os.path.join(numpy_dir, step)) == [state_lib.NUMPY_NAME]
+    assert os.listdir(os.path.join(numpy_dir, step)) == [model_dir_lib.NUMPY_NAME]
   assert sorted(f for f in os.listdir(model_dir) if os.path.isfile(
-      os.path.join(model_dir, f))) == [state_lib.RUN_INFO]
-  saved = np.load(state_lib.numpy_prompt_path(model_dir, 3))
+      os.path.join(model_dir, f))) == [model_dir_lib.RUN_INFO]
+  saved = np.load(model_dir_lib.numpy_prompt_path(model_dir, 3))
   assert saved.dtype == np.float32 and saved.tobytes() == final.tobytes()
   # The orbax step both processes committed restores here, on this process's own devices.
   ckpt = state_lib.PromptCheckpointer(model_dir)
@@ -151,4 +152,4 @@ def check_loop(p0, p1, ref, model_dir, config, frozen):
     ckpt.close()
   assert meta == {'step': 3, 'data_position': 3}
   assert int(restored.step) == 3
-  assert np.asarray(prompts.get_prompt(restored.params)).tobytes() == final.tobytes()
+  assert np.asarray(prompt_lib.get_prompt(restored.params)).tobytes() == final.tobytes()

@@ -3,7 +3,6 @@
 import json
 import os
 
-import msgpack
 import jax
 import numpy as np
 import pytest
@@ -172,8 +171,9 @@ def test_gcs_and_gfile_specs_resolve():
                                         'path': 'target.token_embedder.embedding'},
           'metadata': {}}
   gcs = t5x.absolute_spec(spec, 'gs://my-bucket/models/lm100k/checkpoint_1100000')
-  assert gcs['kvstore'] == {'driver': 'gcs', 'bucket': 'my-bucket',
-                            'path': 'models/lm100k/checkpoint_1100000/target.token_embedder.embedding'}
+  assert gcs['kvstore'] == {
+      'driver': 'gcs', 'bucket': 'my-bucket',
+      'path': 'models/lm100k/checkpoint_1100000/target.token_embedder.embedding'}
   local = t5x.absolute_spec({**spec, 'kvstore': {'driver': 'gfile', 'path': 'target.x'}}, '/ckpt')
   assert local['kvstore'] == {'driver': 'file', 'path': '/ckpt/target.x'}
   # tensorstore < 0.1.14 kept the path at the top level.

@@ -1,6 +1,5 @@
 """Prompt-only training: what changes, what is compiled, resume, divergence, bad input."""
 
-import json
 import os
 
 import jax
@@ -8,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning import prompts
+from prompt_tuning import checkpoints, prompt_init
+from prompt_tuning.models import prompt as prompt_lib
+from prompt_tuning import model_dir as model_dir_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import losses, loop, optim, state as state_lib
-from prompt_tuning.train.trainer import PromptTrainer
 from train_fixtures import batches, make_batch, make_trainer
 
 
@@ -22,7 +22,7 @@ def model():
 
 
 def uniform_init(rng, shape):
-  return prompts.random_uniform(0.5)(rng, shape)
+  return prompt_init.random_uniform(0.5)(rng, shape)
 
 
 def test_only_the_prompt_changes(model):
@@ -30,10 +30,10 @@ def test_only_the_prompt_changes(model):
   before = jax.tree_util.tree_map(np.array, frozen)
   trainer = make_trainer(config, frozen)
   state = trainer.init_state(np.random.RandomState(0).uniform(-0.5, 0.5, (5, 32)))
-  prompt0 = np.array(prompts.get_prompt(state.params))
+  prompt0 = np.array(prompt_lib.get_prompt(state.params))
   for i in range(2):
     state, metrics = trainer.train_step(state, make_batch(i))
-  assert not np.array_equal(prompt0, np.asarray(prompts.get_prompt(state.params)))
+  assert not np.array_equal(prompt0, np.asarray(prompt_lib.get_prompt(state.params)))
   for tree in (frozen, trainer.frozen):
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(before),
                             jax.tree_util.tree_leaves(tree)):
@@ -58,7 +58,7 @@ def test_no_frozen_weight_gradient_work_survives_compilation():
   feature_shapes = {'encoder_input_tokens': (8, 32), 'decoder_input_tokens': (8, 8),
                     'decoder_target_tokens': (8, 8)}
   step_flops = _flops(trainer.lower_train_step(feature_shapes).compile())
-  full = prompts.merge_params(frozen, prompts.prompt_tree(jnp.zeros((5, 128))))
+  full = prompt_lib.merge_params(frozen, prompt_lib.prompt_tree(jnp.zeros((5, 128))))
   batch = {k: jnp.ones(s, jnp.int32) for k, s in feature_shapes.items()}
 
   def forward_loss(params, b):
@@ -91,14 +91,14 @@ def test_resume_is_bit_identical(model, tmp_path):
   straight = run(tmp_path / 'straight', 4)
   run(tmp_path / 'resumed', 2)
   resumed = run(tmp_path / 'resumed', 4)
-  a = np.asarray(prompts.get_prompt(straight.params))
-  b = np.asarray(prompts.get_prompt(resumed.params))
+  a = np.asarray(prompt_lib.get_prompt(straight.params))
+  b = np.asarray(prompt_lib.get_prompt(resumed.params))
   assert a.tobytes() == b.tobytes()
   assert int(resumed.step) == 4
   # The anchor's numpy checkpoints, float32, next to the small orbax state.
-  saved = np.load(state_lib.numpy_prompt_path(str(tmp_path / 'resumed'), 4))
+  saved = np.load(model_dir_lib.numpy_prompt_path(str(tmp_path / 'resumed'), 4))
   assert saved.dtype == np.float32 and saved.tobytes() == b.tobytes()
-  assert os.path.exists(state_lib.numpy_prompt_path(str(tmp_path / 'resumed'), 0))
+  assert os.path.exists(model_dir_lib.numpy_prompt_path(str(tmp_path / 'resumed'), 0))
 
 
 def test_checkpoint_is_prompt_sized(model, tmp_path):
@@ -133,7 +133,7 @@ def test_model_dir_of_another_run_is_refused_untouched(model, tmp_path):
              prompt_init=uniform_init, save_every=2)
   before = _snapshot(tmp_path)
   other = make_trainer(config, frozen, prompt_length=7)
-  with pytest.raises(state_lib.RunMismatchError,
+  with pytest.raises(model_dir_lib.RunMismatchError,
                      match=r'holds a different prompt-tuning run \(prompt_length: saved 5, '
                            r'requested 7\).*nothing was changed'):
     loop.train(other, lambda pos: batches(pos), str(tmp_path), 4, prompt_init=uniform_init)
@@ -162,8 +162,8 @@ def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(model, tmp_path
   ckpt = state_lib.PromptCheckpointer(str(tmp_path))
   assert ckpt.latest_step() == 2
   state, _ = ckpt.restore(trainer.abstract_state())
-  assert np.isfinite(np.asarray(prompts.get_prompt(state.params))).all()
-  assert np.isfinite(np.load(state_lib.numpy_prompt_path(str(tmp_path), 2))).all()
+  assert np.isfinite(np.asarray(prompt_lib.get_prompt(state.params))).all()
+  assert np.isfinite(np.load(model_dir_lib.numpy_prompt_path(str(tmp_path), 2))).all()
 
 
 def test_wrong_prompt_shape_is_refused(model):
@@ -190,17 +190,16 @@ def test_frozen_weights_can_be_bfloat16(model):
   state = trainer.init_state(np.zeros((5, 32)))
   state, metrics = trainer.train_step(state, make_batch(0))
   assert np.isfinite(float(metrics['loss']))
-  assert prompts.get_prompt(state.params).dtype == jnp.float32
+  assert prompt_lib.get_prompt(state.params).dtype == jnp.float32
 
 
 def test_missing_base_checkpoint(tmp_path):
-  from prompt_tuning import checkpoints
   missing = str(tmp_path / 'lm100k')
   with pytest.raises(checkpoints.CheckpointError,
                      match=rf'base checkpoint \(INITIAL_CHECKPOINT_PATH\): {missing}: no such'):
-    loop.load_base_checkpoint(missing)
+    checkpoints.load_base(missing)
   with pytest.raises(ValueError, match='set INITIAL_CHECKPOINT_PATH'):
-    loop.load_base_checkpoint(None)
+    checkpoints.load_base(None)
 
 
 def test_prompt_file_of_wrong_shape_writes_nothing(model, tmp_path):
@@ -210,5 +209,5 @@ def test_prompt_file_of_wrong_shape_writes_nothing(model, tmp_path):
   model_dir = tmp_path / 'run'
   with pytest.raises(ValueError, match=r'prompt.npy.*\(5, 16\).*\(5, 32\)'):
     loop.train(make_trainer(config, frozen), lambda pos: batches(pos), str(model_dir), 2,
-               prompt_init=prompts.from_file(str(bad)))
+               prompt_init=prompt_init.from_file(str(bad)))
   assert not model_dir.exists()

@@ -2,8 +2,7 @@
 
 import numpy as np
 
-from prompt_tuning import prompts
-from prompt_tuning.models import t5
+from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.train import optim
 from prompt_tuning.train.trainer import PromptTrainer
 
@@ -30,5 +29,5 @@ def batches(start: int = 0, **kw):
 
 
 def make_trainer(config, frozen, prompt_length=5, optimizer=None, **kw) -> PromptTrainer:
-  return PromptTrainer(config, prompts.PromptConfig(prompt_length), frozen,
+  return PromptTrainer(config, prompt_lib.PromptConfig(prompt_length), frozen,
                        optimizer or optim.adafactor(), **kw)

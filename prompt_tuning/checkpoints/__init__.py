@@ -13,9 +13,10 @@ from prompt_tuning.checkpoints import hf, t5x
 from prompt_tuning.checkpoints.common import (CheckpointError, check_params, derive_config,
                                               flatten, unflatten)
 from prompt_tuning.models import t5
+from prompt_tuning.models.prompt import split_params
 
-__all__ = ['CheckpointError', 'detect_format', 'load_params', 'read_step', 'save_hf',
-           'save_t5x']
+__all__ = ['CheckpointError', 'convert', 'detect_format', 'load_base', 'load_params', 'read_step',
+           'save_hf', 'save_t5x']
 
 # Trainable additions that may ride along in a full checkpoint (e.g. a prompt inserted for T5X).
 _EXTRA_PREFIXES = ('encoder/prompt/',)
@@ -65,6 +66,20 @@ def load_params(path: str, config: Optional[t5.T5Config] = None
   return resolved, unflatten(flat)
 
 
+def load_base(path: Optional[str], config: Optional[t5.T5Config] = None
+              ) -> tuple[t5.T5Config, dict[str, Any]]:
+  """(config, frozen params) from INITIAL_CHECKPOINT_PATH; a prompt stored there is dropped."""
+  if not path:
+    raise ValueError('No base checkpoint: set INITIAL_CHECKPOINT_PATH to a T5X checkpoint or a '
+                     'Hugging Face T5 1.1 directory.')
+  try:
+    config, params = load_params(path, config)
+  except CheckpointError as e:
+    raise CheckpointError(f'Cannot load the base checkpoint (INITIAL_CHECKPOINT_PATH): {e}') from e
+  frozen, _ = split_params(params)
+  return config, frozen
+
+
 def read_step(path: str) -> int:
   """The training step stored in a T5X checkpoint (1,100,000 for lm100k); 0 for other formats."""
   if detect_format(path) != 't5x':
@@ -84,3 +99,13 @@ def save_hf(directory: str, config: t5.T5Config, params: Mapping[str, Any],
   check_params(flatten(params), config, directory,
                ignore=_EXTRA_PREFIXES)
   return hf.save(directory, config, params, max_shard_bytes=max_shard_bytes)
+
+
+def convert(source: str, output: str, to: str) -> str:
+  """`prompt-tuning convert`: T5X <-> Hugging Face safetensors; returns what it wrote."""
+  if to not in ('t5x', 'hf'):
+    raise ValueError(f"Unknown target format {to!r}; choose 't5x' or 'hf'.")
+  config, params = load_params(source)
+  if to == 'hf':
+    return save_hf(output, config, params)
+  return save_t5x(output, params, read_step(source))

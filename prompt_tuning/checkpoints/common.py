@@ -1,4 +1,4 @@
-"""Shared pieces of the checkpoint formats: the error type, flat paths, config derivation, checks."""
+"""Shared pieces of the checkpoint formats: error type, flat paths, config derivation, checks."""
 
 from __future__ import annotations
 

@@ -1,9 +1,11 @@
 """T5X's legacy checkpoint format, read and written without t5x.
 
 A checkpoint directory `checkpoint_<step>/` holds a msgpack file `checkpoint` (written by
-flax.serialization) of `{'version': 3, 'optimizer': {'target': params, 'state': {'step', 'param_states'}}}`.
-Large arrays are not inline: their leaf is a TensorStore spec whose kvstore path is relative to the
-directory (`target.encoder.layers_0.attention.query.kernel`), and the array is a zarr v2 store there.
+flax.serialization) of
+`{'version': 3, 'optimizer': {'target': params, 'state': {'step', 'param_states'}}}`.
+Large arrays are not inline: their leaf is a TensorStore spec whose kvstore path is relative to
+the directory (`target.encoder.layers_0.attention.query.kernel`), and the array is a zarr v2 store
+there.
 """
 
 from __future__ import annotations

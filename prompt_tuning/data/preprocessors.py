@@ -1,4 +1,4 @@
-"""T5's text-to-text formats for GLUE and SuperGLUE, as tf.data preprocessors and Python twins.
+"""T5's text-to-text formats for GLUE and SuperGLUE, as tf.data preprocessors and in pure Python.
 
 Every format reproduces T5's (google-research/text-to-text-transfer-transformer,
 t5/data/preprocessors.py and t5/data/glue_utils.py) character for character. The input examples
@@ -6,7 +6,7 @@ use TFDS's schema (`glue/*:2.0.0`, `super_glue/*:1.0.2`): class labels are integ
 and ReCoRD carry nested `idx` dicts. Local files are converted to that schema first (tasks.py),
 so one preprocessor serves both sources.
 
-The `*_text` functions are pure-Python twins of the tf.data versions, for tests and for callers
+The `*_text` functions are pure-Python versions of the tf.data ones, for tests and for callers
 without TensorFlow; tests check that both agree on the real data.
 """
 
@@ -56,7 +56,7 @@ def _feature_keys(example: Mapping[str, Any], feature_names: Optional[Sequence[s
   return list(feature_names or sorted(set(example) - {'label', 'idx'}))
 
 
-# ================================ Python twins ================================
+# ========================= Pure-Python versions (`*_text`) =========================
 
 def glue_text(example: Mapping[str, Any], benchmark_name: str, label_names: Sequence[str],
               feature_names: Optional[Sequence[str]] = None) -> dict[str, Any]:

@@ -91,7 +91,7 @@ class TaskInfo:
 TASK_INFO: dict[str, TaskInfo] = {}
 
 # name -> pure-Python formatter (TFDS-schema example -> formatted examples), for tests and tools.
-_TWINS: dict[str, Callable[[dict], list[dict]]] = {}
+_FORMATTERS: dict[str, Callable[[dict], list[dict]]] = {}  # pure-Python `format_example`s
 # name -> ({split: path parts}, reader, train filter) of every `*_local` task.
 _LOCAL: dict[str, tuple] = {}
 
@@ -125,7 +125,7 @@ def local_data_dir() -> Optional[str]:
 
 
 def set_local_file(name: str, split: str, relative_path: str) -> None:
-  """Reads `split` of the local task `name` (and its taskless twin) from another file.
+  """Reads `split` of the local task `name` (and its taskless variant) from another file.
 
   E.g. MRPC: TFDS's glue/mrpc has the tokenized MSR text; to get T5's exact inputs offline use
   `set_local_file('glue_mrpc_local', 'validation', 'glue/MRPC/dev_tokenized_lmbff.tsv')`.
@@ -668,7 +668,7 @@ def _superglue_text_preprocessor(task: str):
                            label_names=_SUPERGLUE_LABELS[task], feature_names=feature_names)
 
 
-def _superglue_twin(task: str) -> Callable[[dict], list[dict]]:
+def _superglue_formatter(task: str) -> Callable[[dict], list[dict]]:
   if task == 'record':
     return preprocessors.record_text
   if task == 'wsc':
@@ -678,7 +678,7 @@ def _superglue_twin(task: str) -> Callable[[dict], list[dict]]:
   return lambda ex: [preprocessors.glue_text(ex, task, _SUPERGLUE_LABELS[task], feature_names)]
 
 
-def _glue_twin(task: str, labels) -> Callable[[dict], list[dict]]:
+def _glue_formatter(task: str, labels) -> Callable[[dict], list[dict]]:
   if task == 'stsb':
     return lambda ex: [preprocessors.stsb_text(ex)]
   benchmark = 'mnli' if task.startswith('mnli') else task
@@ -710,14 +710,14 @@ def _add_task(name: str, source: seqio.DataSource, text_preprocessors: list, voc
   TASK_INFO[name] = info
 
 
-def _taskless_twin(twin: Callable[[dict], list[dict]]) -> Callable[[dict], list[dict]]:
+def _taskless_formatter(formatter: Callable[[dict], list[dict]]) -> Callable[[dict], list[dict]]:
   def fn(example):
     return [{**ex, 'inputs': preprocessors.remove_first_token_text(ex['inputs'])}
-            for ex in twin(example)]
+            for ex in formatter(example)]
   return fn
 
 
-def _add_variants(name: str, tfds: tuple, local: tuple, text_preprocessor, twin,
+def _add_variants(name: str, tfds: tuple, local: tuple, text_preprocessor, formatter,
                   postprocess_fn, metric_fns, info: TaskInfo) -> None:
   """name, name_local, taskless_name, taskless_name_local."""
   tfds_name, tfds_splits, tfds_train_filter = tfds
@@ -725,7 +725,7 @@ def _add_variants(name: str, tfds: tuple, local: tuple, text_preprocessor, twin,
   local_source = _Source(functools.partial(_local_dataset, files, reader, train_filter),
                          splits=tuple(files))
   for prefix, extra in (('', []), ('taskless_', [preprocessors.remove_first_text_token])):
-    # Each TFDS variant's offline error names its own local twin.
+    # Each TFDS variant's offline error names its own local variant.
     tfds_source = _Source(functools.partial(_tfds_dataset, tfds_name, tfds_splits,
                                             f'{prefix}{name}_local', tfds_train_filter),
                           splits=tuple(tfds_splits))
@@ -733,7 +733,7 @@ def _add_variants(name: str, tfds: tuple, local: tuple, text_preprocessor, twin,
       full = f'{prefix}{name}{suffix}'
       _add_task(full, source, [text_preprocessor] + extra, _TEXT_VOCAB, postprocess_fn,
                 metric_fns, info)
-      _TWINS[full] = _taskless_twin(twin) if prefix else twin
+      _FORMATTERS[full] = _taskless_formatter(formatter) if prefix else formatter
       if suffix:
         _LOCAL[full] = local
 
@@ -751,7 +751,7 @@ def _register_super_glue() -> None:
              (lambda ex: ex['label'] == 1) if is_wsc else None)
     postprocess_fn, metric_fns, main_metric = _superglue_eval(task)
     _add_variants(name, tfds, local, _superglue_text_preprocessor(task),
-                  _superglue_twin(task), postprocess_fn, metric_fns,
+                  _superglue_formatter(task), postprocess_fn, metric_fns,
                   TaskInfo(_SUPERGLUE_LABELS[task], main_metric, 'super_glue'))
 
 
@@ -765,7 +765,7 @@ def _register_glue() -> None:
              _glue_reader(task, text_features, label_column, labels), None)
     postprocess_fn, metric_fns, main_metric = _glue_eval(task, labels)
     _add_variants(name, tfds, local, _glue_text_preprocessor(task, labels),
-                  _glue_twin(task, labels), postprocess_fn, metric_fns,
+                  _glue_formatter(task, labels), postprocess_fn, metric_fns,
                   TaskInfo(labels, main_metric, 'glue'))
 
 
@@ -894,12 +894,12 @@ def check_vocabulary(name: str) -> None:
 
 
 def format_example(name: str, example: dict) -> list[dict]:
-  """Pure-Python twin of `name`'s text preprocessing: TFDS-schema example -> its formatted
+  """Pure-Python version of `name`'s text preprocessing: TFDS-schema example -> its formatted
   example(s) (ReCoRD gives one per answer), with `inputs`, `targets` and the metadata."""
-  if name not in _TWINS:
+  if name not in _FORMATTERS:
     get_task_or_mixture(name)
     raise ValueError(f'{name!r} has no Python formatter (GLUE/SuperGLUE tasks do).')
-  return _TWINS[name](example)
+  return _FORMATTERS[name](example)
 
 
 def get_vocabulary(name: str) -> seqio.Vocabulary:

@@ -12,11 +12,14 @@ checkpoints map one-to-one onto these modules:
 
 For decoding, MultiHeadAttention also keeps keys/values in the 'cache' collection
 (cached_key, cached_value and, for causal self-attention, cache_index; T5X's names).
+
+Shape suffixes: B batch, L/T encoder/decoder length, Q query length, K key length, D d_model,
+H heads, Dh head dim, I = H * Dh, F d_ff, V vocabulary.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Literal, Optional, Sequence, cast, get_args
 
 import flax.linen as nn
 import jax
@@ -35,7 +38,9 @@ default_kernel_init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated
 def _param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int],
            axes: tuple[str, ...], dtype: Dtype) -> jax.Array:
   """Declares a parameter annotated with logical axis names."""
-  return module.param(name, nn.with_logical_partitioning(init, axes), tuple(shape), dtype)
+  # Stored boxed (LogicallyPartitioned); flax hands the module the unboxed array.
+  return cast(jax.Array, module.param(name, nn.with_logical_partitioning(init, axes),
+                                      tuple(shape), dtype))
 
 
 class DenseGeneral(nn.Module):
@@ -52,6 +57,8 @@ class DenseGeneral(nn.Module):
     """x @ kernel; with no x, the kernel [in_features, features] itself (in `dtype`), for
     callers that reorder the product (see MultiHeadAttention's folded cross-attention)."""
     in_features = x_BxLxI.shape[-1] if x_BxLxI is not None else in_features
+    if in_features is None:
+      raise ValueError('DenseGeneral needs an input or in_features.')
     kernel = _param(self, 'kernel', self.kernel_init, (in_features, self.features),
                     self.kernel_axes, self.param_dtype).astype(self.dtype)
     if x_BxLxI is None:
@@ -140,9 +147,14 @@ class RelativePositionBias(nn.Module):
     return bias_HxQxK[None].astype(self.dtype)
 
 
-# Allowed MultiHeadAttention.fold_kv (T5Config.cross_attention_fold) and .impl (.attention_impl).
-FOLD_MODES = ('never', 'always', 'auto')
-ATTENTION_IMPLS = ('einsum', 'dot_product_attention', 'cudnn')
+# MultiHeadAttention.fold_kv (T5Config.cross_attention_fold), .impl (T5Config.attention_impl),
+# and which cache a call uses while decoding.
+FoldMode = Literal['never', 'always', 'auto']
+AttentionImpl = Literal['einsum', 'dot_product_attention', 'cudnn']
+CacheKind = Literal['self', 'cross']
+FOLD_MODES: tuple[str, ...] = get_args(FoldMode)
+ATTENTION_IMPLS: tuple[str, ...] = get_args(AttentionImpl)
+CACHE_KINDS: tuple[str, ...] = get_args(CacheKind)
 
 
 def fold_saves_flops(q_len: int, kv_len: int, d_model: int, num_heads: int,
@@ -174,18 +186,18 @@ class MultiHeadAttention(nn.Module):
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Initializer = default_kernel_init
-  fold_kv: str = 'never'
-  impl: str = 'einsum'
+  fold_kv: FoldMode = 'never'
+  impl: AttentionImpl = 'einsum'
 
   @nn.compact
   def __call__(self, x_BxQxD: jax.Array, kv_BxKxD: Optional[jax.Array], bias_BxHxQxK: Any,
-               enable_dropout: bool = False, decode: Optional[str] = None) -> jax.Array:
+               enable_dropout: bool = False, cache: Optional[CacheKind] = None) -> jax.Array:
     """Attention of x's queries to kv's keys/values.
 
-    decode selects the 'cache' collection's use during autoregressive decoding:
+    cache selects the 'cache' collection's use during autoregressive decoding:
       None     no cache; bias_BxHxQxK is an array [B or 1, H or 1, Q, K].
       'self'   causal self-attention (kv is x). The first call creates zeroed
-               cached_key/cached_value [B, K, H, head_dim] with K = the call's length (the
+               cached_key/cached_value [B, K, H, Dh] with K = the call's length (the
                maximum decode length) and cache_index 0; later calls write their Q keys/values
                at cache_index and advance it. bias_BxHxQxK is then a function
                (q_offset, q_len, k_len) -> bias, since only this layer knows the position.
@@ -206,32 +218,33 @@ class MultiHeadAttention(nn.Module):
       return y_BxLxI.reshape(*y_BxLxI.shape[:2], self.num_heads, self.head_dim)
 
     q = split(dense('query', inner, ('embed', 'joined_kv'), query_init)(x_BxQxD))
-    if decode is None and kv_BxKxD is not None and self._folds(q.shape[1], kv_BxKxD.shape[1],
+    if cache is None and kv_BxKxD is not None and self._folds(q.shape[1], kv_BxKxD.shape[1],
                                                                  d_model):
-      key_DxHxK = dense('key', inner, ('embed', 'joined_kv'))(in_features=d_model)
-      value_DxHxK = dense('value', inner, ('embed', 'joined_kv'))(in_features=d_model)
+      key_DxHxDh = dense('key', inner, ('embed', 'joined_kv'))(in_features=d_model)
+      value_DxHxDh = dense('value', inner, ('embed', 'joined_kv'))(in_features=d_model)
       shape = (d_model, self.num_heads, self.head_dim)
-      out_BxQxHxK = self.attend_folded(q, kv_BxKxD.astype(self.dtype), key_DxHxK.reshape(shape),
-                                       value_DxHxK.reshape(shape), bias_BxHxQxK, enable_dropout)
+      out_BxQxHxDh = self.attend_folded(q, kv_BxKxD.astype(self.dtype), key_DxHxDh.reshape(shape),
+                                        value_DxHxDh.reshape(shape), bias_BxHxQxK,
+                                        enable_dropout)
     else:
-      if decode == 'cross' and kv_BxKxD is None:
+      if cache == 'cross' and kv_BxKxD is None:
         if not self.has_variable('cache', 'cached_key'):
           raise ValueError('Cross-attention decode step without cached keys: initialise the '
                            'cache with the encoded input first (EncoderDecoder.init_cache).')
-        k = self.get_variable('cache', 'cached_key')
-        v = self.get_variable('cache', 'cached_value')
+        k: jax.Array = self.get_variable('cache', 'cached_key')
+        v: jax.Array = self.get_variable('cache', 'cached_value')
       else:
         k = split(dense('key', inner, ('embed', 'joined_kv'))(kv_BxKxD))
         v = split(dense('value', inner, ('embed', 'joined_kv'))(kv_BxKxD))
-        if decode == 'cross':
+        if cache == 'cross':
           self.put_variable('cache', 'cached_key', k)
           self.put_variable('cache', 'cached_value', v)
-        elif decode == 'self':
+        elif cache == 'self':
           k, v, bias_BxHxQxK = self._causal_cache(k, v, bias_BxHxQxK)
-        elif decode is not None:
-          raise ValueError(f"Unknown decode mode {decode!r}; choose None, 'self' or 'cross'.")
-      out_BxQxHxK = self.attend(q, k, v, bias_BxHxQxK, enable_dropout)
-    out_BxQxI = out_BxQxHxK.reshape(*out_BxQxHxK.shape[:2], inner)
+        elif cache is not None:
+          raise ValueError(f'Unknown cache kind {cache!r}; choose None or one of {CACHE_KINDS}.')
+      out_BxQxHxDh = self.attend(q, k, v, bias_BxHxQxK, enable_dropout)
+    out_BxQxI = out_BxQxHxDh.reshape(*out_BxQxHxDh.shape[:2], inner)
     return dense('out', d_model, ('joined_kv', 'embed'))(out_BxQxI)
 
   def _folds(self, q_len: int, kv_len: int, d_model: int) -> bool:
@@ -241,22 +254,22 @@ class MultiHeadAttention(nn.Module):
       return fold_saves_flops(q_len, kv_len, d_model, self.num_heads, self.head_dim)
     return self.fold_kv == 'always'
 
-  def _causal_cache(self, k_BxQxHxK, v_BxQxHxK, bias_fn):
+  def _causal_cache(self, k_BxQxHxDh, v_BxQxHxDh, bias_fn):
     """Creates, or writes this call's keys/values into, the self-attention cache."""
-    q_len = k_BxQxHxK.shape[1]
+    q_len = k_BxQxHxDh.shape[1]
     initialized = self.has_variable('cache', 'cached_key')
-    cached_k = self.variable('cache', 'cached_key', jnp.zeros, k_BxQxHxK.shape, k_BxQxHxK.dtype)
-    cached_v = self.variable('cache', 'cached_value', jnp.zeros, v_BxQxHxK.shape,
-                             v_BxQxHxK.dtype)
+    cached_k = self.variable('cache', 'cached_key', jnp.zeros, k_BxQxHxDh.shape, k_BxQxHxDh.dtype)
+    cached_v = self.variable('cache', 'cached_value', jnp.zeros, v_BxQxHxDh.shape,
+                             v_BxQxHxDh.dtype)
     index = self.variable('cache', 'cache_index', lambda: jnp.array(0, jnp.int32))
     if not initialized:
       # The creating call only fixes the cache's length; it attends like a full causal pass.
-      return k_BxQxHxK, v_BxQxHxK, bias_fn(0, q_len, q_len)
+      return k_BxQxHxDh, v_BxQxHxDh, bias_fn(0, q_len, q_len)
     i = index.value
     cached_k.value = jax.lax.dynamic_update_slice(
-        cached_k.value, k_BxQxHxK.astype(cached_k.value.dtype), (0, i, 0, 0))
+        cached_k.value, k_BxQxHxDh.astype(cached_k.value.dtype), (0, i, 0, 0))
     cached_v.value = jax.lax.dynamic_update_slice(
-        cached_v.value, v_BxQxHxK.astype(cached_v.value.dtype), (0, i, 0, 0))
+        cached_v.value, v_BxQxHxDh.astype(cached_v.value.dtype), (0, i, 0, 0))
     index.value = i + q_len
     # Positions past i + q_len are still zeros; the causal bias hides them.
     return cached_k.value, cached_v.value, bias_fn(i, q_len, cached_k.value.shape[1])
@@ -267,7 +280,7 @@ class MultiHeadAttention(nn.Module):
       weights = nn.Dropout(self.dropout_rate, deterministic=False)(weights)
     return weights.astype(self.dtype)
 
-  def attend(self, q_BxQxHxK, k_BxKxHxK, v_BxKxHxK, bias_BxHxQxK, enable_dropout):
+  def attend(self, q_BxQxHxDh, k_BxKxHxDh, v_BxKxHxDh, bias_BxHxQxK, enable_dropout):
     if self.impl not in ATTENTION_IMPLS:
       raise ValueError(f"Unknown attention impl {self.impl!r}; choose one of "
                        f"{', '.join(ATTENTION_IMPLS)}.")
@@ -276,22 +289,23 @@ class MultiHeadAttention(nn.Module):
         raise ValueError(f"attention impl 'cudnn' needs a CUDA GPU; the backend here is "
                          f"{jax.default_backend()!r} (use 'dot_product_attention' or 'einsum').")
       return jax.nn.dot_product_attention(
-          q_BxQxHxK, k_BxKxHxK, v_BxKxHxK, bias=bias_BxHxQxK.astype(q_BxQxHxK.dtype), scale=1.0,
+          q_BxQxHxDh, k_BxKxHxDh, v_BxKxHxDh, bias=bias_BxHxQxK.astype(q_BxQxHxDh.dtype),
+          scale=1.0,
           implementation='cudnn' if self.impl == 'cudnn' else None)
     # Heads leading: plain batched matmuls, measured ~2x faster on XLA:CPU than strided heads.
-    q, k, v = (x.transpose(0, 2, 1, 3) for x in (q_BxQxHxK, k_BxKxHxK, v_BxKxHxK))
+    q, k, v = (x.transpose(0, 2, 1, 3) for x in (q_BxQxHxDh, k_BxKxHxDh, v_BxKxHxDh))
     logits = jnp.einsum('bhqd,bhkd->bhqk', q, k, preferred_element_type=jnp.float32)
     weights = self._softmax(logits, bias_BxHxQxK, enable_dropout)
     return jnp.einsum('bhqk,bhkd->bhqd', weights, v).transpose(0, 2, 1, 3)
 
-  def attend_folded(self, q_BxQxHxK, kv_BxKxD, key_DxHxK, value_DxHxK, bias_BxHxQxK,
+  def attend_folded(self, q_BxQxHxDh, kv_BxKxD, key_DxHxDh, value_DxHxDh, bias_BxHxQxK,
                     enable_dropout):
-    qk_BxHxQxD = jnp.einsum('bqhk,dhk->bhqd', q_BxQxHxK, key_DxHxK)
+    qk_BxHxQxD = jnp.einsum('bqhe,dhe->bhqd', q_BxQxHxDh, key_DxHxDh)
     logits = jnp.einsum('bhqd,bkd->bhqk', qk_BxHxQxD, kv_BxKxD,
                         preferred_element_type=jnp.float32)
     weights = self._softmax(logits, bias_BxHxQxK, enable_dropout)
     mixed_BxHxQxD = jnp.einsum('bhqk,bkd->bhqd', weights, kv_BxKxD)
-    return jnp.einsum('bhqd,dhk->bqhk', mixed_BxHxQxD, value_DxHxK)
+    return jnp.einsum('bhqd,dhe->bqhe', mixed_BxHxQxD, value_DxHxDh)
 
 
 class MlpBlock(nn.Module):

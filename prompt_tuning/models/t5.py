@@ -15,16 +15,18 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any, Literal, Optional, get_args
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from prompt_tuning.models import layers
+from prompt_tuning.vocab import EOS_ID, PAD_ID, token_mask  # noqa: F401  (t5.PAD_ID, t5.EOS_ID)
 
-PAD_ID = 0
-EOS_ID = 1
+RematPolicy = Literal['none', 'full', 'dots']
+REMAT_POLICIES: tuple[str, ...] = get_args(RematPolicy)
+SizeName = Literal['tiny', 'small', 'base', 'large', 'xl', 'xxl']
 
 # d_model, d_ff, num_heads, layers per stack. T5 1.1 sizes; head_dim 64 and vocab 32128 throughout.
 _SIZES = {
@@ -51,17 +53,17 @@ class T5Config:
   dropout_rate: float = 0.0
   layer_norm_epsilon: float = 1e-6
   logits_via_embedding: bool = False  # True only for tied (T5 1.0 style) checkpoints.
-  dtype: str = 'bfloat16'        # activations
+  dtype: str = 'bfloat16'        # activations (any jnp dtype name)
   param_dtype: str = 'float32'   # storage of the (frozen) weights
-  remat_policy: str = 'none'     # none | full | dots: what each layer keeps for the backward pass
-  # never | always | auto: fold cross-attention's key/value kernels into the decoder queries
-  # (teacher-forced passes only; see layers.MultiHeadAttention). auto: when it saves FLOPs.
-  cross_attention_fold: str = 'auto'
-  # einsum | dot_product_attention | cudnn: the attention core (see layers.MultiHeadAttention).
-  attention_impl: str = 'einsum'
+  remat_policy: RematPolicy = 'none'  # what each layer keeps for the backward pass
+  # Fold cross-attention's key/value kernels into the decoder queries (teacher-forced passes
+  # only; see layers.MultiHeadAttention). auto: when it saves FLOPs.
+  cross_attention_fold: layers.FoldMode = 'auto'
+  # The attention core (see layers.MultiHeadAttention).
+  attention_impl: layers.AttentionImpl = 'einsum'
 
   def __post_init__(self):
-    choices = {'cross_attention_fold': layers.FOLD_MODES,
+    choices = {'remat_policy': REMAT_POLICIES, 'cross_attention_fold': layers.FOLD_MODES,
                'attention_impl': layers.ATTENTION_IMPLS}
     for field, allowed in choices.items():
       if getattr(self, field) not in allowed:
@@ -69,7 +71,7 @@ class T5Config:
                          f'{getattr(self, field)!r}; choose one of {", ".join(allowed)}.')
 
   @classmethod
-  def preset(cls, name: str, **overrides: Any) -> 'T5Config':
+  def preset(cls, name: SizeName, **overrides: Any) -> 'T5Config':
     """A named size: tiny (tests), small, base, large, xl, xxl."""
     if name == 'tiny':
       base = dict(d_model=32, d_ff=64, num_heads=4, head_dim=8, num_encoder_layers=2,
@@ -100,11 +102,9 @@ _REMAT_POLICIES = {
 }
 
 
-def _layer_class(cls: type, policy: str, static_argnums: tuple[int, ...]) -> type:
+def _layer_class(cls: type, policy: RematPolicy, static_argnums: tuple[int, ...]) -> type:
   if policy == 'none':
     return cls
-  if policy not in _REMAT_POLICIES:
-    raise ValueError(f"Unknown remat_policy {policy!r}; choose 'none', 'full' or 'dots'.")
   # `self` counts as argument 0 for flax's lifted remat; enable_dropout must stay static.
   return nn.remat(cls, policy=_REMAT_POLICIES[policy], static_argnums=static_argnums)
 
@@ -135,44 +135,52 @@ class DecoderLayer(nn.Module):
 
   @nn.compact
   def __call__(self, y_BxTxD, encoded_BxLxD, self_bias, cross_bias, enable_dropout=False,
-               decode=False):
-    """decode: use the 'cache' collection (see layers.MultiHeadAttention); self_bias is then a
-    function of the query offset and encoded_BxLxD may be None once the cache holds it."""
+               use_cache=False):
+    """use_cache: read and extend the 'cache' collection (see layers.MultiHeadAttention);
+    self_bias is then a function of the query offset and encoded_BxLxD may be None once the
+    cache holds it."""
     c = self.config
     kw = dict(dtype=c.activation_dtype, param_dtype=c.weight_dtype)
     h = layers.RMSNorm(c.layer_norm_epsilon, name='pre_self_attention_layer_norm', **kw)(y_BxTxD)
     h = layers.MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate, name='self_attention',
                                   impl=c.attention_impl, **kw)(h, h, self_bias, enable_dropout,
-                                        'self' if decode else None)
+                                        'self' if use_cache else None)
     y_BxTxD = y_BxTxD + _dropout(c.dropout_rate, h, enable_dropout)
     h = layers.RMSNorm(c.layer_norm_epsilon, name='pre_cross_attention_layer_norm', **kw)(y_BxTxD)
     cross = layers.MultiHeadAttention(c.num_heads, c.head_dim, c.dropout_rate,
                                       name='encoder_decoder_attention',
                                       fold_kv=c.cross_attention_fold, impl=c.attention_impl, **kw)
-    h = cross(h, encoded_BxLxD, cross_bias, enable_dropout, 'cross' if decode else None)
+    h = cross(h, encoded_BxLxD, cross_bias, enable_dropout, 'cross' if use_cache else None)
     y_BxTxD = y_BxTxD + _dropout(c.dropout_rate, h, enable_dropout)
     h = layers.RMSNorm(c.layer_norm_epsilon, name='pre_mlp_layer_norm', **kw)(y_BxTxD)
     h = layers.MlpBlock(c.d_ff, c.dropout_rate, name='mlp', **kw)(h, enable_dropout)
     return y_BxTxD + _dropout(c.dropout_rate, h, enable_dropout)
 
 
+def encoder_mask(encoder_input_tokens_BxL: jax.Array, prompt: Any = None) -> jax.Array:
+  """Which encoded positions are real [B, L (+ P)]: what the encoder attends over and the
+  decoder's cross-attention may see. `prompt`: a PromptConfig, or None for the plain model."""
+  if prompt is None:
+    return token_mask(encoder_input_tokens_BxL)
+  return prompt.mask(encoder_input_tokens_BxL)
+
+
 class Encoder(nn.Module):
   """Embeds tokens (+ prompt), runs the bidirectional stack; returns encoded states [B, L, D]."""
   config: T5Config
   shared_embedding: nn.Module
-  prompt: Optional[Any] = None  # prompts.PromptConfig; None for the plain model
+  prompt: Optional[Any] = None  # a models.prompt.PromptConfig; None for the plain model
 
   @nn.compact
   def __call__(self, encoder_input_tokens_BxL, enable_dropout=False):
     c = self.config
     kw = dict(dtype=c.activation_dtype, param_dtype=c.weight_dtype)
     x_BxLxD = self.shared_embedding(encoder_input_tokens_BxL)
-    if self.prompt is None:
-      valid_BxL = encoder_input_tokens_BxL > PAD_ID
-    else:
+    if self.prompt is not None:
       # The one place the prompt enters: joined to the embedded inputs, L grows by P.
-      x_BxLxD, valid_BxL = self.prompt.module(c.activation_dtype, name='prompt')(
+      x_BxLxD = self.prompt.module(c.activation_dtype, name='prompt')(
           encoder_input_tokens_BxL, x_BxLxD)
+    valid_BxL = encoder_mask(encoder_input_tokens_BxL, self.prompt)
     length = x_BxLxD.shape[1]
     bias = layers.attention_bias(layers.make_attention_mask(valid_BxL, valid_BxL))
     bias = bias + layers.RelativePositionBias(c.relpos_buckets, c.relpos_max_distance,
@@ -189,7 +197,7 @@ class Encoder(nn.Module):
 class Decoder(nn.Module):
   """Causal stack with cross-attention to the encoder; returns float32 logits [B, T, V].
 
-  With decode=True the self- and cross-attention layers use the 'cache' collection: the first
+  With use_cache=True the self- and cross-attention layers use the 'cache' collection: the first
   call (T = the maximum decode length, with the encoded input) creates it, later calls (T
   tokens from the cache's position on, usually 1; encoded_BxLxD may be None) extend it.
   """
@@ -198,7 +206,7 @@ class Decoder(nn.Module):
 
   @nn.compact
   def __call__(self, encoded_BxLxD, encoder_valid_BxL, decoder_input_tokens_BxT,
-               decoder_target_tokens_BxT=None, enable_dropout=False, decode=False):
+               decoder_target_tokens_BxT=None, enable_dropout=False, use_cache=False):
     c = self.config
     kw = dict(dtype=c.activation_dtype, param_dtype=c.weight_dtype)
     length = decoder_input_tokens_BxT.shape[1]
@@ -206,10 +214,10 @@ class Decoder(nn.Module):
     if decoder_target_tokens_BxT is None:
       decoder_valid_BxT = jnp.ones(decoder_input_tokens_BxT.shape, bool)
     else:
-      decoder_valid_BxT = decoder_target_tokens_BxT > PAD_ID
+      decoder_valid_BxT = token_mask(decoder_target_tokens_BxT)
     relpos = layers.RelativePositionBias(c.relpos_buckets, c.relpos_max_distance, c.num_heads,
                                          bidirectional=False, name='relpos_bias', **kw)
-    if decode:
+    if use_cache:
       if decoder_target_tokens_BxT is not None:
         raise ValueError('Decoding with the cache takes no decoder_target_tokens.')
       # Each self-attention layer knows its cache position; it asks for the bias of its rows.
@@ -225,11 +233,11 @@ class Decoder(nn.Module):
     y_BxTxD = self.shared_embedding(decoder_input_tokens_BxT)
     y_BxTxD = _dropout(c.dropout_rate, y_BxTxD, enable_dropout)
     # Decoding keeps nothing for a backward pass, so it never needs remat.
-    layer = DecoderLayer if decode else _layer_class(DecoderLayer, c.remat_policy,
+    layer = DecoderLayer if use_cache else _layer_class(DecoderLayer, c.remat_policy,
                                                      static_argnums=(5, 6))
     for i in range(c.num_decoder_layers):
       y_BxTxD = layer(c, name=f'layers_{i}')(y_BxTxD, encoded_BxLxD, self_bias, cross_bias,
-                                              enable_dropout, decode)
+                                              enable_dropout, use_cache)
     y_BxTxD = layers.RMSNorm(c.layer_norm_epsilon, name='decoder_norm', **kw)(y_BxTxD)
     y_BxTxD = _dropout(c.dropout_rate, y_BxTxD, enable_dropout)
     if c.logits_via_embedding:
@@ -242,7 +250,8 @@ class EncoderDecoder(nn.Module):
   """T5X's EncoderDecoder: `__call__` gives teacher-forced logits; `encode`/`decode` split it;
   `init_cache`/`decode_step` decode autoregressively with a key/value cache.
 
-  With `prompt` (a prompts.PromptConfig) the encoder carries `encoder/prompt/prompt/prompt`.
+  With `prompt` (a models.prompt.PromptConfig) the encoder carries
+  `encoder/prompt/prompt/prompt`.
   """
   config: T5Config
   prompt: Optional[Any] = None
@@ -256,9 +265,7 @@ class EncoderDecoder(nn.Module):
 
   def encoder_mask(self, encoder_input_tokens_BxL: jax.Array) -> jax.Array:
     """Which encoded positions the decoder may attend to [B, L (+ P)]."""
-    if self.prompt is not None:
-      return self.prompt.mask(encoder_input_tokens_BxL)
-    return encoder_input_tokens_BxL > PAD_ID
+    return encoder_mask(encoder_input_tokens_BxL, self.prompt)
 
   def encode(self, encoder_input_tokens, enable_dropout=False):
     return self.encoder(encoder_input_tokens, enable_dropout)
@@ -278,7 +285,7 @@ class EncoderDecoder(nn.Module):
           keys/values of `encoded` (prompt positions included), computed here once.
     """
     dummy_BxT = jnp.zeros((encoded.shape[0], max_decode_length), jnp.int32)
-    self.decoder(encoded, self.encoder_mask(encoder_input_tokens), dummy_BxT, decode=True)
+    self.decoder(encoded, self.encoder_mask(encoder_input_tokens), dummy_BxT, use_cache=True)
 
   def decode_step(self, encoder_input_tokens, decoder_input_tokens_BxQ):
     """Logits [B, Q, V] for the next Q (usually 1) decoder positions, from the cache.
@@ -288,7 +295,7 @@ class EncoderDecoder(nn.Module):
     the cache; `encoder_input_tokens` only gives the cross-attention mask.
     """
     return self.decoder(None, self.encoder_mask(encoder_input_tokens), decoder_input_tokens_BxQ,
-                        decode=True)
+                        use_cache=True)
 
   def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
                enable_dropout=False):

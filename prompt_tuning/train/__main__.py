@@ -1,4 +1,6 @@
-"""`python -m prompt_tuning.train --gin_file=...`: T5X-style entry point for training."""
+"""`python -m prompt_tuning.train --gin_file=...`, as T5X users launch `python -m t5x.train`.
+
+Only a launcher (= `prompt-tuning train`); what it runs is in runs.train."""
 
 import sys
 

@@ -15,7 +15,6 @@ from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 import jax
 import numpy as np
 
-from prompt_tuning import checkpoints, prompts
 from prompt_tuning import model_dir as model_dir_lib
 from prompt_tuning.train import preemption
 from prompt_tuning.train import state as state_lib
@@ -26,20 +25,6 @@ log = logging.getLogger(__name__)
 
 class TrainingDivergedError(RuntimeError):
   """The loss became NaN/inf; the message names the step and the last good checkpoint."""
-
-
-def load_base_checkpoint(path: Optional[str], config=None):
-  """(config, frozen params) from INITIAL_CHECKPOINT_PATH; a prompt stored there is dropped."""
-  if not path:
-    raise ValueError('No base checkpoint: set INITIAL_CHECKPOINT_PATH to a T5X checkpoint or a '
-                     'Hugging Face T5 1.1 directory.')
-  try:
-    config, params = checkpoints.load_params(path, config)
-  except checkpoints.CheckpointError as e:
-    raise checkpoints.CheckpointError(f'Cannot load the base checkpoint '
-                                      f'(INITIAL_CHECKPOINT_PATH): {e}') from e
-  frozen, _ = prompts.split_params(params)
-  return config, frozen
 
 
 def run_info(trainer: PromptTrainer, initial_checkpoint: Optional[str] = None) -> dict:

@@ -90,7 +90,7 @@ def _check_normalizing_factor(factor: object) -> None:
     return
   # Numbers, numpy/jax scalars (possibly traced) pass; strings, bools and shaped arrays do not.
   numeric = isinstance(factor, (numbers.Real, np.ndarray, jax.Array))
-  if numeric and not isinstance(factor, bool) and np.ndim(factor) == 0:
+  if numeric and not isinstance(factor, bool) and np.ndim(factor) == 0:  # type: ignore[arg-type]
     return
   raise ValueError(f'Unsupported loss_normalizing_factor {factor!r}; use None, a number, or '
                    f'{NUM_REAL_TARGET_TOKENS!r}.')

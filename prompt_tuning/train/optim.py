@@ -9,20 +9,22 @@ step count below is optax's: the number of updates this optimizer has applied, s
 
 from __future__ import annotations
 
-from typing import Any, Optional, Union
+from typing import Any, Literal, Optional, Union, get_args
 
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ('constant', 'linear_warmup', 'rsqrt', 'cosine')
-OPTIMIZERS = ('adafactor', 'adamw', 'sgd')
+ScheduleName = Literal['constant', 'linear_warmup', 'rsqrt', 'cosine']
+OptimizerName = Literal['adafactor', 'adamw', 'sgd']
+SCHEDULES: tuple[str, ...] = get_args(ScheduleName)
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 
 # The paper's Adafactor weight decay; `make_optimizer(weight_decay=None)` means this for adafactor.
 PAPER_WEIGHT_DECAY = 1e-5
 
 
 def make_schedule(
-    name: str,
+    name: ScheduleName,
     learning_rate: float,
     *,
     warmup_steps: int = 0,
@@ -122,10 +124,10 @@ def adafactor(
 
 
 def make_optimizer(
-    name: str = 'adafactor',
+    name: OptimizerName = 'adafactor',
     learning_rate: float = 0.3,
     *,
-    schedule: str = 'constant',
+    schedule: ScheduleName = 'constant',
     warmup_steps: int = 0,
     decay_steps: Optional[int] = None,
     weight_decay: Optional[float] = None,

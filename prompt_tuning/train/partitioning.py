@@ -55,7 +55,8 @@ def make_mesh(mesh_shape: Optional[Sequence[int]] = None,
     known = int(np.prod([s for s in shape if s != -1]))
     shape[shape.index(-1)] = n // known if known and n % known == 0 else 0
   if int(np.prod(shape)) != n or min(shape) < 1:
-    raise ValueError(f'MESH_SHAPE {tuple(mesh_shape)} does not cover the {n} available '
+    asked = tuple(shape if mesh_shape is None else mesh_shape)
+    raise ValueError(f'MESH_SHAPE {asked} does not cover the {n} available '
                      f'device(s); data x model must equal {n}.')
   return Mesh(np.asarray(devices, dtype=object).reshape(shape), MESH_AXES)
 
@@ -97,3 +98,12 @@ def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, ja
   sharding = batch_sharding(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}
+
+
+def process0_flag(flag: bool) -> bool:
+  """Process 0's answer on every process (hosts must take the same branches, e.g. which
+  evaluations to rerun)."""
+  if jax.process_count() == 1:
+    return flag
+  from jax.experimental import multihost_utils
+  return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))

@@ -15,10 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from prompt_tuning import model_dir as model_dir_lib
-from prompt_tuning import prompts
-from prompt_tuning.model_dir import (NUMPY_NAME, RUN_INFO, IDENTITY_FIELDS,  # noqa: F401
-                                     RunMismatchError, check_run_info, numpy_prompt_path,
-                                     write_numpy_prompt)
+from prompt_tuning.models.prompt import get_prompt
 from prompt_tuning.train import preemption
 
 
@@ -48,8 +45,8 @@ class PromptCheckpointer:
   def save(self, state: Any, data_position: int) -> int:
     step = int(jax.device_get(state.step))
     if jax.process_index() == 0:
-      write_numpy_prompt(self.model_dir, step,
-                         jax.device_get(prompts.get_prompt(state.params)))
+      model_dir_lib.write_numpy_prompt(self.model_dir, step,
+                                       jax.device_get(get_prompt(state.params)))
     preemption.crash_point('numpy_written', step)
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),

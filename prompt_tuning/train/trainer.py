@@ -9,7 +9,7 @@ is compiled once for the run.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
 import flax
 import jax
@@ -17,10 +17,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from prompt_tuning import prompts
+from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import losses
 from prompt_tuning.train import partitioning
+from prompt_tuning.vocab import token_mask
 
 FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')
 PACKED_FEATURES = ('encoder_segment_ids', 'decoder_segment_ids', 'encoder_positions',
@@ -34,10 +35,11 @@ def _is_abstract(x: Any) -> bool:
 @flax.struct.dataclass
 class TrainState:
   """Everything that changes during prompt tuning; kilobytes for a 100-token prompt."""
-  step: jax.Array
+  # Array leaves in a live state; the same structure also carries their shardings.
+  step: Any          # int32 scalar
   params: Any        # the trainable tree: {'encoder': {'prompt': ...}}
   opt_state: Any
-  rng: jax.Array
+  rng: Any           # raw key data (uint32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,7 +47,7 @@ class LossConfig:
   """T5X's loss settings."""
   z_loss: float = 1e-4
   label_smoothing: float = 0.0
-  loss_normalizing_factor: Any = None  # None | float | 'NUM_REAL_TARGET_TOKENS'
+  loss_normalizing_factor: Optional[float | Literal['NUM_REAL_TARGET_TOKENS']] = None
 
 
 def check_batch(batch: dict) -> None:
@@ -62,7 +64,7 @@ def check_batch(batch: dict) -> None:
 class PromptTrainer:
   """Builds the sharded train/eval steps for one model, prompt, optimizer and mesh."""
 
-  def __init__(self, model_config: t5.T5Config, prompt_config: prompts.PromptConfig,
+  def __init__(self, model_config: t5.T5Config, prompt_config: prompt_lib.PromptConfig,
                frozen_params: dict, optimizer: optax.GradientTransformation, *,
                mesh: Optional[jax.sharding.Mesh] = None, rules: Optional[list] = None,
                loss: LossConfig = LossConfig(), frozen_dtype: Optional[str] = None,
@@ -78,7 +80,7 @@ class PromptTrainer:
     self.trace_count = 0  # how many times the train step was traced (= compiled)
 
     axes = t5.logical_axes(model_config, prompt_config)
-    frozen_axes, trainable_axes = prompts.split_params(axes)
+    frozen_axes, trainable_axes = prompt_lib.split_params(axes)
     self.frozen_shardings = partitioning.logical_to_sharding(frozen_axes, self.mesh, self.rules)
     self.trainable_shardings = partitioning.logical_to_sharding(trainable_axes, self.mesh,
                                                                 self.rules)
@@ -118,7 +120,7 @@ class PromptTrainer:
     if prompt_PxD.shape != self.prompt_shape:
       raise ValueError(f'Initial prompt has shape {prompt_PxD.shape} but the model expects '
                        f'{self.prompt_shape} (prompt length, d_model).')
-    params = prompts.prompt_tree(prompt_PxD)
+    params = prompt_lib.prompt_tree(prompt_PxD)
     state = TrainState(step=np.asarray(step, np.int32), params=params,
                        opt_state=self.optimizer.init(params),
                        rng=jax.random.key_data(jax.random.PRNGKey(seed)))
@@ -137,15 +139,29 @@ class PromptTrainer:
         opt_state=jax.tree_util.tree_map(lambda _: self.replicated, shapes.opt_state),
         rng=self.replicated)
 
+  # -- what callers read: no caller indexes the parameter trees ---------------------------------
+
+  def embedding(self) -> np.ndarray:
+    """The frozen token embedding table [V, D] on the host (prompt initializers read it)."""
+    return np.asarray(jax.device_get(self.frozen['token_embedder']['embedding']))
+
+  def full_params(self, state: TrainState) -> dict:
+    """Frozen weights + the state's prompt: the tree `self.model.apply` takes."""
+    return prompt_lib.merge_params(self.frozen, state.params)
+
+  def prompt(self, state: TrainState) -> np.ndarray:
+    """The state's prompt [P, D] on the host, float32."""
+    return np.asarray(jax.device_get(prompt_lib.get_prompt(state.params)), np.float32)
+
   # -- steps ------------------------------------------------------------------------------------
 
   def _loss(self, trainable, frozen, batch, rng, enable_dropout):
-    params = prompts.merge_params(frozen, trainable)
+    params = prompt_lib.merge_params(frozen, trainable)
     logits = self.model.apply(
         {'params': params}, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
         batch['decoder_target_tokens'], enable_dropout=enable_dropout, rngs={'dropout': rng})
     targets = batch['decoder_target_tokens']
-    weights = batch.get('decoder_loss_weights', (targets > 0).astype(jnp.float32))
+    weights = batch.get('decoder_loss_weights', token_mask(targets).astype(jnp.float32))
     loss, z_loss, weight_sum = losses.cross_entropy_loss(
         logits, targets, weights, z_loss=self.loss.z_loss,
         label_smoothing=self.loss.label_smoothing,
@@ -167,13 +183,13 @@ class PromptTrainer:
         'loss_per_token': loss / weight_sum,
         'z_loss': aux['z_loss'],
         'accuracy': aux['correct'] / weight_sum,
-        'prompt_norm': jnp.linalg.norm(prompts.get_prompt(params)),
+        'prompt_norm': jnp.linalg.norm(prompt_lib.get_prompt(params)),
         'grad_norm': jnp.sqrt(sum(jnp.sum(jnp.square(g))
                                   for g in jax.tree_util.tree_leaves(grads))),
     }
     if self.learning_rate_fn is not None:
       metrics['learning_rate'] = jnp.asarray(self.learning_rate_fn(state.step), jnp.float32)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state)
+    new_state = dataclasses.replace(state, step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
 
   def _eval(self, trainable, frozen, batch):
@@ -197,7 +213,7 @@ class PromptTrainer:
 
   # -- introspection ----------------------------------------------------------------------------
 
-  def lower_train_step(self, batch_shapes: dict[str, tuple[int, ...]]):
+  def lower_train_step(self, batch_shapes: Mapping[str, Sequence[int]]):
     """Lowers the step for shapes alone (no data, no state allocation): for cost/memory plans.
 
     Works with abstract frozen params (jax.ShapeDtypeStruct leaves), so an XXL step can be

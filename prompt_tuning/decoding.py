@@ -1,4 +1,5 @@
-"""Autoregressive decoding (greedy, sampling, beam search) and scoring, in pure JAX.
+"""Autoregressive decoding (greedy, sampling, beam search) and scoring, in pure JAX; and
+`DecodingConfig`, the gin-configured choice among them (gin/decoding/*.gin).
 
 Each decoding function encodes the inputs once (the prompt, when the model has one, is joined
 there; decoding only sees its mask), fills the model's key/value cache once
@@ -13,17 +14,19 @@ and setting, reused across calls.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple, Optional, get_args
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
-from prompt_tuning.models import t5
+from prompt_tuning.vocab import EOS_ID, PAD_ID, token_mask
 
-PAD_ID = t5.PAD_ID
-EOS_ID = t5.EOS_ID
+DecodingMethod = Literal['greedy', 'beam_search', 'sample']
+DECODING_METHODS: tuple[str, ...] = get_args(DecodingMethod)
 # Below this temperature sampling is argmax (T5X's threshold): 1/temperature would overflow.
 MIN_TEMPERATURE = 1e-4
 
@@ -264,7 +267,7 @@ def shift_right(targets_BxT: jax.Array) -> jax.Array:
 def _target_logp(logits_BxTxV, targets_BxT, weights_BxT=None):
   logp_BxTxV = jax.nn.log_softmax(logits_BxTxV.astype(jnp.float32), axis=-1)
   token_logp_BxT = jnp.take_along_axis(logp_BxTxV, targets_BxT[..., None], axis=-1)[..., 0]
-  weights_BxT = targets_BxT > PAD_ID if weights_BxT is None else weights_BxT
+  weights_BxT = token_mask(targets_BxT) if weights_BxT is None else weights_BxT
   return jnp.sum(token_logp_BxT * weights_BxT.astype(jnp.float32), axis=1)
 
 
@@ -307,3 +310,38 @@ def score(model, params, batch: dict) -> jax.Array:
     if k not in arrays:
       raise ValueError(f'score needs {k!r}; the batch has {sorted(batch)}.')
   return _score(model, params, arrays)
+
+
+# ----------------------------------------------------------------------------------------------
+# The gin-configured choice.
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodingConfig:
+  """How `generate` evaluation and inference decode (gin/decoding/*.gin)."""
+  method: DecodingMethod = 'greedy'
+  num_beams: int = 4
+  alpha: float = 0.6
+  temperature: float = 1.0
+  top_k: int = 0
+  top_p: float = 1.0
+  max_decode_length: Optional[int] = None  # default: the task's target length
+  seed: int = 0
+
+  def __post_init__(self):
+    if self.method not in DECODING_METHODS:
+      raise ValueError(f"Unknown decoding method {self.method!r}; choose 'greedy', "
+                       f"'beam_search' or 'sample'.")
+
+  def generate(self, model, params, encoder_input_tokens, max_length: int) -> np.ndarray:
+    """Token ids [B, T] of each row's output (the best beam for beam search)."""
+    length = self.max_decode_length or max_length
+    if self.method == 'greedy':
+      return np.asarray(greedy(model, params, encoder_input_tokens, length))
+    if self.method == 'beam_search':
+      tokens, _ = beam_search(model, params, encoder_input_tokens, length,
+                              num_beams=self.num_beams, alpha=self.alpha)
+      return np.asarray(tokens)[:, 0]
+    return np.asarray(sample(model, params, encoder_input_tokens, length,
+                             rng=jax.random.PRNGKey(self.seed), temperature=self.temperature,
+                             top_k=self.top_k, top_p=self.top_p))
