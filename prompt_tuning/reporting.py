@@ -81,6 +81,7 @@ class Reporter:
     self.train_history: list[tuple[int, float]] = []
     self.eval_history: list[tuple[int, dict]] = []
     self._writers: dict[str, Any] = {}
+    self._opened = 0  # writers opened so far
     self._bar = None
     self._start_step = start_step
     self._started = False
@@ -109,9 +110,19 @@ class Reporter:
   def _writer(self, name: str):
     if name not in self._writers:
       from tensorboardX import SummaryWriter
+      # Only a run's first writer purges the events of redone steps; writers reopened after a
+      # flush continue in a new events file, named apart (tensorboardX's names only differ by
+      # the second, and a same-named file would be overwritten).
+      self._opened += 1
       self._writers[name] = SummaryWriter(os.path.join(self.model_dir, name),
-                                          purge_step=self._purge.get(name))
+                                          purge_step=self._purge.pop(name, None),
+                                          filename_suffix=f'.{os.getpid()}.{self._opened}')
     return self._writers[name]
+
+  def _close_writers(self, names: Optional[list[str]] = None) -> None:
+    for name in list(self._writers) if names is None else names:
+      if name in self._writers:
+        self._writers.pop(name).close()
 
   def _append_jsonl(self, record: dict) -> None:
     model_dir_lib.append_jsonl(os.path.join(self.model_dir, model_dir_lib.METRICS), record)
@@ -146,7 +157,7 @@ class Reporter:
     for key, value in metrics.items():
       if isinstance(value, (int, float)):
         writer.add_scalar(key, value, step)
-    writer.flush()
+    self._close_writers([tag])  # durable before the record that marks this evaluation done
     self._append_jsonl({'kind': tag, 'step': step, **metrics})
     shown = ', '.join(f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'
                       for k, v in metrics.items())
@@ -157,17 +168,18 @@ class Reporter:
       log.info(message)
 
   def flush(self) -> None:
-    """Makes what was logged durable (at every checkpoint, evaluation and signal)."""
-    for writer in self._writers.values():
-      writer.flush()
+    """Makes what was logged durable (at every checkpoint, evaluation and signal).
+
+    tensorboardX writes from a background thread, and its `flush` covers only the events that
+    thread has already dequeued; closing drains the queue. The next record reopens the writer.
+    """
+    self._close_writers()
 
   def close(self) -> Optional[str]:
     """Flushes writers; returns the plot's path (or None when nothing was logged)."""
     if self._bar is not None:
       self._bar.close()
-    for writer in self._writers.values():
-      writer.close()
-    self._writers = {}
+    self._close_writers()
     if not self.enabled or not self.train_history:
       return None
     return plot(os.path.join(self.model_dir, 'plots', 'training.png'), self.train_history,
@@ -240,7 +252,7 @@ def print_summary(summary: dict) -> None:
   lines.append(f"  prompt checkpoints (orbax): {summary['checkpoints']}")
   lines.append(f"  numpy prompts:              {summary['numpy_checkpoints']}")
   for fmt, path in summary.get('exports', {}).items():
-    lines.append(f'  export ({fmt}):{" " * (15 - len(fmt))}{path}')
+    lines.append(f'  export ({fmt}):{" " * (18 - len(fmt))}{path}')
   if summary.get('plot'):
     lines.append(f"  plot:                       {summary['plot']}")
   lines.append(f"  TensorBoard:                tensorboard --logdir {summary['tensorboard']}")
