@@ -49,6 +49,9 @@ AdafactorStepOffset = Literal['zero', 'checkpoint'] | int | None
 
 
 def _adafactor_offset(setting: AdafactorStepOffset, checkpoint_step: int) -> int:
+  if isinstance(setting, bool):  # True == 1 would pass as a step count
+    raise ValueError(f"adafactor_step_offset must be 'zero', 'checkpoint' or a step count, "
+                     f'got {setting!r}.')
   if setting in (None, 0, 'zero'):
     return 0
   if setting == 'checkpoint':
