@@ -15,7 +15,7 @@ from typing import Any, Literal, Optional, Sequence, get_args
 import jax
 import numpy as np
 
-from prompt_tuning import decoding
+from prompt_tuning import batching, decoding
 from prompt_tuning import model_dir as model_dir_lib
 from prompt_tuning.train import preemption
 from prompt_tuning.vocab import PAD_ID
@@ -50,7 +50,7 @@ class Evaluator:
                methods: Sequence[str] = ('generate',), batch_size: int = 32,
                max_examples: Optional[int] = None,
                decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),
-               output_dir: Optional[str] = None):
+               output_dir: Optional[str] = None, buckets: Optional[batching.Buckets] = None):
     from prompt_tuning.data import pipeline, tasks
 
     check_methods(methods)
@@ -59,6 +59,7 @@ class Evaluator:
     self.batch_size = batch_size
     self.decoding_config = decoding_config
     self.output_dir = output_dir
+    self.buckets = buckets
     self.info = tasks.TASK_INFO.get(task_name)
     self.vocab = tasks.get_vocabulary(task_name)
     self.examples, self.num_truncated = pipeline.get_eval_examples(
@@ -75,36 +76,55 @@ class Evaluator:
       eos = self.vocab.eos_id
       self.label_targets = _pad_rows([list(self.vocab.encode(label)) + [eos]
                                       for label in self.info.labels], self.target_length)
+      if buckets is not None:  # the verbalizers' own bucket, not the task's target length
+        longest = int(batching.row_lengths(self.label_targets).max())
+        self.label_targets = self.label_targets[:, :batching.bucket_for(longest,
+                                                                        buckets['targets'])]
 
   @property
   def main_metric(self) -> Optional[str]:
     return self.info.main_metric if self.info else None
 
   def _batches(self):
-    n = len(self.examples)
-    for start in range(0, n, self.batch_size):
-      rows = self.inputs[start:start + self.batch_size]
-      real = len(rows)
-      if real < self.batch_size:  # keep one shape: pad the last batch with empty rows
-        rows = np.concatenate([rows, np.zeros((self.batch_size - real, rows.shape[1]),
-                                              np.int32)])
-      yield start, real, rows
+    """(example indices, rows [batch_size, bucket]). With buckets, examples go by input length
+    (sorted), each batch padded to its bucket; the last batch is filled with empty rows, so the
+    batch size never changes."""
+    lengths = batching.row_lengths(self.inputs)
+    order = (np.arange(len(self.examples)) if self.buckets is None
+             else np.argsort(lengths, kind='stable'))
+    for start in range(0, len(order), self.batch_size):
+      indices = order[start:start + self.batch_size]
+      width = (self.input_length if self.buckets is None else
+               batching.bucket_for(int(lengths[indices].max()), self.buckets['inputs']))
+      rows = np.zeros((self.batch_size, width), np.int32)
+      rows[:len(indices)] = self.inputs[indices, :width]
+      yield indices, rows
+
+  def _in_order(self, outputs: list[tuple[np.ndarray, list]]) -> list:
+    """Per-batch outputs back in the examples' order."""
+    result: list = [None] * len(self.examples)
+    for indices, values in outputs:
+      for i, value in zip(indices, values):
+        result[i] = value
+    return result
 
   def generate(self, model, params) -> list[str]:
-    texts = []
-    for _, real, rows in self._batches():
+    outputs = []
+    for indices, rows in self._batches():
       preemption.check_interrupt()
-      tokens = self.decoding_config.generate(model, params, rows, self.target_length)[:real]
-      texts += [self.vocab.decode([int(t) for t in row if t > PAD_ID]) for row in tokens]
-    return texts
+      tokens = self.decoding_config.generate(model, params, rows, self.target_length)
+      outputs.append((indices, [self.vocab.decode([int(t) for t in row if t > PAD_ID])
+                                for row in tokens[:len(indices)]]))
+    return self._in_order(outputs)
 
   def rank(self, model, params) -> list[str]:
-    predictions = []
-    for _, real, rows in self._batches():
+    outputs = []
+    for indices, rows in self._batches():
       preemption.check_interrupt()
       scores = decoding.score_candidates(model, params, rows, self.label_targets)
-      predictions += [self.info.labels[k] for k in np.asarray(scores).argmax(-1)[:real]]
-    return predictions
+      outputs.append((indices, [self.info.labels[k]
+                                for k in np.asarray(scores).argmax(-1)[:len(indices)]]))
+    return self._in_order(outputs)
 
   def evaluate(self, model, params, step: int, tag: str = '') -> dict[str, Any]:
     """Runs every configured method; returns '<method>/<metric>' -> value."""

@@ -17,7 +17,8 @@ from typing import Any, Callable, Literal, Optional, Sequence
 import jax
 import numpy as np
 
-from prompt_tuning import checkpoints, evaluation, export, prompt_files, prompt_init, reporting
+from prompt_tuning import (batching, checkpoints, evaluation, export, prompt_files, prompt_init,
+                           reporting)
 from prompt_tuning import model_dir as model_dir_lib
 from prompt_tuning.atomic import atomic_write
 from prompt_tuning.decoding import DecodingConfig
@@ -95,11 +96,14 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
           save_period: Optional[int] = None, keep: int = 1, random_seed: int = 0,
           mesh_shape: Optional[Sequence[int]] = None, frozen_dtype: Optional[str] = None,
           mixture_or_task_module: Optional[str] = None, shuffle: bool = True,
+          length_buckets: batching.BucketSetting = 'auto', group_by_length: int = 0,
           export_formats: Sequence[str] = export.FINAL_FORMATS) -> dict:
   """Prompt-tunes on a SeqIO task, evaluating every `eval_period` steps; returns a summary.
 
   Every input is checked before MODEL_DIR is created or changed; a kill at any moment leaves it
-  consistent, and the same command resumes it (see prompt_tuning.model_dir).
+  consistent, and the same command resumes it (see prompt_tuning.model_dir). Batches are padded
+  to their length bucket (`length_buckets`, gin LENGTH_BUCKETS; None: to TASK_FEATURE_LENGTHS);
+  `group_by_length` > 1 sorts windows of that many batches by length (batching.py).
   """
   # Log lines of the checks wait until the run starts: bad input prints its one error line alone.
   with reporting.HeldLogs() as held:
@@ -107,7 +111,8 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
     tasks.get_task_or_mixture(mixture_or_task_name)  # unknown names fail here, with close names
     _check_settings(train_steps=train_steps, batch_size=batch_size, eval_period=eval_period,
                     save_period=save_period, keep=keep, eval_batch_size=eval_batch_size,
-                    task_feature_lengths=task_feature_lengths)
+                    task_feature_lengths=task_feature_lengths, group_by_length=group_by_length)
+    buckets = batching.resolve(length_buckets, task_feature_lengths)
     evaluation.check_methods(eval_methods)  # a typo is named even when nothing evaluates
     export.check_final_formats(export_formats)
     _adafactor_offset(adafactor_step_offset, 0)
@@ -138,15 +143,19 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
 
     def batches(position: int):
       from prompt_tuning.data import pipeline
-      return pipeline.get_batches(mixture_or_task_name, 'train', task_feature_lengths,
-                                  batch_size // num_hosts, shuffle=shuffle, seed=random_seed,
-                                  shard_index=host, num_shards=num_hosts,
-                                  start_position=position)
+      stream = pipeline.get_batches(mixture_or_task_name, 'train', task_feature_lengths,
+                                    batch_size // num_hosts, shuffle=shuffle, seed=random_seed,
+                                    shard_index=host, num_shards=num_hosts,
+                                    start_position=position, group_window=group_by_length)
+      # Every host pads a step to the same bucket: the longest row over all of them.
+      return batching.trimmed(stream, buckets,
+                              agree=partitioning.process_max if num_hosts > 1 else None)
 
     evaluator = evaluation.Evaluator(
         mixture_or_task_name, eval_split, task_feature_lengths, methods=eval_methods,
         batch_size=eval_batch_size, max_examples=eval_max_examples, decoding_config=decoding,
-        output_dir=os.path.join(model_dir, model_dir_lib.INFERENCE_EVAL)) if eval_period else None
+        output_dir=os.path.join(model_dir, model_dir_lib.INFERENCE_EVAL),
+        buckets=buckets) if eval_period else None
     main_metric = None
     if evaluator is not None and evaluator.main_metric:
       main_metric = f'{eval_methods[0]}/{evaluator.main_metric}'
@@ -200,7 +209,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
 
 
 def _check_settings(*, train_steps, batch_size, eval_period, save_period, keep, eval_batch_size,
-                    task_feature_lengths) -> None:
+                    task_feature_lengths, group_by_length=0) -> None:
   """Numbers of a launch, named by their gin macro when they are wrong."""
   lengths = task_feature_lengths
   if (not isinstance(lengths, dict) or not {'inputs', 'targets'} <= set(lengths) or any(
@@ -213,7 +222,8 @@ def _check_settings(*, train_steps, batch_size, eval_period, save_period, keep, 
       ('TRAIN_STEPS', train_steps, 0, False), ('BATCH_SIZE', batch_size, 1, False),
       ('EVAL_PERIOD', eval_period, 0, True), ('SAVE_PERIOD', save_period, 1, True),
       ('KEEP_CHECKPOINTS', keep, 1, True),
-      ('runs.train.eval_batch_size', eval_batch_size, 1, False)):
+      ('runs.train.eval_batch_size', eval_batch_size, 1, False),
+      ('GROUP_BY_LENGTH', group_by_length, 0, False)):
     if value is None and optional:
       continue
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -229,8 +239,10 @@ def evaluate(*, model_dir: Optional[str], mixture_or_task_name: str,
              eval_max_examples: Optional[int] = None,
              eval_batch_size: int = 32, decoding: DecodingConfig = DecodingConfig(),
              output_dir: Optional[str] = None, mixture_or_task_module: Optional[str] = None,
-             step: Optional[int] = None) -> dict:
+             step: Optional[int] = None,
+             length_buckets: batching.BucketSetting = 'auto') -> dict:
   """Evaluates a prompt (PROMPT_FILE, or MODEL_DIR's latest/`step` checkpoint) on a task."""
+  buckets = batching.resolve(length_buckets, task_feature_lengths)
   _import_tasks(mixture_or_task_module)
   model_module, params, step = _prompted_model(initial_checkpoint_path, model, prompt,
                                                model_dir, prompt_file, step)
@@ -238,7 +250,7 @@ def evaluate(*, model_dir: Optional[str], mixture_or_task_name: str,
   evaluator = evaluation.Evaluator(mixture_or_task_name, split, task_feature_lengths,
                                    methods=eval_methods, batch_size=eval_batch_size,
                                    max_examples=eval_max_examples, decoding_config=decoding,
-                                   output_dir=out)
+                                   output_dir=out, buckets=buckets)
   metrics = evaluator.evaluate(model_module, params, step, tag='eval')
   print(json.dumps({'task': mixture_or_task_name, 'split': split, 'step': step, **metrics},
                    indent=2, default=float))
@@ -272,14 +284,16 @@ def infer(*, model_dir: Optional[str], mixture_or_task_name: str, task_feature_l
           max_examples: Optional[int] = None, batch_size: int = 32,
           decoding: DecodingConfig = DecodingConfig(),
           output_dir: Optional[str] = None, mixture_or_task_module: Optional[str] = None,
-          step: Optional[int] = None) -> str:
+          step: Optional[int] = None, length_buckets: batching.BucketSetting = 'auto') -> str:
   """Decodes a split with a prompt and writes predictions JSONL (no metrics)."""
+  buckets = batching.resolve(length_buckets, task_feature_lengths)
   _import_tasks(mixture_or_task_module)
   model_module, params, step = _prompted_model(initial_checkpoint_path, model, prompt,
                                                model_dir, prompt_file, step)
   evaluator = evaluation.Evaluator(mixture_or_task_name, split, task_feature_lengths,
                                    methods=('generate',), batch_size=batch_size,
-                                   max_examples=max_examples, decoding_config=decoding)
+                                   max_examples=max_examples, decoding_config=decoding,
+                                   buckets=buckets)
   texts = evaluator.generate(model_module, params)
   out_dir = output_dir or os.path.join(model_dir or '.', model_dir_lib.INFERENCE)
   path = os.path.join(out_dir, f'{mixture_or_task_name}-{split}-step{step}.jsonl')

@@ -187,6 +187,13 @@ CASES = {
     'TASK_FEATURE_LENGTHS without targets': lambda c: Case(
         c.train(TASK_FEATURE_LENGTHS="{'inputs': 64}"), ['TASK_FEATURE_LENGTHS', "'targets'"]),
     'PROMPT_LENGTH 0': lambda c: Case(c.train(PROMPT_LENGTH=0), ['PROMPT_LENGTH', 'got 0']),
+    'LENGTH_BUCKETS not increasing': lambda c: Case(
+        c.train(LENGTH_BUCKETS='[64, 32]'), ['LENGTH_BUCKETS = [64, 32]', 'strictly increasing']),
+    'LENGTH_BUCKETS below the length': lambda c: Case(
+        c.train(LENGTH_BUCKETS='[16, 32]'),
+        ['LENGTH_BUCKETS', "largest bucket (32) is below TASK_FEATURE_LENGTHS['inputs'] = 64"]),
+    'GROUP_BY_LENGTH negative': lambda c: Case(c.train(GROUP_BY_LENGTH=-2),
+                                               ['GROUP_BY_LENGTH = -2']),
     'MESH_SHAPE too big': lambda c: Case(c.train(MESH_SHAPE='(4, 1)'), ['MESH_SHAPE (4, 1)']),
     'misspelled macro': lambda c: Case(c.train(['--gin.PROMPT_LENGHT=7']),
                                        ['--gin.PROMPT_LENGHT', 'did you mean PROMPT_LENGTH']),

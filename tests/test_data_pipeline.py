@@ -109,6 +109,24 @@ def test_batches_are_deterministic_and_resume_exactly():
   assert prefixes <= {b'first', b'last', b'max', b'min'} and len(prefixes) > 1
 
 
+def test_grouped_batches_are_deterministic_resume_exactly_and_hold_the_same_examples(real):
+  from prompt_tuning import batching
+  lengths = {'inputs': 512, 'targets': 8}
+  kw = dict(seed=5, group_window=4)
+  grouped = take(pipeline.get_batches('super_glue_rte_local', 'train', lengths, 4, **kw), 10)
+  plain = take(pipeline.get_batches('super_glue_rte_local', 'train', lengths, 4, seed=5), 8)
+  # Windows 0 and 1 (8 batches) hold exactly the plain stream's first 8 batches' examples.
+  assert _rows(grouped[:8]) == _rows(plain)
+  spread = lambda bs: np.mean([np.ptp(batching.row_lengths(b['encoder_input_tokens'])) for b in bs])
+  assert spread(grouped) < spread(plain) / 2
+  for start in (5, 8):  # mid-window and at a window's start
+    resumed = take(pipeline.get_batches('super_glue_rte_local', 'train', lengths, 4,
+                                        start_position=start, **kw), 2)
+    for a, b in zip(resumed, grouped[start:]):
+      for key in pipeline.BATCH_FEATURES:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
 def _rows(batches):
   return sorted(tuple(r) for b in batches for r in b['encoder_input_tokens'].tolist())
 

@@ -173,3 +173,20 @@ def test_bad_methods_are_refused_before_the_data_is_read(rte, monkeypatch):
   monkeypatch.setenv('PROMPT_TUNING_DATA_DIR', '/nonexistent')
   with pytest.raises(ValueError, match=r"EVAL_METHODS = \['beam'\]"):
     evaluation.Evaluator(TASK, 'validation', LENGTHS, methods=['beam'])
+
+
+def test_length_buckets_give_the_same_predictions(model):
+  """Examples sorted by length, each batch padded to its bucket, results back in order: the
+  same predictions as every batch padded to TASK_FEATURE_LENGTHS."""
+  from prompt_tuning import batching
+  module, params = model
+  lengths = {'inputs': 512, 'targets': 8}
+  kw = dict(methods=('generate', 'rank'), batch_size=8, max_examples=24)
+  fixed = evaluation.Evaluator(TASK, 'validation', lengths, **kw)
+  bucketed = evaluation.Evaluator(TASK, 'validation', lengths,
+                                  buckets=batching.resolve('auto', lengths), **kw)
+  widths = [rows.shape[1] for _, rows in bucketed._batches()]
+  assert max(widths) < 512 and len(set(widths)) > 1, widths
+  assert bucketed.label_targets.shape[1] <= 8
+  assert fixed.generate(module, params) == bucketed.generate(module, params)
+  assert fixed.rank(module, params) == bucketed.rank(module, params)

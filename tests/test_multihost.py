@@ -111,6 +111,9 @@ def check_topology(p0, p1, ref):
   # One compiled step per mesh, on every process, however the batch arrived.
   for out in (p0, p1, ref):
     assert out['traces'] == {'8x1': 1, '4x2': 1}, out['traces']
+  # Both processes pad a step to the longest row of either (one shape for the SPMD step).
+  assert p0['agreed'] == p1['agreed'] == {'inputs': 40, 'targets': 5}
+  assert ref['agreed'] == {'inputs': 10, 'targets': 5}
 
 
 def check_meshes(p0, p1, ref):

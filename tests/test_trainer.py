@@ -1,5 +1,6 @@
 """Prompt-only training: what changes, what is compiled, resume, divergence, bad input."""
 
+import logging
 import os
 
 import jax
@@ -46,6 +47,20 @@ def test_only_the_prompt_changes(model):
       assert 'prompt' in names, names
   assert set(metrics) >= {'loss', 'loss_per_token', 'accuracy', 'z_loss', 'prompt_norm'}
   assert trainer.trace_count == 1
+
+
+def test_each_new_batch_shape_compiles_once_and_is_logged(tiny, caplog):
+  config, params = tiny
+  frozen, _ = prompt_lib.split_params(params)
+  trainer = make_trainer(config, frozen)
+  state = trainer.init_state(np.zeros(trainer.prompt_shape))
+  with caplog.at_level(logging.INFO, logger='prompt_tuning'):
+    for enc_len in (12, 16, 12, 16):  # two buckets, each seen twice
+      state, _ = trainer.train_step(state, make_batch(0, enc_len=enc_len))
+  assert trainer.trace_count == 2
+  compiles = [r.getMessage() for r in caplog.records if 'Compiling the train step' in r.message]
+  assert compiles == ['Compiling the train step for inputs 12, targets 4 (batch 8; compilation 1).',
+                      'Compiling the train step for inputs 16, targets 4 (batch 8; compilation 2).']
 
 
 def test_no_frozen_weight_gradient_work_survives_compilation():

@@ -14,6 +14,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import numpy as np
 import seqio
 
+from prompt_tuning import batching
 from prompt_tuning.data import tasks
 
 log = logging.getLogger('prompt_tuning')
@@ -45,11 +46,15 @@ def _input_errors_unwrapped():
 
 def get_batches(name: str, split: str, feature_lengths: Mapping[str, int], batch_size: int, *,
                 shuffle: bool = True, seed: Optional[int] = 0, repeat: bool = True,
-                shard_index: int = 0, num_shards: int = 1,
-                start_position: int = 0) -> Iterator[dict[str, np.ndarray]]:
-  """Yields int32 batches [batch_size, length] of this host's shard; the last partial batch is
-  dropped. For a fixed seed the stream is fixed, and `start_position=k` starts at its k-th batch
-  (the same batch a run from 0 yields k-th), so a resumed run sees exactly what it would have.
+                shard_index: int = 0, num_shards: int = 1, start_position: int = 0,
+                group_window: int = 0) -> Iterator[dict[str, np.ndarray]]:
+  """Yields int32 batches [batch_size, length] of this host's shard, padded to `feature_lengths`
+  (batching.trim cuts them to their bucket); the last partial batch is dropped. For a fixed seed
+  the stream is fixed, and `start_position=k` starts at its k-th batch (the same batch a run
+  from 0 yields k-th), so a resumed run sees exactly what it would have.
+
+  `group_window=W` > 1 sorts each run of W batches' examples by length before batching them
+  (batching.group_in_windows): similar lengths share a batch, still deterministic and resumable.
   """
   if not 0 <= shard_index < num_shards:
     raise ValueError(f'shard_index {shard_index} not in [0, {num_shards}).')
@@ -61,15 +66,19 @@ def get_batches(name: str, split: str, feature_lengths: Mapping[str, int], batch
         shuffle=shuffle, num_epochs=None if repeat else 1,
         shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
         seed=seed, verbose=False)
-  ds = ds.batch(batch_size, drop_remainder=True)
-  if start_position:
-    ds = ds.skip(start_position)
+  window = max(int(group_window), 1)
+  ds = ds.batch(batch_size * window, drop_remainder=True)
+  if start_position // window:
+    ds = ds.skip(start_position // window)
 
-  def generate():
+  def numpy_batches():
     for batch in ds.as_numpy_iterator():
       yield {k: np.asarray(batch[k], np.int32) for k in BATCH_FEATURES}
 
-  return generate()  # built eagerly above, so bad names and missing files raise here
+  if window == 1:
+    return numpy_batches()  # built eagerly above, so bad names and missing files raise here
+  return batching.group_in_windows(numpy_batches(), batch_size, window, int(seed or 0),
+                                   start_position=start_position)
 
 
 def _python(value: Any) -> Any:

@@ -107,3 +107,14 @@ def process0_flag(flag: bool) -> bool:
     return flag
   from jax.experimental import multihost_utils
   return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.int32)))
+
+
+def process_max(values: dict[str, int]) -> dict[str, int]:
+  """Each value's maximum over all processes (e.g. the longest row of a step's batch, so every
+  host pads to the same shape)."""
+  if jax.process_count() == 1:
+    return dict(values)
+  from jax.experimental import multihost_utils
+  keys = sorted(values)
+  gathered = multihost_utils.process_allgather(np.asarray([values[k] for k in keys], np.int64))
+  return {k: int(v) for k, v in zip(keys, np.asarray(gathered).reshape(-1, len(keys)).max(0))}

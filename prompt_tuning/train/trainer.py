@@ -9,6 +9,7 @@ is compiled once for the run.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 
 import flax
@@ -22,6 +23,8 @@ from prompt_tuning.models import t5
 from prompt_tuning.train import losses
 from prompt_tuning.train import partitioning
 from prompt_tuning.vocab import token_mask
+
+log = logging.getLogger('prompt_tuning')
 
 FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')
 PACKED_FEATURES = ('encoder_segment_ids', 'decoder_segment_ids', 'encoder_positions',
@@ -170,7 +173,10 @@ class PromptTrainer:
     return loss, {'z_loss': z_loss, 'weight_sum': weight_sum, 'correct': correct}
 
   def _step(self, state: TrainState, frozen, batch):
-    self.trace_count += 1
+    self.trace_count += 1  # runs while tracing: once per batch shape
+    log.info('Compiling the train step for inputs %d, targets %d (batch %d; compilation %d).',
+             batch['encoder_input_tokens'].shape[1], batch['decoder_target_tokens'].shape[1],
+             batch['encoder_input_tokens'].shape[0], self.trace_count)
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     grad_fn = jax.value_and_grad(self._loss, has_aux=True)
     (loss, aux), grads = grad_fn(state.params, frozen, batch, rng,
