@@ -96,14 +96,15 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
           save_period: Optional[int] = None, keep: int = 1, random_seed: int = 0,
           mesh_shape: Optional[Sequence[int]] = None, frozen_dtype: Optional[str] = None,
           mixture_or_task_module: Optional[str] = None, shuffle: bool = True,
-          length_buckets: batching.BucketSetting = 'auto', group_by_length: int = 0,
+          length_buckets: batching.BucketSetting = 'auto', group_by_length: int = 32,
           export_formats: Sequence[str] = export.FINAL_FORMATS) -> dict:
   """Prompt-tunes on a SeqIO task, evaluating every `eval_period` steps; returns a summary.
 
   Every input is checked before MODEL_DIR is created or changed; a kill at any moment leaves it
   consistent, and the same command resumes it (see prompt_tuning.model_dir). Batches are padded
   to their length bucket (`length_buckets`, gin LENGTH_BUCKETS; None: to TASK_FEATURE_LENGTHS);
-  `group_by_length` > 1 sorts windows of that many batches by length (batching.py).
+  `group_by_length` > 1 sorts windows of that many batches by length (batching.py; 0: uniform
+  random batches).
   """
   # Log lines of the checks wait until the run starts: bad input prints its one error line alone.
   with reporting.HeldLogs() as held:
