@@ -9,15 +9,16 @@ LENGTHS = {'inputs': 64, 'targets': 8}
 
 
 def test_auto_buckets_step_grows_with_length_and_end_at_the_limit():
-  assert batching.auto_buckets(512) == (16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256,
-                                        320, 384, 448, 512)
-  assert batching.auto_buckets(100) == (16, 32, 48, 64, 80, 96, 100)
+  assert batching.auto_buckets(512) == (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160,
+                                        192, 224, 256, 320, 384, 448, 512)
+  assert batching.auto_buckets(100) == (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 100)
   assert batching.auto_buckets(8) == (8,)
+  assert batching.auto_buckets(6) == (6,)
   for limit in (8, 100, 512, 2048):
     buckets = batching.auto_buckets(limit)
-    # A row pads by at most 1/8 of its length past 128 tokens, and by < 16 tokens below.
+    # A row pads by less than 8 tokens, or 1/8 of its length.
     for short, long in zip(buckets, buckets[1:]):
-      assert long - short <= max(16, short / 4)
+      assert long - short <= max(8, short / 4)
 
 
 @pytest.mark.parametrize('setting, expected', [
@@ -83,10 +84,10 @@ def test_trim_cuts_each_feature_to_its_bucket_and_keeps_every_real_token():
 def test_trim_pads_to_an_agreed_length_and_refuses_to_cut_real_tokens():
   batch = batch_of([20, 5], [3, 1])
   buckets = batching.resolve('auto', LENGTHS)
-  out = batching.trim(batch, buckets, {'inputs': 40, 'targets': 3})  # another host's longest
+  out = batching.trim(batch, buckets, {'inputs': 41, 'targets': 3})  # another host's longest
   assert out['encoder_input_tokens'].shape == (2, 48)
   with pytest.raises(ValueError, match='real tokens past the bucket length 16'):
-    batching.trim(batch, buckets, {'inputs': 10, 'targets': 3})
+    batching.trim(batch, buckets, {'inputs': 12, 'targets': 3})
   agreed = list(batching.trimmed(iter([batch]), buckets, agree=lambda n: {**n, 'inputs': 60}))
   assert agreed[0]['encoder_input_tokens'].shape == (2, 64)
 
