@@ -8,10 +8,18 @@
 #   bash benchmarks/gpu_check.sh big        # large, xl, xxl train steps (ours only)
 #   bash benchmarks/gpu_check.sh variants   # base with the fold off; base with fused attention
 #   bash benchmarks/gpu_check.sh train_xl   # one run by name (several may follow)
+#   bash benchmarks/gpu_check.sh real       # real RTE batches, base, ours beside PEFT, per
+#                                           # batching mode (benchmarks/real_data.py; ~5-9 min)
 #
 # On the device tool, run the two halves as two calls (each command may run 10 minutes):
 #   run(command="bash benchmarks/gpu_check.sh base", timeout_s=560)
 #   run(command="bash benchmarks/gpu_check.sh big",  timeout_s=560)
+#
+# The real-data run needs RTE tokenized beforehand: the GPU machine has no TensorFlow/SeqIO.
+# On a CPU machine with them (and $PROMPT_TUNING_DATA_DIR, $PROMPT_TUNING_VOCAB set):
+#   python -m benchmarks.real_data --task rte --prepare_only --out benchmarks/data/rte_i512_t8.npz
+# (276 KB; benchmarks/data/ is git-ignored, so carry it), then on the device tool:
+#   run(command="bash benchmarks/gpu_check.sh real", timeout_s=580, carry=["benchmarks/data"])
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out/gpu_check}"
@@ -24,6 +32,7 @@ PARTS=("${@:-all}")
 LIMIT="${LIMIT:-270}"  # seconds per benchmark process
 SHAPE=(--batch 32 --inputs 512 --prompt 100 --targets 16 --dtype bfloat16 --warmup 3 --steps 10)
 LOG="$OUT/gpu_check.log"
+REAL_DATA="${REAL_DATA:-benchmarks/data}"  # the tokenized .npz files (benchmarks/real_data.py)
 
 bench() {  # bench NAME MODULE ARGS...: one process, its JSON in $OUT/NAME.json
   local name=$1 module=$2
@@ -42,6 +51,19 @@ bench() {  # bench NAME MODULE ARGS...: one process, its JSON in $OUT/NAME.json
   "$PY" -c 'import jax, torch, transformers, peft; print("jax", jax.__version__, jax.devices(),
 "| torch", torch.__version__, "| transformers", transformers.__version__, "| peft",
 peft.__version__)'; } 2>&1 | tee -a "$LOG"
+
+real_data() {  # real_data NAME TASK ARGS...: benchmarks.real_data on the prepared .npz
+  local name=$1 task=$2 npz="$REAL_DATA/$2_i512_t8.npz"
+  shift 2
+  if [ ! -f "$npz" ]; then
+    echo "!! $name: $npz is missing. Prepare it on a CPU machine with TensorFlow/SeqIO:" \
+         "python -m benchmarks.real_data --task $task --prepare_only --out $npz;" \
+         "then carry benchmarks/data (run(..., carry=[\"benchmarks/data\"]))." | tee -a "$LOG"
+    return
+  fi
+  # Compiles one step per distinct batch shape (about 10 here) before timing: more than $LIMIT.
+  LIMIT="${REAL_LIMIT:-540}" bench "$name" benchmarks.real_data --task "$task" --data "$npz" "$@"
+}
 
 run_one() {
   case "$1" in
@@ -62,6 +84,10 @@ run_one() {
     # xxl: 11B weights in bf16 (22 GB); full remat keeps only each layer's input.
     train_xxl) bench train_xxl benchmarks.train_step --size xxl "${SHAPE[@]}" \
         --frozen_dtype bfloat16 --remat full --warmup 2 --steps 6 ;;
+    # Real RTE train batches at the paper shape (512 + 100 / 8): ours (length buckets: default,
+    # grouped, fixed) beside PEFT (dynamic padding, group_by_length), bf16 on both sides.
+    real_rte_base) real_data real_rte_base rte --size base --dtype bfloat16 --batch 32 \
+        --steps 12 --fixed_steps 4 --repeats 2 ;;
     *) echo "unknown run $1" | tee -a "$LOG" ;;
   esac
 }
@@ -69,9 +95,10 @@ run_one() {
 for part in "${PARTS[@]}"; do
   case "$part" in
     all) names=(train_base infer_base train_base_projected train_base_dpa train_large train_xl
-                train_xxl) ;;
+                train_xxl real_rte_base) ;;
     variants) names=(train_base_projected train_base_dpa) ;;
     base) names=(train_base infer_base) ;;
+    real) names=(real_rte_base) ;;
     big) names=(train_large train_xl train_xxl) ;;
     *) names=("$part") ;;
   esac

@@ -12,10 +12,15 @@ import sys
 if __package__ in (None, ''):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import types  # noqa: E402
+
 from benchmarks import inference  # noqa: E402
+from benchmarks import real_data  # noqa: E402
 from benchmarks import train_step  # noqa: E402
 
-MODULES = {'train_step': train_step, 'inference': inference}
+MODULES = {'train_step': train_step, 'inference': inference, 'real_data': real_data,
+           'real_data_eval': types.SimpleNamespace(TABLE_HEADER=real_data.EVAL_TABLE_HEADER,
+                                                   table_row=real_data.eval_table_row)}
 
 
 def tables(paths: list[str]) -> str:
