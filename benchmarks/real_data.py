@@ -18,11 +18,12 @@ both sides see the same examples in the same order (the grouped modes reorder th
 its own library does).
 
 Modes (one row each; the first two lines are the comparisons):
-  ours_default  consecutive batches, each trimmed to its length bucket (batching.trim, 'auto')
+  ours_default  consecutive batches, each trimmed to its length bucket (batching.trim, 'auto';
+                GROUP_BY_LENGTH = 0)
   peft_dynamic  the same batches padded to their longest row (DataCollatorForSeq2Seq's padding;
                 labels padded with -100)
   ours_grouped  batching.group_in_windows (windows of --window batches sorted by length, seeded
-                batch order), then trim
+                batch order), then trim (GROUP_BY_LENGTH = 32, the library's default)
   peft_grouped  the order of transformers' Trainer with group_by_length=True
                 (`trainer_pt_utils.get_length_grouped_indices`, torch generator seeded with
                 --seed; full batches), then dynamic padding
