@@ -127,11 +127,9 @@ def trim(batch: Mapping[str, np.ndarray], buckets: Optional[Buckets],
       out[key] = value
       continue
     width = bucket_for(needed[group], buckets[group])
-    if width < value.shape[1] and np.asarray(token_mask(value[:, width:])).any() and (
-        key != 'decoder_loss_weights'):
+    if np.asarray(token_mask(value[:, width:])).any():  # loss weights: 0 on padding too
       raise ValueError(f'{key}: real tokens past the bucket length {width}.')
-    out[key] = value[:, :width] if width <= value.shape[1] else np.pad(
-        value, ((0, 0), (0, width - value.shape[1])))
+    out[key] = value[:, :width]
   return out
 
 
