@@ -56,6 +56,8 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
                            'CPU, 8192 on accelerators)')
   parser.add_argument('--xla_flags', default='',
                       help='appended to XLA_FLAGS before JAX starts (e.g. CPU dot backends)')
+  parser.add_argument('--no_library_xla_flags', action='store_true',
+                      help="ours: without the CLI's XLA:CPU flags (prompt_tuning/xla_cpu.py)")
   parser.add_argument('--json', default=None, help='also write the result JSON here')
   parser.add_argument('--peft', action='store_true',
                       help='also run HF PEFT prompt tuning (torch) on the same batches')
@@ -68,6 +70,9 @@ def setup_backend(args: argparse.Namespace) -> str:
   """Sets what must be set before JAX starts its backend; returns the activation dtype."""
   if args.xla_flags:
     os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
+  if not getattr(args, 'no_library_xla_flags', False):
+    from prompt_tuning import xla_cpu
+    xla_cpu.apply()  # what `prompt-tuning train` runs with
   if getattr(args, 'peft', False):
     # The PEFT child runs while this process exists: JAX must not preallocate the GPU.
     os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')

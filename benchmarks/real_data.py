@@ -131,6 +131,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--peft_device', default=None,
                       help="PEFT side's torch device (default: cuda when available, else cpu)")
   parser.add_argument('--xla_flags', default='', help='appended to XLA_FLAGS (ours)')
+  parser.add_argument('--no_library_xla_flags', action='store_true',
+                      help="ours: without the CLI's XLA:CPU flags (prompt_tuning/xla_cpu.py)")
   parser.add_argument('--json', default=None, help='also write the result JSON here')
   parser.add_argument('--worker', choices=('ours', 'peft'), default=None, help=argparse.SUPPRESS)
   parser.add_argument('--spec', default=None, help=argparse.SUPPRESS)
@@ -371,6 +373,9 @@ def worker_main(side: str, spec_file: str) -> None:
   os.dup2(2, 1)
   with open(spec_file) as f:
     spec = json.load(f)
+  if side == 'ours' and spec.get('library_xla_flags', True):
+    from prompt_tuning import xla_cpu
+    xla_cpu.apply()  # before JAX starts, as `prompt-tuning train` does
   impl = OursWorker(spec) if side == 'ours' else PeftWorker(spec)
   for line in sys.stdin:
     msg = json.loads(line)
@@ -592,6 +597,7 @@ def run_train(args: argparse.Namespace) -> dict:
             'targets': args.targets, 'dtype': args.dtype, 'frozen_dtype': args.frozen_dtype,
             'seed': args.seed, 'learning_rate': args.learning_rate, 'optimizer': 'adafactor',
             'warm_runs': args.warm_runs, 'xla_flags': args.xla_flags,
+            'library_xla_flags': not args.no_library_xla_flags,
             'device': args.peft_device}
     sides = sorted({SIDE[m] for m in modes}, reverse=True)  # peft first: it starts first
     workers = {}
@@ -668,6 +674,9 @@ def run_eval(args: argparse.Namespace) -> dict:
   started = common.cpu_snapshot()
   if args.xla_flags:
     os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
+  if not args.no_library_xla_flags:
+    from prompt_tuning import xla_cpu
+    xla_cpu.apply()
   import jax
   from prompt_tuning import batching, decoding, evaluation
   from prompt_tuning.models import prompt as prompt_lib

@@ -16,9 +16,10 @@ import importlib
 import logging
 import os
 import re
-import subprocess
 import sys
 from typing import Callable, Optional, Sequence
+
+from prompt_tuning import xla_cpu
 
 log = logging.getLogger('prompt_tuning')
 
@@ -199,8 +200,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
   if args.tfds_data_dir:
     os.environ['TFDS_DATA_DIR'] = args.tfds_data_dir
-  if args.command == 'plan':
-    _memory_aware_cpu_schedule()
+  # Before JAX starts. `plan` also asks for XLA:CPU's memory-aware schedule: the default one
+  # ignores memory, so remat would save nothing in the temporaries it reports (T5 1.1 small,
+  # batch 32, 512 + 100: 13.2 GiB none vs 12.8 full; memory-optimised 8.2 vs 5.6), while
+  # accelerators schedule for memory.
+  xla_cpu.apply((xla_cpu.FAST_REDUCE, xla_cpu.MEMORY_SCHEDULE) if args.command == 'plan'
+                else (xla_cpu.FAST_REDUCE,))
   handler = _HANDLERS[args.command]
   from prompt_tuning.train import preemption
   if not args.verbose and args.command in _DATA_COMMANDS:
@@ -282,28 +287,6 @@ def _quiet_third_party() -> None:
   import warnings
   warnings.filterwarnings('ignore', category=DeprecationWarning)
   warnings.filterwarnings('ignore', category=FutureWarning)
-
-
-_MEMORY_SCHEDULE = '--xla_cpu_scheduler_type=CPU_SCHEDULER_TYPE_MEMORY_OPTIMIZED'
-
-
-def _memory_aware_cpu_schedule() -> None:
-  """Before JAX starts: XLA:CPU's default schedule ignores memory (remat then saves nothing in
-  its temporaries, e.g. T5 1.1 small, batch 32, 512 + 100: 13.2 GiB none vs 12.8 GiB full);
-  its memory-optimised one (8.2 vs 5.6 GiB) is closer to how accelerators schedule the step.
-  XLA exits on a flag it does not know, so a child process tries it first."""
-  flags = os.environ.get('XLA_FLAGS', '')
-  if 'xla_cpu_scheduler_type' in flags:
-    return
-  wanted = f'{flags} {_MEMORY_SCHEDULE}'.strip()
-  probe = subprocess.run([sys.executable, '-c', 'import jax; jax.devices("cpu")'],
-                         env={**os.environ, 'XLA_FLAGS': wanted, 'JAX_PLATFORMS': 'cpu'},
-                         capture_output=True, timeout=300)
-  if probe.returncode == 0:
-    os.environ['XLA_FLAGS'] = wanted
-  else:
-    log.warning('This jaxlib has no memory-optimised CPU schedule; on CPU the temporaries below '
-                'ignore rematerialisation.')
 
 
 # What `plan` does not read, though the train gin files require it: planning needs only the

@@ -9,11 +9,13 @@ LENGTHS = {'inputs': 64, 'targets': 8}
 
 
 def test_auto_buckets_step_grows_with_length_and_end_at_the_limit():
-  assert batching.auto_buckets(512) == (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160,
+  assert batching.auto_buckets(512) == (2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160,
                                         192, 224, 256, 320, 384, 448, 512)
-  assert batching.auto_buckets(100) == (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 100)
-  assert batching.auto_buckets(8) == (8,)
-  assert batching.auto_buckets(6) == (6,)
+  assert batching.auto_buckets(100) == (2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 100)
+  assert batching.auto_buckets(8) == (2, 4, 8)  # targets: labels are 2-6 tokens
+  assert batching.auto_buckets(6) == (2, 4, 6)
+  assert batching.auto_buckets(2) == (2,)
+  assert batching.auto_buckets(1) == (1,)
   for limit in (8, 100, 512, 2048):
     buckets = batching.auto_buckets(limit)
     # A row pads by less than 8 tokens, or 1/8 of its length.
@@ -22,11 +24,11 @@ def test_auto_buckets_step_grows_with_length_and_end_at_the_limit():
 
 
 @pytest.mark.parametrize('setting, expected', [
-    ('auto', {'inputs': batching.auto_buckets(64), 'targets': (8,)}),
+    ('auto', {'inputs': batching.auto_buckets(64), 'targets': (2, 4, 8)}),
     (None, None),
     ([16, 32, 64], {'inputs': (16, 32, 64), 'targets': (8,)}),
     ([16, 100], {'inputs': (16, 64), 'targets': (8,)}),
-    ({'inputs': [32, 64]}, {'inputs': (32, 64), 'targets': (8,)}),
+    ({'inputs': [32, 64]}, {'inputs': (32, 64), 'targets': (2, 4, 8)}),
     ({'inputs': [32, 64], 'targets': [4, 8]}, {'inputs': (32, 64), 'targets': (4, 8)}),
 ])
 def test_resolve(setting, expected):
