@@ -50,7 +50,9 @@ random prompt): greedy generate and rank. Every distinct batch shape is called o
 compile and first run); then each way and method makes one timed pass (interleaved; best of
 --eval_repeats), every batch call timed. compile_s = each shape's first call minus its steady
 batch time. The predictions of the two ways must be identical (rank: the scores are compared
-too).
+too). 'before' (unless --no_eval_before): the fixed way once more, in a child process without
+the library's XLA:CPU flags (prompt_tuning/xla_cpu.py) — eval as it ran before this change; the
+speedup 'vs before' is its seconds over auto's.
 """
 
 from __future__ import annotations
@@ -128,6 +130,11 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--eval_max_examples', type=int, default=None,
                       help='first N validation examples only (default: all)')
   parser.add_argument('--eval_repeats', type=int, default=1)
+  parser.add_argument('--eval_ways', default='fixed,auto',
+                      help='fixed (buckets None) and/or auto (the library default)')
+  parser.add_argument('--no_eval_before', action='store_true',
+                      help="skip the 'before' way: fixed shape in a child process without the "
+                           "library's XLA:CPU flags, i.e. eval as it was before buckets")
   parser.add_argument('--peft_device', default=None,
                       help="PEFT side's torch device (default: cuda when available, else cpu)")
   parser.add_argument('--xla_flags', default='', help='appended to XLA_FLAGS (ours)')
@@ -672,6 +679,7 @@ def _swap_pairs(modes: list[str]) -> list[str]:
 
 def run_eval(args: argparse.Namespace) -> dict:
   started = common.cpu_snapshot()
+  users_xla_flags = os.environ.get('XLA_FLAGS')  # for the 'before' child
   if args.xla_flags:
     os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
   if not args.no_library_xla_flags:
@@ -686,7 +694,8 @@ def run_eval(args: argparse.Namespace) -> dict:
   name = TASKS[args.task][0]
   lengths = feature_lengths(args)
   methods = tuple(args.eval_methods.split(','))
-  ways = {'fixed': None, 'auto': batching.resolve('auto', lengths)}
+  ways = {way: None if way == 'fixed' else batching.resolve('auto', lengths)
+          for way in args.eval_ways.split(',')}
   evaluators = {way: evaluation.Evaluator(name, EVAL_SPLIT, lengths, methods=methods,
                                           batch_size=args.eval_batch, buckets=buckets,
                                           max_examples=args.eval_max_examples)
@@ -785,7 +794,7 @@ def run_eval(args: argparse.Namespace) -> dict:
                                 for w in info['widths'])
 
   comparison = {}
-  for method in methods:
+  for method in methods if set(ways) == {'fixed', 'auto'} else ():
     fixed, auto = predictions[('fixed', method)], predictions[('auto', method)]
     mismatched = [i for i, (a, b) in enumerate(zip(fixed, auto)) if a != b]
     seconds = {way: result_ways[way][method]['seconds'] for way in ways}
@@ -805,19 +814,62 @@ def run_eval(args: argparse.Namespace) -> dict:
           score_max_abs_diff=float(diff.max()),
           score_max_rel_diff=float((diff / np.maximum(np.abs(scores['fixed']), 1e-30)).max()),
           min_label_margin=float((top2[:, 1] - top2[:, 0]).min()))
+  before = None
+  if not args.no_eval_before and 'auto' in ways:
+    before = _eval_before(args, users_xla_flags)
+    for method in methods:
+      seconds, compile_s = before['ways']['fixed'][method]['seconds'], before['ways']['fixed'][
+          method]['compile_s']
+      auto, auto_info = predictions[('auto', method)], result_ways['auto'][method]
+      comparison[method].update(
+          speedup_vs_before=seconds / auto_info['seconds'],
+          speedup_vs_before_with_compile=(seconds + compile_s) / (
+              auto_info['seconds'] + auto_info['compile_s']),
+          mismatched_vs_before=sum(a != str(b) for a, b in zip(before['predictions'][method],
+                                                                auto)))
   machine = common.machine_info()
   machine['cpu_contention'] = common.other_cpu_use(started)
-  ex = evaluators['fixed'].examples
+  ex = next(iter(evaluators.values())).examples
   return {'benchmark': 'real_data_eval', 'machine': machine,
           'config': {'task': args.task, 'seqio_task': name, 'split': EVAL_SPLIT,
                      'size': args.size, 'inputs': args.inputs, 'targets': args.targets,
                      'prompt': args.prompt, 'batch': args.eval_batch, 'dtype': dtype,
                      'frozen_dtype': args.frozen_dtype, 'methods': list(methods),
                      'decoding': 'greedy', 'repeats': args.eval_repeats,
-                     'buckets_auto': {k: list(v) for k, v in ways['auto'].items()}},
+                     'buckets_auto': ({k: list(v) for k, v in ways['auto'].items()}
+                                      if ways.get('auto') else None)},
           'data': {'examples': len(ex), 'max_examples': args.eval_max_examples,
-                   'num_truncated': evaluators['fixed'].num_truncated},
-          'ways': result_ways, 'comparison': comparison}
+                   'num_truncated': next(iter(evaluators.values())).num_truncated},
+          'ways': result_ways, 'comparison': comparison,
+          'predictions': {m: [str(p) for p in predictions[(way, m)]] for way in ways
+                          for m in methods} if len(ways) == 1 else None,
+          'before': before and {k: before[k] for k in ('machine', 'ways')}}
+
+
+def _eval_before(args: argparse.Namespace, users_xla_flags: Optional[str]) -> dict:
+  """The fixed way in a child process without the library's XLA:CPU flags."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out = os.path.join(tmp, 'before.json')
+    argv = [sys.executable, '-m', 'benchmarks.real_data', '--eval', '--task', args.task,
+            '--eval_ways', 'fixed', '--no_library_xla_flags', '--no_eval_before', '--json', out,
+            '--size', args.size, '--inputs', str(args.inputs), '--targets', str(args.targets),
+            '--prompt', str(args.prompt), '--eval_batch', str(args.eval_batch),
+            '--eval_methods', args.eval_methods, '--eval_repeats', str(args.eval_repeats),
+            '--seed', str(args.seed), '--frozen_dtype', args.frozen_dtype]
+    for flag, value in (('--dtype', args.dtype), ('--eval_max_examples', args.eval_max_examples),
+                        ('--xla_flags', args.xla_flags)):
+      if value:
+        argv += [flag, str(value)]
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != 'XLA_FLAGS'}
+    if users_xla_flags is not None:
+      env['XLA_FLAGS'] = users_xla_flags
+    subprocess.run(argv, cwd=repo, env=env, check=True, stdout=subprocess.DEVNULL)
+    with open(out) as f:
+      result = json.load(f)
+  # Each prediction in the order the Evaluator returns them (one list per method).
+  result['predictions'] = {m: result['predictions'][m] for m in result['config']['methods']}
+  return result
 
 
 # ----------------------------------------------------------------------------------------------
@@ -867,20 +919,25 @@ def detail_rows(result: dict) -> str:
   return '\n'.join(rows)
 
 
-EVAL_TABLE_HEADER = ('| machine | task | size | B | L+P / T | method | fixed s | auto s | speedup '
-                     '| identical | compile s fixed / auto |\n'
-                     '|---|---|---|---|---|---|---|---|---|---|---|')
+EVAL_TABLE_HEADER = ('| machine | task | size | B | L+P / T | method | before s | fixed s | auto s '
+                     '| auto vs before | auto vs fixed | identical | compile s fixed / auto |\n'
+                     '|---|---|---|---|---|---|---|---|---|---|---|---|---|')
 
 
 def eval_table_row(result: dict) -> str:
-  c, ways = result['config'], result['ways']
+  """before: fixed shape without the library's XLA:CPU flags (eval before this change); fixed:
+  fixed shape with them; auto: buckets with them."""
+  c, ways, before = result['config'], result['ways'], result.get('before')
   rows = []
   for method, comp in result['comparison'].items():
+    before_s = before['ways']['fixed'][method]['seconds'] if before else None
     rows.append(
         f"| {common.describe(result['machine'])} | {c['task']} ({result['data']['examples']}) "
         f"| {c['size']} | {c['batch']} | {c['inputs']}+{c['prompt']} / {c['targets']} "
-        f"| {method} | {common.fmt(ways['fixed'][method]['seconds'], 1)} "
-        f"| {common.fmt(ways['auto'][method]['seconds'], 1)} | **{common.fmt(comp['speedup'])}** "
+        f"| {method} | {common.fmt(before_s, 1)} "
+        f"| {common.fmt(ways['fixed'][method]['seconds'], 1)} "
+        f"| {common.fmt(ways['auto'][method]['seconds'], 1)} "
+        f"| **{common.fmt(comp.get('speedup_vs_before'))}** | {common.fmt(comp['speedup'])} "
         f"| {'yes' if comp['predictions_identical'] else 'NO (%d)' % comp['mismatched']} "
         f"| {common.fmt(ways['fixed'][method]['compile_s'], 1)} / "
         f"{common.fmt(ways['auto'][method]['compile_s'], 1)} |")

@@ -22,7 +22,8 @@ import numpy as np
 
 from prompt_tuning.vocab import token_mask
 
-# Which length each T5X batch feature follows.
+# Which length each T5X batch feature follows. Features not listed have no length axis (e.g.
+# `prompt_ids` [B], each row's prompt) and pass through `trim` unchanged.
 FEATURE_GROUP = {'encoder_input_tokens': 'inputs', 'decoder_input_tokens': 'targets',
                  'decoder_target_tokens': 'targets', 'decoder_loss_weights': 'targets'}
 # The feature whose real tokens give each group's length (decoder inputs start with the pad id).
@@ -130,7 +131,11 @@ def trim(batch: Mapping[str, np.ndarray], buckets: Optional[Buckets],
       out[key] = value
       continue
     width = bucket_for(needed[group], buckets[group])
-    if np.asarray(token_mask(value[:, width:])).any():  # loss weights: 0 on padding too
+    # Decoder inputs are the targets shifted right: a row of exactly `width` targets has its EOS
+    # at input position `width`. It only feeds the prediction after the last target (masked:
+    # its target is padding), and causal attention keeps it from every kept position.
+    slack = 1 if key == 'decoder_input_tokens' else 0
+    if np.asarray(token_mask(value[:, width + slack:])).any():  # loss weights: 0 on padding too
       raise ValueError(f'{key}: real tokens past the bucket length {width}.')
     out[key] = value[:, :width]
   return out

@@ -94,6 +94,33 @@ def test_trim_pads_to_an_agreed_length_and_refuses_to_cut_real_tokens():
   assert agreed[0]['encoder_input_tokens'].shape == (2, 64)
 
 
+def test_targets_that_fill_their_bucket_lose_only_their_shifted_eos():
+  batch = batch_of([20, 5], [4, 2])  # row 0: 4 targets, so decoder input position 4 is real
+  buckets = batching.resolve('auto', LENGTHS)
+  assert batch['decoder_input_tokens'][0, 4] != 0
+  out = batching.trim(batch, buckets)
+  assert out['decoder_target_tokens'].shape == (2, 4)
+  np.testing.assert_array_equal(out['decoder_input_tokens'], batch['decoder_input_tokens'][:, :4])
+  # More than that one shifted token past the bucket is still refused.
+  bad = {**batch, 'decoder_input_tokens': batch['decoder_input_tokens'].copy()}
+  bad['decoder_input_tokens'][1, 6] = 7
+  with pytest.raises(ValueError, match='decoder_input_tokens: real tokens past the bucket'):
+    batching.trim(bad, buckets)
+
+
+def test_prompt_ids_pass_trim_unchanged_and_follow_their_rows_when_grouped():
+  batch = {**batch_of([20, 33, 5], [3, 1, 2]), 'prompt_ids': np.array([2, 0, 1], np.int32)}
+  out = batching.trim(batch, batching.resolve('auto', LENGTHS))
+  assert out['encoder_input_tokens'].shape == (3, 40)  # trimming did cut the inputs
+  assert out['prompt_ids'] is batch['prompt_ids']
+  # Grouping reorders rows: each keeps its prompt id (here the id is the row's input length).
+  lengths = np.random.default_rng(0).integers(1, 65, 8)
+  big = {**batch_of(lengths.tolist(), [1] * 8), 'prompt_ids': lengths.astype(np.int32)}
+  for group in batching.group_in_windows(iter([big]), 4, 2, seed=0):
+    np.testing.assert_array_equal(group['prompt_ids'],
+                                  batching.row_lengths(group['encoder_input_tokens']))
+
+
 def windows(num_windows, batch_size, window, seed=0):
   rng = np.random.default_rng(seed)
   for _ in range(num_windows):
@@ -121,9 +148,14 @@ def test_group_in_windows_sorts_within_a_window_keeps_every_row_and_resumes():
              for a, b in zip(grouped[7:], resumed))
 
 
-def test_bucketed_batches_train_like_fixed_ones(shared, monkeypatch):
-  """Real RTE batches (T5 vocabulary, paper's 512 inputs) on the real T5X fixture: trimmed to
-  their bucket they give the loss, gradient norm and prompt of the same batches at 512."""
+@pytest.mark.parametrize('task, split, target_width', [
+    ('super_glue_rte_local', 'train', 8),  # labels of 5-6 tokens with EOS
+    ('glue_sst2_local', 'validation', 2),  # 2 tokens: every target row fills its bucket
+])
+def test_bucketed_batches_train_like_fixed_ones(shared, monkeypatch, task, split, target_width):
+  """Real RTE / SST-2 batches (T5 vocabulary, paper's 512 inputs) on the real T5X fixture:
+  trimmed to their bucket they give the loss, gradient norm and prompt of the same batches at
+  512."""
   monkeypatch.setenv('PROMPT_TUNING_DATA_DIR', shared('data'))
   monkeypatch.setenv('PROMPT_TUNING_VOCAB', shared('fixtures', 't5_vocab', 'sentencepiece.model'))
   from prompt_tuning import checkpoints
@@ -132,10 +164,11 @@ def test_bucketed_batches_train_like_fixed_ones(shared, monkeypatch):
   from train_fixtures import make_trainer
 
   lengths = {'inputs': 512, 'targets': 8}
-  stream = pipeline.get_batches('super_glue_rte_local', 'train', lengths, 4, seed=3)
+  stream = pipeline.get_batches(task, split, lengths, 4, seed=3)
   fixed = [next(stream) for _ in range(3)]
   trimmed = [batching.trim(b, batching.resolve('auto', lengths)) for b in fixed]
   assert all(b['encoder_input_tokens'].shape[1] <= 256 for b in trimmed)
+  assert {b['decoder_target_tokens'].shape[1] for b in trimmed} == {target_width}
   config, frozen = checkpoints.load_base(shared(*FIXTURE), FIXTURE_CONFIG.replace(dtype='float32'))
   trainer = make_trainer(config, frozen)
   start = np.random.RandomState(0).uniform(-0.5, 0.5, trainer.prompt_shape)
