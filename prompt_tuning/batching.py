@@ -28,18 +28,19 @@ FEATURE_GROUP = {'encoder_input_tokens': 'inputs', 'decoder_input_tokens': 'targ
                  'decoder_target_tokens': 'targets', 'decoder_loss_weights': 'targets'}
 # The feature whose real tokens give each group's length (decoder inputs start with the pad id).
 LENGTH_SOURCE = {'inputs': 'encoder_input_tokens', 'targets': 'decoder_target_tokens'}
-SHORT_BUCKETS = (2, 4)
+SHORT_BUCKETS = (2, 4, 6)
 MIN_BUCKET = 8
 Buckets = dict[str, tuple[int, ...]]
 BucketSetting = Union[None, Literal['auto'], Sequence[int], Mapping[str, Sequence[int]]]
 
 
 def auto_buckets(max_length: int) -> tuple[int, ...]:
-  """2, 4, then multiples of 8 up to 64, of 16 up to 128, of 32 up to 256, of 64 up to 512, and so
-  on (the step doubles with the length, so a row pads by less than 8 tokens or 1/8 of its length),
-  below `max_length`, then `max_length` itself: 22 shapes up to 512. The short ones are for
-  targets: a classification label is 2-6 tokens, and a target position costs about two input
-  positions (decoder layers plus the vocabulary-wide logits)."""
+  """2, 4, 6, then multiples of 8 up to 64, of 16 up to 128, of 32 up to 256, of 64 up to 512, and
+  so on (the step doubles with the length, so a row pads by less than 8 tokens or 1/8 of its
+  length), below `max_length`, then `max_length` itself: 23 shapes up to 512. The short ones are
+  for targets: a classification label is 2-6 tokens with EOS (SST-2 2, BoolQ 2-4, RTE 5-6), and a
+  target position costs about two input positions (decoder layers plus the vocabulary-wide
+  logits)."""
   out, step, length = [b for b in SHORT_BUCKETS if b < max_length], MIN_BUCKET, MIN_BUCKET
   while length < max_length:
     out.append(length)

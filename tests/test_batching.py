@@ -9,11 +9,12 @@ LENGTHS = {'inputs': 64, 'targets': 8}
 
 
 def test_auto_buckets_step_grows_with_length_and_end_at_the_limit():
-  assert batching.auto_buckets(512) == (2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160,
+  assert batching.auto_buckets(512) == (2, 4, 6, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160,
                                         192, 224, 256, 320, 384, 448, 512)
-  assert batching.auto_buckets(100) == (2, 4, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 100)
-  assert batching.auto_buckets(8) == (2, 4, 8)  # targets: labels are 2-6 tokens
+  assert batching.auto_buckets(100) == (2, 4, 6, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 100)
+  assert batching.auto_buckets(8) == (2, 4, 6, 8)  # targets: labels are 2-6 tokens
   assert batching.auto_buckets(6) == (2, 4, 6)
+  assert batching.auto_buckets(5) == (2, 4, 5)
   assert batching.auto_buckets(2) == (2,)
   assert batching.auto_buckets(1) == (1,)
   for limit in (8, 100, 512, 2048):
@@ -24,11 +25,11 @@ def test_auto_buckets_step_grows_with_length_and_end_at_the_limit():
 
 
 @pytest.mark.parametrize('setting, expected', [
-    ('auto', {'inputs': batching.auto_buckets(64), 'targets': (2, 4, 8)}),
+    ('auto', {'inputs': batching.auto_buckets(64), 'targets': (2, 4, 6, 8)}),
     (None, None),
     ([16, 32, 64], {'inputs': (16, 32, 64), 'targets': (8,)}),
     ([16, 100], {'inputs': (16, 64), 'targets': (8,)}),
-    ({'inputs': [32, 64]}, {'inputs': (32, 64), 'targets': (2, 4, 8)}),
+    ({'inputs': [32, 64]}, {'inputs': (32, 64), 'targets': (2, 4, 6, 8)}),
     ({'inputs': [32, 64], 'targets': [4, 8]}, {'inputs': (32, 64), 'targets': (4, 8)}),
 ])
 def test_resolve(setting, expected):
@@ -149,7 +150,7 @@ def test_group_in_windows_sorts_within_a_window_keeps_every_row_and_resumes():
 
 
 @pytest.mark.parametrize('task, split, target_width', [
-    ('super_glue_rte_local', 'train', 8),  # labels of 5-6 tokens with EOS
+    ('super_glue_rte_local', 'train', 6),  # labels of 5-6 tokens with EOS
     ('glue_sst2_local', 'validation', 2),  # 2 tokens: every target row fills its bucket
 ])
 def test_bucketed_batches_train_like_fixed_ones(shared, monkeypatch, task, split, target_width):
