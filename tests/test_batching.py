@@ -9,8 +9,8 @@ LENGTHS = {'inputs': 64, 'targets': 8}
 
 
 def test_auto_buckets_step_grows_with_length_and_end_at_the_limit():
-  assert batching.auto_buckets(512) == (2, 4, 6, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160,
-                                        192, 224, 256, 320, 384, 448, 512)
+  assert batching.auto_buckets(512) == (2, 4, 6, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128,
+                                        160, 192, 224, 256, 320, 384, 448, 512)
   assert batching.auto_buckets(100) == (2, 4, 6, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 100)
   assert batching.auto_buckets(8) == (2, 4, 6, 8)  # targets: labels are 2-6 tokens
   assert batching.auto_buckets(6) == (2, 4, 6)
