@@ -23,7 +23,8 @@ from prompt_tuning import xla_cpu
 
 log = logging.getLogger('prompt_tuning')
 
-COMMANDS = ('quickstart', 'train', 'eval', 'infer', 'plan', 'export', 'convert')
+COMMANDS = ('quickstart', 'train', 'eval', 'infer', 'plan', 'export', 'convert', 'inspect')
+VOCAB_ENV = 'PROMPT_TUNING_VOCAB'  # as data/vocabularies.py (which needs SeqIO) reads it
 
 
 def package_gin_dirs() -> list[str]:
@@ -78,12 +79,25 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   hosts.add_argument('--process_count', type=int, default=None)
   hosts.add_argument('--process_index', type=int, default=None)
   io = parser.add_argument_group('export / convert')
-  io.add_argument('--model_dir', help='export: the prompt-tuning MODEL_DIR')
+  io.add_argument('--model_dir', help='export/inspect: the prompt-tuning MODEL_DIR')
   io.add_argument('--format', choices=('npy', 'peft', 't5x'), help='export format')
   io.add_argument('--output', help='export/convert: where to write')
-  io.add_argument('--step', type=int, default=None, help='export: checkpoint step (latest)')
+  io.add_argument('--step', type=int, default=None,
+                  help='export/inspect: checkpoint step of --model_dir (latest)')
   io.add_argument('--input', help='convert: source checkpoint (T5X or HF directory)')
   io.add_argument('--to', choices=('t5x', 'hf'), help='convert: target format')
+  look = parser.add_argument_group('inspect (nearest vocabulary tokens of each prompt position)')
+  look.add_argument('--prompt', help='a prompt file: .npy (also extension-less numpy files), a '
+                    'PEFT adapter directory, or a T5X checkpoint (read at --variable)')
+  look.add_argument('--variable', default=None,
+                    help='the T5X variable of --prompt (default encoder/prompt/prompt/prompt)')
+  look.add_argument('--checkpoint', help='the model whose token embedding is compared: a T5X '
+                    'checkpoint, an HF T5 directory or a [V, D] .npy (default with --model_dir: '
+                    'its base checkpoint)')
+  look.add_argument('--vocab', help=f'SentencePiece model decoding the ids (default ${VOCAB_ENV}; '
+                    f'without one, ids only)')
+  look.add_argument('--top_k', type=int, default=5, help='nearest tokens per position (5)')
+  look.add_argument('--json', help='also write the report as JSON to this file')
   parser.add_argument('-v', '--verbose', action='store_true')
   return parser.parse_args(rewrite_gin_args(argv))
 
@@ -330,6 +344,60 @@ def _convert(args: argparse.Namespace) -> int:
   return 0
 
 
+def _inspect(args: argparse.Namespace) -> int:
+  import json
+
+  from prompt_tuning import inspection, prompt_files
+  from prompt_tuning import model_dir as model_dir_lib
+  from prompt_tuning.atomic import atomic_write
+  from prompt_tuning.vocab import SentencePieceVocab
+  if bool(args.prompt) == bool(args.model_dir):
+    raise ValueError('inspect needs one prompt: --prompt=FILE (.npy, PEFT adapter, T5X '
+                     'checkpoint) or --model_dir=MODEL_DIR [--step=N]' +
+                     (', not both.' if args.prompt else '.'))
+  if args.step is not None and not args.model_dir:
+    raise ValueError('inspect: --step picks a step of --model_dir; a --prompt file has one prompt.')
+  if args.json and os.path.isdir(args.json):
+    raise ValueError(f'--json={args.json} is a directory; name the file to write.')
+  if args.prompt:
+    prompt = prompt_files.load_prompt_file(args.prompt, args.variable)
+    prompt_source = args.prompt
+  else:
+    prompt, step = model_dir_lib.load_prompt(args.model_dir, args.step)
+    prompt_source = f'{args.model_dir} (step {step})'
+  checkpoint = args.checkpoint
+  if not checkpoint and args.model_dir:
+    checkpoint = (model_dir_lib.read_run_info(args.model_dir) or {}).get('initial_checkpoint')
+  if not checkpoint:
+    raise ValueError('inspect needs --checkpoint=PATH: the model whose token embedding the prompt '
+                     'is compared with (a T5X checkpoint, an HF T5 directory or a [V, D] .npy).')
+  embedding, embedding_source = inspection.load_embedding(checkpoint)
+  if prompt.shape[-1] != embedding.shape[-1]:
+    raise ValueError(f'the prompt {prompt_source} has shape {list(prompt.shape)} (width '
+                     f'{prompt.shape[-1]}) but the embedding {embedding_source} has shape '
+                     f'{list(embedding.shape)} (width {embedding.shape[-1]}): the prompt was '
+                     f'trained for another model.')
+  vocab_path = args.vocab or os.environ.get(VOCAB_ENV)
+  vocab = SentencePieceVocab(vocab_path) if vocab_path else None
+  if vocab is not None and vocab.vocab_size > embedding.shape[0]:
+    raise ValueError(f'the vocabulary {vocab_path} has {vocab.vocab_size} ids but the embedding '
+                     f'{embedding_source} has {embedding.shape[0]} rows: they belong to different '
+                     f'models.')
+  if vocab is None:
+    print(f'prompt-tuning inspect: no vocabulary (--vocab or ${VOCAB_ENV}); tokens are shown as '
+          f'ids.', file=sys.stderr)
+  report = inspection.inspect_prompt(prompt, embedding, args.top_k, vocab,
+                                     num_tokens=vocab.vocab_size if vocab else None)
+  report = {'prompt_source': prompt_source, 'embedding_source': embedding_source,
+            'vocab': vocab_path, **report}
+  if args.json:
+    atomic_write(os.path.abspath(args.json), json.dumps(report, indent=1, ensure_ascii=False))
+  print(inspection.format_table(report, prompt_source, embedding_source))
+  if args.json:
+    print(f'wrote {os.path.abspath(args.json)}')
+  return 0
+
+
 _HANDLERS = {
     'train': _gin_run((), 'prompt_tuning.runs.train'),
     'eval': _gin_run((), 'prompt_tuning.runs.evaluate'),
@@ -338,4 +406,5 @@ _HANDLERS = {
     'quickstart': _gin_run(('quickstart.gin',), 'prompt_tuning.quickstart.quickstart'),
     'export': _export,
     'convert': _convert,
+    'inspect': _inspect,
 }

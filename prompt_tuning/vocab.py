@@ -73,5 +73,17 @@ class SentencePieceVocab:
       kept.append(i)
     return self._sp.decode(kept)
 
+  def piece(self, token_id: int) -> str:
+    """One id as its vocabulary entry: the SentencePiece piece ('▁the', '</s>', '<pad>'), or
+    '<extra_id_N>' for a sentinel (T5 counts them down from the last id: 32099 is
+    <extra_id_0>). Ids past the vocabulary raise ValueError."""
+    token_id = int(token_id)
+    if 0 <= token_id < self.sp_size:
+      return self._sp.id_to_piece(token_id)
+    if self.sp_size <= token_id < self.vocab_size:
+      return f'<extra_id_{self.vocab_size - 1 - token_id}>'
+    raise ValueError(f'{self.path}: id {token_id} is outside the vocabulary (0..'
+                     f'{self.vocab_size - 1}).')
+
   def __repr__(self) -> str:
     return f'SentencePieceVocab({self.path!r}, extra_ids={self.extra_ids})'

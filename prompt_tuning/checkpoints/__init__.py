@@ -9,15 +9,18 @@ from __future__ import annotations
 import os
 from typing import Any, Mapping, Optional
 
+import numpy as np
+
 from prompt_tuning.checkpoints import hf, t5x
 from prompt_tuning.checkpoints.common import (CheckpointError, check_params, derive_config,
                                               flatten, unflatten)
 from prompt_tuning.models import t5
 from prompt_tuning.models.prompt import split_params
 
-__all__ = ['CheckpointError', 'convert', 'detect_format', 'load_base', 'load_params', 'read_step',
-           'save_hf', 'save_t5x']
+__all__ = ['CheckpointError', 'convert', 'detect_format', 'load_base', 'load_embedding',
+           'load_params', 'read_step', 'save_hf', 'save_t5x']
 
+EMBEDDING = 'token_embedder/embedding'
 # Trainable additions that may ride along in a full checkpoint (e.g. a prompt inserted for T5X).
 _EXTRA_PREFIXES = ('encoder/prompt/',)
 
@@ -78,6 +81,21 @@ def load_base(path: Optional[str], config: Optional[t5.T5Config] = None
     raise CheckpointError(f'Cannot load the base checkpoint (INITIAL_CHECKPOINT_PATH): {e}') from e
   frozen, _ = split_params(params)
   return config, frozen
+
+
+def load_embedding(path: str) -> tuple[np.ndarray, str]:
+  """(the token embedding table [vocab, d_model], where it was read) of a T5X or Hugging Face
+  checkpoint, reading only that array (no config, no other parameter)."""
+  if detect_format(path) == 't5x':
+    flat, _, ckpt_dir = t5x.read_params(path, keys=[EMBEDDING])
+    value, source = flat[EMBEDDING], f'{os.path.join(ckpt_dir, t5x.CHECKPOINT_FILE)} [{EMBEDDING}]'
+  else:
+    value, source = hf.read_embedding(path)
+  value = np.asarray(value)
+  if value.ndim != 2:
+    raise CheckpointError(f'{source}: the token embedding is a 2-D [vocab, d_model] table; this '
+                          f'one has shape {value.shape}.')
+  return value, source
 
 
 def read_step(path: str) -> int:

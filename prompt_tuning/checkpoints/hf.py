@@ -135,6 +135,32 @@ def _read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   return tensors, files
 
 
+def read_embedding(path: str) -> tuple[np.ndarray, str]:
+  """(the token embedding [vocab, d_model], where it was read) of an HF T5 directory, reading
+  no other tensor: `shared.weight`, else one of its tied copies."""
+  files = _weight_files(path)
+  for file in files:
+    if not os.path.isfile(file):
+      raise CheckpointError(f'{file}: listed in {INDEX_FILE} but missing.')
+  for name in ('shared.weight',) + _TIED_COPIES:
+    for file in files:
+      try:
+        with safe_open(file, framework='numpy') as f:
+          if name not in f.keys():
+            continue
+          value = f.get_tensor(name)
+      except Exception as e:  # safetensors raises SafetensorError, OSError, TypeError, ...
+        raise CheckpointError(f'{file}: corrupt or truncated safetensors file '
+                              f'({first_line(e)}).') from e
+      source = f'{file} [{name}]'
+      if not is_floating(value.dtype):
+        raise CheckpointError(f'{source}: has dtype {value.dtype}; checkpoint parameters must be '
+                              f'floating point ({FLOAT_DTYPES}).')
+      return value, source
+  raise CheckpointError(f'{path} (Hugging Face safetensors): no token embedding '
+                        f'(shared.weight) in {", ".join(files)}.')
+
+
 def read_params(path: str, config: Optional[t5.T5Config] = None
                 ) -> tuple[t5.T5Config, dict[str, np.ndarray]]:
   """Reads an HF T5 1.1 directory into (config, flat T5X params)."""
