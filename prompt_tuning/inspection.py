@@ -160,13 +160,12 @@ def load_embedding(path: str) -> tuple[np.ndarray, str]:
     except Exception as e:  # truncated data and object arrays both land here
       raise ValueError(f'{path}: cannot read the numpy array ({e}).') from e
     source = path
+    if value.ndim != 2:  # checkpoints.load_embedding checks its own tables
+      raise ValueError(f'{source}: an embedding table is a 2-D [V, D] array; this one has shape '
+                       f'{value.shape}.')
   else:
     from prompt_tuning import checkpoints  # Lazy: pulls in tensorstore.
     value, source = checkpoints.load_embedding(path)
-  value = np.asarray(value)
-  if value.ndim != 2:
-    raise ValueError(f'{source}: an embedding table is a 2-D [V, D] array; this one has shape '
-                     f'{value.shape}.')
   if not (value.dtype.kind == 'f' or value.dtype.name == 'bfloat16'):
     raise ValueError(f'{source}: an embedding table holds floats; this one is {value.dtype}.')
   return value.astype(np.float32), source
