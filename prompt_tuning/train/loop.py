@@ -44,7 +44,7 @@ class Periodic(NamedTuple):
 
 
 def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], model_dir: str,
-          num_steps: int, *, prompt_init: Callable[[Any, tuple[int, int]], Any],
+          num_steps: int, *, prompt_init: Callable[[Any, tuple[int, ...]], Any],
           seed: int = 0, save_every: int = 1000, keep: Optional[int] = 1,
           initial_checkpoint: Optional[str] = None,
           on_metrics: Optional[Callable[[int, dict], None]] = None,
