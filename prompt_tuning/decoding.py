@@ -10,6 +10,11 @@ of the encoded input), then runs one jitted `lax.while_loop` of single-token
 
 The model and the integer/float settings are static arguments: one compile per model, shape
 and setting, reused across calls.
+
+A model whose prompt is a table (`PromptConfig.num_prompts` K > 1) needs `prompt_ids` [B], each
+row's prompt; every entry point checks them on the host before jit (missing, wrong shape, an id
+outside [0, K): a ValueError naming it). They only matter at encoding: beams and candidates
+repeat the encoded rows, which already carry their prompt.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.vocab import EOS_ID, PAD_ID, token_mask
 
 DecodingMethod = Literal['greedy', 'beam_search', 'sample']
@@ -35,12 +41,37 @@ MIN_TEMPERATURE = 1e-4
 # The cached model, as two functions of arrays.
 
 
-def _start(model, params, encoder_input_tokens_BxL, max_decode_length, copies=1):
-  """Encodes once and builds the cache; `copies` repeats each row (beams) after encoding."""
+def check_prompt_ids(model, prompt_ids, batch: int) -> None:
+  """Host-side check of the rows' prompt ids for `model` (see prompt_lib.check_prompt_ids)."""
+  prompt = getattr(model, 'prompt', None)
+  if prompt is None:
+    if prompt_ids is not None:
+      raise ValueError('prompt_ids were given but the model has no prompt.')
+    return
+  prompt_lib.check_prompt_ids(prompt_ids, prompt.num_prompts, batch)
+
+
+def _host_checked(jitted):
+  """`jitted`, with its keyword `prompt_ids` checked on the host first (inside jit an id out of
+  range cannot be refused). `.lower` stays the jitted function's."""
+  @functools.wraps(jitted)
+  def call(model, params, encoder_input_tokens_BxL, *args, prompt_ids=None, **kwargs):
+    check_prompt_ids(model, prompt_ids, np.shape(encoder_input_tokens_BxL)[0])
+    return jitted(model, params, encoder_input_tokens_BxL, *args, prompt_ids=prompt_ids,
+                  **kwargs)
+  call.lower = jitted.lower  # type: ignore[attr-defined]
+  return call
+
+
+def _start(model, params, encoder_input_tokens_BxL, max_decode_length, copies=1,
+           prompt_ids_B=None):
+  """Encodes once and builds the cache; `copies` repeats each row (beams) after encoding, so
+  the prompt ids, used by the encoder alone, need no repeating."""
   if max_decode_length < 1:
     raise ValueError(f'max_decode_length must be >= 1, got {max_decode_length}.')
   tokens_BxL = jnp.asarray(encoder_input_tokens_BxL, jnp.int32)
-  encoded_BxLxD = model.apply({'params': params}, tokens_BxL, method=model.encode)
+  encoded_BxLxD = model.apply({'params': params}, tokens_BxL, prompt_ids=prompt_ids_B,
+                              method=model.encode)
   if copies > 1:
     # Rows b*copies .. b*copies + copies - 1 belong to example b.
     encoded_BxLxD = jnp.repeat(encoded_BxLxD, copies, axis=0)
@@ -71,9 +102,11 @@ class _SampleState(NamedTuple):
 
 
 def _decode_loop(model, params, encoder_input_tokens_BxL, max_decode_length,
-                 pick: Callable[[jax.Array, jax.Array], jax.Array], rng: jax.Array):
+                 pick: Callable[[jax.Array, jax.Array], jax.Array], rng: jax.Array,
+                 prompt_ids_B=None):
   """Runs `pick(logits_BxV, step_rng) -> token_B` until every row ended or T tokens."""
-  tokens_BxL, cache = _start(model, params, encoder_input_tokens_BxL, max_decode_length)
+  tokens_BxL, cache = _start(model, params, encoder_input_tokens_BxL, max_decode_length,
+                             prompt_ids_B=prompt_ids_B)
   batch = tokens_BxL.shape[0]
 
   def cond(s: _SampleState):
@@ -92,12 +125,15 @@ def _decode_loop(model, params, encoder_input_tokens_BxL, max_decode_length,
   return lax.while_loop(cond, body, init).tokens_BxT
 
 
+@_host_checked
 @functools.partial(jax.jit, static_argnames=('model', 'max_decode_length'))
-def greedy(model, params, encoder_input_tokens_BxL, max_decode_length: int) -> jax.Array:
-  """Argmax decoding: tokens [B, T=max_decode_length], PAD after each row's first EOS."""
+def greedy(model, params, encoder_input_tokens_BxL, max_decode_length: int,
+           prompt_ids=None) -> jax.Array:
+  """Argmax decoding: tokens [B, T=max_decode_length], PAD after each row's first EOS.
+  prompt_ids [B]: each row's prompt (a prompt table's model needs them)."""
   pick = lambda logits_BxV, _: jnp.argmax(logits_BxV, axis=-1)
   return _decode_loop(model, params, encoder_input_tokens_BxL, max_decode_length, pick,
-                      jax.random.PRNGKey(0))
+                      jax.random.PRNGKey(0), prompt_ids)
 
 
 def top_k_filter(logits_BxV: jax.Array, k: int) -> jax.Array:
@@ -137,21 +173,24 @@ def sample_logits(logits_BxV: jax.Array, rng: jax.Array, temperature: float = 1.
   return jax.random.categorical(rng, logits_BxV, axis=-1)
 
 
+@_host_checked
 @functools.partial(jax.jit, static_argnames=('model', 'max_decode_length', 'temperature',
                                              'top_k', 'top_p'))
 def sample(model, params, encoder_input_tokens_BxL, max_decode_length: int, rng: jax.Array,
-           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0) -> jax.Array:
+           temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
+           prompt_ids=None) -> jax.Array:
   """Ancestral sampling: tokens [B, T], PAD after each row's first EOS.
 
   temperature < 1e-4 is argmax; top_k=0 and top_p=1 disable those filters. The same rng
-  gives the same tokens; step i uses fold_in(rng, i).
+  gives the same tokens; step i uses fold_in(rng, i). prompt_ids [B]: as for `greedy`.
   """
   if top_k < 0:
     raise ValueError(f'top_k must be >= 0, got {top_k}.')
   if not 0.0 < top_p <= 1.0:
     raise ValueError(f'top_p must be in (0, 1], got {top_p}.')
   pick = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
-  return _decode_loop(model, params, encoder_input_tokens_BxL, max_decode_length, pick, rng)
+  return _decode_loop(model, params, encoder_input_tokens_BxL, max_decode_length, pick, rng,
+                      prompt_ids)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -185,11 +224,14 @@ def _reorder_cache(cache, rows_N: jax.Array):
   return jax.tree_util.tree_map_with_path(gather, cache)
 
 
+@_host_checked
 @functools.partial(jax.jit, static_argnames=('model', 'max_decode_length', 'num_beams',
                                              'alpha'))
 def beam_search(model, params, encoder_input_tokens_BxL, max_decode_length: int,
-                num_beams: int = 4, alpha: float = 0.6) -> tuple[jax.Array, jax.Array]:
-  """Beam search: (tokens [B, K, T], scores [B, K]), best first, K = num_beams.
+                num_beams: int = 4, alpha: float = 0.6,
+                prompt_ids=None) -> tuple[jax.Array, jax.Array]:
+  """Beam search: (tokens [B, K, T], scores [B, K]), best first, K = num_beams; prompt_ids
+  [B] as for `greedy` (encoded once per example, before its beams are made).
 
   Scores are summed log-probs divided by `brevity_penalty(alpha, length)` (length counts the
   EOS). As in T5X: a row with any finished sequence returns only finished ones (empty slots:
@@ -198,7 +240,8 @@ def beam_search(model, params, encoder_input_tokens_BxL, max_decode_length: int,
   if num_beams < 1:
     raise ValueError(f'num_beams must be >= 1, got {num_beams}.')
   k, t = num_beams, max_decode_length
-  tokens_NxL, cache = _start(model, params, encoder_input_tokens_BxL, t, copies=k)
+  tokens_NxL, cache = _start(model, params, encoder_input_tokens_BxL, t, copies=k,
+                             prompt_ids_B=prompt_ids)
   batch = tokens_NxL.shape[0] // k
   ninf = jnp.float32(-jnp.inf)
 
@@ -277,18 +320,22 @@ def _score(model, params, batch):
   inputs_BxT = batch.get('decoder_input_tokens')
   inputs_BxT = shift_right(targets_BxT) if inputs_BxT is None else inputs_BxT
   logits_BxTxV = model.apply({'params': params}, batch['encoder_input_tokens'], inputs_BxT,
-                             targets_BxT)
+                             targets_BxT, prompt_ids=batch.get('prompt_ids'))
   return _target_logp(logits_BxTxV, targets_BxT, batch.get('decoder_loss_weights'))
 
 
+@_host_checked
 @functools.partial(jax.jit, static_argnames=('model',))
-def score_candidates(model, params, encoder_input_tokens_BxL, candidates_KxT) -> jax.Array:
+def score_candidates(model, params, encoder_input_tokens_BxL, candidates_KxT,
+                     prompt_ids=None) -> jax.Array:
   """Log-likelihood [B, K] of each of K candidate targets (e.g. class verbalizers + EOS).
 
-  Rank classification: the input (and prompt) is encoded once and shared by the K candidates.
+  Rank classification: the input (and prompt: row b's is prompt_ids[b] for a prompt table) is
+  encoded once and shared by the K candidates.
   """
   batch, num = encoder_input_tokens_BxL.shape[0], candidates_KxT.shape[0]
-  encoded = model.apply({'params': params}, encoder_input_tokens_BxL, method=model.encode)
+  encoded = model.apply({'params': params}, encoder_input_tokens_BxL, prompt_ids=prompt_ids,
+                        method=model.encode)
   encoded = jnp.repeat(encoded, num, axis=0)
   tokens = jnp.repeat(encoder_input_tokens_BxL, num, axis=0)
   targets_NxT = jnp.tile(candidates_KxT, (batch, 1))
@@ -302,13 +349,15 @@ def score(model, params, batch: dict) -> jax.Array:
 
   Teacher-forced in one forward pass. Tokens are weighted by `decoder_loss_weights` when the
   batch has them, else by target > 0; `decoder_input_tokens` default to the shifted targets.
+  `prompt_ids` [B] (each row's prompt) when the model's prompt is a table.
   """
   keys = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
-          'decoder_loss_weights')
+          'decoder_loss_weights', 'prompt_ids')
   arrays = {k: jnp.asarray(batch[k]) for k in keys if batch.get(k) is not None}
   for k in ('encoder_input_tokens', 'decoder_target_tokens'):
     if k not in arrays:
       raise ValueError(f'score needs {k!r}; the batch has {sorted(batch)}.')
+  check_prompt_ids(model, batch.get('prompt_ids'), arrays['encoder_input_tokens'].shape[0])
   return _score(model, params, arrays)
 
 
@@ -333,15 +382,18 @@ class DecodingConfig:
       raise ValueError(f"Unknown decoding method {self.method!r}; choose 'greedy', "
                        f"'beam_search' or 'sample'.")
 
-  def generate(self, model, params, encoder_input_tokens, max_length: int) -> np.ndarray:
-    """Token ids [B, T] of each row's output (the best beam for beam search)."""
+  def generate(self, model, params, encoder_input_tokens, max_length: int,
+               prompt_ids=None) -> np.ndarray:
+    """Token ids [B, T] of each row's output (the best beam for beam search); prompt_ids [B]
+    for a prompt table's model."""
     length = self.max_decode_length or max_length
     if self.method == 'greedy':
-      return np.asarray(greedy(model, params, encoder_input_tokens, length))
+      return np.asarray(greedy(model, params, encoder_input_tokens, length,
+                               prompt_ids=prompt_ids))
     if self.method == 'beam_search':
       tokens, _ = beam_search(model, params, encoder_input_tokens, length,
-                              num_beams=self.num_beams, alpha=self.alpha)
+                              num_beams=self.num_beams, alpha=self.alpha, prompt_ids=prompt_ids)
       return np.asarray(tokens)[:, 0]
     return np.asarray(sample(model, params, encoder_input_tokens, length,
                              rng=jax.random.PRNGKey(self.seed), temperature=self.temperature,
-                             top_k=self.top_k, top_p=self.top_p))
+                             top_k=self.top_k, top_p=self.top_p, prompt_ids=prompt_ids))

@@ -1,6 +1,8 @@
 """Run under XLA_FLAGS=--xla_force_host_platform_device_count=8: trains 3 steps on several meshes.
 
-Prints one JSON line: for each mesh, the per-step losses, the final prompt and the trace count.
+Prints one JSON line: for each mesh, the per-step losses, the final prompt and the trace count;
+under 'table_<mesh>', the same for a table of 3 prompts trained on batches mixing them (1x1 and
+4x2 only), with the shape of the table's first shard.
 """
 
 import json
@@ -14,6 +16,8 @@ from prompt_tuning.train import partitioning
 from train_fixtures import make_batch, make_trainer
 
 MESHES = {'1x1': (1, 1), '8x1': (8, 1), '4x2': (4, 2), '2x4': (2, 4)}
+TABLE_MESHES = ('1x1', '4x2')
+PROMPT_IDS = np.array([2, 0, 1, 1, 0, 2, 2, 1], np.int32)  # one per row of make_batch's 8
 
 
 def main():
@@ -35,7 +39,22 @@ def main():
     embedding = trainer.frozen['token_embedder']['embedding']
     out[name] = {'losses': losses, 'prompt': final.tolist(), 'traces': trainer.trace_count,
                  'embedding_shard': list(embedding.addressable_shards[0].data.shape)}
+    if name in TABLE_MESHES:
+      out['table_' + name] = train_table(config, frozen, mesh)
   json.dump(out, sys.stdout)
+
+
+def train_table(config, frozen, mesh):
+  """Two steps of a 3-prompt table on batches whose rows mix the prompts."""
+  trainer = make_trainer(config, frozen, mesh=mesh, num_prompts=3)
+  table = np.random.RandomState(1).uniform(-0.5, 0.5, trainer.prompt_shape).astype(np.float32)
+  state, losses = trainer.init_state(table), []
+  for i in range(2):
+    state, metrics = trainer.train_step(state, {**make_batch(i), 'prompt_ids': PROMPT_IDS})
+    losses.append(float(metrics['loss']))
+  shard = state.params['encoder']['prompt']['prompt']['prompt'].addressable_shards[0].data
+  return {'losses': losses, 'table': trainer.prompt(state).tolist(),
+          'traces': trainer.trace_count, 'table_shard': list(shard.shape)}
 
 
 if __name__ == '__main__':

@@ -278,3 +278,104 @@ def test_score_candidates_equals_scoring_each_candidate():
     want = np.asarray(decoding.score(model, params, {'encoder_input_tokens': enc,
                                                      'decoder_target_tokens': targets}))
     np.testing.assert_allclose(got[:, k], want, rtol=1e-5, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------
+# A prompt table: a batch mixing prompts decodes as each prompt's rows alone.
+
+NUM_PROMPTS = 3
+
+
+@pytest.fixture(scope='module')
+def table_setup(setup):
+  """(config, frozen params, table [K, 3, D], encoder tokens [6, 7], ids: 2 rows per prompt)."""
+  config, params, _ = setup
+  frozen, _ = prompt_lib.split_params(params)
+  table = np.random.RandomState(7).uniform(-1, 1, (NUM_PROMPTS, 3, config.d_model))
+  rng = np.random.RandomState(4)
+  enc = rng.randint(2, 64, (6, 7))
+  for row, n in enumerate([6, 4, 2, 5, 7, 3]):
+    enc[row, n:] = 0
+    enc[row, n - 1] = t5.EOS_ID
+  ids = np.array([1, 0, 2, 0, 2, 1], np.int32)
+  return config, frozen, table.astype(np.float32), jnp.asarray(enc, jnp.int32), ids
+
+
+def _table_and_alone(table_setup, placement):
+  """The table model with its params, and for each prompt: (its rows, K = 1 model, params)."""
+  config, frozen, table, _, ids = table_setup
+  model = t5.EncoderDecoder(config, prompt_lib.PromptConfig(3, placement, NUM_PROMPTS))
+  params = prompt_lib.merge_params(frozen, prompt_lib.prompt_tree(table))
+  single = _model(config, placement)
+  alone = [(np.flatnonzero(ids == i), single,
+            prompt_lib.merge_params(frozen, prompt_lib.prompt_tree(table[i])))
+           for i in range(NUM_PROMPTS)]
+  return model, params, alone
+
+
+@pytest.mark.parametrize('placement', ['prefix', 'suffix'])
+def test_mixed_prompt_batch_decodes_and_scores_as_each_prompt_alone(table_setup, placement):
+  _, _, _, enc, ids = table_setup
+  model, params, alone = _table_and_alone(table_setup, placement)
+  tokens = decoding.DecodingConfig('greedy').generate(model, params, enc, T, prompt_ids=ids)
+  candidates = jnp.array([[5, 1, 0], [9, 8, 1]], jnp.int32)
+  scores = np.asarray(decoding.score_candidates(model, params, enc, candidates, prompt_ids=ids))
+  targets = jnp.asarray(tokens)  # each row's greedy output, scored teacher-forced
+  logp = np.asarray(decoding.score(model, params, {'encoder_input_tokens': enc,
+                                                   'decoder_target_tokens': targets,
+                                                   'prompt_ids': ids}))
+  for rows, single, single_params in alone:
+    np.testing.assert_array_equal(tokens[rows],
+                                  decoding.greedy(single, single_params, enc[rows], T))
+    np.testing.assert_allclose(
+        scores[rows], decoding.score_candidates(single, single_params, enc[rows], candidates),
+        rtol=0, atol=1e-5)
+    np.testing.assert_allclose(
+        logp[rows], decoding.score(single, single_params, {'encoder_input_tokens': enc[rows],
+                                                           'decoder_target_tokens':
+                                                               targets[rows]}),
+        rtol=0, atol=1e-5)
+  ends = _ends(tokens)
+  assert len({e for e in ends if e is not None}) >= 2, ends  # rows end at varied steps
+
+
+def test_mixed_prompt_beams_equal_each_prompt_alone(table_setup):
+  _, _, _, enc, ids = table_setup
+  model, params, alone = _table_and_alone(table_setup, 'prefix')
+  tokens, scores = decoding.beam_search(model, params, enc, T, num_beams=2, prompt_ids=ids)
+  for rows, single, single_params in alone:
+    want_tokens, want_scores = decoding.beam_search(single, single_params, enc[rows], T,
+                                                    num_beams=2)
+    np.testing.assert_array_equal(tokens[rows], want_tokens)
+    np.testing.assert_allclose(scores[rows], want_scores, rtol=0, atol=1e-5)
+  # The ids reach the beams: all rows on prompt 0 changes some row's scores (-inf: empty slot).
+  _, zeros = decoding.beam_search(model, params, enc, T, num_beams=2,
+                                  prompt_ids=np.zeros_like(ids))
+  same = np.isclose(np.asarray(zeros), np.asarray(scores), rtol=0, atol=1e-3)
+  assert not same[ids != 0].all()
+
+
+def test_bad_prompt_ids_are_refused_before_decoding(table_setup):
+  config, frozen, _, enc, ids = table_setup
+  model, params, _ = _table_and_alone(table_setup, 'prefix')
+  bad = ids.copy()
+  bad[4] = NUM_PROMPTS
+  out_of_range = r'prompt id 3 \(row 4\) is out of range.*holds 3 prompt\(s\).*\[0, 3\)'
+  missing = r'table of 3 prompts .*prompt_ids'
+  calls = [lambda i: decoding.greedy(model, params, enc, T, prompt_ids=i),
+           lambda i: decoding.sample(model, params, enc, T, jax.random.PRNGKey(0), prompt_ids=i),
+           lambda i: decoding.beam_search(model, params, enc, T, num_beams=2, prompt_ids=i),
+           lambda i: decoding.score_candidates(model, params, enc, enc[:2, :3], prompt_ids=i),
+           lambda i: decoding.score(model, params, {'encoder_input_tokens': enc,
+                                                    'decoder_target_tokens': enc,
+                                                    **({} if i is None else {'prompt_ids': i})})]
+  for call in calls:
+    with pytest.raises(ValueError, match=out_of_range):
+      call(bad)
+    with pytest.raises(ValueError, match=missing):
+      call(None)
+    with pytest.raises(ValueError, match=r'one per row, \[6\]\); got shape \(5,\)'):
+      call(ids[:5])
+  with pytest.raises(ValueError, match='prompt_ids were given but the model has no prompt'):
+    decoding.greedy(t5.EncoderDecoder(config), frozen, enc, T, prompt_ids=ids)
+  assert callable(decoding.greedy.lower)  # benchmarks lower the jitted function

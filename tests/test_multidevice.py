@@ -1,4 +1,5 @@
-"""Meshes (8,1), (4,2), (2,4) over 8 simulated CPU devices agree with one device."""
+"""Meshes (8,1), (4,2), (2,4) over 8 simulated CPU devices agree with one device; so does a prompt
+table trained on mixed batches over (4,2)."""
 
 import json
 import os
@@ -28,3 +29,10 @@ def test_meshes_agree_with_one_device():
   assert out['2x4']['embedding_shard'] == [32128 // 4, 32]
   assert out['4x2']['embedding_shard'] == [32128 // 2, 32]
   assert out['8x1']['embedding_shard'] == [32128, 32]
+  # A table of 3 prompts, rows mixing them: (4, 2) gives one device's losses and table, and the
+  # table stays whole (replicated) on every device.
+  one, mesh = out['table_1x1'], out['table_4x2']
+  np.testing.assert_allclose(mesh['losses'], one['losses'], rtol=1e-5)
+  np.testing.assert_allclose(mesh['table'], one['table'], atol=2e-5)
+  assert mesh['table_shard'] == one['table_shard'] == [3, 5, 32]
+  assert mesh['traces'] == one['traces'] == 1

@@ -140,3 +140,89 @@ def test_prompt_config_rejects_bad_settings():
   with pytest.raises(ValueError, match="'middle'.*prefix"):
     prompt_lib.PromptConfig(3, 'middle')
   assert prompt_lib.PLACEMENTS == ('prefix', 'suffix')
+
+
+# ----------------------------------------------------------------------------------------------
+# A prompt table [K, P, D]: each row picks its prompt by prompt_ids.
+
+K = 3
+IDS = np.array([2, 0, 1, 2], np.int32)  # one id per row of TOKENS
+
+
+def _table():
+  return (100 + np.arange(K * P * D, dtype=np.float32)).reshape(K, P, D)
+
+
+@pytest.mark.parametrize('placement', prompt_lib.PLACEMENTS)
+def test_per_row_prompts_give_each_row_its_own(data, placement):
+  _, embedded = data
+  table = _table()
+  per_row = jnp.asarray(table[IDS])  # [B, P, D]
+  if placement == 'prefix':
+    out = prompt_lib.prefix_prompt(per_row, jnp.asarray(embedded))
+  else:
+    out = prompt_lib.suffix_prompt(per_row, jnp.asarray(TOKENS), jnp.asarray(embedded))
+  assert out.shape == (B, L + P, D)
+  for b in range(B):  # row b is what its own prompt gives it alone
+    expected, _ = reference(table[IDS[b]], TOKENS[b:b + 1], embedded[b:b + 1], placement)
+    np.testing.assert_array_equal(np.asarray(out[b]), expected[0], err_msg=f'row {b}')
+
+
+@pytest.mark.parametrize('placement', prompt_lib.PLACEMENTS)
+def test_prompt_table_module_selects_by_prompt_ids(data, placement):
+  _, embedded = data
+  table = _table()
+  module = prompt_lib.Prompt(prompt_lib.PromptConfig(P, placement, num_prompts=K))
+  args = (jnp.asarray(TOKENS), jnp.asarray(embedded), jnp.asarray(IDS))
+  boxed = jax.eval_shape(lambda: module.init(jax.random.PRNGKey(0), *args))
+  param = boxed['params']['prompt']['prompt']
+  assert param.value.shape == (K, P, D) and param.value.dtype == jnp.float32
+  assert tuple(param.names) == prompt_lib.TABLE_AXES == ('prompts', 'prompt', 'prompt_embed')
+  combined = jax.jit(module.apply)({'params': {'prompt': {'prompt': table}}}, *args)
+  expected = np.stack([reference(table[i], TOKENS[b:b + 1], embedded[b:b + 1], placement)[0][0]
+                       for b, i in enumerate(IDS)])
+  np.testing.assert_array_equal(np.asarray(combined), expected)
+  with pytest.raises(ValueError, match=r'table of 3 prompts .*prompt_ids \[batch\]'):
+    module.apply({'params': {'prompt': {'prompt': table}}}, *args[:2])
+
+
+def test_one_prompt_ignores_prompt_ids_and_keeps_its_shape(data):
+  prompt, embedded = data
+  config = prompt_lib.PromptConfig(P, 'suffix')
+  assert config.num_prompts == 1 and config.shape(D) == (P, D)
+  assert prompt_lib.PromptConfig(P, num_prompts=K).shape(D) == (K, P, D)
+  module = prompt_lib.Prompt(config)
+  variables = {'params': {'prompt': {'prompt': prompt}}}
+  plain = module.apply(variables, jnp.asarray(TOKENS), jnp.asarray(embedded))
+  with_ids = module.apply(variables, jnp.asarray(TOKENS), jnp.asarray(embedded),
+                          jnp.zeros((B,), jnp.int32))
+  assert np.asarray(plain).tobytes() == np.asarray(with_ids).tobytes()
+
+
+def test_prompt_ids_are_checked_on_the_host():
+  check = prompt_lib.check_prompt_ids
+  check(None, 1)
+  check(np.array([0, 2, 1]), 3, batch=3)
+  check([0, 0], 1)
+  with pytest.raises(ValueError, match=r'table of 3 prompts \(num_prompts=3\).*prompt_ids'):
+    check(None, 3)
+  with pytest.raises(ValueError, match=r'prompt id 3 \(row 1\) is out of range: the model holds '
+                                       r'3 prompt\(s\) \(num_prompts=3\), so ids must be in '
+                                       r'\[0, 3\)'):
+    check(np.array([0, 3, 7]), 3)
+  with pytest.raises(ValueError, match=r'prompt id -1 \(row 0\).*\[0, 3\)'):
+    check(jnp.array([-1, 0]), 3)
+  with pytest.raises(ValueError, match=r'prompt id 1 \(row 1\).*holds 1 prompt\(s\)'):
+    check(np.array([0, 1]), 1)
+  with pytest.raises(ValueError, match=r'one per row, \[4\]\); got shape \(3,\)'):
+    check(np.array([0, 1, 2]), 3, batch=4)
+  with pytest.raises(ValueError, match=r'got shape \(2, 1\)'):
+    check(np.zeros((2, 1), np.int32), 3)
+  with pytest.raises(ValueError, match='prompt_ids must be integers; got dtype float32'):
+    check(np.zeros((2,), np.float32), 3)
+
+
+def test_num_prompts_must_be_a_positive_integer():
+  for bad in (0, -2, 1.5, True):
+    with pytest.raises(ValueError, match=rf'num_prompts .* at least 1, got {bad!r}'):
+      prompt_lib.PromptConfig(3, num_prompts=bad)

@@ -1,11 +1,15 @@
-"""The T5 1.1 module: preset sizes, T5X's parameter tree and axis names, dtypes, masking."""
+"""The T5 1.1 module: preset sizes, T5X's parameter tree and axis names, dtypes, masking; a prompt
+table's mixed batches."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
+from prompt_tuning.train import partitioning
 
 # The paper's Table 4 totals minus a 100-token prompt.
 EXPECTED_COUNTS = {
@@ -257,3 +261,62 @@ def test_folded_cross_attention_in_bfloat16_is_as_accurate():
   ref = run('float32', 'never')
   err = {fold: np.sqrt(np.mean((run('bfloat16', fold) - ref) ** 2)) for fold in ('never', 'always')}
   assert 0 < err['always'] <= 1.5 * err['never'], err
+
+
+# ----------------------------------------------------------------------------------------------
+# A prompt table: one model, K prompts, each row steered by its own (prompt_ids).
+
+
+def _mixed_batch(rows=6, vocab=64):
+  """Encoder tokens of varied lengths, teacher-forcing pairs, and ids with 2 rows per prompt."""
+  rng = np.random.RandomState(0)
+  enc = rng.randint(2, vocab, (rows, 9))
+  for row, n in enumerate([9, 5, 3, 7, 1, 6][:rows]):
+    enc[row, n:] = 0
+    enc[row, n - 1] = t5.EOS_ID
+  tgt = rng.randint(2, vocab, (rows, 4))
+  tgt[1, 2:] = 0
+  dec = np.concatenate([np.zeros((rows, 1), int), tgt[:, :-1]], axis=1) * (tgt > 0)
+  ids = np.array([2, 0, 1, 1, 0, 2], np.int32)[:rows]
+  return [jnp.asarray(x, jnp.int32) for x in (enc, dec, tgt, ids)]
+
+
+@pytest.mark.parametrize('placement', ['prefix', 'suffix'])
+def test_mixed_prompt_batch_equals_each_prompt_alone(placement):
+  config = t5.T5Config.preset('tiny', dtype='float32', vocab_size=64)
+  frozen = t5.init_params(config)
+  k, p = 3, 4
+  table = np.random.RandomState(1).uniform(-0.5, 0.5, (k, p, config.d_model)).astype(np.float32)
+  enc, dec, tgt, ids = _mixed_batch()
+  model = t5.EncoderDecoder(config, prompt_lib.PromptConfig(p, placement, num_prompts=k))
+  params = prompt_lib.merge_params(frozen, prompt_lib.prompt_tree(table))
+  encoded = _apply(model, {'params': params}, enc, prompt_ids=ids, method=model.encode)
+  logits = _apply(model, {'params': params}, enc, dec, tgt, prompt_ids=ids)
+  assert encoded.shape == (6, 9 + p, config.d_model)
+  single = t5.EncoderDecoder(config, prompt_lib.PromptConfig(p, placement))
+  for i in range(k):
+    rows = np.flatnonzero(np.asarray(ids) == i)
+    alone = prompt_lib.merge_params(frozen, prompt_lib.prompt_tree(table[i]))
+    want_encoded = _apply(single, {'params': alone}, enc[rows], method=single.encode)
+    want_logits = _apply(single, {'params': alone}, enc[rows], dec[rows], tgt[rows])
+    np.testing.assert_allclose(encoded[rows], want_encoded, rtol=0, atol=1e-5, err_msg=str(i))
+    np.testing.assert_allclose(logits[rows], want_logits, rtol=0, atol=1e-5, err_msg=str(i))
+  # The ids matter: every row on prompt 0 changes the rows of prompts 1 and 2.
+  zeros = _apply(model, {'params': params}, enc, dec, tgt, prompt_ids=jnp.zeros_like(ids))
+  other = np.asarray(ids) != 0
+  assert np.abs(np.asarray(zeros - logits)[other]).max(axis=(1, 2)).min() > 1e-3
+
+
+def test_prompt_table_parameter_path_axes_and_init():
+  config = t5.T5Config.preset('tiny', vocab_size=64)
+  one, table = prompt_lib.PromptConfig(5), prompt_lib.PromptConfig(5, num_prompts=4)
+  for prompt, shape, axes in ((one, (5, 32), ('prompt', 'prompt_embed')),
+                              (table, (4, 5, 32), ('prompts', 'prompt', 'prompt_embed'))):
+    node, spec = t5.param_shapes(config, prompt), t5.logical_axes(config, prompt)
+    for key in prompt_lib.PROMPT_PATH:
+      node, spec = node[key], spec[key]
+    assert node.shape == shape and node.dtype == jnp.float32 and tuple(spec) == axes
+  # The table's prompt axes stay replicated under the standard rules.
+  rules = partitioning.standard_logical_axis_rules()
+  assert ('prompts', None) in rules
+  assert tuple(nn.logical_to_mesh_axes(prompt_lib.TABLE_AXES, rules)) == (None, None, None)

@@ -1,11 +1,14 @@
-"""Prompt-only training: what changes, what is compiled, resume, divergence, bad input."""
+"""Prompt-only training: what changes, what is compiled, resume, divergence, bad input; prompt
+tables."""
 
 import logging
 import os
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from prompt_tuning import checkpoints, prompt_init
@@ -226,3 +229,96 @@ def test_prompt_file_of_wrong_shape_writes_nothing(model, tmp_path):
     loop.train(make_trainer(config, frozen), lambda pos: batches(pos), str(model_dir), 2,
                prompt_init=prompt_init.from_file(str(bad)))
   assert not model_dir.exists()
+
+
+# ----------------------------------------------------------------------------------------------
+# A prompt table: K prompts trained in one step, each row steering by its prompt_ids entry.
+
+
+def test_table_step_gradients_equal_single_prompt_steps(tiny):
+  """Prompt k's gradient in a mixed step is a K = 1 step's gradient on prompt k's rows alone.
+
+  The loss is T5X's default, a sum over tokens (no normalising factor), so this holds exactly.
+  With a normalising factor such as NUM_REAL_TARGET_TOKENS the mixed step divides by the whole
+  batch's tokens and each alone step by its own rows', so they differ by tokens_k / tokens_all.
+
+  Gradients are read from SGD steps of rate 1 (the update is minus the gradient). The table's
+  SGD follows a global-norm clip that each prompt's gradient passes but the whole table's would
+  not: the updates stay the gradients only because the optimizer sees each prompt on its own.
+  """
+  config, frozen = tiny
+  table = np.random.RandomState(0).uniform(-0.5, 0.5, (4, 5, 32)).astype(np.float32)
+  batch = make_batch(0, batch=6)
+  ids = np.array([0, 1, 2, 0, 1, 2], np.int32)  # prompt 3 steers no row
+  single = make_trainer(config, frozen, optimizer=optax.sgd(1.0))
+  grads, losses_alone = [], []
+  for k in range(3):
+    rows = ids == k
+    alone, m = single.train_step(single.init_state(table[k]),
+                                 {f: v[rows] for f, v in batch.items()})
+    grads.append(table[k] - single.prompt(alone))
+    losses_alone.append(float(m['loss']))
+  norms = np.array([np.linalg.norm(g) for g in grads])
+  clip = 1.01 * norms.max()
+  assert norms.min() > 1e-3 and np.linalg.norm(norms) > 1.1 * clip, norms
+  sgd = optax.chain(optax.clip_by_global_norm(clip), optax.sgd(1.0))
+  trainer = make_trainer(config, frozen, optimizer=sgd, num_prompts=4)
+  state, metrics = trainer.train_step(trainer.init_state(table), {**batch, 'prompt_ids': ids})
+  after = trainer.prompt(state)
+  for k in range(3):
+    np.testing.assert_allclose(table[k] - after[k], grads[k], rtol=0, atol=1e-5, err_msg=str(k))
+  assert after[3].tobytes() == table[3].tobytes()  # no row, no gradient
+  np.testing.assert_allclose(float(metrics['loss']), sum(losses_alone), rtol=1e-5)
+  assert trainer.trace_count == 1 and single.trace_count == 1
+
+
+def test_one_prompt_step_is_unchanged_by_zero_prompt_ids(tiny):
+  config, frozen = tiny
+  trainer = make_trainer(config, frozen)
+  prompt = np.random.RandomState(1).uniform(-0.5, 0.5, (5, 32))
+  batch = make_batch(0)
+  plain, plain_metrics = trainer.train_step(trainer.init_state(prompt), batch)
+  with_ids, metrics = trainer.train_step(trainer.init_state(prompt),
+                                         {**batch, 'prompt_ids': np.zeros(8, np.int32)})
+  assert trainer.prompt(plain).shape == (5, 32)
+  assert trainer.prompt(plain).tobytes() == trainer.prompt(with_ids).tobytes()
+  assert {k: float(v) for k, v in plain_metrics.items()} == \
+      {k: float(v) for k, v in metrics.items()}
+  assert trainer.trace_count == 1  # the very same compiled step: K = 1 drops the ids
+
+
+def test_table_step_costs_what_one_prompt_costs():
+  """The table adds a gather and its scatter-add, not work per prompt: at the same batch a step
+  over 8 prompts compiles to at most 1.02x the FLOPs of a single prompt's."""
+  config = t5.T5Config.preset('tiny', dtype='float32', vocab_size=2000)
+  shapes = t5.param_shapes(config)  # abstract: nothing allocated
+  features = {'encoder_input_tokens': (8, 32), 'decoder_input_tokens': (8, 8),
+              'decoder_target_tokens': (8, 8)}
+  one = _flops(make_trainer(config, shapes).lower_train_step(features).compile())
+  table = _flops(make_trainer(config, shapes, num_prompts=8).lower_train_step(
+      {**features, 'prompt_ids': (8,)}).compile())
+  assert one > 0 and table <= 1.02 * one, table / one
+
+
+def test_prompt_table_bad_input_is_named_before_compiling(tiny):
+  config, frozen = tiny
+  trainer = make_trainer(config, frozen, num_prompts=3)
+  assert trainer.prompt_shape == (3, 5, 32)
+  for shape in ((2, 5, 32), (5, 32)):
+    with pytest.raises(ValueError, match=rf'Initial prompt table has shape '
+                                         rf'{re.escape(str(shape))} but the model expects '
+                                         r'\(3, 5, 32\) \(num_prompts, prompt length, d_model\)'):
+      trainer.init_state(np.zeros(shape))
+  state = trainer.init_state(np.zeros((3, 5, 32)))
+  batch = make_batch(0)
+  with pytest.raises(ValueError, match=r'table of 3 prompts .*prompt_ids'):
+    trainer.train_step(state, batch)
+  bad = {**batch, 'prompt_ids': np.array([0, 1, 2, 3, 0, 1, 2, 0], np.int32)}
+  for step in (trainer.train_step, trainer.eval_step):
+    with pytest.raises(ValueError, match=r'prompt id 3 \(row 3\) is out of range: the model '
+                                         r'holds 3 prompt\(s\)'):
+      step(state, bad)
+  one = make_trainer(config, frozen)
+  with pytest.raises(ValueError, match=r'prompt id 1 \(row 0\).*holds 1 prompt\(s\)'):
+    one.train_step(one.init_state(np.zeros((5, 32))), {**batch, 'prompt_ids': np.ones(8, int)})
+  assert trainer.trace_count == 0 and one.trace_count == 0

@@ -28,6 +28,7 @@ def batches(start: int = 0, **kw):
     position += 1
 
 
-def make_trainer(config, frozen, prompt_length=5, optimizer=None, **kw) -> PromptTrainer:
-  return PromptTrainer(config, prompt_lib.PromptConfig(prompt_length), frozen,
-                       optimizer or optim.adafactor(), **kw)
+def make_trainer(config, frozen, prompt_length=5, optimizer=None, num_prompts=1,
+                 **kw) -> PromptTrainer:
+  return PromptTrainer(config, prompt_lib.PromptConfig(prompt_length, num_prompts=num_prompts),
+                       frozen, optimizer or optim.adafactor(), **kw)

@@ -1,4 +1,4 @@
-"""The prompt: a learned [P, D] array joined to the encoder's embedded inputs.
+"""The prompt: a learned [P, D] array (or a table of K of them) joined to the encoder's inputs.
 
 Owns the prompt module, its placements and mask, where the prompt sits in the parameter tree
 (`PROMPT_PATH`) and the trainable/frozen split of that tree. Initial values: prompt_init.py;
@@ -14,20 +14,29 @@ Placements:
   suffix  [x_1 .. x_{n-1}, prompt, EOS, pad]    prompt just before the final (EOS) token
 
 Relative positions simply count the combined sequence, so a prefix prompt sits at 0..P-1.
+
+A prompt table (`PromptConfig.num_prompts` K > 1): the same parameter path holds [K, P, D]
+(logical axes ('prompts', 'prompt', 'prompt_embed'), replicated too), and each row of a batch
+picks its prompt by the integer feature `prompt_ids` [B] (a task of a mixture, a member of an
+ensemble). Rows never see each other's prompt, so a mixed batch gives what each prompt's rows
+give alone. K = 1 is the single prompt exactly: shape [P, D], no `prompt_ids` needed (given,
+they must be 0 and change nothing).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, cast, get_args
+from typing import Any, Literal, Optional, cast, get_args
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from prompt_tuning.vocab import token_mask
 
 PROMPT_AXES = ('prompt', 'prompt_embed')
+TABLE_AXES = ('prompts',) + PROMPT_AXES  # a table of K prompts [K, P, D]
 PROMPT_PATH = ('encoder', 'prompt', 'prompt', 'prompt')
 PROMPT_VARIABLE = '/'.join(PROMPT_PATH)  # its name in a T5X checkpoint
 Placement = Literal['prefix', 'suffix']
@@ -36,15 +45,31 @@ PLACEMENTS: tuple[str, ...] = get_args(Placement)
 
 @dataclasses.dataclass(frozen=True)
 class PromptConfig:
-  """How long the prompt is and where it goes; passed to `EncoderDecoder(config, prompt=...)`."""
+  """How long the prompt is, where it goes and how many prompts the model holds; passed to
+  `EncoderDecoder(config, prompt=...)`. num_prompts K > 1 makes the parameter a table [K, P, D],
+  selected per row by `prompt_ids`."""
   length: int = 100
   placement: Placement = 'prefix'
+  num_prompts: int = 1
 
   def __post_init__(self):
     if self.length < 1:
       raise ValueError(f'Prompt length (PROMPT_LENGTH) must be at least 1, got {self.length}.')
     if self.placement not in PLACEMENTS:
       raise ValueError(f'Unknown prompt placement {self.placement!r}; choose one of {PLACEMENTS}.')
+    k = self.num_prompts
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+      raise ValueError(f'PromptConfig.num_prompts (the number of prompts K) must be an integer '
+                       f'of at least 1, got {k!r}.')
+    object.__setattr__(self, 'num_prompts', int(k))  # a plain int (hashed with the model)
+
+  @property
+  def is_table(self) -> bool:
+    return self.num_prompts > 1
+
+  def shape(self, d_model: int) -> tuple[int, ...]:
+    """The parameter's shape: [P, D], or [K, P, D] for a table."""
+    return ((self.num_prompts,) if self.is_table else ()) + (self.length, d_model)
 
   def module(self, dtype: Any, name: str) -> 'Prompt':
     return Prompt(self, dtype=dtype, name=name)
@@ -60,45 +85,71 @@ class PromptConfig:
 
 
 class PromptParameter(nn.Module):
-  """Holds the prompt variable itself; stored float32 whatever the activation dtype.
+  """Holds the prompt variable itself ([P, D], or [K, P, D] with num_prompts K > 1); stored
+  float32 whatever the activation dtype.
 
   Its flax initializer only matters for `model.init`; training sets the value from an
   initializer of prompt_init.py, which may need the embedding table.
   """
   length: int
+  num_prompts: int = 1
 
   @nn.compact
   def __call__(self, features: int) -> jax.Array:
     init = lambda rng, shape, dtype: jax.random.uniform(rng, shape, dtype, -0.5, 0.5)
+    shape: tuple[int, ...] = (self.length, features)
+    axes: tuple[str, ...] = PROMPT_AXES
+    if self.num_prompts > 1:
+      shape, axes = (self.num_prompts,) + shape, TABLE_AXES
     # Stored boxed (LogicallyPartitioned); flax hands the module the unboxed array.
-    return cast(jax.Array, self.param('prompt', nn.with_logical_partitioning(init, PROMPT_AXES),
-                                      (self.length, features), jnp.float32))
+    return cast(jax.Array, self.param('prompt', nn.with_logical_partitioning(init, axes), shape,
+                                      jnp.float32))
 
 
 class Prompt(nn.Module):
-  """Combines the prompt with embedded inputs according to the placement."""
+  """Combines the prompt with embedded inputs according to the placement.
+
+  With a table (num_prompts K > 1) row b gets prompt `prompt_ids_B[b]`; the ids are required
+  then, and ignored with K = 1. Ids are not range-checked here (values cannot be read inside
+  jit, where an id outside [0, K) gives a NaN prompt): callers check them on the host with
+  `check_prompt_ids`.
+  """
   config: PromptConfig
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, tokens_BxL: jax.Array, embedded_BxLxD: jax.Array) -> jax.Array:
-    prompt_PxD = PromptParameter(self.config.length, name='prompt')(embedded_BxLxD.shape[-1])
-    prompt_PxD = prompt_PxD.astype(self.dtype)
-    if self.config.placement == 'prefix':
-      return prefix_prompt(prompt_PxD, embedded_BxLxD)
-    return suffix_prompt(prompt_PxD, tokens_BxL, embedded_BxLxD)
+  def __call__(self, tokens_BxL: jax.Array, embedded_BxLxD: jax.Array,
+               prompt_ids_B: Optional[jax.Array] = None) -> jax.Array:
+    c = self.config
+    param = PromptParameter(c.length, c.num_prompts, name='prompt')(embedded_BxLxD.shape[-1])
+    if c.is_table:
+      if prompt_ids_B is None:
+        raise ValueError(missing_ids_message(c.num_prompts))
+      prompt = select_prompts(param, prompt_ids_B).astype(self.dtype)  # [B, P, D]
+    else:
+      prompt = param.astype(self.dtype)  # [P, D], shared by every row
+    if c.placement == 'prefix':
+      return prefix_prompt(prompt, embedded_BxLxD)
+    return suffix_prompt(prompt, tokens_BxL, embedded_BxLxD)
 
 
-def prefix_prompt(prompt_PxD: jax.Array, embedded_BxLxD: jax.Array) -> jax.Array:
+def select_prompts(table_KxPxD: jax.Array, prompt_ids_B: jax.Array) -> jax.Array:
+  """Each row's prompt [B, P, D] from the table (ids must be in [0, K): see check_prompt_ids)."""
+  return jnp.take(table_KxPxD, jnp.asarray(prompt_ids_B, jnp.int32), axis=0)
+
+
+def prefix_prompt(prompt: jax.Array, embedded_BxLxD: jax.Array) -> jax.Array:
+  """[prompt, inputs]; `prompt` is one [P, D] for every row or one per row [B, P, D]."""
   batch = embedded_BxLxD.shape[0]
-  prompt_BxPxD = jnp.broadcast_to(prompt_PxD[None], (batch,) + prompt_PxD.shape)
-  return jnp.concatenate([prompt_BxPxD, embedded_BxLxD.astype(prompt_PxD.dtype)], axis=1)
+  prompt_BxPxD = jnp.broadcast_to(prompt, (batch,) + prompt.shape[-2:])
+  return jnp.concatenate([prompt_BxPxD, embedded_BxLxD.astype(prompt.dtype)], axis=1)
 
 
-def suffix_prompt(prompt_PxD: jax.Array, tokens_BxL: jax.Array,
+def suffix_prompt(prompt: jax.Array, tokens_BxL: jax.Array,
                   embedded_BxLxD: jax.Array) -> jax.Array:
-  """Inserts the prompt before each row's last real token (its EOS)."""
-  p = prompt_PxD.shape[0]
+  """Inserts the prompt before each row's last real token (its EOS); `prompt` is one [P, D] for
+  every row or one per row [B, P, D]."""
+  p = prompt.shape[-2]
   batch, length, _ = embedded_BxLxD.shape
   n_B = jnp.sum(token_mask(tokens_BxL), axis=1)
   insert_Bx1 = jnp.maximum(n_B - 1, 0)[:, None]
@@ -106,10 +157,61 @@ def suffix_prompt(prompt_PxD: jax.Array, tokens_BxL: jax.Array,
   in_prompt_BxM = (j_1xM >= insert_Bx1) & (j_1xM < insert_Bx1 + p)
   source_BxM = jnp.where(j_1xM < insert_Bx1, j_1xM, j_1xM - p)
   source_BxM = jnp.clip(source_BxM, 0, length - 1)
-  from_inputs = jnp.take_along_axis(embedded_BxLxD.astype(prompt_PxD.dtype),
+  from_inputs = jnp.take_along_axis(embedded_BxLxD.astype(prompt.dtype),
                                     source_BxM[..., None], axis=1)
-  from_prompt = prompt_PxD[jnp.clip(j_1xM - insert_Bx1, 0, p - 1)]
+  at_BxM = jnp.clip(j_1xM - insert_Bx1, 0, p - 1)  # which prompt position lands at each place
+  if prompt.ndim == 2:
+    from_prompt = prompt[at_BxM]
+  else:
+    from_prompt = jnp.take_along_axis(prompt, at_BxM[..., None], axis=1)
   return jnp.where(in_prompt_BxM[..., None], from_prompt, from_inputs)
+
+
+# ----------------------------------------------------------------------------------------------
+# Host-side checks of `prompt_ids` (inside jit an out-of-range id cannot be refused).
+
+
+def missing_ids_message(num_prompts: int) -> str:
+  return (f'The model holds a table of {num_prompts} prompts (num_prompts={num_prompts}): give '
+          f'each row its prompt with the integer feature prompt_ids [batch], values in '
+          f'[0, {num_prompts}).')
+
+
+def host_values(x: Any) -> Optional[np.ndarray]:
+  """The values of `x` this host can read (its own shards of a multi-host array), or None
+  while tracing."""
+  if isinstance(x, jax.core.Tracer):
+    return None
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    shards = [np.asarray(s.data).reshape(-1) for s in x.addressable_shards]
+    return np.concatenate(shards) if shards else np.zeros((0,), np.int32)
+  return np.asarray(x)
+
+
+def check_prompt_ids(prompt_ids: Any, num_prompts: int, batch: Optional[int] = None) -> None:
+  """Clear errors for prompt ids the model cannot use: missing with a table (K > 1), not one
+  integer per row, or outside [0, K) (names the first bad id and K). Values under a jit trace
+  cannot be read and are not checked."""
+  if prompt_ids is None:
+    if num_prompts > 1:
+      raise ValueError(missing_ids_message(num_prompts))
+    return
+  shape = tuple(np.shape(prompt_ids))
+  if len(shape) != 1 or (batch is not None and shape[0] != batch):
+    rows = 'one per row' if batch is None else f'one per row, [{batch}]'
+    raise ValueError(f'prompt_ids must be a vector of integers ({rows}); got shape {shape}.')
+  dtype = prompt_ids.dtype if hasattr(prompt_ids, 'dtype') else np.asarray(prompt_ids).dtype
+  if not np.issubdtype(dtype, np.integer):
+    raise ValueError(f'prompt_ids must be integers; got dtype {dtype}.')
+  values = host_values(prompt_ids)
+  if values is None:
+    return
+  bad = (values < 0) | (values >= num_prompts)
+  if bad.any():
+    row = int(np.flatnonzero(bad)[0])
+    raise ValueError(f'prompt id {int(values[row])} (row {row}) is out of range: the model '
+                     f'holds {num_prompts} prompt(s) (num_prompts={num_prompts}), so ids must be '
+                     f'in [0, {num_prompts}).')
 
 
 # ----------------------------------------------------------------------------------------------
@@ -133,12 +235,12 @@ def merge_params(frozen: dict, trainable: dict) -> dict:
 
 
 def prompt_tree(prompt_PxD: Any) -> dict:
-  """The trainable tree holding a prompt array."""
+  """The trainable tree holding a prompt array ([P, D], or a table [K, P, D])."""
   return {'encoder': {'prompt': {'prompt': {'prompt': prompt_PxD}}}}
 
 
 def get_prompt(trainable: dict) -> Any:
-  """The [P, D] array of a trainable tree (inverse of `prompt_tree`)."""
+  """The [P, D] array (or [K, P, D] table) of a trainable tree (inverse of `prompt_tree`)."""
   node = trainable
   for key in PROMPT_PATH:
     node = node[key]

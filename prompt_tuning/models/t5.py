@@ -172,14 +172,15 @@ class Encoder(nn.Module):
   prompt: Optional[Any] = None  # a models.prompt.PromptConfig; None for the plain model
 
   @nn.compact
-  def __call__(self, encoder_input_tokens_BxL, enable_dropout=False):
+  def __call__(self, encoder_input_tokens_BxL, enable_dropout=False, prompt_ids_B=None):
+    """prompt_ids_B: each row's prompt [B] when the prompt is a table (num_prompts > 1)."""
     c = self.config
     kw = dict(dtype=c.activation_dtype, param_dtype=c.weight_dtype)
     x_BxLxD = self.shared_embedding(encoder_input_tokens_BxL)
     if self.prompt is not None:
       # The one place the prompt enters: joined to the embedded inputs, L grows by P.
       x_BxLxD = self.prompt.module(c.activation_dtype, name='prompt')(
-          encoder_input_tokens_BxL, x_BxLxD)
+          encoder_input_tokens_BxL, x_BxLxD, prompt_ids_B)
     valid_BxL = encoder_mask(encoder_input_tokens_BxL, self.prompt)
     length = x_BxLxD.shape[1]
     bias = layers.attention_bias(layers.make_attention_mask(valid_BxL, valid_BxL))
@@ -251,7 +252,9 @@ class EncoderDecoder(nn.Module):
   `init_cache`/`decode_step` decode autoregressively with a key/value cache.
 
   With `prompt` (a models.prompt.PromptConfig) the encoder carries
-  `encoder/prompt/prompt/prompt`.
+  `encoder/prompt/prompt/prompt`: [P, D], or a table [K, P, D] whose rows `prompt_ids` [B]
+  select (`encode` and `__call__` take them; what follows the encoder needs no ids, since every
+  prompt has the same length and mask).
   """
   config: T5Config
   prompt: Optional[Any] = None
@@ -267,8 +270,8 @@ class EncoderDecoder(nn.Module):
     """Which encoded positions the decoder may attend to [B, L (+ P)]."""
     return encoder_mask(encoder_input_tokens_BxL, self.prompt)
 
-  def encode(self, encoder_input_tokens, enable_dropout=False):
-    return self.encoder(encoder_input_tokens, enable_dropout)
+  def encode(self, encoder_input_tokens, enable_dropout=False, prompt_ids=None):
+    return self.encoder(encoder_input_tokens, enable_dropout, prompt_ids)
 
   def decode(self, encoded, encoder_input_tokens, decoder_input_tokens,
              decoder_target_tokens=None, enable_dropout=False):
@@ -298,8 +301,8 @@ class EncoderDecoder(nn.Module):
                         use_cache=True)
 
   def __call__(self, encoder_input_tokens, decoder_input_tokens, decoder_target_tokens=None,
-               enable_dropout=False):
-    encoded = self.encode(encoder_input_tokens, enable_dropout)
+               enable_dropout=False, prompt_ids=None):
+    encoded = self.encode(encoder_input_tokens, enable_dropout, prompt_ids)
     return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
                        decoder_target_tokens, enable_dropout)
 
@@ -309,10 +312,19 @@ def init_params(config: T5Config, rng: Optional[jax.Array] = None,
   """Randomly initialised (unboxed) parameters."""
   rng = jax.random.PRNGKey(0) if rng is None else rng
   model = EncoderDecoder(config, prompt)
-  enc, dec = jnp.ones((batch, enc_len), jnp.int32), jnp.ones((batch, dec_len), jnp.int32)
+  args, kwargs = _init_inputs(prompt, batch, enc_len, dec_len)
   # One compiled program; eager init dispatches hundreds of small ops.
-  variables = jax.jit(model.init)(rng, enc, dec)
+  variables = jax.jit(model.init)(rng, *args, **kwargs)
   return nn.unbox(variables['params'])
+
+
+def _init_inputs(prompt: Any, batch: int = 1, enc_len: int = 8,
+                 dec_len: int = 4) -> tuple[tuple, dict]:
+  """Dummy (encoder tokens, decoder tokens) for `init`, and prompt ids for a prompt table."""
+  enc, dec = jnp.ones((batch, enc_len), jnp.int32), jnp.ones((batch, dec_len), jnp.int32)
+  if prompt is not None and prompt.num_prompts > 1:
+    return (enc, dec), {'prompt_ids': jnp.zeros((batch,), jnp.int32)}
+  return (enc, dec), {}
 
 
 def param_shapes(config: T5Config, prompt: Any = None) -> dict:
@@ -322,8 +334,9 @@ def param_shapes(config: T5Config, prompt: Any = None) -> dict:
 
 def logical_axes(config: T5Config, prompt: Any = None) -> dict:
   """Logical PartitionSpecs of every parameter, e.g. PartitionSpec('vocab', 'embed')."""
+  args, kwargs = _init_inputs(prompt)
   boxed = jax.eval_shape(lambda: EncoderDecoder(config, prompt).init(
-      jax.random.PRNGKey(0), jnp.ones((1, 8), jnp.int32), jnp.ones((1, 4), jnp.int32)))
+      jax.random.PRNGKey(0), *args, **kwargs))
   return nn.get_partition_spec(boxed)['params']
 
 

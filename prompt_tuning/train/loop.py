@@ -43,8 +43,20 @@ class Periodic(NamedTuple):
   done: Optional[Callable[[int], bool]] = None
 
 
+def initial_prompt(prompt_init: Callable[[Any, tuple[int, ...]], Any], rng: Any,
+                   shape: tuple[int, ...]) -> np.ndarray:
+  """`prompt_init`'s [P, D] prompt; for a table [K, P, D], K of them, prompt k drawn with
+  fold_in(rng, k) (K seeds of one ensemble differ; a deterministic initializer gives K equal
+  starts)."""
+  if len(shape) == 2:
+    return np.asarray(prompt_init(rng, shape), np.float32)
+  k, rest = shape[0], tuple(shape[1:])
+  return np.stack([np.asarray(prompt_init(jax.random.fold_in(rng, i), rest), np.float32)
+                   for i in range(k)])
+
+
 def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], model_dir: str,
-          num_steps: int, *, prompt_init: Callable[[Any, tuple[int, int]], Any],
+          num_steps: int, *, prompt_init: Callable[[Any, tuple[int, ...]], Any],
           seed: int = 0, save_every: int = 1000, keep: Optional[int] = 1,
           initial_checkpoint: Optional[str] = None,
           on_metrics: Optional[Callable[[int, dict], None]] = None,
@@ -69,8 +81,8 @@ def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], mode
   latest = model_dir_lib.latest_step(model_dir)
   if latest is None:
     rng = jax.random.PRNGKey(seed)
-    state = trainer.init_state(prompt_init(jax.random.fold_in(rng, 1), trainer.prompt_shape),
-                               seed=seed)
+    state = trainer.init_state(initial_prompt(prompt_init, jax.random.fold_in(rng, 1),
+                                              trainer.prompt_shape), seed=seed)
     position = 0
   else:
     reader = state_lib.PromptCheckpointer(model_dir, keep=None, read_only=True)

@@ -12,8 +12,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 MESH_AXES = ('data', 'model')
 LogicalRules = Sequence[tuple[str, Optional[str]]]
 
-# Prompt axes stay replicated so every host holds the whole prompt (and can save it as .npy).
-PROMPT_RULES = (('prompt', None), ('prompt_embed', None))
+# Prompt axes stay replicated so every host holds the whole prompt (and can save it as .npy);
+# 'prompts' is the K axis of a prompt table [K, P, D], replicated for the same reason (K prompts
+# of P x D floats are small beside the frozen model).
+PROMPT_RULES = (('prompts', None), ('prompt', None), ('prompt_embed', None))
 
 
 def standard_logical_axis_rules(activation_partitioning_dims: int = 1,

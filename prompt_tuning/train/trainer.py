@@ -4,6 +4,12 @@ Frozen weights enter the step as an ordinary (non-differentiated) argument: grad
 with respect to the trainable tree (the prompt) alone, so XLA drops every weight-gradient matmul
 and no gradient or optimizer buffer exists for frozen weights. The state is donated and the step
 is compiled once for the run.
+
+A prompt table (`PromptConfig.num_prompts` K > 1) trains K prompts [K, P, D] in one step: each
+row's `prompt_ids` entry picks its prompt, so row k's gradient reaches prompt k alone. The ids
+are a batch feature like the others (sharded over 'data') and are checked on the host. The
+optimizer sees each prompt as its own parameter (`per_prompt`): Adafactor's update clipping, a
+global-norm clip or factoring never mix one task's gradient into another's update.
 """
 
 from __future__ import annotations
@@ -29,6 +35,8 @@ log = logging.getLogger('prompt_tuning')
 FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens')
 PACKED_FEATURES = ('encoder_segment_ids', 'decoder_segment_ids', 'encoder_positions',
                    'decoder_positions')
+# Used when present: per-token loss weights; each row's prompt (required for a prompt table).
+OPTIONAL_FEATURES = ('decoder_loss_weights', 'prompt_ids')
 
 
 def _is_abstract(x: Any) -> bool:
@@ -53,7 +61,9 @@ class LossConfig:
   loss_normalizing_factor: Optional[float | Literal['NUM_REAL_TARGET_TOKENS']] = None
 
 
-def check_batch(batch: dict) -> None:
+def check_batch(batch: dict, num_prompts: int = 1) -> None:
+  """Clear errors for a batch the step cannot take: packed, a feature missing, or prompt ids
+  that are missing (num_prompts > 1), not one per row, or outside [0, num_prompts)."""
   packed = [k for k in PACKED_FEATURES if k in batch]
   if packed:
     raise ValueError(f'Packed examples ({", ".join(packed)}) are not supported with prompts: '
@@ -62,10 +72,22 @@ def check_batch(batch: dict) -> None:
   missing = [k for k in FEATURES if k not in batch]
   if missing:
     raise ValueError(f'Batch is missing feature(s) {missing}; it has {sorted(batch)}.')
+  prompt_lib.check_prompt_ids(batch.get('prompt_ids'), num_prompts,
+                              np.shape(batch['encoder_input_tokens'])[0])
+
+
+def per_prompt(optimizer: optax.GradientTransformation) -> optax.GradientTransformation:
+  """`optimizer` run on each prompt of a table [K, P, D] as on a parameter of its own (vmapped
+  over K; its state gains a leading K axis), so each prompt's update is what a single-prompt run
+  would make of the same gradient."""
+  def update(updates, state, params=None):
+    return jax.vmap(optimizer.update)(updates, state, params)
+  return optax.GradientTransformation(jax.vmap(optimizer.init), update)
 
 
 class PromptTrainer:
-  """Builds the sharded train/eval steps for one model, prompt, optimizer and mesh."""
+  """Builds the sharded train/eval steps for one model, prompt, optimizer and mesh. With a
+  prompt table (num_prompts > 1) the optimizer runs `per_prompt`."""
 
   def __init__(self, model_config: t5.T5Config, prompt_config: prompt_lib.PromptConfig,
                frozen_params: dict, optimizer: optax.GradientTransformation, *,
@@ -75,7 +97,7 @@ class PromptTrainer:
     self.model_config = model_config
     self.prompt_config = prompt_config
     self.model = t5.EncoderDecoder(model_config, prompt_config)
-    self.optimizer = optimizer
+    self.optimizer = per_prompt(optimizer) if prompt_config.is_table else optimizer
     self.loss = loss
     self.learning_rate_fn = learning_rate_fn
     self.mesh = partitioning.make_mesh() if mesh is None else mesh
@@ -115,12 +137,18 @@ class PromptTrainer:
   # -- state ------------------------------------------------------------------------------------
 
   @property
-  def prompt_shape(self) -> tuple[int, int]:
-    return (self.prompt_config.length, self.model_config.d_model)
+  def prompt_shape(self) -> tuple[int, ...]:
+    """(P, D), or (K, P, D) for a table of K prompts."""
+    return self.prompt_config.shape(self.model_config.d_model)
 
   def init_state(self, prompt_PxD: Any, seed: int = 0, step: int = 0) -> TrainState:
+    """A fresh state holding `prompt_PxD`: [P, D], or the table [K, P, D] when num_prompts K
+    > 1."""
     prompt_PxD = np.asarray(prompt_PxD, np.float32)
     if prompt_PxD.shape != self.prompt_shape:
+      if self.prompt_config.is_table:
+        raise ValueError(f'Initial prompt table has shape {prompt_PxD.shape} but the model '
+                         f'expects {self.prompt_shape} (num_prompts, prompt length, d_model).')
       raise ValueError(f'Initial prompt has shape {prompt_PxD.shape} but the model expects '
                        f'{self.prompt_shape} (prompt length, d_model).')
     params = prompt_lib.prompt_tree(prompt_PxD)
@@ -153,7 +181,7 @@ class PromptTrainer:
     return prompt_lib.merge_params(self.frozen, state.params)
 
   def prompt(self, state: TrainState) -> np.ndarray:
-    """The state's prompt [P, D] on the host, float32."""
+    """The state's prompt [P, D] (or table [K, P, D]) on the host, float32."""
     return np.asarray(jax.device_get(prompt_lib.get_prompt(state.params)), np.float32)
 
   # -- steps ------------------------------------------------------------------------------------
@@ -162,7 +190,8 @@ class PromptTrainer:
     params = prompt_lib.merge_params(frozen, trainable)
     logits = self.model.apply(
         {'params': params}, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
-        batch['decoder_target_tokens'], enable_dropout=enable_dropout, rngs={'dropout': rng})
+        batch['decoder_target_tokens'], enable_dropout=enable_dropout,
+        prompt_ids=batch.get('prompt_ids'), rngs={'dropout': rng})
     targets = batch['decoder_target_tokens']
     weights = batch.get('decoder_loss_weights', token_mask(targets).astype(jnp.float32))
     loss, z_loss, weight_sum = losses.cross_entropy_loss(
@@ -203,14 +232,17 @@ class PromptTrainer:
     return {'loss': loss, 'weight_sum': aux['weight_sum'], 'correct': aux['correct']}
 
   def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    check_batch(batch)
-    batch = {k: batch[k] for k in FEATURES + ('decoder_loss_weights',) if k in batch}
-    return self._train_step(state, self.frozen, self._global(batch))
+    return self._train_step(state, self.frozen, self._global(self._step_features(batch)))
 
   def eval_step(self, state: TrainState, batch: dict) -> dict:
-    check_batch(batch)
-    batch = {k: batch[k] for k in FEATURES + ('decoder_loss_weights',) if k in batch}
-    return self._eval_step(state.params, self.frozen, self._global(batch))
+    return self._eval_step(state.params, self.frozen, self._global(self._step_features(batch)))
+
+  def _step_features(self, batch: dict) -> dict:
+    """The checked features a step takes. With one prompt, prompt ids (all 0, as checked) are
+    dropped: the single prompt's step stays exactly today's."""
+    check_batch(batch, self.prompt_config.num_prompts)
+    dropped = () if self.prompt_config.is_table else ('prompt_ids',)
+    return {k: batch[k] for k in FEATURES + OPTIONAL_FEATURES if k in batch and k not in dropped}
 
   def _global(self, batch):
     if all(isinstance(v, jax.Array) for v in batch.values()):
