@@ -2,7 +2,8 @@
 
 Prints one JSON line: for each mesh, the per-step losses, the final prompt and the trace count;
 under 'table_<mesh>', the same for a table of 3 prompts trained on batches mixing them (1x1 and
-4x2 only), with the shape of the table's first shard.
+4x2 only), with the shape of the table's first shard, and how far that mesh's logits and greedy
+outputs of a batch mixing the prompts are from each prompt's rows run alone (prefix and suffix).
 """
 
 import json
@@ -11,6 +12,8 @@ import sys
 import jax
 import numpy as np
 
+from prompt_tuning import decoding
+from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import partitioning
 from train_fixtures import make_batch, make_trainer
@@ -53,8 +56,34 @@ def train_table(config, frozen, mesh):
     state, metrics = trainer.train_step(state, {**make_batch(i), 'prompt_ids': PROMPT_IDS})
     losses.append(float(metrics['loss']))
   shard = state.params['encoder']['prompt']['prompt']['prompt'].addressable_shards[0].data
-  return {'losses': losses, 'table': trainer.prompt(state).tolist(),
-          'traces': trainer.trace_count, 'table_shard': list(shard.shape)}
+  out = {'losses': losses, 'table': trainer.prompt(state).tolist(),
+         'traces': trainer.trace_count, 'table_shard': list(shard.shape)}
+  for placement in ('prefix', 'suffix'):
+    out['mixed_' + placement] = mixed_vs_alone(config, trainer.frozen, trainer.prompt(state),
+                                               placement)
+  return out
+
+
+def mixed_vs_alone(config, frozen, table, placement):
+  """Largest logit gap and whether greedy tokens agree, mixed batch vs each prompt's rows alone
+  (frozen weights sharded on the mesh the caller trained on)."""
+  batch = make_batch(7)
+  enc, dec = batch['encoder_input_tokens'], batch['decoder_input_tokens']
+  mixed = t5.EncoderDecoder(config, prompt_lib.PromptConfig(5, placement, 3))
+  single = t5.EncoderDecoder(config, prompt_lib.PromptConfig(5, placement))
+  logits = jax.jit(mixed.apply)({'params': prompt_lib.merge_params(
+      frozen, prompt_lib.prompt_tree(table))}, enc, dec, prompt_ids=PROMPT_IDS)
+  tokens = decoding.greedy(mixed, prompt_lib.merge_params(frozen, prompt_lib.prompt_tree(table)),
+                           enc, 4, prompt_ids=PROMPT_IDS)
+  gap, same = 0.0, True
+  for k in range(3):
+    rows = PROMPT_IDS == k
+    params = prompt_lib.merge_params(frozen, prompt_lib.prompt_tree(table[k]))
+    alone = jax.jit(single.apply)({'params': params}, enc[rows], dec[rows])
+    gap = max(gap, float(np.abs(np.asarray(logits)[rows] - np.asarray(alone)).max()))
+    same &= bool(np.array_equal(np.asarray(tokens)[rows],
+                                decoding.greedy(single, params, enc[rows], 4)))
+  return {'logit_gap': gap, 'greedy_same': same}
 
 
 if __name__ == '__main__':

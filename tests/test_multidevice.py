@@ -1,5 +1,6 @@
 """Meshes (8,1), (4,2), (2,4) over 8 simulated CPU devices agree with one device; so does a prompt
-table trained on mixed batches over (4,2)."""
+table trained on mixed batches over (4,2), and decoding a batch that mixes the table's prompts
+there gives each prompt's rows alone."""
 
 import json
 import os
@@ -36,3 +37,8 @@ def test_meshes_agree_with_one_device():
   np.testing.assert_allclose(mesh['table'], one['table'], atol=2e-5)
   assert mesh['table_shard'] == one['table_shard'] == [3, 5, 32]
   assert mesh['traces'] == one['traces'] == 1
+  # Serving on the mesh: a batch mixing the prompts gives each prompt's rows alone.
+  for placement in ('prefix', 'suffix'):
+    for out_mesh in (one, mesh):
+      got = out_mesh['mixed_' + placement]
+      assert got['logit_gap'] <= 1e-5 and got['greedy_same'], (placement, got)
