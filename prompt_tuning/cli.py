@@ -82,6 +82,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   io.add_argument('--model_dir', help='export/inspect: the prompt-tuning MODEL_DIR')
   io.add_argument('--format', choices=('npy', 'peft', 't5x'), help='export format')
   io.add_argument('--output', help='export/convert: where to write')
+  io.add_argument('--prompt_name', default=None,
+                  help="export: the prompt of a multi-task run's table to export (its task)")
   io.add_argument('--step', type=int, default=None,
                   help='export/inspect: checkpoint step of --model_dir (latest)')
   io.add_argument('--input', help='convert: source checkpoint (T5X or HF directory)')
@@ -329,7 +331,8 @@ def _export(args: argparse.Namespace) -> int:
   missing = [f for f in ('model_dir', 'format', 'output') if not getattr(args, f)]
   if missing:
     raise ValueError('export needs ' + ', '.join(f'--{m}' for m in missing))
-  path = export.export(args.model_dir, args.format, args.output, step=args.step)
+  path = export.export(args.model_dir, args.format, args.output, step=args.step,
+                       prompt_name=args.prompt_name)
   print(f'wrote {path}')
   return 0
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from typing import Any, Literal, Optional, Sequence, get_args
+from typing import Any, Literal, Mapping, Optional, Sequence, get_args
 
 import jax
 import numpy as np
@@ -50,7 +50,10 @@ class Evaluator:
                methods: Sequence[str] = ('generate',), batch_size: int = 32,
                max_examples: Optional[int] = None,
                decoding_config: decoding.DecodingConfig = decoding.DecodingConfig(),
-               output_dir: Optional[str] = None, buckets: Optional[batching.Buckets] = None):
+               output_dir: Optional[str] = None, buckets: Optional[batching.Buckets] = None,
+               prompt_ids: Optional[Mapping[str, int]] = None):
+    """`prompt_ids` maps each task of a mixture to its prompt in the model's table (a
+    multi-task run): every row is answered by its own task's prompt, in mixed batches."""
     from prompt_tuning.data import pipeline, tasks
 
     check_methods(methods)
@@ -66,6 +69,13 @@ class Evaluator:
         task_name, split, feature_lengths, max_examples=max_examples)
     if not self.examples:
       raise ValueError(f'Task {task_name!r} has no {split!r} examples to evaluate.')
+    self.prompt_ids = None
+    if prompt_ids is not None:
+      unknown = sorted({e['task'] for e in self.examples} - set(prompt_ids))
+      if unknown:
+        raise ValueError(f'No prompt for task(s) {unknown} of {task_name!r}; the prompts are '
+                         f'{sorted(prompt_ids)}.')
+      self.prompt_ids = np.array([prompt_ids[e['task']] for e in self.examples], np.int32)
     self.input_length = feature_lengths['inputs']
     self.target_length = feature_lengths['targets']
     self.inputs = _pad_rows([e['inputs'] for e in self.examples], self.input_length)
@@ -83,7 +93,10 @@ class Evaluator:
 
   @property
   def main_metric(self) -> Optional[str]:
-    return self.info.main_metric if self.info else None
+    if self.info:
+      return self.info.main_metric
+    tasks = {e['task'] for e in self.examples}
+    return 'average' if tasks != {self.task_name} else None  # a mixture's mean over tasks
 
   def _batches(self):
     """(example indices, rows [batch_size, bucket]). With buckets, examples go by input length
@@ -100,6 +113,14 @@ class Evaluator:
       rows[:len(indices)] = self.inputs[indices, :width]
       yield indices, rows
 
+  def _ids(self, indices: np.ndarray) -> Optional[np.ndarray]:
+    """The batch's prompt ids (a multi-task model's), or None."""
+    if self.prompt_ids is None:
+      return None
+    ids = np.zeros((self.batch_size,), np.int32)  # filler rows ask prompt 0
+    ids[:len(indices)] = self.prompt_ids[indices]
+    return ids
+
   def _in_order(self, outputs: list[tuple[np.ndarray, list]]) -> list:
     """Per-batch outputs back in the examples' order."""
     result: list = [None] * len(self.examples)
@@ -112,7 +133,8 @@ class Evaluator:
     outputs = []
     for indices, rows in self._batches():
       preemption.check_interrupt()
-      tokens = self.decoding_config.generate(model, params, rows, self.target_length)
+      tokens = self.decoding_config.generate(model, params, rows, self.target_length,
+                                             prompt_ids=self._ids(indices))
       outputs.append((indices, [self.vocab.decode([int(t) for t in row if t > PAD_ID])
                                 for row in tokens[:len(indices)]]))
     return self._in_order(outputs)
@@ -121,7 +143,8 @@ class Evaluator:
     outputs = []
     for indices, rows in self._batches():
       preemption.check_interrupt()
-      scores = decoding.score_candidates(model, params, rows, self.label_targets)
+      scores = decoding.score_candidates(model, params, rows, self.label_targets,
+                                         prompt_ids=self._ids(indices))
       outputs.append((indices, [self.info.labels[k]
                                 for k in np.asarray(scores).argmax(-1)[:len(indices)]]))
     return self._in_order(outputs)

@@ -4,10 +4,15 @@ Reads MODEL_DIR through model_dir.py and writes through prompt_files.py:
   npy    the prompt as float32 .npy
   peft   a PEFT prompt-tuning adapter for the same base model
   t5x    the base checkpoint with the prompt inserted, in T5X's format
+
+A multi-task run (a table of K named prompts) exports each prompt on its own (`prompt_name`;
+at the end of training: export/prompts/<name>.npy and export/peft/<name>/) and the whole table
+[K, P, D] (export/table.npy, names in export/prompt_names.json, table order).
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any, Literal, Optional, Sequence, get_args
 
@@ -20,6 +25,9 @@ FORMATS: tuple[str, ...] = get_args(ExportFormat)
 FINAL_FORMATS = ('npy', 'peft')  # what a run exports at its end (T5X: `export --format=t5x`)
 FINAL_NPY = 'prompt.npy'
 FINAL_PEFT = 'peft'
+FINAL_TABLE = 'table.npy'
+FINAL_PROMPTS = 'prompts'  # a table's prompts, one .npy per name
+FINAL_NAMES = 'prompt_names.json'
 
 
 def check_final_formats(formats: Sequence[str]) -> None:
@@ -27,11 +35,35 @@ def check_final_formats(formats: Sequence[str]) -> None:
     raise ValueError(f'export_formats = {formats!r}: choose a list from {list(FINAL_FORMATS)}.')
 
 
-def export(model_dir: str, fmt: ExportFormat, output: str, step: Optional[int] = None) -> str:
-  """MODEL_DIR's prompt of `step` (default: the latest committed) in format `fmt` at `output`."""
+def select(model_dir: str, value: Any, prompt_name: Optional[str]) -> Any:
+  """The named prompt [P, D] of a table run's `value` [K, P, D]; a single prompt as it is.
+  npy exports of a table without a name give the whole table."""
+  names = model_dir_lib.prompt_names(model_dir)
+  if names is None:
+    if prompt_name is not None:
+      raise ValueError(f'--prompt_name={prompt_name}: {model_dir} holds a single prompt, not a '
+                       f'table of named prompts; drop --prompt_name.')
+    return value
+  if prompt_name is None:
+    return value
+  if prompt_name not in names:
+    raise ValueError(f'--prompt_name={prompt_name}: {model_dir} has no prompt of that name; its '
+                     f'prompts are {names}.')
+  return value[names.index(prompt_name)]
+
+
+def export(model_dir: str, fmt: ExportFormat, output: str, step: Optional[int] = None,
+           prompt_name: Optional[str] = None) -> str:
+  """MODEL_DIR's prompt of `step` (default: the latest committed) in format `fmt` at `output`;
+  of a multi-task run, the prompt named `prompt_name` (npy without a name: the whole table)."""
   if fmt not in FORMATS:
     raise ValueError(f"Unknown export format {fmt!r}; choose 'npy', 'peft' or 't5x'.")
-  prompt_PxD, step = model_dir_lib.load_prompt(model_dir, step)
+  table, step = model_dir_lib.load_prompt(model_dir, step)
+  prompt_PxD = select(model_dir, table, prompt_name)
+  if prompt_PxD.ndim == 3 and fmt != 'npy':
+    raise ValueError(f'{model_dir} holds {prompt_PxD.shape[0]} prompts '
+                     f'({model_dir_lib.prompt_names(model_dir)}); --format={fmt} takes one: '
+                     f'pass --prompt_name.')
   if fmt == 'npy':
     return prompt_files.write_npy(os.path.abspath(output), prompt_PxD)
   info = model_dir_lib.read_run_info(model_dir)
@@ -47,9 +79,14 @@ def export(model_dir: str, fmt: ExportFormat, output: str, step: Optional[int] =
 
 
 def export_final(model_dir: str, prompt_PxD: Any, model_config: t5.T5Config,
-                 formats: Sequence[str] = ('npy', 'peft')) -> dict[str, str]:
-  """The end of a training run: MODEL_DIR/export/{prompt.npy, peft/}; {format: path}."""
+                 formats: Sequence[str] = ('npy', 'peft'),
+                 prompt_names: Optional[Sequence[str]] = None) -> dict[str, str]:
+  """The end of a training run: MODEL_DIR/export/{prompt.npy, peft/}; {format: path}. A table
+  [K, P, D] with `prompt_names`: export/{table.npy, prompt_names.json, prompts/<name>.npy,
+  peft/<name>/}."""
   export_dir = os.path.join(model_dir, model_dir_lib.EXPORT)
+  if prompt_names is not None:
+    return _export_table(export_dir, prompt_PxD, model_config, formats, prompt_names)
   written = {}
   if 'npy' in formats:
     written['npy'] = prompt_files.write_npy(
@@ -57,4 +94,21 @@ def export_final(model_dir: str, prompt_PxD: Any, model_config: t5.T5Config,
   if 'peft' in formats:
     written['peft'] = prompt_files.write_peft(os.path.join(export_dir, FINAL_PEFT), prompt_PxD,
                                               model_config)
+  return written
+
+
+def _export_table(export_dir: str, table_KxPxD: Any, model_config: t5.T5Config,
+                  formats: Sequence[str], names: Sequence[str]) -> dict[str, str]:
+  written = {}
+  if 'npy' in formats:
+    written['npy'] = prompt_files.write_npy(os.path.abspath(os.path.join(export_dir, FINAL_TABLE)),
+                                            table_KxPxD)
+    model_dir_lib.atomic_write(os.path.join(export_dir, FINAL_NAMES), json.dumps(list(names)))
+    for name, prompt_PxD in zip(names, table_KxPxD):
+      written[f'npy/{name}'] = prompt_files.write_npy(
+          os.path.abspath(os.path.join(export_dir, FINAL_PROMPTS, f'{name}.npy')), prompt_PxD)
+  if 'peft' in formats:
+    for name, prompt_PxD in zip(names, table_KxPxD):
+      written[f'peft/{name}'] = prompt_files.write_peft(
+          os.path.join(export_dir, FINAL_PEFT, name), prompt_PxD, model_config)
   return written

@@ -35,7 +35,7 @@ import numpy as np
 
 from prompt_tuning import prompt_files
 from prompt_tuning.atomic import TMP_MARK, atomic_write, tmp_name
-from prompt_tuning.models.prompt import PROMPT_PATH
+from prompt_tuning.models.prompt import PROMPT_PATH, effective_prompts
 
 log = logging.getLogger('prompt_tuning')
 
@@ -52,8 +52,10 @@ BEST = 'best'
 BEST_METRICS = 'metrics.json'
 EXPORT = 'export'
 SUMMARY = 'summary.json'
-# Fields that must agree for a MODEL_DIR to be resumed.
-IDENTITY_FIELDS = ('prompt_length', 'd_model', 'placement')
+# Fields that must agree for a MODEL_DIR to be resumed, with their value when run_info.json
+# does not say (a single prompt's run_info has no table fields).
+IDENTITY_FIELDS = {'prompt_length': None, 'd_model': None, 'placement': None, 'num_prompts': 1,
+                   'prompt_names': None, 'prompt_shared': None}
 _ORBAX_TMP = '.orbax-checkpoint-tmp'
 _PREDICTIONS_STEP = re.compile(r'-step(\d+)\.jsonl$')
 
@@ -94,8 +96,8 @@ def check_run_info(model_dir: str, info: dict, write: bool = True) -> None:
   """Refuses a MODEL_DIR made by a different run; writes run_info.json for a new one."""
   existing = read_run_info(model_dir)
   if existing is not None:
-    diffs = [f'{k}: saved {existing.get(k)!r}, requested {info.get(k)!r}'
-             for k in IDENTITY_FIELDS if existing.get(k) != info.get(k)]
+    diffs = [f'{k}: saved {existing.get(k, d)!r}, requested {info.get(k, d)!r}'
+             for k, d in IDENTITY_FIELDS.items() if existing.get(k, d) != info.get(k, d)]
     if diffs:
       raise RunMismatchError(
           f'{model_dir} holds a different prompt-tuning run ({"; ".join(diffs)}). Use a new '
@@ -196,17 +198,31 @@ def read_orbax_prompt(model_dir: str, step: int) -> np.ndarray:
     with warnings.catch_warnings():  # "sharding info not provided": none is needed here
       warnings.simplefilter('ignore')
       tree = ocp.PyTreeCheckpointer().restore(path)
-    value = tree['params']
-    for key in PROMPT_PATH:
-      value = value[key]
+    info = read_run_info(model_dir) or {}
+    value = effective_prompts(tree['params'], info.get('prompt_shared'))
+  except ModelDirError:
+    raise
   except Exception as e:  # orbax/tensorstore raise many unrelated types on damaged files
     raise ModelDirError(f'{path}: cannot read the prompt of step {step} ({one_line(e)}); the '
                         f'checkpoint is damaged.') from e
   return np.asarray(value, np.float32)
 
 
+def prompt_names(model_dir: str) -> Optional[list[str]]:
+  """The names of a table's prompts (a multi-task run: its tasks, in table order), or None for
+  a single prompt's run."""
+  info = read_run_info(model_dir) or {}
+  names = info.get('prompt_names')
+  if names is not None and (not isinstance(names, list) or
+                            not all(isinstance(n, str) for n in names)):
+    raise ModelDirError(f'{run_info_path(model_dir)}: prompt_names must be a list of strings.')
+  return names
+
+
 def load_prompt(model_dir: str, step: Optional[int] = None) -> tuple[np.ndarray, int]:
-  """(prompt, step): `step`'s prompt, or the latest committed step's; never another step's."""
+  """(prompt, step): `step`'s prompt, or the latest committed step's; never another step's.
+  A table's run gives the table [K, P, D] (combined with its shared prompt, if any), in
+  `prompt_names` order."""
   if not os.path.isdir(model_dir):
     raise ModelDirError(f'MODEL_DIR {model_dir}: no such directory.')
   available = prompt_steps(model_dir)
@@ -217,7 +233,8 @@ def load_prompt(model_dir: str, step: Optional[int] = None) -> tuple[np.ndarray,
   if step not in available:
     raise ModelDirError(f'{model_dir}: no prompt for step {step}; available: {available}.')
   if os.path.isfile(numpy_prompt_path(model_dir, step)):
-    return prompt_files.load_prompt_file(numpy_prompt_path(model_dir, step)), step
+    return prompt_files.load_prompt_file(numpy_prompt_path(model_dir, step),
+                                         allow_table=True), step
   return read_orbax_prompt(model_dir, step), step
 
 

@@ -38,8 +38,10 @@ _ACCEPTED = ('a numpy .npy file (also the extension-less files of a T5X numpy_ch
 # Reading.
 
 
-def load_prompt_file(path: Any, variable: Optional[str] = None) -> np.ndarray:
-  """A [P, D] float32 prompt from a numpy file, a T5X checkpoint or a PEFT adapter.
+def load_prompt_file(path: Any, variable: Optional[str] = None,
+                     allow_table: bool = False) -> np.ndarray:
+  """A [P, D] float32 prompt from a numpy file, a T5X checkpoint or a PEFT adapter; with
+  `allow_table` also a table of prompts [K, P, D] (a multi-task run's numpy files).
 
   `variable` is the parameter read from a T5X checkpoint (default 'encoder/prompt/prompt/prompt';
   'target/...' and the dotted names of numpy_checkpoints/ files are accepted); other formats hold
@@ -59,7 +61,7 @@ def load_prompt_file(path: Any, variable: Optional[str] = None) -> np.ndarray:
     prompt, source = _load_t5x(path, variable)
   else:
     raise ValueError(f'{path}: not a prompt file this loader knows. Accepted: {_ACCEPTED}.')
-  return _check_prompt(prompt, source)
+  return _check_prompt(prompt, source, allow_table)
 
 
 def _is_t5x(path: str) -> bool:
@@ -79,8 +81,10 @@ def _load_numpy(path: str) -> np.ndarray:
     raise ValueError(f'{path}: cannot read the numpy array ({e}).') from e
 
 
-def _check_prompt(prompt: np.ndarray, source: str) -> np.ndarray:
-  if prompt.ndim != 2:
+def _check_prompt(prompt: np.ndarray, source: str, allow_table: bool = False) -> np.ndarray:
+  if allow_table and prompt.ndim == 3:
+    pass  # a table [K, P, D]
+  elif prompt.ndim != 2:
     raise ValueError(f'{source}: a prompt is a 2-D [P, D] array; this one has shape '
                      f'{prompt.shape}.')
   if not (prompt.dtype.kind == 'f' or prompt.dtype.name == 'bfloat16'):

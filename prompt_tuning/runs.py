@@ -8,6 +8,7 @@ MIXTURE_OR_TASK_NAME, TASK_FEATURE_LENGTHS, TRAIN_STEPS, BATCH_SIZE, INITIAL_CHE
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
@@ -97,7 +98,8 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
           mesh_shape: Optional[Sequence[int]] = None, frozen_dtype: Optional[str] = None,
           mixture_or_task_module: Optional[str] = None, shuffle: bool = True,
           length_buckets: batching.BucketSetting = 'auto', group_by_length: int = 32,
-          export_formats: Sequence[str] = export.FINAL_FORMATS) -> dict:
+          export_formats: Sequence[str] = export.FINAL_FORMATS,
+          prompt_per_task: bool = False) -> dict:
   """Prompt-tunes on a SeqIO task, evaluating every `eval_period` steps; returns a summary.
 
   Every input is checked before MODEL_DIR is created or changed; a kill at any moment leaves it
@@ -105,6 +107,11 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
   to their length bucket (`length_buckets`, gin LENGTH_BUCKETS; None: to TASK_FEATURE_LENGTHS);
   `group_by_length` > 1 sorts windows of that many batches by length (batching.py; 0: uniform
   random batches).
+
+  `prompt_per_task` (gin PROMPT_PER_TASK): multi-task prompt tuning. The mixture's K tasks get
+  K prompts in one table (one frozen model); each row trains its own task's prompt, batches mix
+  tasks at the mixture's rates, evaluation answers each task with its prompt (per-task metrics
+  and their average) and each prompt is exported on its own.
   """
   # Log lines of the checks wait until the run starts: bad input prints its one error line alone.
   with reporting.HeldLogs() as held:
@@ -117,6 +124,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
     evaluation.check_methods(eval_methods)  # a typo is named even when nothing evaluates
     export.check_final_formats(export_formats)
     _adafactor_offset(adafactor_step_offset, 0)
+    prompt, names = _task_prompts(prompt, mixture_or_task_name, prompt_per_task)
     if train_steps == 0:
       print(f'TRAIN_STEPS = 0: nothing to train; {model_dir} was not touched.')
       return {'model_dir': model_dir, 'task': mixture_or_task_name, 'steps': 0}
@@ -147,7 +155,8 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
       stream = pipeline.get_batches(mixture_or_task_name, 'train', task_feature_lengths,
                                     batch_size // num_hosts, shuffle=shuffle, seed=random_seed,
                                     shard_index=host, num_shards=num_hosts,
-                                    start_position=position, group_window=group_by_length)
+                                    start_position=position, group_window=group_by_length,
+                                    prompt_per_task=names is not None)
       # Every host pads a step to the same bucket: the longest row over all of them.
       return batching.trimmed(stream, buckets,
                               agree=partitioning.process_max if num_hosts > 1 else None)
@@ -155,8 +164,9 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
     evaluator = evaluation.Evaluator(
         mixture_or_task_name, eval_split, task_feature_lengths, methods=eval_methods,
         batch_size=eval_batch_size, max_examples=eval_max_examples, decoding_config=decoding,
-        output_dir=os.path.join(model_dir, model_dir_lib.INFERENCE_EVAL),
-        buckets=buckets) if eval_period else None
+        output_dir=os.path.join(model_dir, model_dir_lib.INFERENCE_EVAL), buckets=buckets,
+        prompt_ids=None if names is None else {n: k for k, n in enumerate(names)}
+    ) if eval_period else None
     main_metric = None
     if evaluator is not None and evaluator.main_metric:
       main_metric = f'{eval_methods[0]}/{evaluator.main_metric}'
@@ -183,7 +193,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
       state = loop.train(trainer, batches, model_dir, train_steps, prompt_init=init,
                          seed=random_seed, save_every=save_period or eval_period or train_steps,
                          keep=keep, initial_checkpoint=initial_checkpoint_path,
-                         on_metrics=reporter.train_metrics, periodic=periodic,
+                         prompt_names=names, on_metrics=reporter.train_metrics, periodic=periodic,
                          periodic_at_start=eval_at_start,
                          before_write=lambda: (held.release(), _write_gin_config(model_dir)),
                          on_save=lambda _: reporter.flush())
@@ -193,8 +203,9 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
     best.load()  # a restarted run's best prompt may come from before the restart
     plot_path = reporter.close()
     written = (export.export_final(model_dir, trainer.prompt(state), trainer.model_config,
-                                   export_formats) if host == 0 else {})
+                                   export_formats, prompt_names=names) if host == 0 else {})
     summary = {'model_dir': model_dir, 'task': mixture_or_task_name, 'steps': train_steps,
+               **({'prompt_names': names} if names is not None else {}),
                'first_eval': reporter.eval_history[0] if reporter.eval_history else None,
                'final_eval': reporter.eval_history[-1][1] if reporter.eval_history else None,
                'best': best.record, 'plot': plot_path, 'exports': written,
@@ -207,6 +218,32 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
                    json.dumps(summary, indent=2, default=str))
       reporting.print_summary(summary)
     return summary
+
+
+def _task_prompts(prompt: PromptConfig, name: str,
+                  prompt_per_task: bool) -> tuple[PromptConfig, Optional[list[str]]]:
+  """(the PromptConfig to train, the prompts' names): with PROMPT_PER_TASK a table of one prompt
+  per task of the mixture, named by its tasks; otherwise the config as it is (one prompt)."""
+  if not prompt_per_task:
+    if prompt.shared is not None:
+      raise ValueError(f'PROMPT_SHARED = {prompt.shared!r} combines a shared prompt with each '
+                       f'task prompt: it needs PROMPT_PER_TASK = True.')
+    if prompt.num_prompts > 1:
+      raise ValueError(f'PromptConfig.num_prompts = {prompt.num_prompts}: training a table of '
+                       f'prompts needs PROMPT_PER_TASK = True (one prompt per task of a '
+                       f'mixture); for one prompt leave num_prompts at 1.')
+    return prompt, None
+  from prompt_tuning.data import pipeline
+  names = pipeline.prompt_names(name)
+  if len(names) < 2:
+    raise ValueError(f'PROMPT_PER_TASK = True trains a prompt for each task of a mixture, but '
+                     f'{name!r} is a single task; name a mixture in MIXTURE_OR_TASK_NAME or set '
+                     f'PROMPT_PER_TASK = False.')
+  if prompt.num_prompts not in (1, len(names)):
+    raise ValueError(f'PromptConfig.num_prompts = {prompt.num_prompts} but {name!r} has '
+                     f'{len(names)} tasks ({names}); with PROMPT_PER_TASK leave num_prompts at '
+                     f'1 (it is set to the number of tasks).')
+  return dataclasses.replace(prompt, num_prompts=len(names)), names
 
 
 def _check_settings(*, train_steps, batch_size, eval_period, save_period, keep, eval_batch_size,
@@ -245,13 +282,13 @@ def evaluate(*, model_dir: Optional[str], mixture_or_task_name: str,
   """Evaluates a prompt (PROMPT_FILE, or MODEL_DIR's latest/`step` checkpoint) on a task."""
   buckets = batching.resolve(length_buckets, task_feature_lengths)
   _import_tasks(mixture_or_task_module)
-  model_module, params, step = _prompted_model(initial_checkpoint_path, model, prompt,
-                                               model_dir, prompt_file, step)
+  model_module, params, step, ids = _prompted_model(
+      initial_checkpoint_path, model, prompt, model_dir, prompt_file, step, mixture_or_task_name)
   out = output_dir or os.path.join(model_dir or '.', model_dir_lib.INFERENCE_EVAL)
   evaluator = evaluation.Evaluator(mixture_or_task_name, split, task_feature_lengths,
                                    methods=eval_methods, batch_size=eval_batch_size,
                                    max_examples=eval_max_examples, decoding_config=decoding,
-                                   output_dir=out, buckets=buckets)
+                                   output_dir=out, buckets=buckets, prompt_ids=ids)
   metrics = evaluator.evaluate(model_module, params, step, tag='eval')
   print(json.dumps({'task': mixture_or_task_name, 'split': split, 'step': step, **metrics},
                    indent=2, default=float))
@@ -259,23 +296,39 @@ def evaluate(*, model_dir: Optional[str], mixture_or_task_name: str,
 
 
 def _find_prompt(model_dir: Optional[str], prompt_file: Optional[str],
-                 step: Optional[int]) -> tuple[np.ndarray, int]:
+                 step: Optional[int]) -> tuple[np.ndarray, int, Optional[list[str]]]:
+  """(prompt [P, D] or a multi-task run's table [K, P, D], step, the table's names)."""
   if prompt_file:
-    return prompt_files.load_prompt_file(prompt_file), step or 0
+    return prompt_files.load_prompt_file(prompt_file), step or 0, None
   if not model_dir:
     raise ValueError('Nothing to evaluate: set PROMPT_FILE or MODEL_DIR.')
-  return model_dir_lib.load_prompt(model_dir, step)
+  value, step = model_dir_lib.load_prompt(model_dir, step)
+  return value, step, model_dir_lib.prompt_names(model_dir)
 
 
-def _prompted_model(initial_checkpoint_path, model, prompt, model_dir, prompt_file, step):
-  """(EncoderDecoder with the saved prompt's length, full params, step) for eval/infer."""
+def _prompted_model(initial_checkpoint_path, model, prompt, model_dir, prompt_file, step,
+                    task: Optional[str] = None):
+  """(EncoderDecoder with the saved prompt's length, full params, step, prompt ids by task)
+  for eval/infer. A multi-task MODEL_DIR evaluated on one of its tasks uses that task's prompt;
+  on a mixture, the whole table with each task's rows given its own prompt."""
   config, frozen = checkpoints.load_base(initial_checkpoint_path, model)
-  value, step = _find_prompt(model_dir, prompt_file, step)
-  if value.shape[1] != config.d_model:
-    raise ValueError(f'{prompt_file or model_dir}: the prompt has shape {value.shape} but the '
+  value, step, names = _find_prompt(model_dir, prompt_file, step)
+  source = prompt_file or model_dir
+  if value.shape[-1] != config.d_model:
+    raise ValueError(f'{source}: the prompt has shape {value.shape} but the '
                      f'model width (d_model) is {config.d_model}.')
-  module = t5.EncoderDecoder(config, PromptConfig(value.shape[0], prompt.placement))
-  return module, merge_params(frozen, prompt_tree(value)), step
+  ids = None
+  if names is not None and value.ndim == 3:
+    if task in names:
+      value = value[names.index(task)]
+    else:
+      ids = {n: k for k, n in enumerate(names)}
+  if value.ndim == 2:
+    module = t5.EncoderDecoder(config, PromptConfig(value.shape[0], prompt.placement))
+  else:
+    module = t5.EncoderDecoder(config, PromptConfig(value.shape[1], prompt.placement,
+                                                    value.shape[0]))
+  return module, merge_params(frozen, prompt_tree(value)), step, ids
 
 
 def infer(*, model_dir: Optional[str], mixture_or_task_name: str, task_feature_lengths: dict,
@@ -289,12 +342,12 @@ def infer(*, model_dir: Optional[str], mixture_or_task_name: str, task_feature_l
   """Decodes a split with a prompt and writes predictions JSONL (no metrics)."""
   buckets = batching.resolve(length_buckets, task_feature_lengths)
   _import_tasks(mixture_or_task_module)
-  model_module, params, step = _prompted_model(initial_checkpoint_path, model, prompt,
-                                               model_dir, prompt_file, step)
+  model_module, params, step, ids = _prompted_model(
+      initial_checkpoint_path, model, prompt, model_dir, prompt_file, step, mixture_or_task_name)
   evaluator = evaluation.Evaluator(mixture_or_task_name, split, task_feature_lengths,
                                    methods=('generate',), batch_size=batch_size,
                                    max_examples=max_examples, decoding_config=decoding,
-                                   buckets=buckets)
+                                   buckets=buckets, prompt_ids=ids)
   texts = evaluator.generate(model_module, params)
   out_dir = output_dir or os.path.join(model_dir or '.', model_dir_lib.INFERENCE)
   path = os.path.join(out_dir, f'{mixture_or_task_name}-{split}-step{step}.jsonl')

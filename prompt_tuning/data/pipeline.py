@@ -19,6 +19,7 @@ from prompt_tuning.data import tasks
 
 log = logging.getLogger('prompt_tuning')
 
+AVERAGE = 'average'  # a mixture's mean over tasks of their main metrics
 BATCH_FEATURES = ('encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
                   'decoder_loss_weights')
 
@@ -44,10 +45,56 @@ def _input_errors_unwrapped():
     raise
 
 
+def prompt_names(name: str) -> list[str]:
+  """The tasks of a mixture (or the one task), in the order a multi-task run's prompt table
+  holds their prompts: SeqIO's order of `Mixture.tasks` (by name)."""
+  provider = tasks.get_task_or_mixture(name)
+  if isinstance(provider, seqio.Mixture):
+    return [t.name for t in provider.tasks]
+  return [provider.name]
+
+
+def _dataset(provider, split, feature_lengths, shuffle, repeat, shard_index, num_shards, seed):
+  return seqio.get_dataset(
+      provider, task_feature_lengths=dict(feature_lengths),
+      feature_converter=seqio.EncDecFeatureConverter(pack=False), dataset_split=split,
+      shuffle=shuffle, num_epochs=None if repeat else 1,
+      shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
+      seed=seed, verbose=False)
+
+
+def _tagged_mixture(name, split, feature_lengths, shuffle, repeat, shard_index, num_shards,
+                    seed):
+  """The mixture's examples, each with `prompt_ids` = its task's index in `prompt_names`: each
+  task's dataset, sampled at the mixture's rates (as SeqIO samples a mixture)."""
+  import tensorflow as tf
+  provider = tasks.get_task_or_mixture(name)
+  if not isinstance(provider, seqio.Mixture):
+    ds = _dataset(provider, split, feature_lengths, shuffle, repeat, shard_index, num_shards,
+                  seed)
+    return ds.map(lambda ex: {**ex, 'prompt_ids': tf.constant(0, tf.int32)})
+  members = provider.tasks
+  missing = [t.name for t in members if split not in t.splits]
+  if missing:
+    raise ValueError(f'Mixture {name!r}: task(s) {missing} have no {split!r} split; a prompt '
+                     f'per task trains every task of the mixture.')
+  datasets = []
+  for k, task in enumerate(members):
+    ds = _dataset(task, split, feature_lengths, shuffle, repeat, shard_index, num_shards, seed)
+    datasets.append(ds.map(lambda ex, k=k: {**ex, 'prompt_ids': tf.constant(k, tf.int32)}))
+  rates = np.array([provider.get_rate(t) for t in members], np.float64)
+  if not (rates > 0).all():
+    raise ValueError(f'Mixture {name!r}: every task needs a positive rate to train its prompt; '
+                     f'rates {dict(zip([t.name for t in members], rates.tolist()))}.')
+  return tf.data.Dataset.sample_from_datasets(datasets, weights=(rates / rates.sum()).tolist(),
+                                              seed=seed, stop_on_empty_dataset=False)
+
+
 def get_batches(name: str, split: str, feature_lengths: Mapping[str, int], batch_size: int, *,
                 shuffle: bool = True, seed: Optional[int] = 0, repeat: bool = True,
                 shard_index: int = 0, num_shards: int = 1, start_position: int = 0,
-                group_window: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                group_window: int = 0,
+                prompt_per_task: bool = False) -> Iterator[dict[str, np.ndarray]]:
   """Yields int32 batches [batch_size, length] of this host's shard, padded to `feature_lengths`
   (batching.trim cuts them to their bucket); the last partial batch is dropped. For a fixed seed
   the stream is fixed, and `start_position=k` starts at its k-th batch (the same batch a run
@@ -55,17 +102,17 @@ def get_batches(name: str, split: str, feature_lengths: Mapping[str, int], batch
 
   `group_window=W` > 1 sorts each run of W batches' examples by length before batching them
   (batching.group_in_windows): similar lengths share a batch, still deterministic and resumable.
+
+  `prompt_per_task`: each row also gets `prompt_ids` [B], its task's index in
+  `prompt_names(name)` (0 for a single task), for a model with a prompt per task.
   """
   if not 0 <= shard_index < num_shards:
     raise ValueError(f'shard_index {shard_index} not in [0, {num_shards}).')
   provider = tasks.get_task_or_mixture(name)
+  args = (split, feature_lengths, shuffle, repeat, shard_index, num_shards, seed)
   with _input_errors_unwrapped():
-    ds = seqio.get_dataset(
-        provider, task_feature_lengths=dict(feature_lengths),
-        feature_converter=seqio.EncDecFeatureConverter(pack=False), dataset_split=split,
-        shuffle=shuffle, num_epochs=None if repeat else 1,
-        shard_info=seqio.ShardInfo(shard_index, num_shards) if num_shards > 1 else None,
-        seed=seed, verbose=False)
+    ds = (_tagged_mixture(name, *args) if prompt_per_task else _dataset(provider, *args))
+  features = BATCH_FEATURES + (('prompt_ids',) if prompt_per_task else ())
   window = max(int(group_window), 1)
   ds = ds.batch(batch_size * window, drop_remainder=True)
   if start_position // window:
@@ -73,7 +120,7 @@ def get_batches(name: str, split: str, feature_lengths: Mapping[str, int], batch
 
   def numpy_batches():
     for batch in ds.as_numpy_iterator():
-      yield {k: np.asarray(batch[k], np.int32) for k in BATCH_FEATURES}
+      yield {k: np.asarray(batch[k], np.int32) for k in features}
 
   if window == 1:
     return numpy_batches()  # built eagerly above, so bad names and missing files raise here
@@ -176,8 +223,9 @@ def evaluate_predictions(name: str, examples: Sequence[dict],
   """T5's postprocess + metrics of the examples' task(s), plus `invalid`: the number of
   predictions that map to no label (or, for free-text tasks, are empty).
 
-  For a mixture each task is scored alone ('<task>/<metric>'), and a metric every task reports
-  is also given as the mean over tasks under its plain name.
+  For a mixture each task is scored alone ('<task>/<metric>'), a metric every task reports is
+  also given as the mean over tasks under its plain name, and `average` is the mean of each
+  task's main metric.
   """
   if len(examples) != len(predictions):
     raise ValueError(f'{len(examples)} examples but {len(predictions)} predictions.')
@@ -198,5 +246,10 @@ def evaluate_predictions(name: str, examples: Sequence[dict],
     invalid += task_invalid
   for key in set.intersection(*(set(r) for r in per_task)) if per_task else ():
     results[key] = float(np.mean([r[key] for r in per_task]))
+  # The benchmarks' average: the mean over tasks of each task's main metric.
+  mains = [r.get(tasks.TASK_INFO[t].main_metric) if t in tasks.TASK_INFO else None
+           for t, r in zip(by_task, per_task)]
+  if mains and all(m is not None for m in mains):
+    results[AVERAGE] = float(np.mean(mains))
   results['invalid'] = invalid
   return results

@@ -21,6 +21,12 @@ picks its prompt by the integer feature `prompt_ids` [B] (a task of a mixture, a
 ensemble). Rows never see each other's prompt, so a mixed batch gives what each prompt's rows
 give alone. K = 1 is the single prompt exactly: shape [P, D], no `prompt_ids` needed (given,
 they must be 0 and change nothing).
+
+Shared + task prompts (`PromptConfig.shared`, a table only; the anchor's multi-task forms): a
+second parameter `encoder/prompt/shared/prompt` [P, D] that every task trains, combined with
+each row's task prompt by addition ('add': shared + task, length P) or concatenation ('concat':
+[shared; task], length 2P). `effective_prompts` gives the combined [K, P', D] table, which is
+what checkpoints' numpy files, exports and readers hold: a reader needs no shared parameter.
 """
 
 from __future__ import annotations
@@ -39,8 +45,11 @@ PROMPT_AXES = ('prompt', 'prompt_embed')
 TABLE_AXES = ('prompts',) + PROMPT_AXES  # a table of K prompts [K, P, D]
 PROMPT_PATH = ('encoder', 'prompt', 'prompt', 'prompt')
 PROMPT_VARIABLE = '/'.join(PROMPT_PATH)  # its name in a T5X checkpoint
+SHARED_PATH = ('encoder', 'prompt', 'shared', 'prompt')
 Placement = Literal['prefix', 'suffix']
 PLACEMENTS: tuple[str, ...] = get_args(Placement)
+SharedMode = Optional[Literal['add', 'concat']]
+SHARED_MODES = ('add', 'concat')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +60,7 @@ class PromptConfig:
   length: int = 100
   placement: Placement = 'prefix'
   num_prompts: int = 1
+  shared: SharedMode = None  # a table's shared prompt: 'add' or 'concat' (see the module doc)
 
   def __post_init__(self):
     if self.length < 1:
@@ -62,14 +72,26 @@ class PromptConfig:
       raise ValueError(f'PromptConfig.num_prompts (the number of prompts K) must be an integer '
                        f'of at least 1, got {k!r}.')
     object.__setattr__(self, 'num_prompts', int(k))  # a plain int (hashed with the model)
+    if self.shared is not None and self.shared not in SHARED_MODES:
+      raise ValueError(f'PromptConfig.shared (PROMPT_SHARED) = {self.shared!r}: choose None, '
+                       f"'add' or 'concat'.")
 
   @property
   def is_table(self) -> bool:
     return self.num_prompts > 1
 
+  @property
+  def combined_length(self) -> int:
+    """Positions the prompt takes in the encoder: P, or 2P with a concatenated shared prompt."""
+    return 2 * self.length if self.shared == 'concat' else self.length
+
   def shape(self, d_model: int) -> tuple[int, ...]:
     """The parameter's shape: [P, D], or [K, P, D] for a table."""
     return ((self.num_prompts,) if self.is_table else ()) + (self.length, d_model)
+
+  def reader(self) -> 'PromptConfig':
+    """The config of a model that reads this one's `effective_prompts` (no shared parameter)."""
+    return PromptConfig(self.combined_length, self.placement, self.num_prompts)
 
   def module(self, dtype: Any, name: str) -> 'Prompt':
     return Prompt(self, dtype=dtype, name=name)
@@ -78,10 +100,11 @@ class PromptConfig:
     """Which positions of the combined sequence [B, L + P] are real (prompt positions always)."""
     valid_BxL = token_mask(tokens_BxL)
     batch, length = tokens_BxL.shape
+    p = self.combined_length
     if self.placement == 'prefix':
-      return jnp.concatenate([jnp.ones((batch, self.length), bool), valid_BxL], axis=1)
+      return jnp.concatenate([jnp.ones((batch, p), bool), valid_BxL], axis=1)
     n_B = jnp.sum(valid_BxL, axis=1)
-    return jnp.arange(length + self.length)[None, :] < (n_B + self.length)[:, None]
+    return jnp.arange(length + p)[None, :] < (n_B + p)[:, None]
 
 
 class PromptParameter(nn.Module):
@@ -121,7 +144,13 @@ class Prompt(nn.Module):
   def __call__(self, tokens_BxL: jax.Array, embedded_BxLxD: jax.Array,
                prompt_ids_B: Optional[jax.Array] = None) -> jax.Array:
     c = self.config
-    param = PromptParameter(c.length, c.num_prompts, name='prompt')(embedded_BxLxD.shape[-1])
+    width = embedded_BxLxD.shape[-1]
+    param = PromptParameter(c.length, c.num_prompts, name='prompt')(width)
+    if c.shared is not None:
+      if not c.is_table:
+        raise ValueError(f'PromptConfig.shared = {c.shared!r} combines a shared prompt with each '
+                         f'prompt of a table: it needs num_prompts >= 2 (PROMPT_PER_TASK).')
+      param = combine_shared(PromptParameter(c.length, name='shared')(width), param, c.shared)
     if c.is_table:
       if prompt_ids_B is None:
         raise ValueError(missing_ids_message(c.num_prompts))
@@ -131,6 +160,16 @@ class Prompt(nn.Module):
     if c.placement == 'prefix':
       return prefix_prompt(prompt, embedded_BxLxD)
     return suffix_prompt(prompt, tokens_BxL, embedded_BxLxD)
+
+
+def combine_shared(shared_PxD: Any, table_KxPxD: Any, mode: str) -> Any:
+  """Each task's effective prompt [K, P', D]: shared + task ('add') or [shared; task]
+  ('concat'). Works on numpy and jax arrays."""
+  xp = jnp if isinstance(table_KxPxD, jax.Array) or isinstance(shared_PxD, jax.Array) else np
+  if mode == 'add':
+    return shared_PxD[None] + table_KxPxD
+  shared_KxPxD = xp.broadcast_to(shared_PxD[None], table_KxPxD.shape[:1] + shared_PxD.shape)
+  return xp.concatenate([shared_KxPxD, table_KxPxD], axis=1)
 
 
 def select_prompts(table_KxPxD: jax.Array, prompt_ids_B: jax.Array) -> jax.Array:
@@ -245,3 +284,15 @@ def get_prompt(trainable: dict) -> Any:
   for key in PROMPT_PATH:
     node = node[key]
   return node
+
+
+def effective_prompts(trainable: dict, shared: SharedMode = None) -> Any:
+  """What the encoder sees: `get_prompt`, combined with the shared prompt when `shared` is set
+  (the form numpy checkpoints, exports and readers hold)."""
+  table = get_prompt(trainable)
+  if shared is None:
+    return table
+  node = trainable
+  for key in SHARED_PATH:
+    node = node[key]
+  return combine_shared(node, table, shared)

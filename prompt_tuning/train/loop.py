@@ -27,12 +27,21 @@ class TrainingDivergedError(RuntimeError):
   """The loss became NaN/inf; the message names the step and the last good checkpoint."""
 
 
-def run_info(trainer: PromptTrainer, initial_checkpoint: Optional[str] = None) -> dict:
-  return {'prompt_length': trainer.prompt_config.length,
-          'd_model': trainer.model_config.d_model,
-          'placement': trainer.prompt_config.placement,
-          'initial_checkpoint': initial_checkpoint,
-          'model_config': dataclasses.asdict(trainer.model_config)}
+def run_info(trainer: PromptTrainer, initial_checkpoint: Optional[str] = None,
+             prompt_names: Optional[Sequence[str]] = None) -> dict:
+  """run_info.json. A table adds num_prompts, the prompts' names (a multi-task run: its tasks)
+  and the shared mode; a single prompt's stays as it always was."""
+  c = trainer.prompt_config
+  info: dict[str, Any] = {'prompt_length': c.length,
+                          'd_model': trainer.model_config.d_model,
+                          'placement': c.placement,
+                          'initial_checkpoint': initial_checkpoint,
+                          'model_config': dataclasses.asdict(trainer.model_config)}
+  if c.is_table:
+    info.update(num_prompts=c.num_prompts, prompt_shared=c.shared,
+                prompt_names=list(prompt_names) if prompt_names is not None else
+                [str(k) for k in range(c.num_prompts)])
+  return info
 
 
 class Periodic(NamedTuple):
@@ -59,6 +68,7 @@ def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], mode
           num_steps: int, *, prompt_init: Callable[[Any, tuple[int, ...]], Any],
           seed: int = 0, save_every: int = 1000, keep: Optional[int] = 1,
           initial_checkpoint: Optional[str] = None,
+          prompt_names: Optional[Sequence[str]] = None,
           on_metrics: Optional[Callable[[int, dict], None]] = None,
           check_every: int = 10,
           periodic: Sequence[tuple] = (),
@@ -67,6 +77,7 @@ def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], mode
           on_save: Optional[Callable[[int], None]] = None) -> TrainState:
   """Prompt-tunes until `num_steps`, resuming from MODEL_DIR's latest committed step if any.
 
+  `prompt_names` name a table's prompts in run_info.json (a multi-task run: its tasks).
   Everything that can fail on bad input (MODEL_DIR of another run, a damaged checkpoint, a bad
   initial prompt, the first batch of data) is done before the first write; `before_write` runs
   just before it. A restart first repairs what a kill left (see model_dir.repair) and reruns a
@@ -75,14 +86,17 @@ def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], mode
   SIGTERM/SIGINT save the current step and raise preemption.Preempted.
   """
   hooks = [Periodic(*p) for p in periodic]
-  info = run_info(trainer, initial_checkpoint)
+  info = run_info(trainer, initial_checkpoint, prompt_names)
   model_dir_lib.check_usable(model_dir)
   model_dir_lib.check_run_info(model_dir, info, write=False)
   latest = model_dir_lib.latest_step(model_dir)
   if latest is None:
     rng = jax.random.PRNGKey(seed)
+    shared = None
+    if trainer.prompt_config.shared == 'concat':  # 'add' starts from zeros: shared + task = task
+      shared = initial_prompt(prompt_init, jax.random.fold_in(rng, 2), trainer.prompt_shape[1:])
     state = trainer.init_state(initial_prompt(prompt_init, jax.random.fold_in(rng, 1),
-                                              trainer.prompt_shape), seed=seed)
+                                              trainer.prompt_shape), seed=seed, shared_PxD=shared)
     position = 0
   else:
     reader = state_lib.PromptCheckpointer(model_dir, keep=None, read_only=True)
@@ -107,7 +121,7 @@ def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], mode
     if writer:
       model_dir_lib.repair(model_dir, keep)
     _sync('repair')
-    ckpt = state_lib.PromptCheckpointer(model_dir, keep=keep)
+    ckpt = state_lib.PromptCheckpointer(model_dir, keep=keep, shared=trainer.prompt_config.shared)
     try:
       if latest is None:
         ckpt.save(state, position)  # step 0: the initial prompt, as the anchor keeps it too

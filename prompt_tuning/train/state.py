@@ -15,7 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from prompt_tuning import model_dir as model_dir_lib
-from prompt_tuning.models.prompt import get_prompt
+from prompt_tuning.models.prompt import SharedMode, effective_prompts
 from prompt_tuning.train import preemption
 
 
@@ -27,8 +27,10 @@ def has_checkpoint(model_dir: str) -> bool:
 class PromptCheckpointer:
   """Saves/restores the TrainState with orbax, keeping the last `keep` steps."""
 
-  def __init__(self, model_dir: str, keep: Optional[int] = 1, read_only: bool = False):
+  def __init__(self, model_dir: str, keep: Optional[int] = 1, read_only: bool = False,
+               shared: SharedMode = None):
     self.model_dir = model_dir
+    self.shared = shared  # the numpy prompt of a shared + task table is the combined one
     self.directory = model_dir_lib.checkpoints_dir(model_dir)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                            read_only=read_only,
@@ -46,7 +48,8 @@ class PromptCheckpointer:
     step = int(jax.device_get(state.step))
     if jax.process_index() == 0:
       model_dir_lib.write_numpy_prompt(self.model_dir, step,
-                                       jax.device_get(get_prompt(state.params)))
+                                       effective_prompts(jax.device_get(state.params),
+                                                         self.shared))
     preemption.crash_point('numpy_written', step)
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),

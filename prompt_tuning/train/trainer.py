@@ -85,6 +85,18 @@ def per_prompt(optimizer: optax.GradientTransformation) -> optax.GradientTransfo
   return optax.GradientTransformation(jax.vmap(optimizer.init), update)
 
 
+def table_optimizer(optimizer: optax.GradientTransformation,
+                    shared: bool) -> optax.GradientTransformation:
+  """`per_prompt(optimizer)` on the table; a shared prompt [P, D] (if any) gets `optimizer`
+  as it is."""
+  if not shared:
+    return per_prompt(optimizer)
+  labels = lambda tree: jax.tree_util.tree_map_with_path(
+      lambda path, _: 'shared' if any(getattr(k, 'key', None) == 'shared' for k in path)
+      else 'table', tree)
+  return optax.multi_transform({'table': per_prompt(optimizer), 'shared': optimizer}, labels)
+
+
 class PromptTrainer:
   """Builds the sharded train/eval steps for one model, prompt, optimizer and mesh. With a
   prompt table (num_prompts > 1) the optimizer runs `per_prompt`."""
@@ -97,7 +109,8 @@ class PromptTrainer:
     self.model_config = model_config
     self.prompt_config = prompt_config
     self.model = t5.EncoderDecoder(model_config, prompt_config)
-    self.optimizer = per_prompt(optimizer) if prompt_config.is_table else optimizer
+    self.optimizer = (table_optimizer(optimizer, prompt_config.shared is not None)
+                      if prompt_config.is_table else optimizer)
     self.loss = loss
     self.learning_rate_fn = learning_rate_fn
     self.mesh = partitioning.make_mesh() if mesh is None else mesh
@@ -141,9 +154,10 @@ class PromptTrainer:
     """(P, D), or (K, P, D) for a table of K prompts."""
     return self.prompt_config.shape(self.model_config.d_model)
 
-  def init_state(self, prompt_PxD: Any, seed: int = 0, step: int = 0) -> TrainState:
+  def init_state(self, prompt_PxD: Any, seed: int = 0, step: int = 0,
+                 shared_PxD: Any = None) -> TrainState:
     """A fresh state holding `prompt_PxD`: [P, D], or the table [K, P, D] when num_prompts K
-    > 1."""
+    > 1; with a shared prompt (PromptConfig.shared) also `shared_PxD` (default zeros)."""
     prompt_PxD = np.asarray(prompt_PxD, np.float32)
     if prompt_PxD.shape != self.prompt_shape:
       if self.prompt_config.is_table:
@@ -152,6 +166,14 @@ class PromptTrainer:
       raise ValueError(f'Initial prompt has shape {prompt_PxD.shape} but the model expects '
                        f'{self.prompt_shape} (prompt length, d_model).')
     params = prompt_lib.prompt_tree(prompt_PxD)
+    if self.prompt_config.shared is not None:
+      shape = prompt_PxD.shape[1:]
+      shared_PxD = np.zeros(shape, np.float32) if shared_PxD is None else np.asarray(
+          shared_PxD, np.float32)
+      if shared_PxD.shape != shape:
+        raise ValueError(f'Initial shared prompt has shape {shared_PxD.shape} but the model '
+                         f'expects {shape} (prompt length, d_model).')
+      params['encoder']['prompt']['shared'] = {'prompt': shared_PxD}
     state = TrainState(step=np.asarray(step, np.int32), params=params,
                        opt_state=self.optimizer.init(params),
                        rng=jax.random.key_data(jax.random.PRNGKey(seed)))
@@ -181,8 +203,10 @@ class PromptTrainer:
     return prompt_lib.merge_params(self.frozen, state.params)
 
   def prompt(self, state: TrainState) -> np.ndarray:
-    """The state's prompt [P, D] (or table [K, P, D]) on the host, float32."""
-    return np.asarray(jax.device_get(prompt_lib.get_prompt(state.params)), np.float32)
+    """The state's prompt [P, D] (or table [K, P, D]) on the host, float32; with a shared
+    prompt, each task's effective (combined) prompt [K, P', D]."""
+    params = jax.device_get(state.params)
+    return np.asarray(prompt_lib.effective_prompts(params, self.prompt_config.shared), np.float32)
 
   # -- steps ------------------------------------------------------------------------------------
 
