@@ -174,3 +174,60 @@ class Evaluator:
         for example, prediction in zip(self.examples, predictions)))
     model_dir_lib.append_jsonl(os.path.join(self.output_dir, f'{self.task_name}-metrics.jsonl'),
                                {'step': step, 'method': method, 'tag': tag, **metrics})
+
+
+def evaluate_ensemble(evaluator: Evaluator, model, params, names: Sequence[str], step: int = 0,
+                      tag: str = 'ensemble') -> dict[str, Any]:
+  """N prompts of one task (a table [N, P, D] in `model`, `names` in table order) evaluated in
+  one pass: each batch of B examples runs as N * B rows, row (n, b) with prompt n. Generate:
+  majority vote (the paper's rule); rank: mean log-likelihood (ensemble.py, ties stated there).
+  Returns '<method>/members' (each member's metrics), '<method>/member_mean' and
+  '<method>/ensemble' (metrics dicts), and writes each member's and the ensemble's predictions.
+  """
+  from prompt_tuning import ensemble
+  from prompt_tuning.data import pipeline
+
+  n = len(names)
+  ev = evaluator
+  results: dict[str, Any] = {'members': list(names)}
+
+  def tiled(rows):
+    return np.tile(rows, (n, 1)), np.repeat(np.arange(n, dtype=np.int32), len(rows))
+
+  def metric(_, predictions):
+    return pipeline.evaluate_predictions(ev.task_name, ev.examples, predictions)
+
+  for method in ev.methods:
+    member_preds: list[list] = [[None] * len(ev.examples) for _ in range(n)]
+    scores = np.zeros((n, len(ev.examples), len(ev.info.labels) if method == 'rank' else 0))
+    for indices, rows in ev._batches():
+      preemption.check_interrupt()
+      tokens, ids = tiled(rows)
+      if method == 'generate':
+        out = np.asarray(ev.decoding_config.generate(model, params, tokens, ev.target_length,
+                                                     prompt_ids=ids))
+        for m in range(n):
+          for i, row in zip(indices, out[m * len(rows):][:len(indices)]):
+            member_preds[m][i] = ev.vocab.decode([int(t) for t in row if t > PAD_ID])
+      else:
+        s = np.asarray(decoding.score_candidates(model, params, tokens, ev.label_targets,
+                                                 prompt_ids=ids)).reshape(n, len(rows), -1)
+        scores[:, indices] = s[:, :len(indices)]
+    if method == 'rank':
+      member_preds = [[ev.info.labels[c] for c in s.argmax(-1)] for s in scores]
+      combined = [ev.info.labels[c] for c in ensemble.mean_log_likelihood(scores)]
+    else:
+      combined = ensemble.majority_vote(member_preds)
+    report = ensemble.ensemble_scores(member_preds, ev.examples, metric, combined)
+    results[f'{method}/members'] = report['members']
+    results[f'{method}/member_mean'] = report['member_mean']
+    results[f'{method}/ensemble'] = report['ensemble']
+    for name, preds, metrics in zip(names, member_preds, report['members']):
+      ev._write(method, step, f'{tag}-member-{_safe(name)}', preds, metrics)
+    ev._write(method, step, tag, combined, report['ensemble'])
+  return results
+
+
+def _safe(name: str) -> str:
+  """A member's name (often a path) as a file-name part."""
+  return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in name).strip('._')[-60:]

@@ -21,6 +21,7 @@ import numpy as np
 from prompt_tuning import (batching, checkpoints, evaluation, export, prompt_files, prompt_init,
                            reporting)
 from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning import prompt_library as prompt_library_lib
 from prompt_tuning.atomic import atomic_write
 from prompt_tuning.decoding import DecodingConfig
 from prompt_tuning.models import t5
@@ -278,18 +279,41 @@ def evaluate(*, model_dir: Optional[str], mixture_or_task_name: str,
              eval_batch_size: int = 32, decoding: DecodingConfig = DecodingConfig(),
              output_dir: Optional[str] = None, mixture_or_task_module: Optional[str] = None,
              step: Optional[int] = None,
-             length_buckets: batching.BucketSetting = 'auto') -> dict:
-  """Evaluates a prompt (PROMPT_FILE, or MODEL_DIR's latest/`step` checkpoint) on a task."""
+             length_buckets: batching.BucketSetting = 'auto',
+             prompt_library: Optional[prompt_library_lib.Spec] = None,
+             ensemble_prompts: Optional[prompt_library_lib.Spec] = None) -> dict:
+  """Evaluates a prompt (PROMPT_FILE, or MODEL_DIR's latest/`step` checkpoint) on a task.
+
+  `prompt_library` (PROMPT_LIBRARY; prompt_library.py): named prompts; a mixture's tasks are
+  answered in mixed batches, each by the prompt named like the task. `ensemble_prompts`
+  (ENSEMBLE_PROMPTS): N prompts of the task evaluated in one pass as an ensemble (each member,
+  their mean and the ensemble; evaluation.evaluate_ensemble).
+  """
   buckets = batching.resolve(length_buckets, task_feature_lengths)
   _import_tasks(mixture_or_task_module)
-  model_module, params, step, ids = _prompted_model(
-      initial_checkpoint_path, model, prompt, model_dir, prompt_file, step, mixture_or_task_name)
+  if prompt_library is not None and ensemble_prompts is not None:
+    raise ValueError('Set PROMPT_LIBRARY (a prompt per task) or ENSEMBLE_PROMPTS (N prompts of '
+                     'one task), not both.')
+  names = None
+  if prompt_library is not None or ensemble_prompts is not None:
+    model_module, params, ids, names = _library_model(
+        initial_checkpoint_path, model, prompt, prompt_library or ensemble_prompts,
+        mixture_or_task_name, ensemble=ensemble_prompts is not None)
+    step = step or 0
+  else:
+    model_module, params, step, ids = _prompted_model(
+        initial_checkpoint_path, model, prompt, model_dir, prompt_file, step,
+        mixture_or_task_name)
   out = output_dir or os.path.join(model_dir or '.', model_dir_lib.INFERENCE_EVAL)
   evaluator = evaluation.Evaluator(mixture_or_task_name, split, task_feature_lengths,
                                    methods=eval_methods, batch_size=eval_batch_size,
                                    max_examples=eval_max_examples, decoding_config=decoding,
                                    output_dir=out, buckets=buckets, prompt_ids=ids)
-  metrics = evaluator.evaluate(model_module, params, step, tag='eval')
+  if ensemble_prompts is not None:
+    assert names is not None
+    metrics = evaluation.evaluate_ensemble(evaluator, model_module, params, names, step)
+  else:
+    metrics = evaluator.evaluate(model_module, params, step, tag='eval')
   print(json.dumps({'task': mixture_or_task_name, 'split': split, 'step': step, **metrics},
                    indent=2, default=float))
   return metrics
@@ -331,6 +355,31 @@ def _prompted_model(initial_checkpoint_path, model, prompt, model_dir, prompt_fi
   return module, merge_params(frozen, prompt_tree(value)), step, ids
 
 
+def _library_model(initial_checkpoint_path, model, prompt, spec, task: str, ensemble: bool):
+  """(module with the library's table, params, prompt ids by task, names) for eval."""
+  from prompt_tuning.data import pipeline
+  config, frozen = checkpoints.load_base(initial_checkpoint_path, model)
+  library = prompt_library_lib.load_library(spec, config.d_model)
+  ids = None
+  if ensemble:
+    if len(library) < 2:
+      raise ValueError(f'ENSEMBLE_PROMPTS holds {len(library)} prompt; an ensemble needs at '
+                       f'least 2.')
+    names = list(library)
+  else:
+    tasks = pipeline.prompt_names(task)
+    missing = [t for t in tasks if t not in library]
+    if missing:
+      raise ValueError(f'PROMPT_LIBRARY has no prompt for task(s) {missing} of {task!r}; its '
+                       f'prompts are {sorted(library)}.')
+    names = tasks
+    ids = {n: k for k, n in enumerate(names)}
+  multi = prompt_library_lib.MultiPromptModel(config, frozen, library, prompt.placement, names)
+  if not multi.prompt_config.is_table:
+    ids = None  # one task, one prompt
+  return multi.module, multi.params, ids, names
+
+
 def infer(*, model_dir: Optional[str], mixture_or_task_name: str, task_feature_lengths: dict,
           initial_checkpoint_path: Optional[str], model: Optional[t5.T5Config] = None,
           prompt: PromptConfig = PromptConfig(),
@@ -338,10 +387,25 @@ def infer(*, model_dir: Optional[str], mixture_or_task_name: str, task_feature_l
           max_examples: Optional[int] = None, batch_size: int = 32,
           decoding: DecodingConfig = DecodingConfig(),
           output_dir: Optional[str] = None, mixture_or_task_module: Optional[str] = None,
-          step: Optional[int] = None, length_buckets: batching.BucketSetting = 'auto') -> str:
-  """Decodes a split with a prompt and writes predictions JSONL (no metrics)."""
+          step: Optional[int] = None, length_buckets: batching.BucketSetting = 'auto',
+          prompt_library: Optional[prompt_library_lib.Spec] = None,
+          input_file: Optional[str] = None) -> str:
+  """Decodes a split with a prompt and writes predictions JSONL (no metrics).
+
+  With PROMPT_LIBRARY (named prompts) and INFER_INPUT_FILE (JSONL rows {"prompt": name,
+  "inputs": text}; "task" is accepted for "prompt"): decodes the mixed rows in shared batches,
+  each with its named prompt, and writes {"prompt", "inputs", "prediction"} per row in order.
+  Inputs are taken as the model's input text as is (tokenized with the task's vocabulary).
+  """
   buckets = batching.resolve(length_buckets, task_feature_lengths)
   _import_tasks(mixture_or_task_module)
+  if prompt_library is not None or input_file is not None:
+    return _infer_mixed(
+        prompt_library=prompt_library, input_file=input_file, task=mixture_or_task_name,
+        task_feature_lengths=task_feature_lengths, model=model, prompt=prompt,
+        initial_checkpoint_path=initial_checkpoint_path, batch_size=batch_size,
+        decoding=decoding, output_dir=output_dir or os.path.join(model_dir or '.',
+                                                                 model_dir_lib.INFERENCE))
   model_module, params, step, ids = _prompted_model(
       initial_checkpoint_path, model, prompt, model_dir, prompt_file, step, mixture_or_task_name)
   evaluator = evaluation.Evaluator(mixture_or_task_name, split, task_feature_lengths,
@@ -356,3 +420,68 @@ def infer(*, model_dir: Optional[str], mixture_or_task_name: str, task_feature_l
       for example, text in zip(evaluator.examples, texts)))
   print(f'wrote {len(texts)} predictions to {path}')
   return path
+
+
+def read_mixed_inputs(path: str) -> list[tuple[str, str]]:
+  """(prompt name, input text) of each row of a mixed input file; bad rows named by line."""
+  rows = []
+  try:
+    with open(path, encoding='utf-8') as f:
+      lines = f.read().splitlines()
+  except OSError as e:
+    raise ValueError(f'INFER_INPUT_FILE {path}: cannot read it ({e.strerror}).') from e
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      row = json.loads(line)
+    except ValueError:
+      raise ValueError(f'{path}:{number}: not a JSON object; each line is {{"prompt": name, '
+                       f'"inputs": text}}.') from None
+    name = row.get('prompt', row.get('task')) if isinstance(row, dict) else None
+    text = row.get('inputs') if isinstance(row, dict) else None
+    if not isinstance(name, str) or not isinstance(text, str):
+      raise ValueError(f'{path}:{number}: each line needs a string "prompt" (or "task") and a '
+                       f'string "inputs".')
+    rows.append((name, text))
+  if not rows:
+    raise ValueError(f'INFER_INPUT_FILE {path}: no rows.')
+  return rows
+
+
+def _infer_mixed(*, prompt_library, input_file, task, task_feature_lengths, model, prompt,
+                 initial_checkpoint_path, batch_size, decoding, output_dir) -> str:
+  if prompt_library is None or input_file is None:
+    raise ValueError('Mixed-task inference needs both PROMPT_LIBRARY (the named prompts) and '
+                     'INFER_INPUT_FILE (JSONL rows {"prompt": name, "inputs": text}).')
+  rows = read_mixed_inputs(input_file)
+  config, frozen = checkpoints.load_base(initial_checkpoint_path, model)
+  library = prompt_library_lib.load_library(prompt_library, config.d_model)
+  unknown = sorted({n for n, _ in rows} - set(library))
+  if unknown:
+    line = next(i for i, (n, _) in enumerate(rows, 1) if n == unknown[0])
+    raise ValueError(f'{input_file}: row {line} asks for prompt {unknown[0]!r}, which the '
+                     f'library does not have ({sorted(library)}).')
+  vocab = _vocabulary(task)
+  multi = prompt_library_lib.MultiPromptModel(config, frozen, library, prompt.placement)
+  tokens = [list(vocab.encode(text))[:task_feature_lengths['inputs'] - 1] + [vocab.eos_id]
+            for _, text in rows]
+  outputs = multi.generate(tokens, [n for n, _ in rows], decoding=decoding,
+                           max_decode_length=task_feature_lengths['targets'],
+                           batch_size=batch_size,
+                           max_input_length=task_feature_lengths['inputs'])
+  path = os.path.join(output_dir, os.path.splitext(os.path.basename(input_file))[0] +
+                      '-predictions.jsonl')
+  atomic_write(path, ''.join(
+      json.dumps({'prompt': n, 'inputs': text, 'prediction': vocab.decode(out)}) + '\n'
+      for (n, text), out in zip(rows, outputs)))
+  print(f'wrote {len(rows)} predictions ({len(set(n for n, _ in rows))} prompts, mixed '
+        f'batches) to {path}')
+  return path
+
+
+def _vocabulary(task: Optional[str]):
+  from prompt_tuning.data import tasks, vocabularies
+  if task:
+    return tasks.get_vocabulary(task)
+  return vocabularies.t5_vocabulary()

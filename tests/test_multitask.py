@@ -202,3 +202,23 @@ def test_bad_multi_task_settings_write_nothing(kw, message, base, tmp_path):
   with pytest.raises(ValueError, match=message):
     _train(tmp_path / 'run', base[0], 2, **kw)
   assert not (tmp_path / 'run').exists()
+
+
+def test_a_multi_task_model_dir_is_a_prompt_library(multi_run, tmp_path):
+  from prompt_tuning import prompt_files
+  from prompt_tuning.prompt_library import LibraryError, load_library
+  model_dir, _ = multi_run
+  names = pipeline.prompt_names(MIXTURE)
+  table, _ = model_dir_lib.load_prompt(str(model_dir))
+  library = load_library(str(model_dir), d_model=CONFIG.d_model)
+  assert list(library) == names
+  np.testing.assert_array_equal(library[names[3]].value, table[3])
+  # In a folder beside other prompts: the run's prompts keep their task names.
+  folder = tmp_path / 'lib'
+  folder.mkdir()
+  (folder / 'run').symlink_to(model_dir)
+  prompt_files.write_npy(str(folder / 'extra.npy'), table[0] * 2)
+  assert sorted(load_library(str(folder))) == sorted(names + ['extra'])
+  prompt_files.write_npy(str(folder / f'{names[0]}.npy'), table[0])
+  with pytest.raises(LibraryError, match=f"'{names[0]}' appears twice"):
+    load_library(str(folder))

@@ -1,0 +1,239 @@
+"""A prompt library: named prompts for one frozen model, stacked into one table [K, P, D] so a
+batch can mix them (each row picks its prompt by `prompt_ids`).
+
+Where the prompts come from (`load_library`):
+  a directory     each `<name>.npy` (or extension-less numpy file), each PEFT adapter folder
+                  `<name>/`, each finished run's MODEL_DIR `<name>/` (its latest committed
+                  step); a multi-task MODEL_DIR contributes one prompt per task, named by the
+                  task. A directory that is itself a MODEL_DIR is the library of its prompts.
+  a mapping       {name: path} of the same kinds (gin: PROMPT_LIBRARY = {'rte': '/p/rte.npy'});
+                  a multi-task MODEL_DIR's prompts keep their task names.
+  a list          [path, ...], each named by its path (an ensemble's members).
+
+Every prompt must have the model's width and the same length (one table); names must be unique
+and plain (letters, digits, '_', '-', '.'; no path separators). Each violation is one error
+naming the entry; nothing is loaded half.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+from typing import Any, Mapping, Optional, Sequence, Union
+
+import numpy as np
+
+from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning import prompt_files
+
+Spec = Union[str, os.PathLike, Mapping[str, Any], Sequence[Any]]
+_NAME = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.\-]*')
+
+
+class LibraryError(ValueError):
+  """A library entry cannot be used; the message names it and what to do."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LibraryPrompt:
+  name: str
+  value: np.ndarray  # [P, D] float32
+  source: str        # the file, adapter folder or MODEL_DIR it came from
+  kind: str          # 'npy' | 'peft' | 't5x' | 'model_dir'
+
+
+def check_name(name: Any, where: str = '') -> str:
+  """A usable prompt name: a plain file-name-like word (no '/', no leading '.')."""
+  if not isinstance(name, str) or not _NAME.fullmatch(name):
+    raise LibraryError(f'{where}prompt name {name!r} is not allowed: use letters, digits, '
+                       f"'_', '-' and '.', starting with a letter, digit or '_'.")
+  return name
+
+
+def _is_model_dir(path: str) -> bool:
+  return os.path.isdir(path) and os.path.isfile(model_dir_lib.run_info_path(path))
+
+
+def _kind(path: str) -> str:
+  if _is_model_dir(path):
+    return 'model_dir'
+  if os.path.isdir(path):
+    return 'peft' if os.path.isfile(os.path.join(path, 'adapter_config.json')) else 't5x'
+  return 'npy'
+
+
+def _load_entry(name: Optional[str], path: str) -> list[LibraryPrompt]:
+  """The prompt(s) at `path`: one named `name`, or a multi-task MODEL_DIR's, named by task."""
+  path = os.fspath(path)
+  if not os.path.exists(path):
+    raise LibraryError(f'prompt library entry {name or path!r}: {path} does not exist.')
+  kind = _kind(path)
+  try:
+    if kind == 'model_dir':
+      value, _ = model_dir_lib.load_prompt(path)
+      names = model_dir_lib.prompt_names(path)
+      if names is not None and value.ndim == 3:
+        return [LibraryPrompt(check_name(n, f'{path}: '), v, path, kind)
+                for n, v in zip(names, value)]
+    else:
+      value = prompt_files.load_prompt_file(path)
+  except LibraryError:
+    raise
+  except (ValueError, OSError) as e:
+    raise LibraryError(f'prompt library entry {name or path!r}: {e}') from e
+  return [LibraryPrompt(name if name is not None else path, value, path, kind)]
+
+
+def _directory_entries(directory: str) -> list[tuple[Optional[str], str]]:
+  if _is_model_dir(directory):
+    names = model_dir_lib.prompt_names(directory)
+    return [(None if names else os.path.basename(os.path.normpath(directory)), directory)]
+  entries = []
+  for entry in sorted(os.listdir(directory)):
+    path = os.path.join(directory, entry)
+    if entry.startswith('.'):
+      continue
+    if os.path.isdir(path):
+      if _is_model_dir(path) and model_dir_lib.prompt_names(path):
+        entries.append((None, path))  # named by its tasks
+      elif _is_model_dir(path) or os.path.isfile(os.path.join(path, 'adapter_config.json')):
+        entries.append((entry, path))
+    elif entry.endswith('.npy') or '.' not in entry:
+      entries.append((entry[:-4] if entry.endswith('.npy') else entry, path))
+  if not entries:
+    raise LibraryError(f'prompt library {directory}: no prompts in it (.npy files, PEFT adapter '
+                       f'folders or MODEL_DIRs of finished runs).')
+  return entries
+
+
+def load_library(spec: Spec, d_model: Optional[int] = None) -> dict[str, LibraryPrompt]:
+  """Name -> prompt, in a fixed order (a directory's sorted entries, a mapping's or list's
+  order). Checks names, duplicates, widths (against `d_model` when given) and lengths."""
+  if isinstance(spec, (str, os.PathLike)):
+    directory = os.fspath(spec)
+    if not os.path.isdir(directory):
+      raise LibraryError(f'prompt library {directory}: not a directory (give a folder of '
+                         f'prompts, a {{name: path}} mapping or a list of paths).')
+    entries = _directory_entries(directory)
+  elif isinstance(spec, Mapping):
+    entries = [(check_name(n, 'prompt library: '), p) for n, p in spec.items()]
+  elif isinstance(spec, Sequence) and spec:
+    entries = [(os.fspath(p), os.fspath(p)) for p in spec]
+  else:
+    raise LibraryError(f'prompt library {spec!r}: give a directory, a {{name: path}} mapping or '
+                       f'a non-empty list of prompt paths.')
+  library: dict[str, LibraryPrompt] = {}
+  for name, path in entries:
+    for prompt in _load_entry(name, path):
+      if not isinstance(spec, Sequence) or isinstance(spec, str):
+        check_name(prompt.name, f'{prompt.source}: ')
+      if prompt.name in library:
+        raise LibraryError(f'prompt name {prompt.name!r} appears twice in the library: '
+                           f'{library[prompt.name].source} and {prompt.source}; rename one.')
+      library[prompt.name] = prompt
+  _check_shapes(library, d_model)
+  return library
+
+
+def _check_shapes(library: Mapping[str, LibraryPrompt], d_model: Optional[int]) -> None:
+  first = next(iter(library.values()))
+  for p in library.values():
+    length, width = p.value.shape
+    if d_model is not None and width != d_model:
+      raise LibraryError(f'prompt {p.name!r} ({p.source}) has width {width} but the model\'s '
+                         f'd_model is {d_model}: it was tuned for another model.')
+    if width != first.value.shape[1]:
+      raise LibraryError(f'prompt {p.name!r} ({p.source}) has width {width} but {first.name!r} '
+                         f'has {first.value.shape[1]}: one library serves one model.')
+    if length != first.value.shape[0]:
+      raise LibraryError(f'prompt {p.name!r} ({p.source}) has length {length} but '
+                         f'{first.name!r} has {first.value.shape[0]}: a mixed batch needs '
+                         f'prompts of one length; keep prompts of one length per library.')
+
+
+def table(library: Mapping[str, LibraryPrompt],
+          names: Optional[Sequence[str]] = None) -> tuple[list[str], np.ndarray]:
+  """(names, table [K, P, D]) of `names` (default: all, in library order)."""
+  names = list(library) if names is None else list(names)
+  missing = [n for n in names if n not in library]
+  if missing:
+    raise LibraryError(f'no prompt named {missing[0]!r} in the library; it has '
+                       f'{sorted(library)}.')
+  return names, np.stack([library[n].value for n in names]).astype(np.float32)
+
+
+class MultiPromptModel:
+  """One frozen model with a library's prompts as one table: answers rows of any prompts in the
+  same batches (prompt-tuning infer over a mixed input set, ensembles, serving). TF-free.
+
+  Rows are sorted by length and each batch padded to its length bucket; a batch always has
+  `batch_size` rows (filler rows are empty and ask prompt 0), so each bucket compiles once.
+  """
+
+  def __init__(self, model_config: Any, frozen: dict, library: Mapping[str, LibraryPrompt],
+               placement: str = 'prefix', names: Optional[Sequence[str]] = None):
+    from prompt_tuning.models import t5
+    from prompt_tuning.models.prompt import PromptConfig, merge_params, prompt_tree
+    self.names, table_KxPxD = table(library, names)
+    self.index = {n: k for k, n in enumerate(self.names)}
+    k, length = table_KxPxD.shape[:2]
+    if table_KxPxD.shape[2] != model_config.d_model:
+      raise LibraryError(f'the library\'s prompts have width {table_KxPxD.shape[2]} but the '
+                         f'model\'s d_model is {model_config.d_model}.')
+    self.prompt_config = PromptConfig(length, placement, num_prompts=k)  # type: ignore[arg-type]
+    self.module = t5.EncoderDecoder(model_config, self.prompt_config)
+    self.params = merge_params(frozen, prompt_tree(table_KxPxD if k > 1 else table_KxPxD[0]))
+
+  def ids(self, names: Sequence[str]) -> np.ndarray:
+    unknown = [n for n in names if n not in self.index]
+    if unknown:
+      raise LibraryError(f'no prompt named {unknown[0]!r} in the library; it has '
+                         f'{sorted(self.index)}.')
+    return np.array([self.index[n] for n in names], np.int32)
+
+  def batches(self, rows: Sequence[Sequence[int]], names: Sequence[str], batch_size: int,
+              max_length: int):
+    """(row indices, tokens [batch_size, bucket], prompt ids [batch_size]) over `rows`."""
+    from prompt_tuning import batching
+    ids = self.ids(names)
+    lengths = np.array([min(len(r), max_length) for r in rows])
+    buckets = batching.auto_buckets(max_length)
+    order = np.argsort(lengths, kind='stable')
+    for start in range(0, len(order), batch_size):
+      indices = order[start:start + batch_size]
+      width = batching.bucket_for(max(int(lengths[indices].max()), 1), buckets)
+      tokens = np.zeros((batch_size, width), np.int32)
+      for i, row in zip(range(len(indices)), indices):
+        tokens[i, :lengths[row]] = list(rows[row])[:lengths[row]]
+      batch_ids = np.zeros((batch_size,), np.int32)
+      batch_ids[:len(indices)] = ids[indices]
+      yield indices, tokens, batch_ids
+
+  def generate(self, rows: Sequence[Sequence[int]], names: Sequence[str], *, decoding: Any,
+               max_decode_length: int, batch_size: int = 32,
+               max_input_length: int = 512) -> list[list[int]]:
+    """Each row's output tokens (up to EOS), answered with its named prompt."""
+    out: list[list[int]] = [[] for _ in rows]
+    for indices, tokens, ids in self.batches(rows, names, batch_size, max_input_length):
+      result = np.asarray(decoding.generate(self.module, self.params, tokens, max_decode_length,
+                                            prompt_ids=self._ids_arg(ids)))
+      for i, row in enumerate(indices):
+        seq = [int(t) for t in result[i]]
+        out[row] = seq[:seq.index(1)] if 1 in seq else [t for t in seq if t > 0]
+    return out
+
+  def score(self, rows: Sequence[Sequence[int]], names: Sequence[str],
+            candidates_CxT: np.ndarray, *, batch_size: int = 32,
+            max_input_length: int = 512) -> np.ndarray:
+    """Log-likelihood [rows, C] of each candidate target (with EOS, padded) per row."""
+    from prompt_tuning import decoding
+    out = np.zeros((len(rows), len(candidates_CxT)), np.float64)
+    for indices, tokens, ids in self.batches(rows, names, batch_size, max_input_length):
+      scores = np.asarray(decoding.score_candidates(self.module, self.params, tokens,
+                                                    candidates_CxT, prompt_ids=self._ids_arg(ids)))
+      out[indices] = scores[:len(indices)]
+    return out
+
+  def _ids_arg(self, ids: np.ndarray) -> Optional[np.ndarray]:
+    return ids if self.prompt_config.is_table else None
