@@ -1,5 +1,7 @@
-"""One-pass prompt ensembles through the CLI (#12 item 4): real RTE validation data, the real
-T5X fixture and vocabulary; each member's, the members' mean and the ensemble's scores."""
+"""Many prompts, one frozen model, through the CLI and its gin blocks (#12): multi-task training
+(runs/multi_task_prompt_tuning.gin), mixed-task inference (runs/mixed_task_infer.gin) and
+one-pass ensembles on real RTE data (runs/prompt_ensemble_eval.gin), with the real T5X
+fixture."""
 
 import json
 
@@ -52,3 +54,41 @@ def test_ensemble_eval_on_rte(shared, tmp_path):
                  rte_env(shared), str(tmp_path))
   alone = json.loads(proc.stdout[proc.stdout.index('{'):])
   assert alone['rank/accuracy'] == result['rank/members'][1]['accuracy']
+
+
+def test_multi_task_train_export_and_mixed_infer(shared, tmp_path):
+  model_dir = tmp_path / 'multi'
+  fixture = shared('fixtures', 't5x_tiny', 'checkpoint_3')
+  bindings = FIXTURE_MODEL + [
+      f"MODEL_DIR = '{model_dir}'", f"INITIAL_CHECKPOINT_PATH = '{fixture}'",
+      "MIXTURE_OR_TASK_NAME = 'quickstart_mixture'", 'TRAIN_STEPS = 2', 'BATCH_SIZE = 8',
+      "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 4}", 'PROMPT_LENGTH = 3',
+      'EVAL_PERIOD = 2', 'EVAL_MAX_EXAMPLES = 4', "EVAL_METHODS = ('generate',)",
+      "PROMPT_SHARED = 'add'", "CLASS_LABELS = ['1', '2']"]
+  proc = run_cli(['train', '--gin_file=configs/paper/t5_1_1_base_rte.gin',
+                  '--gin_file=runs/multi_task_prompt_tuning.gin'] +
+                 [f'--gin_bindings={b}' for b in bindings], rte_env(shared), str(tmp_path))
+  assert 'finished (2 steps)' in proc.stdout
+  names = json.loads((model_dir / 'export' / 'prompt_names.json').read_text())
+  assert names == ['quickstart_first', 'quickstart_last', 'quickstart_max', 'quickstart_min']
+  table = np.load(model_dir / 'export' / 'table.npy')
+  assert table.shape == (4, 3, 4)
+  run_cli(['export', f'--model_dir={model_dir}', '--format=peft', '--prompt_name=quickstart_min',
+           f'--output={tmp_path / "min_peft"}'], {}, str(tmp_path))
+  np.testing.assert_array_equal(prompt_files.load_prompt_file(str(tmp_path / 'min_peft')),
+                                table[3])
+
+  inputs = tmp_path / 'mixed.jsonl'
+  inputs.write_text('{"prompt": "quickstart_max", "inputs": "3825"}\n'
+                    '{"prompt": "quickstart_first", "inputs": "907"}\n')
+  infer = FIXTURE_MODEL + [
+      f"INITIAL_CHECKPOINT_PATH = '{fixture}'", f"PROMPT_LIBRARY = '{model_dir}'",
+      f"INFER_INPUT_FILE = '{inputs}'", f"INFER_OUTPUT_DIR = '{tmp_path / 'out'}'",
+      "MIXTURE_OR_TASK_NAME = 'quickstart_max'",
+      "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 4}"]
+  proc = run_cli(['infer', '--gin_file=models/t5_1_1_prompt.gin',
+                  '--gin_file=models/sizes/small.gin', '--gin_file=runs/mixed_task_infer.gin'] +
+                 [f'--gin_bindings={b}' for b in infer], {}, str(tmp_path))
+  rows = [json.loads(line) for line in (tmp_path / 'out' / 'mixed-predictions.jsonl').open()]
+  assert [r['prompt'] for r in rows] == ['quickstart_max', 'quickstart_first']
+
