@@ -7,7 +7,8 @@ Importing this module registers (idempotently):
   glue_mnli_matched, glue_mnli_mismatched                        validation only (as T5's)
   <each of the above>_local                                      the official files in a folder
   taskless_<each of the above>                                   without the leading task name
-  quickstart_{first,last,max,min}, quickstart_<op>_taskless, quickstart_mixture
+  quickstart_{first,last,max,min}, quickstart_<op>_taskless, quickstart_mixture,
+  quickstart_taskless_mixture (first + max without prefixes: multi-task prompt tuning)
 
 Splits are 'train' and 'validation'. `glue_mnli` also has 'validation_matched' and
 'validation_mismatched' ('validation' is the matched one).
@@ -779,6 +780,7 @@ QUICKSTART_OPS: dict[str, Callable[[str], str]] = {
 }
 QUICKSTART_SIZES = {'train': 20_000, 'validation': 200}
 QUICKSTART_LABELS = tuple('0123456789')
+QUICKSTART_TASKLESS_MIXTURE = 'quickstart_taskless_mixture'
 
 
 def quickstart_examples(op: str, split: str, num_examples: Optional[int] = None,
@@ -821,6 +823,13 @@ def _register_quickstart() -> None:
     seqio.MixtureRegistry.remove('quickstart_mixture')
   seqio.MixtureRegistry.add('quickstart_mixture', names, default_rate=1.0)
   TASK_INFO['quickstart_mixture'] = info
+  # Two tasks whose inputs look alike ("38251"): only a prompt per task tells them apart.
+  if QUICKSTART_TASKLESS_MIXTURE in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.remove(QUICKSTART_TASKLESS_MIXTURE)
+  seqio.MixtureRegistry.add(QUICKSTART_TASKLESS_MIXTURE,
+                            ['quickstart_first_taskless', 'quickstart_max_taskless'],
+                            default_rate=1.0)
+  TASK_INFO[QUICKSTART_TASKLESS_MIXTURE] = info
 
 
 # ================================ lookups ================================
