@@ -31,6 +31,7 @@ def run_info(trainer: PromptTrainer, initial_checkpoint: Optional[str] = None) -
   return {'prompt_length': trainer.prompt_config.length,
           'd_model': trainer.model_config.d_model,
           'placement': trainer.prompt_config.placement,
+          'deep': trainer.prompt_config.deep,
           'initial_checkpoint': initial_checkpoint,
           'model_config': dataclasses.asdict(trainer.model_config)}
 

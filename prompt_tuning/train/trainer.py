@@ -10,6 +10,10 @@ row's `prompt_ids` entry picks its prompt, so row k's gradient reaches prompt k 
 are a batch feature like the others (sharded over 'data') and are checked on the host. The
 optimizer sees each prompt as its own parameter (`per_prompt`): Adafactor's update clipping, a
 global-norm clip or factoring never mix one task's gradient into another's update.
+
+Deep prompts (`PromptConfig.deep`; P-tuning v2 style, not the paper's method) live in the same
+trainable subtree (encoder/prompt/deep/prompt [L-1, P, D]), so they train with the input prompt
+under the same optimizer; `init_state` takes their initial value, `deep_prompt` reads them.
 """
 
 from __future__ import annotations
@@ -141,9 +145,19 @@ class PromptTrainer:
     """(P, D), or (K, P, D) for a table of K prompts."""
     return self.prompt_config.shape(self.model_config.d_model)
 
-  def init_state(self, prompt_PxD: Any, seed: int = 0, step: int = 0) -> TrainState:
+  @property
+  def deep_shape(self) -> Optional[tuple[int, int, int]]:
+    """(L-1, P, D) of the deep prompts, or None without them."""
+    if not self.prompt_config.deep:
+      return None
+    return self.prompt_config.deep_shape(self.model_config.num_encoder_layers,
+                                         self.model_config.d_model)
+
+  def init_state(self, prompt_PxD: Any, seed: int = 0, step: int = 0,
+                 deep_LxPxD: Any = None) -> TrainState:
     """A fresh state holding `prompt_PxD`: [P, D], or the table [K, P, D] when num_prompts K
-    > 1."""
+    > 1. With deep prompts, `deep_LxPxD` [L-1, P, D] starts them (default: the initial prompt
+    repeated for each layer after the first)."""
     prompt_PxD = np.asarray(prompt_PxD, np.float32)
     if prompt_PxD.shape != self.prompt_shape:
       if self.prompt_config.is_table:
@@ -151,7 +165,19 @@ class PromptTrainer:
                          f'expects {self.prompt_shape} (num_prompts, prompt length, d_model).')
       raise ValueError(f'Initial prompt has shape {prompt_PxD.shape} but the model expects '
                        f'{self.prompt_shape} (prompt length, d_model).')
-    params = prompt_lib.prompt_tree(prompt_PxD)
+    deep_shape = self.deep_shape
+    if deep_shape is None:
+      if deep_LxPxD is not None:
+        raise ValueError('Initial deep prompts were given but the model has none: set '
+                         'PromptConfig.deep = True (gin prompts/deep.gin), or drop them.')
+    elif deep_LxPxD is None:
+      deep_LxPxD = np.repeat(prompt_PxD[None], deep_shape[0], axis=0)
+    else:
+      deep_LxPxD = np.asarray(deep_LxPxD, np.float32)
+      if deep_LxPxD.shape != deep_shape:
+        raise ValueError(f'Initial deep prompts have shape {deep_LxPxD.shape} but the model '
+                         f'expects {deep_shape} (encoder layers - 1, prompt length, d_model).')
+    params = prompt_lib.prompt_tree(prompt_PxD, deep_LxPxD)
     state = TrainState(step=np.asarray(step, np.int32), params=params,
                        opt_state=self.optimizer.init(params),
                        rng=jax.random.key_data(jax.random.PRNGKey(seed)))
@@ -183,6 +209,11 @@ class PromptTrainer:
   def prompt(self, state: TrainState) -> np.ndarray:
     """The state's prompt [P, D] (or table [K, P, D]) on the host, float32."""
     return np.asarray(jax.device_get(prompt_lib.get_prompt(state.params)), np.float32)
+
+  def deep_prompt(self, state: TrainState) -> Optional[np.ndarray]:
+    """The state's deep prompts [L-1, P, D] on the host, float32; None without them."""
+    deep = prompt_lib.get_deep_prompt(state.params)
+    return None if deep is None else np.asarray(jax.device_get(deep), np.float32)
 
   # -- steps ------------------------------------------------------------------------------------
 
