@@ -253,8 +253,8 @@ def _load_deep_file(path: str) -> np.ndarray:
   try:
     deep = np.load(path, allow_pickle=False)
   except Exception as e:  # truncated data and object arrays both land here
-    raise ModelDirError(f'{path}: cannot read the deep prompts ({one_line(e)}); delete the file '
-                        f'to read them from the orbax step.') from e
+    raise ModelDirError(f'{path}: cannot read the deep prompts ({one_line(e)}); the file is '
+                        f'damaged: delete it, and a committed orbax step is read instead.') from e
   if deep.ndim != 3 or not np.issubdtype(deep.dtype, np.floating):
     raise ModelDirError(f'{path}: deep prompts are a float [L-1, P, D] array; this one is '
                         f'{deep.dtype} with shape {deep.shape}.')
