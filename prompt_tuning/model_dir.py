@@ -7,6 +7,7 @@ here where things are and which steps exist.
   config.gin, operative_config.gin      the gin configuration of the launch
   checkpoints/<step>/                   orbax: TrainState + {'step', 'data_position'}
   numpy_checkpoints/checkpoint_<step>/encoder.prompt.prompt.prompt   (the anchor's float32 .npy)
+                                    /encoder.prompt.deep.prompt     (deep prompts [L-1, P, D])
   metrics.jsonl                         train and eval records, one JSON object a line
   inference_eval/                       predictions and metrics of each evaluation
   inference/                            predictions of `infer`
@@ -35,7 +36,7 @@ import numpy as np
 
 from prompt_tuning import prompt_files
 from prompt_tuning.atomic import TMP_MARK, atomic_write, tmp_name
-from prompt_tuning.models.prompt import PROMPT_PATH, effective_prompts
+from prompt_tuning.models.prompt import DEEP_PATH, PROMPT_PATH, effective_prompts
 
 log = logging.getLogger('prompt_tuning')
 
@@ -45,6 +46,7 @@ OPERATIVE_CONFIG_GIN = 'operative_config.gin'
 CHECKPOINTS = 'checkpoints'
 NUMPY_CHECKPOINTS = 'numpy_checkpoints'
 NUMPY_NAME = '.'.join(PROMPT_PATH)  # T5X names numpy checkpoint files by the parameter path
+DEEP_NAME = '.'.join(DEEP_PATH)  # deep prompts (P-tuning v2 style), beside it when a run has them
 METRICS = 'metrics.jsonl'
 INFERENCE_EVAL = 'inference_eval'
 INFERENCE = 'inference'
@@ -53,9 +55,9 @@ BEST_METRICS = 'metrics.json'
 EXPORT = 'export'
 SUMMARY = 'summary.json'
 # Fields that must agree for a MODEL_DIR to be resumed, with their value when run_info.json
-# does not say (a single prompt's run_info has no table fields).
-IDENTITY_FIELDS = {'prompt_length': None, 'd_model': None, 'placement': None, 'num_prompts': 1,
-                   'prompt_names': None, 'prompt_shared': None}
+# does not say (one written before the field existed; a single prompt's has no table fields).
+IDENTITY_FIELDS = {'prompt_length': None, 'd_model': None, 'placement': None, 'deep': False,
+                   'num_prompts': 1, 'prompt_names': None, 'prompt_shared': None}
 _ORBAX_TMP = '.orbax-checkpoint-tmp'
 _PREDICTIONS_STEP = re.compile(r'-step(\d+)\.jsonl$')
 
@@ -154,6 +156,10 @@ def numpy_prompt_path(model_dir: str, step: int) -> str:
   return os.path.join(model_dir, NUMPY_CHECKPOINTS, f'checkpoint_{step}', NUMPY_NAME)
 
 
+def numpy_deep_path(model_dir: str, step: int) -> str:
+  return os.path.join(model_dir, NUMPY_CHECKPOINTS, f'checkpoint_{step}', DEEP_NAME)
+
+
 def numpy_steps(model_dir: str) -> list[int]:
   """Steps with a complete numpy prompt file (committed or not)."""
   directory = os.path.join(model_dir, NUMPY_CHECKPOINTS)
@@ -177,21 +183,26 @@ def prompt_steps(model_dir: str) -> list[int]:
                 set(committed_steps(model_dir)))
 
 
-def write_numpy_prompt(model_dir: str, step: int, prompt_PxD: Any) -> str:
-  """The anchor's float32 file, made whole in a temporary folder and renamed into place."""
+def write_numpy_prompt(model_dir: str, step: int, prompt_PxD: Any,
+                       deep_LxPxD: Any = None) -> str:
+  """The anchor's float32 file (and the deep prompts' beside it, when given), made whole in a
+  temporary folder and renamed into place: the step's folder holds both or is absent."""
   final_dir = os.path.dirname(numpy_prompt_path(model_dir, step))
   tmp_dir = tmp_name(final_dir)
   shutil.rmtree(tmp_dir, ignore_errors=True)
   os.makedirs(tmp_dir)
   prompt_files.write_npy(os.path.join(tmp_dir, NUMPY_NAME), prompt_PxD)
+  if deep_LxPxD is not None:
+    prompt_files.write_npy(os.path.join(tmp_dir, DEEP_NAME), deep_LxPxD)
   if os.path.exists(final_dir):
     shutil.rmtree(final_dir)
   os.rename(tmp_dir, final_dir)
   return os.path.join(final_dir, NUMPY_NAME)
 
 
-def read_orbax_prompt(model_dir: str, step: int) -> np.ndarray:
-  """The prompt of a committed orbax step, read without knowing the optimizer's state."""
+def read_orbax_prompts(model_dir: str, step: int) -> tuple[np.ndarray, Optional[np.ndarray]]:
+  """(prompt, deep prompts or None) of a committed orbax step, read without knowing the
+  optimizer's state."""
   import orbax.checkpoint as ocp
   path = os.path.join(checkpoints_dir(model_dir), str(step), 'state')
   try:
@@ -200,12 +211,20 @@ def read_orbax_prompt(model_dir: str, step: int) -> np.ndarray:
       tree = ocp.PyTreeCheckpointer().restore(path)
     info = read_run_info(model_dir) or {}
     value = effective_prompts(tree['params'], info.get('prompt_shared'))
+    deep = tree['params']
+    for key in DEEP_PATH:
+      deep = deep.get(key) if isinstance(deep, dict) else None
   except ModelDirError:
     raise
   except Exception as e:  # orbax/tensorstore raise many unrelated types on damaged files
     raise ModelDirError(f'{path}: cannot read the prompt of step {step} ({one_line(e)}); the '
                         f'checkpoint is damaged.') from e
-  return np.asarray(value, np.float32)
+  return np.asarray(value, np.float32), None if deep is None else np.asarray(deep, np.float32)
+
+
+def read_orbax_prompt(model_dir: str, step: int) -> np.ndarray:
+  """The prompt of a committed orbax step, read without knowing the optimizer's state."""
+  return read_orbax_prompts(model_dir, step)[0]
 
 
 def prompt_names(model_dir: str) -> Optional[list[str]]:
@@ -223,6 +242,50 @@ def load_prompt(model_dir: str, step: Optional[int] = None) -> tuple[np.ndarray,
   """(prompt, step): `step`'s prompt, or the latest committed step's; never another step's.
   A table's run gives the table [K, P, D] (combined with its shared prompt, if any), in
   `prompt_names` order."""
+  step = _readable_step(model_dir, step)
+  if os.path.isfile(numpy_prompt_path(model_dir, step)):
+    return prompt_files.load_prompt_file(numpy_prompt_path(model_dir, step),
+                                         allow_table=True), step
+  return read_orbax_prompt(model_dir, step), step
+
+
+def load_deep_prompt(model_dir: str, step: Optional[int] = None) -> Optional[np.ndarray]:
+  """`step`'s deep prompts [L-1, P, D] (P-tuning v2 style), or the latest committed step's;
+  None for a run without them. The same steps as `load_prompt` are readable: the numpy file,
+  else the orbax step."""
+  step = _readable_step(model_dir, step)
+  path = numpy_deep_path(model_dir, step)
+  if os.path.isfile(path):
+    return _load_deep_file(path)
+  if _run_is_deep(model_dir) is False or step not in committed_steps(model_dir):
+    return None  # saves write both files together: a step kept as numpy alone had none
+  return read_orbax_prompts(model_dir, step)[1]
+
+
+def _load_deep_file(path: str) -> np.ndarray:
+  try:
+    deep = np.load(path, allow_pickle=False)
+  except Exception as e:  # truncated data and object arrays both land here
+    raise ModelDirError(f'{path}: cannot read the deep prompts ({one_line(e)}); the file is '
+                        f'damaged: delete it, and a committed orbax step is read instead.') from e
+  if deep.ndim != 3 or not np.issubdtype(deep.dtype, np.floating):
+    raise ModelDirError(f'{path}: deep prompts are a float [L-1, P, D] array; this one is '
+                        f'{deep.dtype} with shape {deep.shape}.')
+  return np.asarray(deep, np.float32)
+
+
+def _run_is_deep(model_dir: str) -> Optional[bool]:
+  """Whether run_info.json says the run has deep prompts (one written before they existed: no);
+  None without a readable run_info.json."""
+  try:
+    info = read_run_info(model_dir)
+  except ModelDirError:
+    return None
+  return None if info is None else bool(info.get('deep', False))
+
+
+def _readable_step(model_dir: str, step: Optional[int]) -> int:
+  """`step`, or the latest committed step, checked to have a readable prompt."""
   if not os.path.isdir(model_dir):
     raise ModelDirError(f'MODEL_DIR {model_dir}: no such directory.')
   available = prompt_steps(model_dir)
@@ -232,10 +295,7 @@ def load_prompt(model_dir: str, step: Optional[int] = None) -> tuple[np.ndarray,
   step = latest_step(model_dir) if step is None else step
   if step not in available:
     raise ModelDirError(f'{model_dir}: no prompt for step {step}; available: {available}.')
-  if os.path.isfile(numpy_prompt_path(model_dir, step)):
-    return prompt_files.load_prompt_file(numpy_prompt_path(model_dir, step),
-                                         allow_table=True), step
-  return read_orbax_prompt(model_dir, step), step
+  return step
 
 
 # ----------------------------------------------------------------------------------------------
@@ -306,8 +366,9 @@ def repair(model_dir: str, keep: Optional[int] = None) -> Optional[int]:
   """Brings MODEL_DIR back to its latest committed step after a kill; returns that step.
 
   Removes temporaries, orbax steps past `keep`, numpy prompts and records of steps after the
-  latest committed one (they are redone), writes the numpy prompt of a kept step that lacks it,
-  and drops the predictions/metrics of an evaluation whose final record is missing (it is rerun).
+  latest committed one (they are redone), writes the numpy prompt of a kept step that lacks it
+  (or, in a run_info.json's deep run, its deep prompts), and drops the predictions/metrics of
+  an evaluation whose final record is missing (it is rerun).
   """
   if not os.path.isdir(model_dir):
     return None
@@ -329,10 +390,16 @@ def repair(model_dir: str, keep: Optional[int] = None) -> Optional[int]:
     if step > limit:
       shutil.rmtree(os.path.dirname(numpy_prompt_path(model_dir, step)))
       removed.append(f'{NUMPY_CHECKPOINTS}/checkpoint_{step}')
+  deep = _run_is_deep(model_dir)
   for step in steps:
-    if not os.path.isfile(numpy_prompt_path(model_dir, step)):
-      write_numpy_prompt(model_dir, step, read_orbax_prompt(model_dir, step))
-      log.info('Rewrote the numpy prompt of step %d in %s.', step, model_dir)
+    has_prompt = os.path.isfile(numpy_prompt_path(model_dir, step))
+    if has_prompt and not (deep and not os.path.isfile(numpy_deep_path(model_dir, step))):
+      continue
+    prompt_PxD, deep_LxPxD = read_orbax_prompts(model_dir, step)
+    if has_prompt and deep_LxPxD is None:
+      continue  # the orbax step has no deep prompts either: nothing is missing
+    write_numpy_prompt(model_dir, step, prompt_PxD, deep_LxPxD)
+    log.info('Rewrote the numpy prompt of step %d in %s.', step, model_dir)
 
   _rewrite_jsonl(os.path.join(model_dir, METRICS), lambda r: r.get('step', 0) <= limit)
   whole = latest is not None and eval_done(model_dir, latest)

@@ -7,7 +7,8 @@ files: prompt_files.py.
 Where it enters the model: `Encoder.__call__` in models/t5.py calls `PromptConfig.module(...)`
 right after the token embedding. That module owns the only trainable parameter,
 `encoder/prompt/prompt/prompt` (float32, logical axes ('prompt', 'prompt_embed') so it stays
-replicated), and returns the combined embeddings; `PromptConfig.mask` says which are real.
+replicated; deep prompts, below, add a second), and returns the combined embeddings;
+`PromptConfig.mask` says which are real.
 
 Placements:
   prefix  [prompt, x_1 .. x_n, pad]            the paper's
@@ -27,12 +28,18 @@ second parameter `encoder/prompt/shared/prompt` [P, D] that every task trains, c
 each row's task prompt by addition ('add': shared + task, length P) or concatenation ('concat':
 [shared; task], length 2P). `effective_prompts` gives the combined [K, P', D] table, which is
 what checkpoints' numpy files, exports and readers hold: a reader needs no shared parameter.
+Deep prompts (`PromptConfig.deep`, opt-in; P-tuning v2 style, NOT the paper's method, which
+prompts the input alone): a second trainable parameter `encoder/prompt/deep/prompt` [L-1, P, D]
+(L = the encoder's layers; logical axes ('prompt_layers', 'prompt', 'prompt_embed'),
+replicated). Layer 0 sees the input prompt as above; before each later layer i the hidden states
+at the prompt positions are replaced by deep[i-1] (`replace_prompt_positions`), so every layer
+gets prompt values of its own. One prompt only (no table).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Optional, cast, get_args
+from typing import Any, Literal, Mapping, Optional, cast, get_args
 
 import flax.linen as nn
 import jax
@@ -46,6 +53,8 @@ TABLE_AXES = ('prompts',) + PROMPT_AXES  # a table of K prompts [K, P, D]
 PROMPT_PATH = ('encoder', 'prompt', 'prompt', 'prompt')
 PROMPT_VARIABLE = '/'.join(PROMPT_PATH)  # its name in a T5X checkpoint
 SHARED_PATH = ('encoder', 'prompt', 'shared', 'prompt')
+DEEP_AXES = ('prompt_layers',) + PROMPT_AXES  # deep prompts [L-1, P, D]
+DEEP_PATH = ('encoder', 'prompt', 'deep', 'prompt')
 Placement = Literal['prefix', 'suffix']
 PLACEMENTS: tuple[str, ...] = get_args(Placement)
 SharedMode = Optional[Literal['add', 'concat']]
@@ -56,11 +65,13 @@ SHARED_MODES = ('add', 'concat')
 class PromptConfig:
   """How long the prompt is, where it goes and how many prompts the model holds; passed to
   `EncoderDecoder(config, prompt=...)`. num_prompts K > 1 makes the parameter a table [K, P, D],
-  selected per row by `prompt_ids`."""
+  selected per row by `prompt_ids`. deep=True adds per-layer prompts [L-1, P, D] (P-tuning v2
+  style, not the paper's method; see the module docstring)."""
   length: int = 100
   placement: Placement = 'prefix'
   num_prompts: int = 1
   shared: SharedMode = None  # a table's shared prompt: 'add' or 'concat' (see the module doc)
+  deep: bool = False  # per-layer prompts (P-tuning v2 style; see the module doc)
 
   def __post_init__(self):
     if self.length < 1:
@@ -75,6 +86,12 @@ class PromptConfig:
     if self.shared is not None and self.shared not in SHARED_MODES:
       raise ValueError(f'PromptConfig.shared (PROMPT_SHARED) = {self.shared!r}: choose None, '
                        f"'add' or 'concat'.")
+    if not isinstance(self.deep, (bool, np.bool_)):
+      raise ValueError(f'PromptConfig.deep must be True or False, got {self.deep!r}.')
+    object.__setattr__(self, 'deep', bool(self.deep))
+    if self.deep and self.num_prompts > 1:
+      raise ValueError(f'deep prompts take one prompt; num_prompts must be 1 (got '
+                       f'num_prompts={self.num_prompts} with deep=True).')
 
   @property
   def is_table(self) -> bool:
@@ -92,6 +109,12 @@ class PromptConfig:
   def reader(self) -> 'PromptConfig':
     """The config of a model that reads this one's `effective_prompts` (no shared parameter)."""
     return PromptConfig(self.combined_length, self.placement, self.num_prompts)
+  def deep_shape(self, num_layers: int, d_model: int) -> tuple[int, int, int]:
+    """The deep parameter's shape [L-1, P, D] for an encoder of `num_layers` layers."""
+    if num_layers < 2:
+      raise ValueError(f'Deep prompts (PromptConfig.deep) need at least 2 encoder layers (one '
+                       f'per layer after the first); this encoder has {num_layers}.')
+    return (num_layers - 1, self.length, d_model)
 
   def module(self, dtype: Any, name: str) -> 'Prompt':
     return Prompt(self, dtype=dtype, name=name)
@@ -119,14 +142,30 @@ class PromptParameter(nn.Module):
 
   @nn.compact
   def __call__(self, features: int) -> jax.Array:
-    init = lambda rng, shape, dtype: jax.random.uniform(rng, shape, dtype, -0.5, 0.5)
     shape: tuple[int, ...] = (self.length, features)
     axes: tuple[str, ...] = PROMPT_AXES
     if self.num_prompts > 1:
       shape, axes = (self.num_prompts,) + shape, TABLE_AXES
     # Stored boxed (LogicallyPartitioned); flax hands the module the unboxed array.
-    return cast(jax.Array, self.param('prompt', nn.with_logical_partitioning(init, axes), shape,
-                                      jnp.float32))
+    return cast(jax.Array, self.param('prompt', nn.with_logical_partitioning(_uniform, axes),
+                                      shape, jnp.float32))
+
+
+def _uniform(rng: jax.Array, shape: tuple[int, ...], dtype: Any) -> jax.Array:
+  return jax.random.uniform(rng, shape, dtype, -0.5, 0.5)
+
+
+class DeepPromptParameter(nn.Module):
+  """Holds the deep prompts [L-1, P, D] (P-tuning v2 style, not the paper's method): row i-1 is
+  what encoder layer i sees at the prompt positions. float32, like the input prompt; training
+  sets its value (by default the initial prompt repeated for each layer)."""
+  length: int
+
+  @nn.compact
+  def __call__(self, num_layers: int, features: int) -> jax.Array:
+    shape = (num_layers - 1, self.length, features)
+    return cast(jax.Array, self.param('prompt', nn.with_logical_partitioning(_uniform, DEEP_AXES),
+                                      shape, jnp.float32))
 
 
 class Prompt(nn.Module):
@@ -140,17 +179,24 @@ class Prompt(nn.Module):
   config: PromptConfig
   dtype: Any = jnp.float32
 
-  @nn.compact
+  def setup(self):
+    c = self.config
+    self.prompt = PromptParameter(c.length, c.num_prompts)  # encoder/prompt/prompt/prompt
+    if c.deep:
+      self.deep = DeepPromptParameter(c.length)  # encoder/prompt/deep/prompt
+    if c.shared is not None:
+      self.shared = PromptParameter(c.length)  # encoder/prompt/shared/prompt
+
   def __call__(self, tokens_BxL: jax.Array, embedded_BxLxD: jax.Array,
                prompt_ids_B: Optional[jax.Array] = None) -> jax.Array:
     c = self.config
     width = embedded_BxLxD.shape[-1]
-    param = PromptParameter(c.length, c.num_prompts, name='prompt')(width)
+    param = self.prompt(width)
     if c.shared is not None:
       if not c.is_table:
         raise ValueError(f'PromptConfig.shared = {c.shared!r} combines a shared prompt with each '
                          f'prompt of a table: it needs num_prompts >= 2 (PROMPT_PER_TASK).')
-      param = combine_shared(PromptParameter(c.length, name='shared')(width), param, c.shared)
+      param = combine_shared(self.shared(width), param, c.shared)
     if c.is_table:
       if prompt_ids_B is None:
         raise ValueError(missing_ids_message(c.num_prompts))
@@ -160,6 +206,14 @@ class Prompt(nn.Module):
     if c.placement == 'prefix':
       return prefix_prompt(prompt, embedded_BxLxD)
     return suffix_prompt(prompt, tokens_BxL, embedded_BxLxD)
+
+  def deep_prompts(self, num_layers: int, features: int) -> jax.Array:
+    """The deep prompts [L-1, P, D] (float32) of an encoder of `num_layers` layers."""
+    c = self.config
+    if not c.deep:
+      raise ValueError('This prompt has no deep prompts: set PromptConfig.deep = True.')
+    c.deep_shape(num_layers, features)  # at least 2 layers
+    return self.deep(num_layers, features)
 
 
 def combine_shared(shared_PxD: Any, table_KxPxD: Any, mode: str) -> Any:
@@ -189,21 +243,55 @@ def suffix_prompt(prompt: jax.Array, tokens_BxL: jax.Array,
   """Inserts the prompt before each row's last real token (its EOS); `prompt` is one [P, D] for
   every row or one per row [B, P, D]."""
   p = prompt.shape[-2]
-  batch, length, _ = embedded_BxLxD.shape
-  n_B = jnp.sum(token_mask(tokens_BxL), axis=1)
-  insert_Bx1 = jnp.maximum(n_B - 1, 0)[:, None]
-  j_1xM = jnp.arange(length + p)[None, :]
-  in_prompt_BxM = (j_1xM >= insert_Bx1) & (j_1xM < insert_Bx1 + p)
+  length = embedded_BxLxD.shape[1]
+  insert_Bx1, j_1xM, in_prompt_BxM = _suffix_slots(tokens_BxL, p)
   source_BxM = jnp.where(j_1xM < insert_Bx1, j_1xM, j_1xM - p)
   source_BxM = jnp.clip(source_BxM, 0, length - 1)
   from_inputs = jnp.take_along_axis(embedded_BxLxD.astype(prompt.dtype),
                                     source_BxM[..., None], axis=1)
+  return _put_prompt(prompt, insert_Bx1, j_1xM, in_prompt_BxM, from_inputs)
+
+
+def _suffix_slots(tokens_BxL: jax.Array, p: int) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """Where a suffix prompt sits in the combined sequence [B, L + P]: (each row's first prompt
+  position [B, 1], the positions [1, L + P], which are the prompt's [B, L + P])."""
+  n_B = jnp.sum(token_mask(tokens_BxL), axis=1)
+  insert_Bx1 = jnp.maximum(n_B - 1, 0)[:, None]
+  j_1xM = jnp.arange(tokens_BxL.shape[1] + p)[None, :]
+  in_prompt_BxM = (j_1xM >= insert_Bx1) & (j_1xM < insert_Bx1 + p)
+  return insert_Bx1, j_1xM, in_prompt_BxM
+
+
+def _put_prompt(prompt: jax.Array, insert_Bx1: jax.Array, j_1xM: jax.Array,
+                in_prompt_BxM: jax.Array, other_BxMxD: jax.Array) -> jax.Array:
+  """`prompt` ([P, D] or [B, P, D]) at the suffix slots, `other_BxMxD` everywhere else."""
+  p = prompt.shape[-2]
   at_BxM = jnp.clip(j_1xM - insert_Bx1, 0, p - 1)  # which prompt position lands at each place
   if prompt.ndim == 2:
     from_prompt = prompt[at_BxM]
   else:
     from_prompt = jnp.take_along_axis(prompt, at_BxM[..., None], axis=1)
-  return jnp.where(in_prompt_BxM[..., None], from_prompt, from_inputs)
+  return jnp.where(in_prompt_BxM[..., None], from_prompt, other_BxMxD)
+
+
+def replace_prompt_positions(x_BxMxD: jax.Array, tokens_BxL: jax.Array, value_PxD: jax.Array,
+                             config: PromptConfig) -> jax.Array:
+  """Hidden states [B, L + P, D] with the prompt positions (where `config`'s placement put the
+  input prompt: 0..P-1 for prefix, the P positions before each row's EOS for suffix) replaced
+  by `value_PxD`, the same for every row; the other positions are untouched. Deep prompts
+  (P-tuning v2 style, not the paper's method) use it before each encoder layer after the
+  first."""
+  p = config.length
+  batch, length, _ = x_BxMxD.shape
+  if value_PxD.shape[-2] != p or length != tokens_BxL.shape[1] + p:
+    raise ValueError(f'replace_prompt_positions: value {value_PxD.shape} and hidden states '
+                     f'{x_BxMxD.shape} do not fit a prompt of length {p} joined to inputs of '
+                     f'shape {tokens_BxL.shape}.')
+  value_PxD = value_PxD.astype(x_BxMxD.dtype)
+  if config.placement == 'prefix':
+    return prefix_prompt(value_PxD, x_BxMxD[:, p:])
+  insert_Bx1, j_1xM, in_prompt_BxM = _suffix_slots(tokens_BxL, p)
+  return _put_prompt(value_PxD, insert_Bx1, j_1xM, in_prompt_BxM, x_BxMxD)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -273,13 +361,18 @@ def merge_params(frozen: dict, trainable: dict) -> dict:
   return {**frozen, 'encoder': {**frozen['encoder'], **trainable['encoder']}}
 
 
-def prompt_tree(prompt_PxD: Any) -> dict:
-  """The trainable tree holding a prompt array ([P, D], or a table [K, P, D])."""
-  return {'encoder': {'prompt': {'prompt': {'prompt': prompt_PxD}}}}
+def prompt_tree(prompt_PxD: Any, deep_LxPxD: Any = None) -> dict:
+  """The trainable tree holding a prompt array ([P, D], or a table [K, P, D]) and, for deep
+  prompts, the [L-1, P, D] array."""
+  node: dict = {'prompt': {'prompt': prompt_PxD}}
+  if deep_LxPxD is not None:
+    node['deep'] = {'prompt': deep_LxPxD}
+  return {'encoder': {'prompt': node}}
 
 
 def get_prompt(trainable: dict) -> Any:
-  """The [P, D] array (or [K, P, D] table) of a trainable tree (inverse of `prompt_tree`)."""
+  """The [P, D] array (or [K, P, D] table) of a trainable tree (inverse of `prompt_tree`); the
+  input prompt only, never the deep prompts."""
   node = trainable
   for key in PROMPT_PATH:
     node = node[key]
@@ -296,3 +389,11 @@ def effective_prompts(trainable: dict, shared: SharedMode = None) -> Any:
   for key in SHARED_PATH:
     node = node[key]
   return combine_shared(node, table, shared)
+def get_deep_prompt(trainable: dict) -> Any:
+  """The deep prompts [L-1, P, D] of a trainable tree, or None when it has none."""
+  node = trainable
+  for key in DEEP_PATH:
+    if not isinstance(node, Mapping) or key not in node:
+      return None
+    node = node[key]
+  return node

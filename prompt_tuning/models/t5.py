@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from prompt_tuning.models import layers
+from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.vocab import EOS_ID, PAD_ID, token_mask  # noqa: F401  (t5.PAD_ID, t5.EOS_ID)
 
 RematPolicy = Literal['none', 'full', 'dots']
@@ -177,10 +178,13 @@ class Encoder(nn.Module):
     c = self.config
     kw = dict(dtype=c.activation_dtype, param_dtype=c.weight_dtype)
     x_BxLxD = self.shared_embedding(encoder_input_tokens_BxL)
+    deep_LxPxD = None
     if self.prompt is not None:
       # The one place the prompt enters: joined to the embedded inputs, L grows by P.
-      x_BxLxD = self.prompt.module(c.activation_dtype, name='prompt')(
-          encoder_input_tokens_BxL, x_BxLxD, prompt_ids_B)
+      prompt = self.prompt.module(c.activation_dtype, name='prompt')
+      x_BxLxD = prompt(encoder_input_tokens_BxL, x_BxLxD, prompt_ids_B)
+      if self.prompt.deep:
+        deep_LxPxD = prompt.deep_prompts(c.num_encoder_layers, c.d_model)
     valid_BxL = encoder_mask(encoder_input_tokens_BxL, self.prompt)
     length = x_BxLxD.shape[1]
     bias = layers.attention_bias(layers.make_attention_mask(valid_BxL, valid_BxL))
@@ -190,6 +194,10 @@ class Encoder(nn.Module):
     x_BxLxD = _dropout(c.dropout_rate, x_BxLxD, enable_dropout)
     layer = _layer_class(EncoderLayer, c.remat_policy, static_argnums=(3,))
     for i in range(c.num_encoder_layers):
+      if deep_LxPxD is not None and i > 0:
+        # Deep prompts (P-tuning v2 style, not the paper's): layer i's prompt slots get deep[i-1].
+        x_BxLxD = prompt_lib.replace_prompt_positions(x_BxLxD, encoder_input_tokens_BxL,
+                                                      deep_LxPxD[i - 1], self.prompt)
       x_BxLxD = layer(c, name=f'layers_{i}')(x_BxLxD, bias, enable_dropout)
     x_BxLxD = layers.RMSNorm(c.layer_norm_epsilon, name='encoder_norm', **kw)(x_BxLxD)
     return _dropout(c.dropout_rate, x_BxLxD, enable_dropout)
@@ -254,7 +262,9 @@ class EncoderDecoder(nn.Module):
   With `prompt` (a models.prompt.PromptConfig) the encoder carries
   `encoder/prompt/prompt/prompt`: [P, D], or a table [K, P, D] whose rows `prompt_ids` [B]
   select (`encode` and `__call__` take them; what follows the encoder needs no ids, since every
-  prompt has the same length and mask).
+  prompt has the same length and mask). With `prompt.deep` (P-tuning v2 style, not the paper's
+  method) it also carries `encoder/prompt/deep/prompt` [L-1, P, D], the prompt slots' values
+  before encoder layers 1..L-1.
   """
   config: T5Config
   prompt: Optional[Any] = None

@@ -30,11 +30,12 @@ class TrainingDivergedError(RuntimeError):
 def run_info(trainer: PromptTrainer, initial_checkpoint: Optional[str] = None,
              prompt_names: Optional[Sequence[str]] = None) -> dict:
   """run_info.json. A table adds num_prompts, the prompts' names (a multi-task run: its tasks)
-  and the shared mode; a single prompt's stays as it always was."""
+  and the shared mode; a single prompt's stays as it always was (plus `deep`)."""
   c = trainer.prompt_config
   info: dict[str, Any] = {'prompt_length': c.length,
                           'd_model': trainer.model_config.d_model,
                           'placement': c.placement,
+                          'deep': c.deep,
                           'initial_checkpoint': initial_checkpoint,
                           'model_config': dataclasses.asdict(trainer.model_config)}
   if c.is_table:

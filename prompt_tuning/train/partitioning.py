@@ -14,8 +14,10 @@ LogicalRules = Sequence[tuple[str, Optional[str]]]
 
 # Prompt axes stay replicated so every host holds the whole prompt (and can save it as .npy);
 # 'prompts' is the K axis of a prompt table [K, P, D], replicated for the same reason (K prompts
-# of P x D floats are small beside the frozen model).
-PROMPT_RULES = (('prompts', None), ('prompt', None), ('prompt_embed', None))
+# of P x D floats are small beside the frozen model), and so is 'prompt_layers', the L-1 axis of
+# deep prompts [L-1, P, D].
+PROMPT_RULES = (('prompts', None), ('prompt_layers', None), ('prompt', None),
+                ('prompt_embed', None))
 
 
 def standard_logical_axis_rules(activation_partitioning_dims: int = 1,

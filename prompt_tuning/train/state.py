@@ -1,9 +1,9 @@
 """Prompt-sized, resumable orbax checkpoints under MODEL_DIR (layout: prompt_tuning.model_dir).
 
 The frozen model is never written: resuming = base checkpoint + this small state. Each save
-writes the step's numpy prompt first (atomically), then the orbax step, whose rename commits it:
-a kill anywhere leaves the previous committed step as the latest, and nothing names a step that
-was not committed.
+writes the step's numpy prompt (with the deep prompts, if any) first, atomically, then the orbax
+step, whose rename commits it: a kill anywhere leaves the previous committed step as the latest,
+and nothing names a step that was not committed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import jax
 import orbax.checkpoint as ocp
 
 from prompt_tuning import model_dir as model_dir_lib
-from prompt_tuning.models.prompt import SharedMode, effective_prompts
+from prompt_tuning.models.prompt import SharedMode, effective_prompts, get_deep_prompt
 from prompt_tuning.train import preemption
 
 
@@ -47,9 +47,11 @@ class PromptCheckpointer:
   def save(self, state: Any, data_position: int) -> int:
     step = int(jax.device_get(state.step))
     if jax.process_index() == 0:
+      deep = get_deep_prompt(state.params)
       model_dir_lib.write_numpy_prompt(self.model_dir, step,
                                        effective_prompts(jax.device_get(state.params),
-                                                         self.shared))
+                                                         self.shared),
+                                       None if deep is None else jax.device_get(deep))
     preemption.crash_point('numpy_written', step)
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),

@@ -10,6 +10,10 @@ row's `prompt_ids` entry picks its prompt, so row k's gradient reaches prompt k 
 are a batch feature like the others (sharded over 'data') and are checked on the host. The
 optimizer sees each prompt as its own parameter (`per_prompt`): Adafactor's update clipping, a
 global-norm clip or factoring never mix one task's gradient into another's update.
+
+Deep prompts (`PromptConfig.deep`; P-tuning v2 style, not the paper's method) live in the same
+trainable subtree (encoder/prompt/deep/prompt [L-1, P, D]), so they train with the input prompt
+under the same optimizer; `init_state` takes their initial value, `deep_prompt` reads them.
 """
 
 from __future__ import annotations
@@ -154,10 +158,20 @@ class PromptTrainer:
     """(P, D), or (K, P, D) for a table of K prompts."""
     return self.prompt_config.shape(self.model_config.d_model)
 
+  @property
+  def deep_shape(self) -> Optional[tuple[int, int, int]]:
+    """(L-1, P, D) of the deep prompts, or None without them."""
+    if not self.prompt_config.deep:
+      return None
+    return self.prompt_config.deep_shape(self.model_config.num_encoder_layers,
+                                         self.model_config.d_model)
+
   def init_state(self, prompt_PxD: Any, seed: int = 0, step: int = 0,
-                 shared_PxD: Any = None) -> TrainState:
+                 deep_LxPxD: Any = None, shared_PxD: Any = None) -> TrainState:
     """A fresh state holding `prompt_PxD`: [P, D], or the table [K, P, D] when num_prompts K
-    > 1; with a shared prompt (PromptConfig.shared) also `shared_PxD` (default zeros)."""
+    > 1. With deep prompts, `deep_LxPxD` [L-1, P, D] starts them (default: the initial prompt
+    repeated for each layer after the first); with a shared prompt (PromptConfig.shared),
+    `shared_PxD` (default zeros)."""
     prompt_PxD = np.asarray(prompt_PxD, np.float32)
     if prompt_PxD.shape != self.prompt_shape:
       if self.prompt_config.is_table:
@@ -165,7 +179,19 @@ class PromptTrainer:
                          f'expects {self.prompt_shape} (num_prompts, prompt length, d_model).')
       raise ValueError(f'Initial prompt has shape {prompt_PxD.shape} but the model expects '
                        f'{self.prompt_shape} (prompt length, d_model).')
-    params = prompt_lib.prompt_tree(prompt_PxD)
+    deep_shape = self.deep_shape
+    if deep_shape is None:
+      if deep_LxPxD is not None:
+        raise ValueError('Initial deep prompts were given but the model has none: set '
+                         'PromptConfig.deep = True (gin prompts/deep.gin), or drop them.')
+    elif deep_LxPxD is None:
+      deep_LxPxD = np.repeat(prompt_PxD[None], deep_shape[0], axis=0)
+    else:
+      deep_LxPxD = np.asarray(deep_LxPxD, np.float32)
+      if deep_LxPxD.shape != deep_shape:
+        raise ValueError(f'Initial deep prompts have shape {deep_LxPxD.shape} but the model '
+                         f'expects {deep_shape} (encoder layers - 1, prompt length, d_model).')
+    params = prompt_lib.prompt_tree(prompt_PxD, deep_LxPxD)
     if self.prompt_config.shared is not None:
       shape = prompt_PxD.shape[1:]
       shared_PxD = np.zeros(shape, np.float32) if shared_PxD is None else np.asarray(
@@ -207,6 +233,11 @@ class PromptTrainer:
     prompt, each task's effective (combined) prompt [K, P', D]."""
     params = jax.device_get(state.params)
     return np.asarray(prompt_lib.effective_prompts(params, self.prompt_config.shared), np.float32)
+
+  def deep_prompt(self, state: TrainState) -> Optional[np.ndarray]:
+    """The state's deep prompts [L-1, P, D] on the host, float32; None without them."""
+    deep = prompt_lib.get_deep_prompt(state.params)
+    return None if deep is None else np.asarray(jax.device_get(deep), np.float32)
 
   # -- steps ------------------------------------------------------------------------------------
 
