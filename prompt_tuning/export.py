@@ -8,6 +8,10 @@ Reads MODEL_DIR through model_dir.py and writes through prompt_files.py:
 A multi-task run (a table of K named prompts) exports each prompt on its own (`prompt_name`;
 at the end of training: export/prompts/<name>.npy and export/peft/<name>/) and the whole table
 [K, P, D] (export/table.npy, names in export/prompt_names.json, table order).
+
+A deep run's per-layer prompts [L-1, P, D] go beside its input prompt as .npy
+(export/deep_prompt.npy; `export --format=npy` writes <output>.deep.npy too); PEFT's prompt
+tuning and T5X's prompt variable have no place for them, so those formats refuse a deep run.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ FINAL_PEFT = 'peft'
 FINAL_TABLE = 'table.npy'
 FINAL_PROMPTS = 'prompts'  # a table's prompts, one .npy per name
 FINAL_NAMES = 'prompt_names.json'
+FINAL_DEEP = 'deep_prompt.npy'
 
 
 def check_final_formats(formats: Sequence[str]) -> None:
@@ -64,7 +69,13 @@ def export(model_dir: str, fmt: ExportFormat, output: str, step: Optional[int] =
     raise ValueError(f'{model_dir} holds {prompt_PxD.shape[0]} prompts '
                      f'({model_dir_lib.prompt_names(model_dir)}); --format={fmt} takes one: '
                      f'pass --prompt_name.')
+  deep = model_dir_lib.load_deep_prompt(model_dir, step)
+  if deep is not None and fmt != 'npy':
+    raise ValueError(f'{model_dir} has deep (per-layer) prompts, which --format={fmt} cannot '
+                     f'hold; use --format=npy (writes the input prompt and <output>.deep.npy).')
   if fmt == 'npy':
+    if deep is not None:
+      prompt_files.write_npy(os.path.abspath(deep_path(output)), deep)
     return prompt_files.write_npy(os.path.abspath(output), prompt_PxD)
   info = model_dir_lib.read_run_info(model_dir)
   if info is None or 'model_config' not in info:
@@ -78,9 +89,15 @@ def export(model_dir: str, fmt: ExportFormat, output: str, step: Optional[int] =
   return prompt_files.write_t5x(output, frozen, prompt_PxD, step)
 
 
+def deep_path(output: str) -> str:
+  """Where `export --format=npy --output=X` puts a deep run's per-layer prompts."""
+  return (output[:-4] if output.endswith('.npy') else output) + '.deep.npy'
+
+
 def export_final(model_dir: str, prompt_PxD: Any, model_config: t5.T5Config,
                  formats: Sequence[str] = ('npy', 'peft'),
-                 prompt_names: Optional[Sequence[str]] = None) -> dict[str, str]:
+                 prompt_names: Optional[Sequence[str]] = None,
+                 deep_LxPxD: Any = None) -> dict[str, str]:
   """The end of a training run: MODEL_DIR/export/{prompt.npy, peft/}; {format: path}. A table
   [K, P, D] with `prompt_names`: export/{table.npy, prompt_names.json, prompts/<name>.npy,
   peft/<name>/}."""
@@ -91,7 +108,10 @@ def export_final(model_dir: str, prompt_PxD: Any, model_config: t5.T5Config,
   if 'npy' in formats:
     written['npy'] = prompt_files.write_npy(
         os.path.abspath(os.path.join(export_dir, FINAL_NPY)), prompt_PxD)
-  if 'peft' in formats:
+    if deep_LxPxD is not None:
+      written['npy (deep)'] = prompt_files.write_npy(
+          os.path.abspath(os.path.join(export_dir, FINAL_DEEP)), deep_LxPxD)
+  if 'peft' in formats and deep_LxPxD is None:  # PEFT prompt tuning has no per-layer prompts
     written['peft'] = prompt_files.write_peft(os.path.join(export_dir, FINAL_PEFT), prompt_PxD,
                                               model_config)
   return written

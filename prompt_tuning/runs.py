@@ -204,7 +204,8 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
     best.load()  # a restarted run's best prompt may come from before the restart
     plot_path = reporter.close()
     written = (export.export_final(model_dir, trainer.prompt(state), trainer.model_config,
-                                   export_formats, prompt_names=names) if host == 0 else {})
+                                   export_formats, prompt_names=names,
+                                   deep_LxPxD=trainer.deep_prompt(state)) if host == 0 else {})
     summary = {'model_dir': model_dir, 'task': mixture_or_task_name, 'steps': train_steps,
                **({'prompt_names': names} if names is not None else {}),
                'first_eval': reporter.eval_history[0] if reporter.eval_history else None,
@@ -347,12 +348,15 @@ def _prompted_model(initial_checkpoint_path, model, prompt, model_dir, prompt_fi
       value = value[names.index(task)]
     else:
       ids = {n: k for k, n in enumerate(names)}
+  # A deep run's per-layer prompts come with its MODEL_DIR (a prompt file holds the input prompt).
+  deep = model_dir_lib.load_deep_prompt(model_dir, step) if not prompt_file else None
   if value.ndim == 2:
-    module = t5.EncoderDecoder(config, PromptConfig(value.shape[0], prompt.placement))
+    module = t5.EncoderDecoder(config, PromptConfig(value.shape[0], prompt.placement,
+                                                    deep=deep is not None))
   else:
     module = t5.EncoderDecoder(config, PromptConfig(value.shape[1], prompt.placement,
                                                     value.shape[0]))
-  return module, merge_params(frozen, prompt_tree(value)), step, ids
+  return module, merge_params(frozen, prompt_tree(value, deep)), step, ids
 
 
 def _library_model(initial_checkpoint_path, model, prompt, spec, task: str, ensemble: bool):

@@ -426,3 +426,38 @@ def test_deep_gin_turns_deep_prompts_on():
       assert config.deep is True and config.length == 100, order
   finally:
     gin.clear_config()
+
+
+def test_deep_run_exports_and_evaluates_from_its_model_dir(tmp_path):
+  """runs.train with deep prompts: export/deep_prompt.npy, `export --format=npy` writes both
+  arrays (PEFT refuses by name), and eval from the MODEL_DIR uses the deep prompts (same
+  metrics as the run's own final evaluation)."""
+  import functools
+
+  from prompt_tuning import checkpoints, export, prompt_init, runs
+  config = t5.T5Config(vocab_size=384, d_model=16, d_ff=32, num_heads=2, head_dim=8,
+                       num_encoder_layers=2, num_decoder_layers=1, dtype='float32')
+  checkpoints.save_t5x(str(tmp_path / 'base'), t5.init_params(config, jax.random.PRNGKey(0)), 0)
+  base = str(tmp_path / 'base' / 'checkpoint_0')
+  lengths = {'inputs': 16, 'targets': 4}
+  model_dir = tmp_path / 'run'
+  summary = runs.train(
+      model_dir=str(model_dir), mixture_or_task_name='quickstart_max_taskless',
+      task_feature_lengths=lengths, batch_size=8, train_steps=2, initial_checkpoint_path=base,
+      model=config, prompt=prompt_lib.PromptConfig(3, deep=True), eval_period=2,
+      eval_max_examples=8,
+      eval_at_start=False, group_by_length=0,
+      prompt_init=functools.partial(prompt_init.initializer_by_name, 'random_uniform'))
+  deep = model_dir_lib.load_deep_prompt(str(model_dir))
+  assert deep.shape == (1, 3, 16)
+  np.testing.assert_array_equal(np.load(model_dir / 'export' / 'deep_prompt.npy'), deep)
+  assert not (model_dir / 'export' / 'peft').exists()
+  out = export.export(str(model_dir), 'npy', str(tmp_path / 'p.npy'))
+  np.testing.assert_array_equal(np.load(tmp_path / 'p.deep.npy'), deep)
+  np.testing.assert_array_equal(np.load(out), model_dir_lib.load_prompt(str(model_dir))[0])
+  with pytest.raises(ValueError, match='deep .*--format=peft cannot hold'):
+    export.export(str(model_dir), 'peft', str(tmp_path / 'peft'))
+  metrics = runs.evaluate(model_dir=str(model_dir), mixture_or_task_name='quickstart_max_taskless',
+                          task_feature_lengths=lengths, initial_checkpoint_path=base,
+                          model=config, eval_max_examples=8, output_dir=str(tmp_path / 'ev'))
+  assert metrics['generate/accuracy'] == summary['final_eval']['generate/accuracy']
