@@ -222,3 +222,12 @@ def test_a_multi_task_model_dir_is_a_prompt_library(multi_run, tmp_path):
   prompt_files.write_npy(str(folder / f'{names[0]}.npy'), table[0])
   with pytest.raises(LibraryError, match=f"'{names[0]}' appears twice"):
     load_library(str(folder))
+
+
+def test_a_prompt_table_step_costs_what_one_prompt_costs():
+  """Compiled FLOPs of the train step with K = 8 prompts <= 1.02x K = 1 at the same batch
+  (benchmarks/table_flops.py measures T5 1.1 small)."""
+  from benchmarks.table_flops import step_flops
+  one = step_flops(CONFIG, PromptConfig(5), 8, 16, 4)
+  table = step_flops(CONFIG, PromptConfig(5, num_prompts=8), 8, 16, 4)
+  assert one > 0 and table <= 1.02 * one, (table, one)
