@@ -75,15 +75,15 @@ def test_per_task_gradients_equal_single_task_runs(base):
   ids = np.array([2, 0, 1, 0, 2, 2], np.int32)
   multi = train_fixtures.make_trainer(CONFIG, frozen, prompt_length=4, num_prompts=3)
   state = multi.init_state(table)
-  grads = jax.grad(lambda p: multi._loss(p, multi.frozen, {**batch, 'prompt_ids': ids},
-                                         jax.random.PRNGKey(0), False)[0])(state.params)
+  grads = jax.jit(jax.grad(lambda p: multi._loss(p, multi.frozen, {**batch, 'prompt_ids': ids},
+                                                 jax.random.PRNGKey(0), False)[0]))(state.params)
   table_grad = np.asarray(grads['encoder']['prompt']['prompt']['prompt'])
   single = train_fixtures.make_trainer(CONFIG, frozen, prompt_length=4)
   for k in range(3):
     rows = {key: value[ids == k] for key, value in batch.items()}
     one = single.init_state(table[k])
-    grad = jax.grad(lambda p, rows=rows: single._loss(p, single.frozen, rows,
-                                                      jax.random.PRNGKey(0), False)[0])(one.params)
+    grad = jax.jit(jax.grad(lambda p, rows=rows: single._loss(
+        p, single.frozen, rows, jax.random.PRNGKey(0), False)[0]))(one.params)
     np.testing.assert_allclose(table_grad[k], grad['encoder']['prompt']['prompt']['prompt'],
                                atol=1e-5, rtol=0)
     assert np.abs(table_grad[k]).max() > 1e-4  # a real gradient, not two zeros

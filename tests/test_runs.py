@@ -82,15 +82,15 @@ def test_prompt_for_eval_from_a_file_or_model_dir(tmp_path):
   value = np.arange(12, dtype=np.float32).reshape(3, 4)
   path = tmp_path / 'prompt.npy'
   np.save(path, value)
-  prompt, step = runs._find_prompt(None, str(path), None)
-  assert step == 0 and np.array_equal(prompt, value)
+  prompt, step, names = runs._find_prompt(None, str(path), None)
+  assert step == 0 and np.array_equal(prompt, value) and names is None
   assert runs._find_prompt(None, str(path), 7)[1] == 7
   # MODEL_DIR: the latest committed step's numpy prompt.
   model_dir = str(tmp_path / 'run')
   for step in (2, 4):
     model_dir_lib.write_numpy_prompt(model_dir, step, value + step)
   (tmp_path / 'run' / 'checkpoints' / '2').mkdir(parents=True)
-  prompt, step = runs._find_prompt(model_dir, None, None)
+  prompt, step, _ = runs._find_prompt(model_dir, None, None)
   assert step == 2 and np.array_equal(prompt, value + 2)  # step 4 was never committed
   with pytest.raises(ValueError, match='Nothing to evaluate: set PROMPT_FILE or MODEL_DIR'):
     runs._find_prompt(None, None, None)
