@@ -110,6 +110,14 @@ def test_quickstart_runs_under_three_minutes(tmp_path):
   assert (out / 'prompt' / 'export' / 'peft' / 'adapter_model.safetensors').exists()
   assert (out / 'prompt' / 'plots' / 'training.png').exists()
   assert 'frozen model + tuned prompt' in proc.stdout
+  # The last stage: a prompt per task of two prefix-less tasks, then one mixed batch.
+  multi = report['many prompts, one model']
+  assert min(multi['accuracy'].values()) >= 80, multi
+  rows = multi['mixed batch']
+  assert {r['prompt'] for r in rows} == {'first', 'max'} and len(rows) == 8
+  assert sum(r['answer'] == r['expected'] for r in rows) >= 6, rows
+  assert (out / 'multi_task' / 'export' / 'table.npy').exists()
+  assert 'One batch mixing both tasks' in proc.stdout
   assert elapsed < 180, elapsed
 
 
