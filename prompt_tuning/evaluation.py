@@ -22,6 +22,10 @@ from prompt_tuning.vocab import PAD_ID
 
 log = logging.getLogger('prompt_tuning')
 EvalMethod = Literal['generate', 'rank']
+# In-training ensemble evaluations: tagged (their files name members) but step-bound, so a
+# restart's repair treats them as a run's own evaluations, not as `prompt-tuning eval`'s.
+TRAIN_ENSEMBLE_TAG = 'train-ensemble'
+
 METHODS: tuple[str, ...] = get_args(EvalMethod)
 
 

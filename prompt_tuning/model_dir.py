@@ -409,7 +409,7 @@ def repair(model_dir: str, keep: Optional[int] = None) -> Optional[int]:
       path = os.path.join(eval_dir, name)
       m = _PREDICTIONS_STEP.search(name)
       if name.endswith('-metrics.jsonl'):
-        _rewrite_jsonl(path, lambda r: r.get('tag') or r.get('step', 0) < limit or (
+        _rewrite_jsonl(path, lambda r: _command_record(r) or r.get('step', 0) < limit or (
             r.get('step') == limit and whole))
       elif m and '-eval-' not in name and (int(m.group(1)) > limit or (
           int(m.group(1)) == limit and not whole)):
@@ -419,6 +419,13 @@ def repair(model_dir: str, keep: Optional[int] = None) -> Optional[int]:
              ', '.join(os.path.relpath(p, model_dir) if os.path.isabs(p) else p
                        for p in removed[:6]) + (' …' if len(removed) > 6 else ''))
   return latest
+
+
+def _command_record(record: dict) -> bool:
+  """A record of `prompt-tuning eval` (tagged, kept through repairs), not of the run itself (a
+  run's in-training ensemble evaluations are tagged 'train-...')."""
+  tag = record.get('tag')
+  return bool(tag) and not str(tag).startswith('train-')
 
 
 def one_line(e: BaseException) -> str:

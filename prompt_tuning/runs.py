@@ -100,7 +100,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
           mixture_or_task_module: Optional[str] = None, shuffle: bool = True,
           length_buckets: batching.BucketSetting = 'auto', group_by_length: int = 32,
           export_formats: Sequence[str] = export.FINAL_FORMATS,
-          prompt_per_task: bool = False) -> dict:
+          prompt_per_task: bool = False, prompt_ensemble: int = 1) -> dict:
   """Prompt-tunes on a SeqIO task, evaluating every `eval_period` steps; returns a summary.
 
   Every input is checked before MODEL_DIR is created or changed; a kill at any moment leaves it
@@ -113,6 +113,11 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
   K prompts in one table (one frozen model); each row trains its own task's prompt, batches mix
   tasks at the mixture's rates, evaluation answers each task with its prompt (per-task metrics
   and their average) and each prompt is exported on its own.
+
+  `prompt_ensemble` N > 1 (gin PROMPT_ENSEMBLE): N prompts of one task trained together from N
+  seeds (prompt n starts from fold_in(seed, n)); every batch runs once per member (N x
+  BATCH_SIZE rows, member n's rows ask prompt n), so each member trains as its own run would
+  on the same batches. Evaluation scores each member, their mean and the ensemble (one pass).
   """
   # Log lines of the checks wait until the run starts: bad input prints its one error line alone.
   with reporting.HeldLogs() as held:
@@ -125,7 +130,9 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
     evaluation.check_methods(eval_methods)  # a typo is named even when nothing evaluates
     export.check_final_formats(export_formats)
     _adafactor_offset(adafactor_step_offset, 0)
-    prompt, names = _task_prompts(prompt, mixture_or_task_name, prompt_per_task)
+    prompt, names = _task_prompts(prompt, mixture_or_task_name, prompt_per_task,
+                                  prompt_ensemble)
+    members = prompt_ensemble if prompt_ensemble > 1 else 0
     if train_steps == 0:
       print(f'TRAIN_STEPS = 0: nothing to train; {model_dir} was not touched.')
       return {'model_dir': model_dir, 'task': mixture_or_task_name, 'steps': 0}
@@ -159,23 +166,29 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
                                     start_position=position, group_window=group_by_length,
                                     prompt_per_task=names is not None)
       # Every host pads a step to the same bucket: the longest row over all of them.
-      return batching.trimmed(stream, buckets,
-                              agree=partitioning.process_max if num_hosts > 1 else None)
+      trimmed = batching.trimmed(stream, buckets,
+                                 agree=partitioning.process_max if num_hosts > 1 else None)
+      return _per_member(trimmed, members) if members else trimmed
 
     evaluator = evaluation.Evaluator(
         mixture_or_task_name, eval_split, task_feature_lengths, methods=eval_methods,
         batch_size=eval_batch_size, max_examples=eval_max_examples, decoding_config=decoding,
         output_dir=os.path.join(model_dir, model_dir_lib.INFERENCE_EVAL), buckets=buckets,
-        prompt_ids=None if names is None else {n: k for k, n in enumerate(names)}
+        prompt_ids=None if names is None or members else {n: k for k, n in enumerate(names)}
     ) if eval_period else None
     main_metric = None
     if evaluator is not None and evaluator.main_metric:
-      main_metric = f'{eval_methods[0]}/{evaluator.main_metric}'
+      main_metric = f'{eval_methods[0]}/{"ensemble/" if members else ""}{evaluator.main_metric}'
     reporter = reporting.Reporter(model_dir, train_steps, main_metric=main_metric)
     best = reporting.BestPrompt(model_dir, main_metric)
 
     def on_eval(step: int, state) -> None:
-      metrics = evaluator.evaluate(trainer.model, trainer.full_params(state), step)
+      if members:
+        metrics = _flat(evaluation.evaluate_ensemble(
+            evaluator, trainer.model, trainer.full_params(state), names, step,
+            tag=evaluation.TRAIN_ENSEMBLE_TAG))
+      else:
+        metrics = evaluator.evaluate(trainer.model, trainer.full_params(state), step)
       preemption.crash_point('mid_eval', step)
       best.update(step, metrics, trainer.prompt(state))
       reporter.eval_metrics(step, metrics)  # last: its record marks this evaluation complete
@@ -222,10 +235,50 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
     return summary
 
 
-def _task_prompts(prompt: PromptConfig, name: str,
-                  prompt_per_task: bool) -> tuple[PromptConfig, Optional[list[str]]]:
+def _per_member(batches, members: int):
+  """Each batch once per ensemble member: rows tiled N times, member n's rows with prompt n."""
+  for batch in batches:
+    rows = len(batch['encoder_input_tokens'])
+    tiled = {k: np.concatenate([v] * members) for k, v in batch.items()}
+    tiled['prompt_ids'] = np.repeat(np.arange(members, dtype=np.int32), rows)
+    yield tiled
+
+
+def _flat(results: dict) -> dict:
+  """evaluate_ensemble's report as flat scalars: '<method>/ensemble/<metric>',
+  '<method>/member_mean/<metric>', '<method>/member<n>/<metric>'."""
+  flat = {}
+  for key, value in results.items():
+    if key == 'members':
+      continue
+    method, part = key.split('/', 1)
+    parts = ([(f'member{n}', v) for n, v in enumerate(value)] if part == 'members'
+             else [(part, value)])
+    for label, metrics in parts:
+      flat.update({f'{method}/{label}/{k}': v for k, v in metrics.items()})
+  return flat
+
+
+def _task_prompts(prompt: PromptConfig, name: str, prompt_per_task: bool,
+                  prompt_ensemble: int = 1) -> tuple[PromptConfig, Optional[list[str]]]:
   """(the PromptConfig to train, the prompts' names): with PROMPT_PER_TASK a table of one prompt
-  per task of the mixture, named by its tasks; otherwise the config as it is (one prompt)."""
+  per task of the mixture, named by its tasks; with PROMPT_ENSEMBLE N > 1 a table of N members
+  of one task; otherwise the config as it is (one prompt)."""
+  n = prompt_ensemble
+  if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+    raise ValueError(f'PROMPT_ENSEMBLE = {n!r}: must be an integer >= 1 (the number of prompts '
+                     f'trained together as an ensemble; 1: a single prompt).')
+  if n > 1:
+    if prompt_per_task:
+      raise ValueError('Set PROMPT_PER_TASK (a prompt per task) or PROMPT_ENSEMBLE (N prompts of '
+                       'one task), not both.')
+    if prompt.shared is not None:
+      raise ValueError(f'PROMPT_SHARED = {prompt.shared!r} combines a shared prompt with task '
+                       f'prompts; an ensemble (PROMPT_ENSEMBLE) trains independent members.')
+    if prompt.num_prompts not in (1, n):
+      raise ValueError(f'PromptConfig.num_prompts = {prompt.num_prompts} but PROMPT_ENSEMBLE = '
+                       f'{n}; leave num_prompts at 1 (it is set to the ensemble size).')
+    return dataclasses.replace(prompt, num_prompts=n), [f'member{k}' for k in range(n)]
   if not prompt_per_task:
     if prompt.shared is not None:
       raise ValueError(f'PROMPT_SHARED = {prompt.shared!r} combines a shared prompt with each '
@@ -233,7 +286,7 @@ def _task_prompts(prompt: PromptConfig, name: str,
     if prompt.num_prompts > 1:
       raise ValueError(f'PromptConfig.num_prompts = {prompt.num_prompts}: training a table of '
                        f'prompts needs PROMPT_PER_TASK = True (one prompt per task of a '
-                       f'mixture); for one prompt leave num_prompts at 1.')
+                       f'mixture) or PROMPT_ENSEMBLE = N; for one prompt leave num_prompts at 1.')
     return prompt, None
   from prompt_tuning.data import pipeline
   names = pipeline.prompt_names(name)

@@ -291,7 +291,7 @@ def test_reimport_is_idempotent():
     importlib.reload(tasks)
   finally:
     tasks._settings.update(saved)
-  assert set(tasks.TASK_INFO) == names and len(names) == 81
+  assert set(tasks.TASK_INFO) == names and len(names) == 82  # + quickstart_taskless_mixture
 
 
 def test_vocabularies(real):

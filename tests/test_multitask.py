@@ -231,3 +231,45 @@ def test_a_prompt_table_step_costs_what_one_prompt_costs():
   one = step_flops(CONFIG, PromptConfig(5), 8, 16, 4)
   table = step_flops(CONFIG, PromptConfig(5, num_prompts=8), 8, 16, 4)
   assert one > 0 and table <= 1.02 * one, (table, one)
+
+
+def test_ensemble_members_train_as_their_own_runs(base):
+  """PROMPT_ENSEMBLE: a batch tiled once per member (member n's rows ask prompt n) updates
+  each member exactly as a one-prompt run on that batch would (Adafactor per prompt)."""
+  from prompt_tuning import runs as runs_lib
+  _, frozen = base
+  table = np.random.RandomState(2).normal(size=(3, 4, CONFIG.d_model)).astype(np.float32)
+  batch = train_fixtures.make_batch(1, batch=4, vocab=CONFIG.vocab_size)
+  tiled = next(runs_lib._per_member(iter([batch]), 3))
+  assert tiled['encoder_input_tokens'].shape[0] == 12
+  assert tiled['prompt_ids'].tolist() == [0] * 4 + [1] * 4 + [2] * 4
+  ensemble = train_fixtures.make_trainer(CONFIG, frozen, prompt_length=4, num_prompts=3)
+  state, _ = ensemble.train_step(ensemble.init_state(table), tiled)
+  single = train_fixtures.make_trainer(CONFIG, frozen, prompt_length=4)
+  for k in range(3):
+    alone, _ = single.train_step(single.init_state(table[k]), batch)
+    np.testing.assert_allclose(ensemble.prompt(state)[k], single.prompt(alone), atol=1e-6,
+                               rtol=0)
+  assert not np.allclose(ensemble.prompt(state), table)
+
+
+def test_ensemble_run_evaluates_members_and_ensemble(base, tmp_path):
+  summary = _train(tmp_path / 'run', base[0], 2, mixture_or_task_name='quickstart_max_taskless',
+                   prompt_per_task=False, prompt_ensemble=3, eval_period=2, eval_max_examples=8,
+                   eval_methods=('generate', 'rank'), eval_at_start=False)
+  final = summary['final_eval']
+  for method in ('generate', 'rank'):
+    members = [final[f'{method}/member{n}/accuracy'] for n in range(3)]
+    assert final[f'{method}/member_mean/accuracy'] == pytest.approx(np.mean(members))
+    assert 0 <= final[f'{method}/ensemble/accuracy'] <= 100
+  assert summary['best']['metric'] == 'generate/ensemble/accuracy'
+  assert json.loads((tmp_path / 'run' / 'export' / 'prompt_names.json').read_text()) == [
+      'member0', 'member1', 'member2']
+  # Evaluated again from its MODEL_DIR (ENSEMBLE_PROMPTS): the same numbers.
+  again = runs.evaluate(model_dir=None, mixture_or_task_name='quickstart_max_taskless',
+                        task_feature_lengths=LENGTHS, initial_checkpoint_path=base[0],
+                        model=CONFIG, prompt=PromptConfig(3), eval_max_examples=8,
+                        eval_methods=('generate', 'rank'), output_dir=str(tmp_path / 'ev'),
+                        ensemble_prompts=str(tmp_path / 'run'))
+  assert again['generate/ensemble'] == {k.split('/')[-1]: v for k, v in final.items()
+                                        if k.startswith('generate/ensemble/')}
