@@ -23,7 +23,8 @@ from prompt_tuning import xla_cpu
 
 log = logging.getLogger('prompt_tuning')
 
-COMMANDS = ('quickstart', 'train', 'eval', 'infer', 'plan', 'export', 'convert', 'inspect')
+COMMANDS = ('quickstart', 'train', 'eval', 'infer', 'plan', 'export', 'convert', 'inspect',
+            'serve')
 VOCAB_ENV = 'PROMPT_TUNING_VOCAB'  # as data/vocabularies.py (which needs SeqIO) reads it
 
 
@@ -100,6 +101,20 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                     f'without one, ids only)')
   look.add_argument('--top_k', type=int, default=5, help='nearest tokens per position (5)')
   look.add_argument('--json', help='also write the report as JSON to this file')
+  srv = parser.add_argument_group('serve (HTTP; the model from gin: INITIAL_CHECKPOINT_PATH)')
+  srv.add_argument('--prompts', help='serve: the prompt library folder (.npy, PEFT adapters, '
+                   'MODEL_DIRs)')
+  srv.add_argument('--host', default='127.0.0.1', help='serve: address to bind (127.0.0.1)')
+  srv.add_argument('--port', type=int, default=8000, help='serve: port (8000)')
+  srv.add_argument('--api_key_file', help='serve: a file holding the bearer token to require')
+  srv.add_argument('--max_batch_size', type=int, default=32, help='serve: rows per batch (32)')
+  srv.add_argument('--max_wait_ms', type=float, default=5.0,
+                   help='serve: how long a batch waits to fill (5 ms)')
+  srv.add_argument('--max_queue', type=int, default=4096,
+                   help='serve: rows waiting before 503 (4096)')
+  srv.add_argument('--max_inputs_per_request', type=int, default=64)
+  srv.add_argument('--max_chars_per_input', type=int, default=8192)
+  srv.add_argument('--max_decode_length', type=int, default=64)
   parser.add_argument('-v', '--verbose', action='store_true')
   return parser.parse_args(rewrite_gin_args(argv))
 
@@ -401,6 +416,24 @@ def _inspect(args: argparse.Namespace) -> int:
   return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+  from prompt_tuning import serve
+  config = serve.ServeConfig(
+      max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
+      max_queue=args.max_queue, max_inputs_per_request=args.max_inputs_per_request,
+      max_chars_per_input=args.max_chars_per_input, max_decode_length=args.max_decode_length)
+  if not 0 <= args.port < 65536:
+    raise ValueError(f'--port={args.port}: choose a port in [0, 65535].')
+  if args.prompts and not os.path.isdir(args.prompts):
+    raise ValueError(f'--prompts={args.prompts}: not a folder of prompts.')
+  args.gin_file = ['runs/serve.gin'] + list(args.gin_file)
+  setup_gin(args)
+  import gin
+  return gin.get_configurable(serve.serve)(
+      prompts=args.prompts, vocab=args.vocab, host=args.host, port=args.port,
+      api_key_file=args.api_key_file, config=config)
+
+
 _HANDLERS = {
     'train': _gin_run((), 'prompt_tuning.runs.train'),
     'eval': _gin_run((), 'prompt_tuning.runs.evaluate'),
@@ -410,4 +443,5 @@ _HANDLERS = {
     'export': _export,
     'convert': _convert,
     'inspect': _inspect,
+    'serve': _serve,
 }

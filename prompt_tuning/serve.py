@@ -1,0 +1,674 @@
+"""`prompt-tuning serve`: one frozen model answering many tasks over HTTP, batching requests
+across tasks. TF-free (structured inputs use the data layer when it is installed).
+
+  PromptStore   the named prompts (a prompt library, changed at run time) as one table whose
+                capacity grows in powers of two, so adding a prompt rarely changes a shape
+  Engine        runs a batch of rows of any prompts: generate (DecodingConfig) or rank
+  Batcher       a bounded queue of rows and one worker thread forming mixed-task batches up to
+                `max_batch_size` rows or `max_wait_ms`, padded length-aware
+  create_app    the JSON API (FastAPI on uvicorn: request parsing and an ASGI server whose
+                SIGTERM/SIGINT handling stops accepting, lets in-flight requests finish and
+                exits 0 — what a served model needs, from two well-kept packages)
+
+Endpoints: POST /v1/predict, GET/POST /v1/prompts, DELETE /v1/prompts/{name}, GET /healthz,
+GET /metrics. Bad requests get a 4xx whose `error` names the problem; the server keeps serving.
+"""
+
+
+import collections
+import concurrent.futures
+import dataclasses
+import hmac
+import logging
+import os
+import threading
+import time
+from typing import Any, Callable, Mapping, Optional, Sequence
+
+import numpy as np
+
+from prompt_tuning import batching, decoding
+from prompt_tuning import prompt_library as library_lib
+from prompt_tuning.vocab import EOS_ID, PAD_ID
+
+log = logging.getLogger('prompt_tuning')
+
+
+@dataclasses.dataclass(frozen=True)
+class ServeConfig:
+  """Batching and request limits (flags of `prompt-tuning serve`)."""
+  max_batch_size: int = 32       # rows a batch holds at most
+  max_wait_ms: float = 5.0       # how long the first row of a batch waits for company
+  max_queue: int = 4096          # rows waiting; beyond it requests get 503 + Retry-After
+  max_inputs_per_request: int = 64
+  max_chars_per_input: int = 8192
+  max_input_length: int = 512    # tokens (longer inputs are cut, keeping EOS)
+  max_decode_length: int = 64    # tokens a generation may have at most
+
+  def __post_init__(self):
+    for name in ('max_batch_size', 'max_queue', 'max_inputs_per_request', 'max_chars_per_input',
+                 'max_input_length', 'max_decode_length'):
+      if int(getattr(self, name)) < 1:
+        raise ValueError(f'--{name} must be at least 1, got {getattr(self, name)}.')
+    if self.max_wait_ms < 0:
+      raise ValueError(f'--max_wait_ms must be >= 0, got {self.max_wait_ms}.')
+
+
+class RequestError(Exception):
+  """A request the server refuses: HTTP `status` and a message naming the problem."""
+
+  def __init__(self, status: int, message: str, headers: Optional[dict] = None):
+    super().__init__(message)
+    self.status = status
+    self.headers = headers or {}
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompts.
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+  """The prompts one batch runs with: a table [capacity, P, D] and name -> row."""
+  version: int
+  index: Mapping[str, int]
+  table: np.ndarray
+
+
+class PromptStore:
+  """Named prompts of one length and width, changed at run time without disturbing batches in
+  flight (each batch runs with the snapshot it started with)."""
+
+  def __init__(self, library: Mapping[str, library_lib.LibraryPrompt], d_model: int,
+               directory: Optional[str] = None, length: Optional[int] = None):
+    self.d_model = d_model
+    self.directory = os.path.realpath(directory) if directory else None
+    first = next(iter(library.values()), None)
+    self.length = length or (first.value.shape[0] if first is not None else None)
+    if self.length is None:
+      raise ValueError('serve needs at least one prompt (--prompts) or a --prompt_length.')
+    self._lock = threading.Lock()
+    self._prompts: dict[str, library_lib.LibraryPrompt] = {}
+    self._version = 0
+    for prompt in library.values():
+      self._check(prompt.name, prompt.value)
+      self._prompts[prompt.name] = prompt
+    self._snapshot = self._build()
+
+  def _check(self, name: str, value: np.ndarray) -> None:
+    if value.ndim != 2 or value.shape[1] != self.d_model:
+      raise RequestError(400, f'prompt {name!r} has shape {list(value.shape)} but the model '
+                              f'takes [length, {self.d_model}] prompts (d_model {self.d_model}).')
+    if value.shape[0] != self.length:
+      raise RequestError(400, f'prompt {name!r} has length {value.shape[0]} but the served '
+                              f'prompts have length {self.length}.')
+
+  def _build(self) -> Snapshot:
+    names = list(self._prompts)
+    capacity = 2
+    while capacity < len(names):
+      capacity *= 2
+    table = np.zeros((capacity, self.length, self.d_model), np.float32)
+    for k, name in enumerate(names):
+      table[k] = self._prompts[name].value
+    self._version += 1
+    return Snapshot(self._version, {n: k for k, n in enumerate(names)}, table)
+
+  def snapshot(self) -> Snapshot:
+    return self._snapshot
+
+  def has(self, name: str) -> bool:
+    return name in self._snapshot.index
+
+  def describe(self) -> list[dict]:
+    with self._lock:
+      return [{'name': p.name, 'length': int(p.value.shape[0]), 'source': p.source,
+               'kind': p.kind} for p in self._prompts.values()]
+
+  def add(self, name: str, *, path: Optional[str] = None, values: Any = None) -> dict:
+    _safe_name(name)
+    if (path is None) == (values is None):
+      raise RequestError(400, 'give the prompt as "path" (inside the prompt library) or '
+                              '"values" ([length][d_model] numbers), not both or neither.')
+    if path is not None:
+      value, source, kind = self._load_path(name, path)
+    else:
+      try:
+        value = np.asarray(values, np.float32)
+      except (TypeError, ValueError):
+        raise RequestError(400, f'prompt {name!r}: "values" must be a [length][d_model] array of '
+                                f'numbers.') from None
+      if not np.all(np.isfinite(value)):
+        raise RequestError(400, f'prompt {name!r}: "values" holds non-finite numbers.')
+      source, kind = 'request', 'values'
+    self._check(name, value)
+    with self._lock:
+      if name in self._prompts:
+        raise RequestError(409, f'a prompt named {name!r} exists; DELETE it first.')
+      self._prompts[name] = library_lib.LibraryPrompt(name, value, source, kind)
+      self._snapshot = self._build()
+    return {'name': name, 'length': int(value.shape[0]), 'source': source, 'kind': kind}
+
+  def _load_path(self, name: str, path: str) -> tuple[np.ndarray, str, str]:
+    if self.directory is None:
+      raise RequestError(400, 'the server has no prompt library folder (--prompts); send '
+                              '"values" instead of "path".')
+    if not isinstance(path, str) or os.path.isabs(path):
+      raise RequestError(400, f'"path" {path!r} must be relative to the prompt library folder.')
+    full = os.path.realpath(os.path.join(self.directory, path))
+    if os.path.commonpath([full, self.directory]) != self.directory:
+      raise RequestError(400, f'"path" {path!r} leads out of the prompt library folder.')
+    try:
+      entries = library_lib.load_library({name: full}, self.d_model)
+    except library_lib.LibraryError as e:
+      raise RequestError(400, str(e).replace(full, path)) from None
+    entry = next(iter(entries.values()))
+    if entry.value.ndim != 2:
+      raise RequestError(400, f'{path}: holds a table of prompts; name one file.')
+    return entry.value, path, entry.kind
+
+  def remove(self, name: str) -> None:
+    with self._lock:
+      if name not in self._prompts:
+        raise RequestError(404, f'no prompt named {name!r}.')
+      del self._prompts[name]
+      self._snapshot = self._build()
+
+
+def _safe_name(name: Any) -> bool:
+  try:
+    library_lib.check_name(name)
+  except library_lib.LibraryError as e:
+    raise RequestError(400, str(e)) from None
+  return True
+
+
+# ----------------------------------------------------------------------------------------------
+# Running batches.
+
+
+@dataclasses.dataclass
+class Row:
+  """One input of a request: its tokens, prompt, and where its answer goes."""
+  key: tuple            # rows of one key share a batch: ('generate', decoding) / ('rank', labels)
+  tokens: list[int]
+  prompt: str
+  future: concurrent.futures.Future
+  enqueued: float = dataclasses.field(default_factory=time.monotonic)
+
+
+class Engine:
+  """The frozen model with a PromptStore's table: runs a batch of rows, any prompts mixed."""
+
+  def __init__(self, model_config: Any, frozen: dict, store: PromptStore, vocab: Any,
+               config: ServeConfig, placement: str = 'prefix'):
+    from prompt_tuning.models import t5
+    from prompt_tuning.models.prompt import PromptConfig
+    self.model_config, self.frozen, self.store = model_config, frozen, store
+    self.vocab, self.config = vocab, config
+    self.placement = placement
+    self._modules: dict[int, Any] = {}
+    self._t5, self._prompt_config = t5, PromptConfig
+    self.buckets = batching.auto_buckets(config.max_input_length)
+    self.shapes: set[tuple] = set()  # (key kind, rows, width, capacity): each compiles once
+
+  def module(self, capacity: int):
+    if capacity not in self._modules:
+      self._modules[capacity] = self._t5.EncoderDecoder(
+          self.model_config, self._prompt_config(self.store.length, self.placement, capacity))
+    return self._modules[capacity]
+
+  def run(self, key: tuple, rows: Sequence[Row]) -> list[Any]:
+    """Each row's answer (a RequestError for a row whose prompt was removed meanwhile)."""
+    from prompt_tuning.models.prompt import merge_params, prompt_tree
+    snap = self.store.snapshot()
+    answers: list[Any] = [None] * len(rows)
+    live = [i for i, r in enumerate(rows) if r.prompt in snap.index]
+    for i, r in enumerate(rows):
+      if r.prompt not in snap.index:
+        answers[i] = RequestError(404, f'no prompt named {r.prompt!r} (it was removed).')
+    if not live:
+      return answers
+    size = 1
+    while size < len(live):
+      size *= 2
+    width = batching.bucket_for(max(len(rows[i].tokens) for i in live), self.buckets)
+    tokens = np.zeros((size, width), np.int32)
+    ids = np.zeros((size,), np.int32)
+    for j, i in enumerate(live):
+      tokens[j, :len(rows[i].tokens)] = rows[i].tokens
+      ids[j] = snap.index[rows[i].prompt]
+    capacity = snap.table.shape[0]
+    model = self.module(capacity)
+    params = merge_params(self.frozen, prompt_tree(snap.table))
+    self.shapes.add((key[0], size, width, capacity))
+    if key[0] == 'generate':
+      config, length = key[1], key[2]
+      out = np.asarray(config.generate(model, params, tokens, length, prompt_ids=ids))
+      for j, i in enumerate(live):
+        answers[i] = {'prediction': self.vocab.decode([int(t) for t in out[j] if t > PAD_ID])}
+    else:
+      labels = key[1]
+      candidates = _pad([list(self.vocab.encode(label)) + [EOS_ID] for label in labels])
+      scores = np.asarray(decoding.score_candidates(model, params, tokens, candidates,
+                                                    prompt_ids=ids))
+      for j, i in enumerate(live):
+        answers[i] = {'prediction': labels[int(scores[j].argmax())],
+                      'scores': [float(s) for s in scores[j]]}
+    return answers
+
+
+def _pad(rows: Sequence[Sequence[int]]) -> np.ndarray:
+  out = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
+  for i, row in enumerate(rows):
+    out[i, :len(row)] = row
+  return out
+
+
+class Batcher:
+  """A bounded queue of rows and one worker thread that runs them in batches: the oldest row's
+  key picks the batch, which takes that key's rows (oldest first) up to `max_batch_size`,
+  waiting at most `max_wait_ms` after the oldest row arrived for more."""
+
+  def __init__(self, run: Callable[[tuple, Sequence[Row]], list[Any]], config: ServeConfig,
+               on_batch: Optional[Callable[[int], None]] = None):
+    self.run, self.config, self.on_batch = run, config, on_batch
+    self._rows: collections.deque[Row] = collections.deque()
+    self._cond = threading.Condition()
+    self._stopping = False
+    self._thread = threading.Thread(target=self._work, name='prompt-tuning-batcher', daemon=True)
+    self._thread.start()
+
+  def submit(self, rows: Sequence[Row]) -> None:
+    with self._cond:
+      if self._stopping:
+        raise RequestError(503, 'the server is shutting down.', {'Retry-After': '1'})
+      if len(self._rows) + len(rows) > self.config.max_queue:
+        raise RequestError(503, f'the queue is full ({len(self._rows)} rows waiting, at most '
+                                f'{self.config.max_queue}); retry shortly.', {'Retry-After': '1'})
+      self._rows.extend(rows)
+      self._cond.notify()
+
+  def queued(self) -> int:
+    return len(self._rows)
+
+  def _take(self) -> Optional[tuple[tuple, list[Row]]]:
+    with self._cond:
+      while not self._rows:
+        if self._stopping:
+          return None
+        self._cond.wait(0.1)
+      key = self._rows[0].key
+      deadline = self._rows[0].enqueued + self.config.max_wait_ms / 1000
+      while True:
+        same = sum(1 for r in self._rows if r.key == key)
+        left = deadline - time.monotonic()
+        if same >= self.config.max_batch_size or left <= 0 or self._stopping:
+          break
+        self._cond.wait(left)
+      batch, rest = [], collections.deque()
+      for row in self._rows:
+        (batch if row.key == key and len(batch) < self.config.max_batch_size else rest).append(row)
+      self._rows = rest
+      return key, batch
+
+  def _work(self) -> None:
+    while True:
+      taken = self._take()
+      if taken is None:
+        return
+      key, batch = taken
+      if self.on_batch is not None:
+        self.on_batch(len(batch))
+      try:
+        answers = self.run(key, batch)
+      except Exception as e:  # pylint: disable=broad-except  # each request hears of it
+        log.exception('batch failed')
+        answers = [e] * len(batch)
+      for row, answer in zip(batch, answers):
+        if isinstance(answer, Exception):
+          row.future.set_exception(answer)
+        else:
+          row.future.set_result(answer)
+
+  def stop(self, timeout: float = 60.0) -> None:
+    """Runs what is queued, then ends the worker."""
+    with self._cond:
+      self._stopping = True
+      self._cond.notify_all()
+    self._thread.join(timeout)
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics.
+
+
+class Metrics:
+  """Counters and bounded latency/batch-size samples for GET /metrics."""
+
+  def __init__(self, keep: int = 10000):
+    self._lock = threading.Lock()
+    self.requests = collections.Counter()
+    self.latencies_ms: collections.deque[float] = collections.deque(maxlen=keep)
+    self.batch_sizes: collections.deque[int] = collections.deque(maxlen=keep)
+    self.rows = 0
+    self.started = time.time()
+
+  def request(self, status: int, seconds: Optional[float] = None, rows: int = 0) -> None:
+    with self._lock:
+      self.requests[str(status)] += 1
+      if seconds is not None:
+        self.latencies_ms.append(seconds * 1000)
+      self.rows += rows
+
+  def batch(self, size: int) -> None:
+    with self._lock:
+      self.batch_sizes.append(size)
+
+  def report(self, engine: Engine, batcher: Batcher) -> dict:
+    with self._lock:
+      latencies = np.array(self.latencies_ms or [np.nan])
+      sizes = np.array(self.batch_sizes or [0])
+      return {
+          'uptime_s': round(time.time() - self.started, 1),
+          'requests': dict(self.requests), 'rows': self.rows,
+          'latency_ms': {f'p{q}': float(np.percentile(latencies, q)) for q in (50, 90, 99)},
+          'batches': len(self.batch_sizes), 'batch_size_mean': float(sizes.mean()),
+          'batch_size_max': int(sizes.max()), 'queued_rows': batcher.queued(),
+          'compiled_shapes': len(engine.shapes), 'prompts': len(engine.store.snapshot().index)}
+
+
+# ----------------------------------------------------------------------------------------------
+# HTTP.
+
+
+def _decoding_key(body: Mapping[str, Any], config: ServeConfig) -> tuple:
+  settings = body.get('decoding') or {}
+  if not isinstance(settings, dict):
+    raise RequestError(400, '"decoding" must be an object, e.g. {"method": "greedy"}.')
+  allowed = {f.name for f in dataclasses.fields(decoding.DecodingConfig)}
+  unknown = sorted(set(settings) - allowed)
+  if unknown:
+    raise RequestError(400, f'"decoding" has unknown field(s) {unknown}; known: '
+                            f'{sorted(allowed)}.')
+  try:
+    dc = decoding.DecodingConfig(**settings)
+  except (TypeError, ValueError) as e:
+    raise RequestError(400, f'"decoding": {e}') from None
+  length = dc.max_decode_length or config.max_decode_length
+  if not isinstance(length, int) or not 1 <= length <= config.max_decode_length:
+    raise RequestError(400, f'"decoding.max_decode_length" must be an integer in [1, '
+                            f'{config.max_decode_length}].')
+  return ('generate', dataclasses.replace(dc, max_decode_length=None), length)
+
+
+class Server:
+  """What the HTTP handlers share: prompts, engine, batcher, metrics, limits."""
+
+  def __init__(self, engine: Engine, config: ServeConfig, api_key: Optional[str] = None):
+    self.engine, self.config, self.api_key = engine, config, api_key
+    self.store = engine.store
+    self.metrics = Metrics()
+    self.batcher = Batcher(engine.run, config, on_batch=self.metrics.batch)
+
+  def check_auth(self, header: Optional[str]) -> None:
+    if self.api_key is None:
+      return
+    given = (header or '')[len('Bearer '):] if (header or '').startswith('Bearer ') else ''
+    if not hmac.compare_digest(given.encode(), self.api_key.encode()):
+      raise RequestError(401, 'missing or wrong bearer token (Authorization: Bearer <key>).',
+                         {'WWW-Authenticate': 'Bearer'})
+
+  def rows_of(self, body: Any) -> tuple[str, str, list[Row], Optional[list[str]]]:
+    """Validates a predict request; its rows (with futures) and, for rank, the labels."""
+    if not isinstance(body, dict):
+      raise RequestError(400, 'the request body must be a JSON object.')
+    task, inputs = body.get('task'), body.get('inputs')
+    method = body.get('method', 'generate')
+    if not isinstance(task, str) or not task:
+      raise RequestError(400, '"task" must be a non-empty string (a prompt name).')
+    if not isinstance(inputs, list):
+      raise RequestError(400, '"inputs" must be a list of strings (or of raw task examples).')
+    if not inputs:
+      raise RequestError(400, '"inputs" is empty: send at least one input.')
+    if len(inputs) > self.config.max_inputs_per_request:
+      raise RequestError(413, f'{len(inputs)} inputs in one request; at most '
+                              f'{self.config.max_inputs_per_request}.')
+    if method not in ('generate', 'rank'):
+      raise RequestError(400, f'"method" must be "generate" or "rank", got {method!r}.')
+    if not self.store.has(task):
+      raise RequestError(404, f'no prompt named {task!r}; GET /v1/prompts lists them.')
+    texts = [self._text(task, x, i) for i, x in enumerate(inputs)]
+    labels = None
+    if method == 'rank':
+      labels = body.get('labels') or _task_labels(task)
+      if (not isinstance(labels, list) or not labels or
+          not all(isinstance(label, str) and label for label in labels)):
+        raise RequestError(400, f'rank needs "labels" (a list of strings) for {task!r}.')
+      key: tuple = ('rank', tuple(labels))
+    else:
+      key = _decoding_key(body, self.config)
+    n = self.config.max_input_length
+    rows = []
+    for text in texts:
+      ids = list(self.engine.vocab.encode(text))[:n - 1] + [EOS_ID]
+      rows.append(Row(key, ids, task, concurrent.futures.Future()))
+    return task, method, rows, labels
+
+  def _text(self, task: str, x: Any, i: int) -> str:
+    if isinstance(x, dict):
+      x = _format(task, x, i)
+    if not isinstance(x, str):
+      raise RequestError(400, f'inputs[{i}] must be a string (or a raw example object), got '
+                              f'{type(x).__name__}.')
+    if len(x) > self.config.max_chars_per_input:
+      raise RequestError(413, f'inputs[{i}] has {len(x)} characters; at most '
+                              f'{self.config.max_chars_per_input}.')
+    return x
+
+
+def _task_labels(task: str) -> Optional[list[str]]:
+  try:
+    from prompt_tuning.data import tasks
+  except ImportError:
+    return None
+  info = tasks.TASK_INFO.get(task)
+  return list(info.labels) if info and info.labels else None
+
+
+def _format(task: str, example: dict, i: int) -> str:
+  """A raw (TFDS-schema) example formatted as the registered task formats it."""
+  try:
+    from prompt_tuning.data import tasks
+  except ImportError:
+    raise RequestError(400, f'inputs[{i}] is a raw example, which needs the data layer '
+                            f"(pip install '.[data]'); send the model's input text.") from None
+  try:
+    formatted = tasks.format_example(task, example)
+  except (ValueError, KeyError, TypeError) as e:
+    raise RequestError(400, f'inputs[{i}]: cannot format it as {task!r} ({e}).') from None
+  if not formatted:
+    raise RequestError(400, f'inputs[{i}]: {task!r} formats it into no example.')
+  return formatted[0]['inputs']
+
+
+def create_app(server: Server):
+  """The FastAPI application over `server`."""
+  from fastapi import FastAPI, Request
+  from fastapi.responses import JSONResponse
+
+  app = FastAPI(title='prompt-tuning serve', docs_url=None, redoc_url=None)
+
+  def error(e: RequestError) -> JSONResponse:
+    server.metrics.request(e.status)
+    return JSONResponse({'error': str(e)}, status_code=e.status, headers=e.headers)
+
+  async def body_of(request: Request) -> Any:
+    import json
+    size = int(request.headers.get('content-length') or 0)
+    limit = server.config.max_inputs_per_request * (server.config.max_chars_per_input * 4 + 256)
+    if size > limit:
+      raise RequestError(413, f'the request body has {size} bytes; at most {limit}.')
+    raw = await request.body()
+    if len(raw) > limit:
+      raise RequestError(413, f'the request body has {len(raw)} bytes; at most {limit}.')
+    try:
+      return json.loads(raw)
+    except ValueError as e:
+      raise RequestError(400, f'malformed JSON: {e}.') from None
+
+  @app.post('/v1/predict')
+  async def predict(request: Request):
+    import asyncio
+    start = time.monotonic()
+    try:
+      server.check_auth(request.headers.get('authorization'))
+      task, method, rows, labels = server.rows_of(await body_of(request))
+      server.batcher.submit(rows)
+      answers = await asyncio.gather(*(asyncio.wrap_future(r.future) for r in rows))
+    except RequestError as e:
+      return error(e)
+    result: dict[str, Any] = {'task': task, 'method': method,
+                              'predictions': [a['prediction'] for a in answers]}
+    if method == 'rank':
+      result['labels'] = labels
+      result['scores'] = [a['scores'] for a in answers]
+    server.metrics.request(200, time.monotonic() - start, len(rows))
+    return result
+
+  @app.get('/v1/prompts')
+  async def list_prompts(request: Request):
+    try:
+      server.check_auth(request.headers.get('authorization'))
+    except RequestError as e:
+      return error(e)
+    return {'prompts': server.store.describe(), 'length': server.store.length,
+            'd_model': server.store.d_model}
+
+  @app.post('/v1/prompts')
+  async def add_prompt(request: Request):
+    try:
+      server.check_auth(request.headers.get('authorization'))
+      body = await body_of(request)
+      if not isinstance(body, dict) or not isinstance(body.get('name'), str):
+        raise RequestError(400, 'send {"name": ..., "path": ...} or {"name": ..., "values": '
+                                '[[...]]}.')
+      added = server.store.add(body['name'], path=body.get('path'), values=body.get('values'))
+    except RequestError as e:
+      return error(e)
+    log.info('added prompt %s (%s)', added['name'], added['source'])
+    return JSONResponse(added, status_code=201)
+
+  @app.delete('/v1/prompts/{name}')
+  async def remove_prompt(name: str, request: Request):
+    try:
+      server.check_auth(request.headers.get('authorization'))
+      _safe_name(name)
+      server.store.remove(name)
+    except RequestError as e:
+      return error(e)
+    log.info('removed prompt %s', name)
+    return {'removed': name}
+
+  @app.get('/healthz')
+  async def healthz():
+    return {'status': 'ok', 'prompts': len(server.store.snapshot().index)}
+
+  @app.get('/metrics')
+  async def metrics(request: Request):
+    try:
+      server.check_auth(request.headers.get('authorization'))
+    except RequestError as e:
+      return error(e)
+    return server.metrics.report(server.engine, server.batcher)
+
+  @app.exception_handler(Exception)
+  async def unexpected(_, e: Exception):  # a bug, not the client's: 500 and keep serving
+    log.exception('unexpected error')
+    server.metrics.request(500)
+    return JSONResponse({'error': f'internal error: {type(e).__name__}'}, status_code=500)
+
+  return app
+
+
+# ----------------------------------------------------------------------------------------------
+# The command.
+
+
+def _graceful_server_class():
+  import contextlib
+
+  import uvicorn
+
+  class GracefulServer(uvicorn.Server):
+    """uvicorn's server, except that a SIGTERM/SIGINT that stopped it gracefully is not raised
+    again afterwards (uvicorn re-raises it, so the process would die of the signal): a graceful
+    stop is a clean exit, status 0."""
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+      with super().capture_signals():
+        try:
+          yield
+        finally:
+          captured = getattr(self, '_captured_signals', None)
+          if captured:
+            log.info('stopping on signal %s: in-flight requests finished', captured[-1])
+            captured.clear()
+  return GracefulServer
+
+
+def _GracefulServer(config):  # noqa: N802  (a class made on first use: uvicorn loads lazily)
+  return _graceful_server_class()(config)
+
+
+def load_api_key(path: Optional[str]) -> Optional[str]:
+  if not path:
+    return None
+  try:
+    with open(path) as f:
+      key = f.read().strip()
+  except OSError as e:
+    raise ValueError(f'--api_key_file {path}: cannot read it ({e.strerror}).') from None
+  if not key:
+    raise ValueError(f'--api_key_file {path}: the file is empty; put the bearer token in it.')
+  return key
+
+
+def serve(*, initial_checkpoint_path: str, model: Any = None, prompt: Any = None,
+          prompts: Optional[str] = None, vocab: Optional[str] = None, host: str = '127.0.0.1',
+          port: int = 8000, api_key_file: Optional[str] = None,
+          config: ServeConfig = ServeConfig(), frozen_dtype: Optional[str] = 'auto',
+          prompt_length: Optional[int] = None) -> int:
+  """Loads the frozen model (T5X or HF checkpoint) and the prompt library; serves until
+  SIGTERM/SIGINT, then finishes what is in flight and returns 0."""
+  import jax
+  import uvicorn
+
+  from prompt_tuning import checkpoints
+  from prompt_tuning.vocab import SentencePieceVocab
+  vocab_path = vocab or os.environ.get('PROMPT_TUNING_VOCAB')
+  if not vocab_path:
+    raise ValueError('serve needs the SentencePiece vocabulary: --vocab=PATH or '
+                     '$PROMPT_TUNING_VOCAB.')
+  api_key = load_api_key(api_key_file)
+  model_config, frozen = checkpoints.load_base(initial_checkpoint_path, model)
+  library = library_lib.load_library(prompts, model_config.d_model) if prompts else {}
+  store = PromptStore(library, model_config.d_model, prompts, prompt_length)
+  if frozen_dtype == 'auto':  # halve the frozen weights on accelerators; CPUs keep float32
+    frozen_dtype = 'bfloat16' if jax.default_backend() in ('gpu', 'tpu') else None
+  if frozen_dtype:
+    frozen = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(frozen_dtype), frozen)
+  frozen = jax.device_put(frozen)
+  placement = getattr(prompt, 'placement', 'prefix')
+  engine = Engine(model_config, frozen, store, SentencePieceVocab(vocab_path), config, placement)
+  server = Server(engine, config, api_key)
+  app = create_app(server)
+  log.info('serving %d prompt(s) of length %d on http://%s:%d', len(library), store.length,
+           host, port)
+  uvicorn_config = uvicorn.Config(app, host=host, port=port, log_level='warning',
+                                  timeout_graceful_shutdown=60)
+  _GracefulServer(uvicorn_config).run()  # returns after SIGTERM/SIGINT, in-flight requests done
+  server.batcher.stop()
+  log.info('stopped after %s', server.metrics.report(engine, server.batcher)['requests'])
+  return 0
