@@ -7,6 +7,8 @@
 #   bash benchmarks/gpu_check.sh base       # base train + inference, each beside HF PEFT
 #   bash benchmarks/gpu_check.sh big        # large, xl, xxl train steps (ours only)
 #   bash benchmarks/gpu_check.sh variants   # base with the fold off; base with fused attention
+#   bash benchmarks/gpu_check.sh table      # base step with a table of 8 prompts (mixed rows)
+#                                           # beside train_base; mixed batch == each prompt alone
 #   bash benchmarks/gpu_check.sh train_xl   # one run by name (several may follow)
 #   bash benchmarks/gpu_check.sh real       # real RTE batches, base, ours beside PEFT, per
 #                                           # batching mode (benchmarks/real_data.py; ~5-9 min)
@@ -88,6 +90,13 @@ run_one() {
     # grouped, fixed) beside PEFT (dynamic padding, group_by_length), bf16 on both sides.
     real_rte_base) real_data real_rte_base rte --size base --dtype bfloat16 --batch 32 \
         --steps 12 --fixed_steps 4 --repeats 2 ;;
+    # A prompt table (#12): 8 prompts, row b asks prompt b % 8; compare with train_base (K = 1).
+    table_base_k8) bench table_base_k8 benchmarks.train_step --size base "${SHAPE[@]}" \
+        --num_prompts 8 ;;
+    # Logits of a mixed batch vs each prompt's rows alone (float32 and bfloat16), greedy too.
+    table_check) echo "== table_check" | tee -a "$LOG"
+        timeout "$LIMIT" "$PY" -m benchmarks.table_check --size base \
+          --json "$OUT/table_check.json.txt" >>"$LOG" 2>&1 || echo "!! table_check failed" ;;
     *) echo "unknown run $1" | tee -a "$LOG" ;;
   esac
 }
@@ -99,6 +108,7 @@ for part in "${PARTS[@]}"; do
     variants) names=(train_base_projected train_base_dpa) ;;
     base) names=(train_base infer_base) ;;
     real) names=(real_rte_base) ;;
+    table) names=(table_base_k8 table_check) ;;
     big) names=(train_large train_xl train_xxl) ;;
     *) names=("$part") ;;
   esac

@@ -18,6 +18,8 @@ import os
 import sys
 import time
 
+import numpy as np
+
 if __package__ in (None, ''):  # `python benchmarks/train_step.py` as well as `-m`.
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -35,6 +37,8 @@ def parse_args(argv=None) -> argparse.Namespace:
   parser.add_argument('--learning_rate', type=float, default=0.3)
   parser.add_argument('--gradient_checkpointing', action='store_true',
                       help="PEFT side: transformers' gradient checkpointing")
+  parser.add_argument('--num_prompts', type=int, default=1,
+                      help='ours: a table of K prompts, rows mixed (row b asks prompt b %% K)')
   return parser.parse_args(argv)
 
 
@@ -58,12 +62,19 @@ def build_ours(args: argparse.Namespace, config, arrays: dict) -> dict:
   from prompt_tuning.train import partitioning
   from prompt_tuning.train.trainer import PromptTrainer
 
-  prompt_config = prompt_lib.PromptConfig(args.prompt)
+  k = args.num_prompts
+  prompt_config = prompt_lib.PromptConfig(args.prompt, num_prompts=k)
   frozen = common.random_frozen_params(config, prompt_config, args.frozen_dtype, args.seed)
   trainer = PromptTrainer(config, prompt_config, frozen, make_optimizer(args),
                           frozen_dtype=args.frozen_dtype)
   del frozen  # The trainer holds its own (device) copy.
-  state = trainer.init_state(common.random_prompt(args.prompt, config.d_model, args.seed))
+  prompt = common.random_prompt(args.prompt, config.d_model, args.seed)
+  if k > 1:  # a mixed batch: row b asks prompt b % K
+    prompt = np.stack([common.random_prompt(args.prompt, config.d_model, args.seed + i)
+                       for i in range(k)])
+    batch_rows = len(arrays['encoder_input_tokens'])
+    arrays = {**arrays, 'prompt_ids': (np.arange(batch_rows) % k).astype(np.int32)}
+  state = trainer.init_state(prompt)
 
   start = time.perf_counter()
   lowered = trainer.lower_train_step({k: v.shape for k, v in arrays.items()})
@@ -123,7 +134,7 @@ def run(args: argparse.Namespace) -> dict:
                        'frozen_dtype': args.frozen_dtype, 'remat': args.remat,
                        'optimizer': args.optimizer, 'torch_compile': args.torch_compile,
                        'cross_attention_fold': args.cross_attention_fold,
-                       'attention_impl': args.attention_impl,
+                       'attention_impl': args.attention_impl, 'num_prompts': args.num_prompts,
                        'gradient_checkpointing': args.gradient_checkpointing},
             'model_flops_per_step': flops}
   # PEFT first: JAX has allocated nothing on the device yet.

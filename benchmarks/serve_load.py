@@ -1,0 +1,169 @@
+"""Load test of `prompt-tuning serve`: mixed-task traffic from concurrent clients against the
+same requests sent one at a time. Loopback only (127.0.0.1), bounded in count and in time.
+
+Starts a server on the real T5X fixture with a prompt per task (RTE, CB, BoolQ, or --tasks),
+sends `--requests` requests (each one real validation input of a task, round robin over the
+tasks) first one at a time, then from `--clients` concurrent clients, and reports throughput,
+latency percentiles, errors and the server's /metrics (batch sizes, compiled shapes).
+
+  PROMPT_TUNING_SHARED=../shared python -m benchmarks.serve_load [--requests 2000]
+      [--clients 32] [--time_limit_s 600] [--json benchmarks/results/cpu_serve_load.json]
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+from benchmarks import common
+
+FIXTURE_MODEL = [
+    't5.T5Config.d_model = 4', 't5.T5Config.d_ff = 8', 't5.T5Config.num_heads = 2',
+    't5.T5Config.head_dim = 2', 't5.T5Config.num_encoder_layers = 2',
+    't5.T5Config.num_decoder_layers = 2', 't5.T5Config.relpos_buckets = 4',
+    't5.T5Config.relpos_max_distance = 8', "ACTIVATION_DTYPE = 'float32'"]
+TASKS = ('super_glue_rte_local', 'super_glue_cb_local', 'super_glue_boolq_local')
+
+
+def shared_path(*parts: str) -> str:
+  return os.path.join(os.environ.get('PROMPT_TUNING_SHARED', '../shared'), *parts)
+
+
+def post(port: int, body: dict, timeout: float = 120) -> tuple[int, float]:
+  data = json.dumps(body).encode()
+  request = urllib.request.Request(f'http://127.0.0.1:{port}/v1/predict', data=data,
+                                   method='POST', headers={'Content-Type': 'application/json'})
+  start = time.perf_counter()
+  try:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+      response.read()
+      status = response.status
+  except urllib.error.HTTPError as e:
+    status = e.code
+  except (urllib.error.URLError, OSError):
+    status = -1
+  return status, time.perf_counter() - start
+
+
+def requests_for(n: int, tasks: tuple[str, ...], inputs: dict) -> list[dict]:
+  return [{'task': tasks[i % len(tasks)],
+           'inputs': [inputs[tasks[i % len(tasks)]][(i // len(tasks)) %
+                                                    len(inputs[tasks[i % len(tasks)]])]],
+           'decoding': {'max_decode_length': 8}} for i in range(n)]
+
+
+def run_phase(port: int, bodies: list[dict], clients: int, deadline: float) -> dict:
+  """Sends `bodies` from `clients` threads (1: one at a time); stops at `deadline`."""
+  lock = threading.Lock()
+  position = [0]
+  results: list[tuple[int, float]] = []
+
+  def worker():
+    while time.time() < deadline:
+      with lock:
+        if position[0] >= len(bodies):
+          return
+        body = bodies[position[0]]
+        position[0] += 1
+      result = post(port, body)
+      with lock:
+        results.append(result)
+
+  start = time.perf_counter()
+  threads = [threading.Thread(target=worker) for _ in range(clients)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  seconds = time.perf_counter() - start
+  latencies = np.array([s for status, s in results if status == 200]) * 1000
+  return {'clients': clients, 'sent': len(results), 'seconds': seconds,
+          'errors': sum(status != 200 for status, _ in results),
+          'requests_per_s': len(results) / seconds,
+          'latency_ms': {f'p{q}': float(np.percentile(latencies, q)) if len(latencies) else None
+                         for q in (50, 90, 99)},
+          'complete': len(results) == len(bodies)}
+
+
+def start_server(port: int, library: str, extra: list[str]) -> subprocess.Popen:
+  bindings = FIXTURE_MODEL + [
+      f"INITIAL_CHECKPOINT_PATH = '{shared_path('fixtures', 't5x_tiny', 'checkpoint_3')}'"]
+  args = [sys.executable, '-m', 'prompt_tuning', 'serve', '--gin_file=models/t5_1_1_prompt.gin',
+          '--gin_file=models/sizes/small.gin', f'--prompts={library}', f'--port={port}',
+          f"--vocab={shared_path('fixtures', 't5_vocab', 'sentencepiece.model')}", *extra]
+  args += [f'--gin_bindings={b}' for b in bindings]
+  proc = subprocess.Popen(args, env={**os.environ, 'PROMPT_TUNING_DATA_DIR': shared_path('data')},
+                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 180
+  while time.time() < deadline:
+    if proc.poll() is not None:
+      raise RuntimeError(f'the server exited: {proc.stderr.read()[-2000:]}')
+    try:
+      with urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2):
+        return proc
+    except (urllib.error.URLError, OSError):
+      time.sleep(0.3)
+  proc.kill()
+  raise RuntimeError('the server did not start in 180 s')
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--requests', type=int, default=2000)
+  parser.add_argument('--clients', type=int, default=32)
+  parser.add_argument('--time_limit_s', type=float, default=600,
+                      help='each phase stops sending after this long')
+  parser.add_argument('--max_batch_size', type=int, default=32)
+  parser.add_argument('--max_wait_ms', type=float, default=5.0)
+  parser.add_argument('--json', default=None)
+  args = parser.parse_args(argv)
+
+  from prompt_tuning import prompt_files
+  from prompt_tuning.data import tasks
+  tasks.set_local_data_dir(shared_path('data'))
+  inputs = {t: [tasks.format_example(t, raw)[0]['inputs']
+                for raw in tasks.read_local_examples(t, 'validation')[:50]] for t in TASKS}
+  with tempfile.TemporaryDirectory() as library:
+    for seed, name in enumerate(TASKS):
+      prompt_files.write_npy(os.path.join(library, f'{name}.npy'), np.random.RandomState(
+          seed).normal(scale=2.0, size=(5, 4)).astype(np.float32))
+    with socket.socket() as s:
+      s.bind(('127.0.0.1', 0))
+      port = s.getsockname()[1]
+    proc = start_server(port, library, [f'--max_batch_size={args.max_batch_size}',
+                                        f'--max_wait_ms={args.max_wait_ms}'])
+    try:
+      bodies = requests_for(args.requests, TASKS, inputs)
+      run_phase(port, bodies[:3 * len(TASKS)], 1, time.time() + 60)  # compile the first shapes
+      sequential = run_phase(port, bodies, 1, time.time() + args.time_limit_s)
+      concurrent = run_phase(port, bodies, args.clients, time.time() + args.time_limit_s)
+      with urllib.request.urlopen(f'http://127.0.0.1:{port}/metrics', timeout=10) as r:
+        metrics = json.loads(r.read())
+    finally:
+      proc.send_signal(signal.SIGTERM)
+      exit_status = proc.wait(120)
+  report = {'machine': common.machine_info(), 'model': 'T5X fixture t5x_tiny (d_model 4)',
+            'tasks': list(TASKS), 'requests': args.requests,
+            'max_batch_size': args.max_batch_size, 'max_wait_ms': args.max_wait_ms,
+            'one_at_a_time': sequential, 'concurrent': concurrent,
+            'speedup': concurrent['requests_per_s'] / sequential['requests_per_s'],
+            'server_metrics': metrics, 'server_exit_status': exit_status}
+  print(json.dumps(report, indent=2))
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(report, f, indent=2)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,72 @@
+"""A mixed batch of a prompt table against each prompt's rows alone, on whatever backend runs it
+(for the GPU pass: benchmarks/gpu_check.sh table). Random T5 1.1 weights of --size; reports the
+largest logit difference and whether greedy outputs match, per activation dtype.
+
+  python -m benchmarks.table_check [--size base] [--prompts 4] [--batch 16] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import numpy as np
+
+from benchmarks import common
+
+
+def check(size: str, dtype: str, k: int, batch: int, inputs: int, prompt: int) -> dict:
+  import jax
+  from prompt_tuning import decoding
+  from prompt_tuning.models import t5
+  from prompt_tuning.models.prompt import PromptConfig, merge_params, prompt_tree
+  config = t5.T5Config.preset(size, dtype=dtype, dropout_rate=0.0)
+  frozen = common.random_frozen_params(config, PromptConfig(prompt), 'float32', 0)
+  table = np.stack([common.random_prompt(prompt, config.d_model, i) for i in range(k)])
+  arrays = common.random_batch(batch, inputs, 8, config.vocab_size, 1)
+  ids = (np.arange(batch) % k).astype(np.int32)
+  mixed_model = t5.EncoderDecoder(config, PromptConfig(prompt, num_prompts=k))
+  args = (arrays['encoder_input_tokens'], arrays['decoder_input_tokens'],
+          arrays['decoder_target_tokens'])
+  apply = jax.jit(lambda m, p, *a, **kw: m.apply({'params': p}, *a, **kw), static_argnums=0)
+  mixed = np.asarray(apply(mixed_model, merge_params(frozen, prompt_tree(table)), *args,
+                           prompt_ids=ids), np.float32)
+  greedy_mixed = np.asarray(decoding.greedy(mixed_model, merge_params(frozen, prompt_tree(table)),
+                                            arrays['encoder_input_tokens'], 8, prompt_ids=ids))
+  one = t5.EncoderDecoder(config, PromptConfig(prompt))
+  worst, same = 0.0, True
+  for j in range(k):
+    rows = ids == j
+    params = merge_params(frozen, prompt_tree(table[j]))
+    alone = np.asarray(apply(one, params, *(a[rows] for a in args)), np.float32)
+    worst = max(worst, float(np.abs(alone - mixed[rows]).max()))
+    greedy = np.asarray(decoding.greedy(one, params, arrays['encoder_input_tokens'][rows], 8))
+    same &= bool(np.array_equal(greedy, greedy_mixed[rows]))
+  return {'dtype': dtype, 'max_abs_logit_diff': worst, 'greedy_identical': same,
+          'logit_scale': float(np.abs(mixed).max())}
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--size', default='base')
+  parser.add_argument('--prompts', type=int, default=4)
+  parser.add_argument('--batch', type=int, default=16)
+  parser.add_argument('--inputs', type=int, default=128)
+  parser.add_argument('--prompt', type=int, default=100)
+  parser.add_argument('--json', default=None)
+  args = parser.parse_args(argv)
+  result = {'benchmark': 'table_check', 'machine': common.machine_info(), 'size': args.size,
+            'prompts': args.prompts, 'batch': args.batch, 'inputs': args.inputs,
+            'prompt': args.prompt,
+            'checks': [check(args.size, dtype, args.prompts, args.batch, args.inputs, args.prompt)
+                       for dtype in ('float32', 'bfloat16')]}
+  print(json.dumps(result, indent=2))
+  if args.json:
+    with open(args.json, 'w') as f:
+      json.dump(result, f, indent=2)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
