@@ -16,7 +16,17 @@ import numpy as np
 from benchmarks import common
 
 
-def check(size: str, dtype: str, k: int, batch: int, inputs: int, prompt: int) -> dict:
+def check(size: str, dtype: str, k: int, batch: int, inputs: int, prompt: int,
+          precision: str = 'default') -> dict:
+  """`same_shape`: the one-prompt model on the whole batch (every row with prompt j) against
+  the mixed batch's rows of j: the selection itself, no shape change. `alone`: prompt j's rows
+  as a batch of their own (another shape: kernels may sum in another order)."""
+  import jax
+  with jax.default_matmul_precision(precision):
+    return _check(size, dtype, k, batch, inputs, prompt) | {'matmul_precision': precision}
+
+
+def _check(size: str, dtype: str, k: int, batch: int, inputs: int, prompt: int) -> dict:
   import jax
   from prompt_tuning import decoding
   from prompt_tuning.models import t5
@@ -35,16 +45,21 @@ def check(size: str, dtype: str, k: int, batch: int, inputs: int, prompt: int) -
   greedy_mixed = np.asarray(decoding.greedy(mixed_model, merge_params(frozen, prompt_tree(table)),
                                             arrays['encoder_input_tokens'], 8, prompt_ids=ids))
   one = t5.EncoderDecoder(config, PromptConfig(prompt))
-  worst, same = 0.0, True
+  worst, same, worst_shape, same_shape = 0.0, True, 0.0, True
   for j in range(k):
     rows = ids == j
     params = merge_params(frozen, prompt_tree(table[j]))
+    whole = np.asarray(apply(one, params, *args), np.float32)
+    worst_shape = max(worst_shape, float(np.abs(whole[rows] - mixed[rows]).max()))
+    greedy = np.asarray(decoding.greedy(one, params, arrays['encoder_input_tokens'], 8))
+    same_shape &= bool(np.array_equal(greedy[rows], greedy_mixed[rows]))
     alone = np.asarray(apply(one, params, *(a[rows] for a in args)), np.float32)
     worst = max(worst, float(np.abs(alone - mixed[rows]).max()))
     greedy = np.asarray(decoding.greedy(one, params, arrays['encoder_input_tokens'][rows], 8))
     same &= bool(np.array_equal(greedy, greedy_mixed[rows]))
-  return {'dtype': dtype, 'max_abs_logit_diff': worst, 'greedy_identical': same,
-          'logit_scale': float(np.abs(mixed).max())}
+  return {'dtype': dtype, 'logit_scale': float(np.abs(mixed).max()),
+          'same_shape': {'max_abs_logit_diff': worst_shape, 'greedy_identical': same_shape},
+          'alone': {'max_abs_logit_diff': worst, 'greedy_identical': same}}
 
 
 def main(argv=None) -> int:
@@ -59,8 +74,10 @@ def main(argv=None) -> int:
   result = {'benchmark': 'table_check', 'machine': common.machine_info(), 'size': args.size,
             'prompts': args.prompts, 'batch': args.batch, 'inputs': args.inputs,
             'prompt': args.prompt,
-            'checks': [check(args.size, dtype, args.prompts, args.batch, args.inputs, args.prompt)
-                       for dtype in ('float32', 'bfloat16')]}
+            'checks': [check(args.size, dtype, args.prompts, args.batch, args.inputs, args.prompt,
+                             precision)
+                       for dtype, precision in (('float32', 'highest'), ('float32', 'default'),
+                                                ('bfloat16', 'default'))]}
   print(json.dumps(result, indent=2))
   if args.json:
     with open(args.json, 'w') as f:
