@@ -1,10 +1,13 @@
 """Load test of `prompt-tuning serve`: mixed-task traffic from concurrent clients against the
 same requests sent one at a time. Loopback only (127.0.0.1), bounded in count and in time.
 
-Starts a server on the real T5X fixture with a prompt per task (RTE, CB, BoolQ, or --tasks),
-sends `--requests` requests (each one real validation input of a task, round robin over the
-tasks) first one at a time, then from `--clients` concurrent clients, and reports throughput,
-latency percentiles, errors and the server's /metrics (batch sizes, compiled shapes).
+Starts a server with a prompt per task (RTE, CB, BoolQ) on `--model`: 'fixture' (the real T5X
+fixture, d_model 4: HTTP overhead only) or 'mini' (a random-weight T5 1.1 of d_model 256,
+4 + 4 layers, the real 32k vocabulary: model work that batching can share). Sends
+`--requests` requests (each one real validation input of a task, round robin over the tasks)
+first one at a time, then from `--clients` concurrent clients, after an untimed warm-up pass
+of each (compiles the batch shapes), and reports throughput, latency percentiles, errors and the
+server's /metrics (batch sizes, compiled shapes).
 
   PROMPT_TUNING_SHARED=../shared python -m benchmarks.serve_load [--requests 2000]
       [--clients 32] [--time_limit_s 600] [--json benchmarks/results/cpu_serve_load.json]
@@ -33,6 +36,7 @@ FIXTURE_MODEL = [
     't5.T5Config.num_decoder_layers = 2', 't5.T5Config.relpos_buckets = 4',
     't5.T5Config.relpos_max_distance = 8', "ACTIVATION_DTYPE = 'float32'"]
 TASKS = ('super_glue_rte_local', 'super_glue_cb_local', 'super_glue_boolq_local')
+VOCAB = FIXTURE = ''  # set by main
 
 
 def shared_path(*parts: str) -> str:
@@ -55,11 +59,11 @@ def post(port: int, body: dict, timeout: float = 120) -> tuple[int, float]:
   return status, time.perf_counter() - start
 
 
-def requests_for(n: int, tasks: tuple[str, ...], inputs: dict) -> list[dict]:
+def requests_for(n: int, tasks: tuple[str, ...], inputs: dict, length: int) -> list[dict]:
   return [{'task': tasks[i % len(tasks)],
            'inputs': [inputs[tasks[i % len(tasks)]][(i // len(tasks)) %
                                                     len(inputs[tasks[i % len(tasks)]])]],
-           'decoding': {'max_decode_length': 8}} for i in range(n)]
+           'decoding': {'max_decode_length': length}} for i in range(n)]
 
 
 def run_phase(port: int, bodies: list[dict], clients: int, deadline: float) -> dict:
@@ -95,12 +99,28 @@ def run_phase(port: int, bodies: list[dict], clients: int, deadline: float) -> d
           'complete': len(results) == len(bodies)}
 
 
-def start_server(port: int, library: str, extra: list[str]) -> subprocess.Popen:
-  bindings = FIXTURE_MODEL + [
-      f"INITIAL_CHECKPOINT_PATH = '{shared_path('fixtures', 't5x_tiny', 'checkpoint_3')}'"]
+MINI = dict(vocab_size=32128, d_model=256, d_ff=1024, num_heads=4, head_dim=64,
+            num_encoder_layers=4, num_decoder_layers=4, dtype='float32')
+
+
+def mini_checkpoint(directory: str) -> tuple[str, list[str]]:
+  """A random-weight T5 1.1 of MINI's shape as a T5X checkpoint; its gin bindings."""
+  import jax
+
+  from prompt_tuning import checkpoints
+  from prompt_tuning.models import t5
+  config = t5.T5Config(**MINI)
+  checkpoints.save_t5x(directory, t5.init_params(config, jax.random.PRNGKey(0)), 0)
+  bindings = [f't5.T5Config.{k} = {v!r}' for k, v in MINI.items() if k != 'dtype']
+  return os.path.join(directory, 'checkpoint_0'), bindings + ["ACTIVATION_DTYPE = 'float32'"]
+
+
+def start_server(port: int, library: str, extra: list[str], checkpoint: str,
+                 model_bindings: list[str]) -> subprocess.Popen:
+  bindings = model_bindings + [f"INITIAL_CHECKPOINT_PATH = '{checkpoint}'"]
   args = [sys.executable, '-m', 'prompt_tuning', 'serve', '--gin_file=models/t5_1_1_prompt.gin',
           '--gin_file=models/sizes/small.gin', f'--prompts={library}', f'--port={port}',
-          f"--vocab={shared_path('fixtures', 't5_vocab', 'sentencepiece.model')}", *extra]
+          f'--vocab={VOCAB}', *extra]
   args += [f'--gin_bindings={b}' for b in bindings]
   proc = subprocess.Popen(args, env={**os.environ, 'PROMPT_TUNING_DATA_DIR': shared_path('data')},
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -125,26 +145,49 @@ def main(argv=None) -> int:
                       help='each phase stops sending after this long')
   parser.add_argument('--max_batch_size', type=int, default=32)
   parser.add_argument('--max_wait_ms', type=float, default=5.0)
+  parser.add_argument('--model', choices=('mini', 'fixture'), default='fixture')
+  parser.add_argument('--decode_length', type=int, default=64)
   parser.add_argument('--json', default=None)
+  # Where the shared files are not (a GPU machine: no TensorFlow/SeqIO): the tasks' inputs
+  # formatted beforehand ({task: [text, ...]}), the fixture checkpoint and the vocabulary.
+  parser.add_argument('--inputs_json', default=None)
+  parser.add_argument('--fixture', default=None, help='the t5x_tiny checkpoint folder')
+  parser.add_argument('--vocab', default=None)
   args = parser.parse_args(argv)
+  global VOCAB, FIXTURE
+  VOCAB = args.vocab or shared_path('fixtures', 't5_vocab', 'sentencepiece.model')
+  FIXTURE = args.fixture or shared_path('fixtures', 't5x_tiny', 'checkpoint_3')
 
   from prompt_tuning import prompt_files
-  from prompt_tuning.data import tasks
-  tasks.set_local_data_dir(shared_path('data'))
-  inputs = {t: [tasks.format_example(t, raw)[0]['inputs']
-                for raw in tasks.read_local_examples(t, 'validation')[:50]] for t in TASKS}
-  with tempfile.TemporaryDirectory() as library:
+  if args.inputs_json:
+    with open(args.inputs_json) as f:
+      inputs = json.load(f)
+  else:
+    from prompt_tuning.data import tasks
+    tasks.set_local_data_dir(shared_path('data'))
+    inputs = {t: [tasks.format_example(t, raw)[0]['inputs']
+                  for raw in tasks.read_local_examples(t, 'validation')[:50]] for t in TASKS}
+  with tempfile.TemporaryDirectory() as library, tempfile.TemporaryDirectory() as base:
+    if args.model == 'mini':
+      checkpoint, bindings = mini_checkpoint(base)
+      width = MINI['d_model']
+    else:
+      checkpoint = FIXTURE
+      bindings, width = FIXTURE_MODEL, 4
     for seed, name in enumerate(TASKS):
       prompt_files.write_npy(os.path.join(library, f'{name}.npy'), np.random.RandomState(
-          seed).normal(scale=2.0, size=(5, 4)).astype(np.float32))
+          seed).normal(size=(20, width)).astype(np.float32))
     with socket.socket() as s:
       s.bind(('127.0.0.1', 0))
       port = s.getsockname()[1]
     proc = start_server(port, library, [f'--max_batch_size={args.max_batch_size}',
-                                        f'--max_wait_ms={args.max_wait_ms}'])
+                                        f'--max_wait_ms={args.max_wait_ms}'], checkpoint,
+                        bindings)
     try:
-      bodies = requests_for(args.requests, TASKS, inputs)
-      run_phase(port, bodies[:3 * len(TASKS)], 1, time.time() + 60)  # compile the first shapes
+      bodies = requests_for(args.requests, TASKS, inputs, args.decode_length)
+      # Untimed warm-up: the shapes each phase meets compile here (bounded count and time).
+      run_phase(port, bodies[:60], 1, time.time() + 120)
+      run_phase(port, bodies[:600], args.clients, time.time() + 240)
       sequential = run_phase(port, bodies, 1, time.time() + args.time_limit_s)
       concurrent = run_phase(port, bodies, args.clients, time.time() + args.time_limit_s)
       with urllib.request.urlopen(f'http://127.0.0.1:{port}/metrics', timeout=10) as r:
@@ -152,7 +195,10 @@ def main(argv=None) -> int:
     finally:
       proc.send_signal(signal.SIGTERM)
       exit_status = proc.wait(120)
-  report = {'machine': common.machine_info(), 'model': 'T5X fixture t5x_tiny (d_model 4)',
+  model = ('random-weight T5 1.1, d_model 256, 4+4 layers, 32k vocab' if args.model == 'mini'
+           else 'T5X fixture t5x_tiny (d_model 4)')
+  report = {'machine': common.machine_info(), 'model': model, 'prompt_length': 20,
+            'decode_length': args.decode_length,
             'tasks': list(TASKS), 'requests': args.requests,
             'max_batch_size': args.max_batch_size, 'max_wait_ms': args.max_wait_ms,
             'one_at_a_time': sequential, 'concurrent': concurrent,

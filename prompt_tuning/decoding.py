@@ -387,13 +387,16 @@ class DecodingConfig:
     """Token ids [B, T] of each row's output (the best beam for beam search); prompt_ids [B]
     for a prompt table's model."""
     length = self.max_decode_length or max_length
+    # block_until_ready waits with the GIL released (np.asarray may not): other threads of a
+    # server keep parsing requests meanwhile.
     if self.method == 'greedy':
-      return np.asarray(greedy(model, params, encoder_input_tokens, length,
-                               prompt_ids=prompt_ids))
+      return np.asarray(jax.block_until_ready(greedy(model, params, encoder_input_tokens, length,
+                                                     prompt_ids=prompt_ids)))
     if self.method == 'beam_search':
       tokens, _ = beam_search(model, params, encoder_input_tokens, length,
                               num_beams=self.num_beams, alpha=self.alpha, prompt_ids=prompt_ids)
-      return np.asarray(tokens)[:, 0]
-    return np.asarray(sample(model, params, encoder_input_tokens, length,
-                             rng=jax.random.PRNGKey(self.seed), temperature=self.temperature,
-                             top_k=self.top_k, top_p=self.top_p, prompt_ids=prompt_ids))
+      return np.asarray(jax.block_until_ready(tokens))[:, 0]
+    return np.asarray(jax.block_until_ready(sample(
+        model, params, encoder_input_tokens, length, rng=jax.random.PRNGKey(self.seed),
+        temperature=self.temperature, top_k=self.top_k, top_p=self.top_p,
+        prompt_ids=prompt_ids)))

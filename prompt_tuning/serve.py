@@ -209,7 +209,9 @@ class Engine:
     self.placement = placement
     self._modules: dict[int, Any] = {}
     self._t5, self._prompt_config = t5, PromptConfig
-    self.buckets = batching.auto_buckets(config.max_input_length)
+    # Few shapes, each compiled once: rows 1, 4, 16, ..., max_batch_size; widths in powers of two.
+    self.row_sizes = sorted({min(4 ** i, config.max_batch_size) for i in range(8)})
+    self.buckets = tuple(sorted({min(2 ** i, config.max_input_length) for i in range(3, 16)}))
     self.shapes: set[tuple] = set()  # (key kind, rows, width, capacity): each compiles once
 
   def module(self, capacity: int):
@@ -220,6 +222,8 @@ class Engine:
 
   def run(self, key: tuple, rows: Sequence[Row]) -> list[Any]:
     """Each row's answer (a RequestError for a row whose prompt was removed meanwhile)."""
+    import jax
+
     from prompt_tuning.models.prompt import merge_params, prompt_tree
     snap = self.store.snapshot()
     answers: list[Any] = [None] * len(rows)
@@ -229,9 +233,7 @@ class Engine:
         answers[i] = RequestError(404, f'no prompt named {r.prompt!r} (it was removed).')
     if not live:
       return answers
-    size = 1
-    while size < len(live):
-      size *= 2
+    size = next(n for n in self.row_sizes if n >= len(live))
     width = batching.bucket_for(max(len(rows[i].tokens) for i in live), self.buckets)
     tokens = np.zeros((size, width), np.int32)
     ids = np.zeros((size,), np.int32)
@@ -250,8 +252,8 @@ class Engine:
     else:
       labels = key[1]
       candidates = _pad([list(self.vocab.encode(label)) + [EOS_ID] for label in labels])
-      scores = np.asarray(decoding.score_candidates(model, params, tokens, candidates,
-                                                    prompt_ids=ids))
+      scores = np.asarray(jax.block_until_ready(decoding.score_candidates(
+          model, params, tokens, candidates, prompt_ids=ids)))
       for j, i in enumerate(live):
         answers[i] = {'prediction': labels[int(scores[j].argmax())],
                       'scores': [float(s) for s in scores[j]]}
