@@ -94,9 +94,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                     'PEFT adapter directory, or a T5X checkpoint (read at --variable)')
   look.add_argument('--variable', default=None,
                     help='the T5X variable of --prompt (default encoder/prompt/prompt/prompt)')
-  look.add_argument('--checkpoint', help='the model whose token embedding is compared: a T5X '
-                    'checkpoint, an HF T5 directory or a [V, D] .npy (default with --model_dir: '
-                    'its base checkpoint)')
+  look.add_argument('--checkpoint', help='inspect: the model whose token embedding is compared '
+                    '(serve without gin files: the model to serve): a T5X checkpoint, an HF T5 '
+                    'directory or a [V, D] .npy (default with --model_dir: its base checkpoint)')
   look.add_argument('--vocab', help=f'SentencePiece model decoding the ids (default ${VOCAB_ENV}; '
                     f'without one, ids only)')
   look.add_argument('--top_k', type=int, default=5, help='nearest tokens per position (5)')
@@ -426,6 +426,11 @@ def _serve(args: argparse.Namespace) -> int:
     raise ValueError(f'--port={args.port}: choose a port in [0, 65535].')
   if args.prompts and not os.path.isdir(args.prompts):
     raise ValueError(f'--prompts={args.prompts}: not a folder of prompts.')
+  if args.checkpoint and not args.gin_file and not args.gin_bindings:
+    # Without gin (GPU machines lack it): the architecture is read from the checkpoint.
+    return serve.serve(initial_checkpoint_path=args.checkpoint, prompts=args.prompts,
+                       vocab=args.vocab, host=args.host, port=args.port,
+                       api_key_file=args.api_key_file, config=config)
   args.gin_file = ['runs/serve.gin'] + list(args.gin_file)
   setup_gin(args)
   import gin

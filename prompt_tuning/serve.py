@@ -660,7 +660,7 @@ def serve(*, initial_checkpoint_path: str, model: Any = None, prompt: Any = None
   if frozen_dtype == 'auto':  # halve the frozen weights on accelerators; CPUs keep float32
     frozen_dtype = 'bfloat16' if jax.default_backend() in ('gpu', 'tpu') else None
   if frozen_dtype:
-    frozen = jax.tree_util.tree_map(lambda x: np.asarray(x).astype(frozen_dtype), frozen)
+    frozen = jax.tree_util.tree_map(lambda x: jax.numpy.asarray(x, dtype=frozen_dtype), frozen)
   frozen = jax.device_put(frozen)
   placement = getattr(prompt, 'placement', 'prefix')
   engine = Engine(model_config, frozen, store, SentencePieceVocab(vocab_path), config, placement)
