@@ -239,3 +239,39 @@ def test_sigterm_under_load_finishes_in_flight_requests(shared, tmp_path, exampl
   assert proc.wait(90) == 0, proc.stderr.read()[-3000:]
   assert len(results) >= 12 and all(status == 200 for status in results), (results, errors)
   assert len(results) + len(errors) == 24
+
+
+def test_a_full_queue_answers_503_with_retry_after():
+  """The batcher's queue is bounded: rows beyond max_queue are refused (503 + Retry-After),
+  never held; queued rows are still answered, in batches of one key."""
+  import concurrent.futures
+
+  from prompt_tuning import serve
+  release = threading.Event()
+  batches = []
+
+  def run(key, rows):
+    release.wait(10)
+    batches.append((key, len(rows)))
+    return [{'prediction': r.prompt} for r in rows]
+
+  batcher = serve.Batcher(run, serve.ServeConfig(max_queue=3, max_batch_size=8, max_wait_ms=0))
+  try:
+    def rows(n, key=('generate',)):
+      return [serve.Row(key, [5, 1], f'p{i}', concurrent.futures.Future()) for i in range(n)]
+    first = rows(1)
+    batcher.submit(first)  # taken by the worker, which then blocks in run()
+    time.sleep(0.2)
+    waiting = rows(2) + rows(1, ('rank', ('a', 'b')))
+    batcher.submit(waiting)
+    with pytest.raises(serve.RequestError) as info:
+      batcher.submit(rows(1))
+    assert info.value.status == 503 and info.value.headers == {'Retry-After': '1'}
+    assert 'queue is full (3 rows waiting, at most 3)' in str(info.value)
+    release.set()
+    assert [r.future.result(10)['prediction'] for r in first + waiting] == [
+        'p0', 'p0', 'p1', 'p0']
+    assert batches == [(('generate',), 1), (('generate',), 2), (('rank', ('a', 'b')), 1)]
+  finally:
+    release.set()
+    batcher.stop()
