@@ -14,6 +14,7 @@ server's /metrics (batch sizes, compiled shapes).
 """
 
 import argparse
+import http.client
 import json
 import os
 import signal
@@ -25,6 +26,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from typing import Optional
 
 import numpy as np
 
@@ -43,20 +45,36 @@ def shared_path(*parts: str) -> str:
   return os.path.join(os.environ.get('PROMPT_TUNING_SHARED', '../shared'), *parts)
 
 
-def post(port: int, body: dict, timeout: float = 120) -> tuple[int, float]:
-  data = json.dumps(body).encode()
-  request = urllib.request.Request(f'http://127.0.0.1:{port}/v1/predict', data=data,
-                                   method='POST', headers={'Content-Type': 'application/json'})
-  start = time.perf_counter()
-  try:
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-      response.read()
-      status = response.status
-  except urllib.error.HTTPError as e:
-    status = e.code
-  except (urllib.error.URLError, OSError):
-    status = -1
-  return status, time.perf_counter() - start
+class Client:
+  """One client's keep-alive HTTP/1.1 connection (as load generators such as wrk keep them)."""
+
+  def __init__(self, port: int, timeout: float = 120):
+    self.port, self.timeout = port, timeout
+    self.conn: Optional[http.client.HTTPConnection] = None
+
+  def post(self, body: dict) -> tuple[int, float]:
+    data = json.dumps(body).encode()
+    start = time.perf_counter()
+    for attempt in range(2):  # a connection the server closed meanwhile is reopened once
+      try:
+        if self.conn is None:
+          self.conn = http.client.HTTPConnection('127.0.0.1', self.port, timeout=self.timeout)
+        self.conn.request('POST', '/v1/predict', body=data,
+                          headers={'Content-Type': 'application/json'})
+        response = self.conn.getresponse()
+        response.read()
+        return response.status, time.perf_counter() - start
+      except (http.client.HTTPException, OSError):
+        if self.conn is not None:
+          self.conn.close()
+        self.conn = None
+        if attempt:
+          return -1, time.perf_counter() - start
+    return -1, time.perf_counter() - start
+
+  def close(self) -> None:
+    if self.conn is not None:
+      self.conn.close()
 
 
 def requests_for(n: int, tasks: tuple[str, ...], inputs: dict, length: int) -> list[dict]:
@@ -73,15 +91,19 @@ def run_phase(port: int, bodies: list[dict], clients: int, deadline: float) -> d
   results: list[tuple[int, float]] = []
 
   def worker():
-    while time.time() < deadline:
-      with lock:
-        if position[0] >= len(bodies):
-          return
-        body = bodies[position[0]]
-        position[0] += 1
-      result = post(port, body)
-      with lock:
-        results.append(result)
+    client = Client(port)
+    try:
+      while time.time() < deadline:
+        with lock:
+          if position[0] >= len(bodies):
+            return
+          body = bodies[position[0]]
+          position[0] += 1
+        result = client.post(body)
+        with lock:
+          results.append(result)
+    finally:
+      client.close()
 
   start = time.perf_counter()
   threads = [threading.Thread(target=worker) for _ in range(clients)]
