@@ -383,13 +383,18 @@ def _die_with_parent() -> None:
 # Reporting.
 
 
-def emit(result: dict, path: Optional[str], table_header: str, table_row: str) -> None:
+def write_json(result: dict, path: Optional[str]) -> None:
+  """Prints the result as JSON and, given a path, writes it there too."""
   text = json.dumps(result, indent=2, sort_keys=False)
   print(text)
   if path:
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, 'w') as f:
       f.write(text + '\n')
+
+
+def emit(result: dict, path: Optional[str], table_header: str, table_row: str) -> None:
+  write_json(result, path)
   print(table_header)
   print(table_row)
 

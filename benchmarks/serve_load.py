@@ -226,10 +226,7 @@ def main(argv=None) -> int:
             'one_at_a_time': sequential, 'concurrent': concurrent,
             'speedup': concurrent['requests_per_s'] / sequential['requests_per_s'],
             'server_metrics': metrics, 'server_exit_status': exit_status}
-  print(json.dumps(report, indent=2))
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(report, f, indent=2)
+  common.write_json(report, args.json)
   return 0
 
 

@@ -8,7 +8,6 @@ largest logit difference and whether greedy outputs match, per activation dtype.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 import numpy as np
@@ -78,10 +77,7 @@ def main(argv=None) -> int:
                              precision)
                        for dtype, precision in (('float32', 'highest'), ('float32', 'default'),
                                                 ('bfloat16', 'default'))]}
-  print(json.dumps(result, indent=2))
-  if args.json:
-    with open(args.json, 'w') as f:
-      json.dump(result, f, indent=2)
+  common.write_json(result, args.json)
   return 0
 
 

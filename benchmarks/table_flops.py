@@ -10,9 +10,9 @@ default: batch 32, inputs 128 (+ P = 100 prompt positions), targets 8.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
+from benchmarks import common
 from prompt_tuning.models import t5
 from prompt_tuning.models.prompt import PromptConfig
 from prompt_tuning.train import optim
@@ -49,10 +49,9 @@ def main(argv=None) -> int:
   for row in rows:
     print(f"K={row['K']:>3}  {row['flops']:.4e} FLOPs  {row['ratio_to_first']:.5f}x")
   if args.json:
-    with open(args.json, 'w') as f:
-      json.dump({'size': args.size, 'batch': args.batch, 'inputs': args.inputs,
-                 'targets': args.targets, 'prompt_length': args.prompt_length, 'rows': rows}, f,
-                indent=2)
+    common.write_json({'size': args.size, 'batch': args.batch, 'inputs': args.inputs,
+                       'targets': args.targets, 'prompt_length': args.prompt_length,
+                       'rows': rows}, args.json)
   return 0
 
 
