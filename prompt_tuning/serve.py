@@ -208,6 +208,7 @@ class Engine:
     self.vocab, self.config = vocab, config
     self.placement = placement
     self._modules: dict[int, Any] = {}
+    self._params: tuple[int, Any] = (-1, None)  # (snapshot version, frozen + its table)
     self._t5, self._prompt_config = t5, PromptConfig
     # Few shapes, each compiled once: rows 1, 4, 16, ..., max_batch_size; widths in powers of two.
     self.row_sizes = sorted({min(4 ** i, config.max_batch_size) for i in range(8)})
@@ -242,7 +243,10 @@ class Engine:
       ids[j] = snap.index[rows[i].prompt]
     capacity = snap.table.shape[0]
     model = self.module(capacity)
-    params = merge_params(self.frozen, prompt_tree(snap.table))
+    if self._params[0] != snap.version:  # only the worker thread runs batches: no lock needed
+      self._params = (snap.version, merge_params(self.frozen,
+                                                 prompt_tree(jax.device_put(snap.table))))
+    params = self._params[1]
     self.shapes.add((key[0], size, width, capacity))
     if key[0] == 'generate':
       config, length = key[1], key[2]
@@ -505,6 +509,15 @@ def create_app(server: Server):
     server.metrics.request(e.status)
     return JSONResponse({'error': str(e)}, status_code=e.status, headers=e.headers)
 
+  @app.middleware('http')
+  async def authenticate(request: Request, call_next):
+    if request.url.path != '/healthz':  # health checks need no token
+      try:
+        server.check_auth(request.headers.get('authorization'))
+      except RequestError as e:
+        return error(e)
+    return await call_next(request)
+
   async def body_of(request: Request) -> Any:
     import json
     size = int(request.headers.get('content-length') or 0)
@@ -524,7 +537,6 @@ def create_app(server: Server):
     import asyncio
     start = time.monotonic()
     try:
-      server.check_auth(request.headers.get('authorization'))
       task, method, rows, labels = server.rows_of(await body_of(request))
       server.batcher.submit(rows)
       answers = await asyncio.gather(*(asyncio.wrap_future(r.future) for r in rows))
@@ -539,18 +551,13 @@ def create_app(server: Server):
     return result
 
   @app.get('/v1/prompts')
-  async def list_prompts(request: Request):
-    try:
-      server.check_auth(request.headers.get('authorization'))
-    except RequestError as e:
-      return error(e)
+  async def list_prompts():
     return {'prompts': server.store.describe(), 'length': server.store.length,
             'd_model': server.store.d_model}
 
   @app.post('/v1/prompts')
   async def add_prompt(request: Request):
     try:
-      server.check_auth(request.headers.get('authorization'))
       body = await body_of(request)
       if not isinstance(body, dict) or not isinstance(body.get('name'), str):
         raise RequestError(400, 'send {"name": ..., "path": ...} or {"name": ..., "values": '
@@ -562,9 +569,8 @@ def create_app(server: Server):
     return JSONResponse(added, status_code=201)
 
   @app.delete('/v1/prompts/{name}')
-  async def remove_prompt(name: str, request: Request):
+  async def remove_prompt(name: str):
     try:
-      server.check_auth(request.headers.get('authorization'))
       _safe_name(name)
       server.store.remove(name)
     except RequestError as e:
@@ -577,11 +583,7 @@ def create_app(server: Server):
     return {'status': 'ok', 'prompts': len(server.store.snapshot().index)}
 
   @app.get('/metrics')
-  async def metrics(request: Request):
-    try:
-      server.check_auth(request.headers.get('authorization'))
-    except RequestError as e:
-      return error(e)
+  async def metrics():
     return server.metrics.report(server.engine, server.batcher)
 
   @app.exception_handler(Exception)
