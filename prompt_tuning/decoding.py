@@ -131,7 +131,7 @@ def greedy(model, params, encoder_input_tokens_BxL, max_decode_length: int,
            prompt_ids=None) -> jax.Array:
   """Argmax decoding: tokens [B, T=max_decode_length], PAD after each row's first EOS.
   prompt_ids [B]: each row's prompt (a prompt table's model needs them)."""
-  pick = lambda logits_BxV, _: jnp.argmax(logits_BxV, axis=-1)
+  pick = lambda logits_BxV, _: argmax(logits_BxV)
   return _decode_loop(model, params, encoder_input_tokens_BxL, max_decode_length, pick,
                       jax.random.PRNGKey(0), prompt_ids)
 
@@ -162,11 +162,20 @@ def top_p_filter(logits_BxV: jax.Array, p: float) -> jax.Array:
   return jnp.where(keep_BxV, logits_BxV, -jnp.inf)
 
 
+def argmax(x: jax.Array) -> jax.Array:
+  """jnp.argmax over the last axis, same answer (the first maximum; the first NaN if any),
+  as a max then a min over indices: XLA:CPU runs argmax's (value, index) reduce unvectorised,
+  which made it 90 % of a greedy decode step over a 32k vocabulary (5x slower at 32 rows)."""
+  top = jnp.max(x, axis=-1, keepdims=True)
+  index = lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+  return jnp.min(jnp.where((x == top) | jnp.isnan(x), index, x.shape[-1]), axis=-1)
+
+
 def sample_logits(logits_BxV: jax.Array, rng: jax.Array, temperature: float = 1.0,
                   top_k: int = 0, top_p: float = 1.0) -> jax.Array:
   """One token per row from softmax(logits / temperature), restricted by top-k then top-p."""
   if temperature < MIN_TEMPERATURE:
-    return jnp.argmax(logits_BxV, axis=-1)
+    return argmax(logits_BxV)
   logits_BxV = top_k_filter(logits_BxV.astype(jnp.float32) / temperature, top_k)
   if top_p < 1.0:
     logits_BxV = top_p_filter(logits_BxV, top_p)

@@ -379,3 +379,15 @@ def test_bad_prompt_ids_are_refused_before_decoding(table_setup):
   with pytest.raises(ValueError, match='prompt_ids were given but the model has no prompt'):
     decoding.greedy(t5.EncoderDecoder(config), frozen, enc, T, prompt_ids=ids)
   assert callable(decoding.greedy.lower)  # benchmarks lower the jitted function
+
+
+def test_argmax_equals_jnp_argmax_with_ties_and_nan():
+  """decoding.argmax (max, then the least index at it) answers as jnp.argmax does: the first
+  maximum, the first NaN where there is one, for any leading shape."""
+  rng = np.random.RandomState(0)
+  x = rng.randint(-3, 4, size=(5, 7, 33)).astype(np.float32)  # small integers: many ties
+  x[0, 0, [4, 9]] = np.nan
+  x[1, 2, :] = -np.inf
+  x[2, 3, 30] = np.inf
+  for logits in (x, x[0], rng.normal(size=(4, 32128)).astype(np.float32)):
+    np.testing.assert_array_equal(jax.jit(decoding.argmax)(logits), jnp.argmax(logits, -1))

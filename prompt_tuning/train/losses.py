@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from prompt_tuning.decoding import argmax
+
 # The one string-valued normaliser we support (T5X's SpecialLossNormalizingFactor of that name).
 NUM_REAL_TARGET_TOKENS = 'NUM_REAL_TARGET_TOKENS'
 
@@ -102,7 +104,7 @@ def token_accuracy(
     weights_BxT: Optional[jax.Array] = None,
 ) -> tuple[jax.Array, jax.Array]:
   """(weighted number of tokens whose argmax equals the target, weight sum)."""
-  correct_BxT = (jnp.argmax(logits_BxTxV, axis=-1) == targets_BxT).astype(jnp.float32)
+  correct_BxT = (argmax(logits_BxTxV) == targets_BxT).astype(jnp.float32)
   if weights_BxT is None:
     return jnp.sum(correct_BxT), jnp.asarray(correct_BxT.size, jnp.float32)
   weights_BxT = weights_BxT.astype(jnp.float32)
