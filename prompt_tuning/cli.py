@@ -108,8 +108,12 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   srv.add_argument('--port', type=int, default=8000, help='serve: port (8000)')
   srv.add_argument('--api_key_file', help='serve: a file holding the bearer token to require')
   srv.add_argument('--max_batch_size', type=int, default=32, help='serve: rows per batch (32)')
-  srv.add_argument('--max_wait_ms', type=float, default=5.0,
-                   help='serve: how long a batch waits to fill (5 ms)')
+  srv.add_argument('--max_wait_ms', type=float, default=0.0,
+                   help='serve: how long a batch waits to fill (0: runs what is queued when '
+                   'the worker is free)')
+  srv.add_argument('--fine_shapes', choices=('auto', 'true', 'false'), default='auto',
+                   help='serve: rows padded to powers of two and one call per width bucket '
+                   '(auto: on CPU only)')
   srv.add_argument('--max_queue', type=int, default=4096,
                    help='serve: rows waiting before 503 (4096)')
   srv.add_argument('--max_inputs_per_request', type=int, default=64)
@@ -421,7 +425,8 @@ def _serve(args: argparse.Namespace) -> int:
   config = serve.ServeConfig(
       max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
       max_queue=args.max_queue, max_inputs_per_request=args.max_inputs_per_request,
-      max_chars_per_input=args.max_chars_per_input, max_decode_length=args.max_decode_length)
+      max_chars_per_input=args.max_chars_per_input, max_decode_length=args.max_decode_length,
+      fine_shapes={'auto': None, 'true': True, 'false': False}[args.fine_shapes])
   if not 0 <= args.port < 65536:
     raise ValueError(f'--port={args.port}: choose a port in [0, 65535].')
   if args.prompts and not os.path.isdir(args.prompts):

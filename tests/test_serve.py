@@ -275,3 +275,51 @@ def test_a_full_queue_answers_503_with_retry_after():
   finally:
     release.set()
     batcher.stop()
+
+
+def test_fine_and_coarse_batch_shapes_answer_alike(shared, examples, tmp_path):
+  """The engine's two shape policies: one call per width bucket with rows padded to powers of
+  two (CPU's default), or one call per batch with rows 1/4/16/max; the answers are the same
+  and a removed prompt's row gets 404 in both."""
+  import concurrent.futures
+
+  import jax
+
+  from prompt_tuning import checkpoints, decoding, serve
+  from prompt_tuning import prompt_library as library_lib
+  from prompt_tuning.models import t5
+  from prompt_tuning.vocab import EOS_ID, SentencePieceVocab
+  vocab = SentencePieceVocab(shared('fixtures', 't5_vocab', 'sentencepiece.model'))
+  model = t5.T5Config(vocab_size=32128, d_model=4, d_ff=8, num_heads=2, head_dim=2,
+                      num_encoder_layers=2, num_decoder_layers=2, relpos_buckets=4,
+                      relpos_max_distance=8, dtype='float32')
+  model_config, frozen = checkpoints.load_base(shared('fixtures', 't5x_tiny', 'checkpoint_3'),
+                                               model)
+  library = _library(tmp_path)
+  texts = [(t, _formatted(t, raw)) for t in TASKS for raw in examples[t]]
+  results, calls = {}, {}
+  for fine in (True, False):
+    store = serve.PromptStore(library_lib.load_library(str(library), 4), 4, str(library))
+    store.add('gone', values=np.ones((5, 4)).tolist())
+    engine = serve.Engine(model_config, jax.device_put(frozen), store, vocab,
+                          serve.ServeConfig(fine_shapes=fine))
+    widths = set()
+    real_run = engine._run
+    engine._run = lambda key, rows, width, snap: widths.add(width) or real_run(  # noqa: B023
+        key, rows, width, snap)
+    rows = [serve.Row(None, list(vocab.encode(x)) + [EOS_ID], t, concurrent.futures.Future())
+            for t, x in texts]
+    rows.append(serve.Row(None, [5, EOS_ID], 'gone', concurrent.futures.Future()))
+    store.remove('gone')
+    generate = engine.run(('generate', decoding.DecodingConfig(), 8), rows)
+    rank = engine.run(('rank', ('entailment', 'not_entailment')), rows)
+    assert all(isinstance(a[-1], serve.RequestError) and a[-1].status == 404
+               for a in (generate, rank))
+    results[fine] = ([a['prediction'] for a in generate[:-1]],
+                     [a['prediction'] for a in rank[:-1]],
+                     np.array([a['scores'] for a in rank[:-1]]))
+    calls[fine] = widths
+  assert results[True][:2] == results[False][:2]
+  np.testing.assert_allclose(results[True][2], results[False][2], atol=1e-5)
+  # The inputs span several width buckets: fine runs one call per bucket, coarse one in all.
+  assert len(calls[True]) >= 2 and calls[False] == {max(calls[True])}
