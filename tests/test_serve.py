@@ -211,6 +211,9 @@ def test_prompts_added_and_removed_at_run_time(server):
   metrics = call(port, 'GET', '/metrics')[1]
   assert metrics['requests']['200'] >= 1 and metrics['compiled_shapes'] >= 1
   assert metrics['latency_ms']['p50'] > 0 and metrics['batch_size_max'] >= 1
+  assert metrics['batches'] >= 1 and metrics['batch_ms']['p50'] > 0
+  # After loading and compiling, the heap is frozen: full collections do not walk it.
+  assert metrics['gc']['frozen_objects'] > 10000
 
 
 def test_sigterm_under_load_finishes_in_flight_requests(shared, tmp_path, examples):
