@@ -114,6 +114,9 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   srv.add_argument('--fine_shapes', choices=('auto', 'true', 'false'), default='auto',
                    help='serve: rows padded to powers of two and one call per width bucket '
                    '(auto: on CPU only)')
+  srv.add_argument('--warmup_decode_lengths', default='',
+                   help='serve: compile greedy decoding of every batch shape at start for these '
+                   'lengths, e.g. 8,64 (none by default)')
   srv.add_argument('--max_queue', type=int, default=4096,
                    help='serve: rows waiting before 503 (4096)')
   srv.add_argument('--max_inputs_per_request', type=int, default=64)
@@ -420,13 +423,21 @@ def _inspect(args: argparse.Namespace) -> int:
   return 0
 
 
+def _int_list(flag: str, text: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(x) for x in text.split(',') if x.strip())
+  except ValueError:
+    raise ValueError(f'{flag}={text}: give whole numbers separated by commas, e.g. 8,64.') from None
+
+
 def _serve(args: argparse.Namespace) -> int:
   from prompt_tuning import serve
   config = serve.ServeConfig(
       max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
       max_queue=args.max_queue, max_inputs_per_request=args.max_inputs_per_request,
       max_chars_per_input=args.max_chars_per_input, max_decode_length=args.max_decode_length,
-      fine_shapes={'auto': None, 'true': True, 'false': False}[args.fine_shapes])
+      fine_shapes={'auto': None, 'true': True, 'false': False}[args.fine_shapes],
+      warmup_decode_lengths=_int_list('--warmup_decode_lengths', args.warmup_decode_lengths))
   if not 0 <= args.port < 65536:
     raise ValueError(f'--port={args.port}: choose a port in [0, 65535].')
   if args.prompts and not os.path.isdir(args.prompts):

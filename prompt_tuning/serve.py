@@ -53,6 +53,9 @@ class ServeConfig:
   # 1/4/16/max, one call per batch (accelerators pad nearly free but compile each shape).
   # None: True on CPU.
   fine_shapes: Optional[bool] = None
+  # Greedy decoding of every batch shape is compiled at start for these lengths: no request then
+  # waits for a compile (one takes about a second; every in-flight request waits with it).
+  warmup_decode_lengths: tuple[int, ...] = ()
 
   def __post_init__(self):
     for name in ('max_batch_size', 'max_queue', 'max_inputs_per_request', 'max_chars_per_input',
@@ -61,6 +64,10 @@ class ServeConfig:
         raise ValueError(f'--{name} must be at least 1, got {getattr(self, name)}.')
     if self.max_wait_ms < 0:
       raise ValueError(f'--max_wait_ms must be >= 0, got {self.max_wait_ms}.')
+    for n in self.warmup_decode_lengths:
+      if not 1 <= n <= self.max_decode_length:
+        raise ValueError(f'--warmup_decode_lengths: {n} is outside [1, --max_decode_length='
+                         f'{self.max_decode_length}].')
 
 
 class RequestError(Exception):
@@ -235,6 +242,27 @@ class Engine:
       self._modules[capacity] = self._t5.EncoderDecoder(
           self.model_config, self._prompt_config(self.store.length, self.placement, capacity))
     return self._modules[capacity]
+
+  def warm_up(self) -> int:
+    """Compiles greedy decoding for every batch shape (row sizes x widths) at each of
+    ServeConfig.warmup_decode_lengths, with the current prompt table; the shapes it compiled."""
+    snap = self.store.snapshot()
+    if not snap.index:
+      return 0
+    before, name = len(self.shapes), next(iter(snap.index))
+    freeze, self.freeze_heap = self.freeze_heap, False  # once at the end, not per shape
+    try:
+      for length in self.config.warmup_decode_lengths:
+        key = ('generate', decoding.DecodingConfig(), length)
+        for width in self.buckets:
+          for size in self.row_sizes:
+            rows = [Row(key, [EOS_ID], name, concurrent.futures.Future()) for _ in range(size)]
+            self._run(key, rows, width, snap)
+    finally:
+      self.freeze_heap = freeze
+    if freeze:
+      _freeze_heap()
+    return len(self.shapes) - before
 
   def run(self, key: tuple, rows: Sequence[Row]) -> list[Any]:
     """Each row's answer (a RequestError for a row whose prompt was removed meanwhile)."""
@@ -715,6 +743,9 @@ def serve(*, initial_checkpoint_path: str, model: Any = None, prompt: Any = None
   placement = getattr(prompt, 'placement', 'prefix')
   engine = Engine(model_config, frozen, store, SentencePieceVocab(vocab_path), config, placement,
                   freeze_heap=True)
+  if config.warmup_decode_lengths:
+    start = time.monotonic()
+    log.info('compiled %d batch shapes in %.1f s', engine.warm_up(), time.monotonic() - start)
   server = Server(engine, config, api_key)
   app = create_app(server)
   log.info('serving %d prompt(s) of length %d on http://%s:%d', len(library), store.length,

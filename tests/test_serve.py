@@ -326,3 +326,37 @@ def test_fine_and_coarse_batch_shapes_answer_alike(shared, examples, tmp_path):
   np.testing.assert_allclose(results[True][2], results[False][2], atol=1e-5)
   # The inputs span several width buckets: fine runs one call per bucket, coarse one in all.
   assert len(calls[True]) >= 2 and calls[False] == {max(calls[True])}
+
+
+def test_warm_up_compiles_every_batch_shape_before_serving(shared):
+  """--warmup_decode_lengths: each (rows, width) shape of greedy decoding is compiled at start,
+  so a later batch of any rows and widths compiles nothing; a length beyond
+  --max_decode_length is refused naming the flag."""
+  import concurrent.futures
+
+  import jax
+
+  from prompt_tuning import checkpoints, decoding, serve
+  from prompt_tuning.models import t5
+  from prompt_tuning.vocab import EOS_ID, SentencePieceVocab
+  with pytest.raises(ValueError, match='--warmup_decode_lengths: 65 is outside'):
+    serve.ServeConfig(warmup_decode_lengths=(65,))
+  model = t5.T5Config(vocab_size=32128, d_model=4, d_ff=8, num_heads=2, head_dim=2,
+                      num_encoder_layers=2, num_decoder_layers=2, relpos_buckets=4,
+                      relpos_max_distance=8, dtype='float32')
+  model_config, frozen = checkpoints.load_base(shared('fixtures', 't5x_tiny', 'checkpoint_3'),
+                                               model)
+  store = serve.PromptStore({}, 4, None, 5)
+  store.add('a', values=np.ones((5, 4)).tolist())
+  config = serve.ServeConfig(max_batch_size=4, max_input_length=16, warmup_decode_lengths=(3,),
+                             fine_shapes=True)
+  engine = serve.Engine(model_config, jax.device_put(frozen), store,
+                        SentencePieceVocab(shared('fixtures', 't5_vocab', 'sentencepiece.model')),
+                        config)
+  assert engine.warm_up() == 3 * 2  # rows 1, 2, 4 x widths 8, 16
+  key = ('generate', decoding.DecodingConfig(), 3)
+  for n, length in ((3, 12), (1, 5), (2, 16)):
+    answers = engine.run(key, [serve.Row(key, [7] * (length - 1) + [EOS_ID], 'a',
+                                         concurrent.futures.Future()) for _ in range(n)])
+    assert len(answers) == n and all('prediction' in a for a in answers)
+  assert len(engine.shapes) == 6
