@@ -22,6 +22,10 @@
 #   python -m benchmarks.real_data --task rte --prepare_only --out benchmarks/data/rte_i512_t8.npz
 # (276 KB; benchmarks/data/ is git-ignored, so carry it), then on the device tool:
 #   run(command="bash benchmarks/gpu_check.sh real", timeout_s=580, carry=["benchmarks/data"])
+#
+# The serving load test (#13) needs the bundle benchmarks/serve_bundle.sh builds on a CPU machine
+# (wheels of the serve extra, the T5X fixture, the vocabulary, the tasks' inputs), then:
+#   run(command="bash benchmarks/gpu_check.sh serve", timeout_s=400, carry=[".serve_bundle"])
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out/gpu_check}"
@@ -67,6 +71,21 @@ real_data() {  # real_data NAME TASK ARGS...: benchmarks.real_data on the prepar
   LIMIT="${REAL_LIMIT:-540}" bench "$name" benchmarks.real_data --task "$task" --data "$npz" "$@"
 }
 
+serve_load() {  # 2,000 mixed RTE/CB/BoolQ requests: 32 clients vs one at a time (loopback)
+  local b=.serve_bundle
+  if [ ! -f "$b/inputs.json" ]; then
+    echo "!! serve_load: $b is missing. Build it on a CPU machine:" \
+         "PROMPT_TUNING_SHARED=../shared bash benchmarks/serve_bundle.sh;" \
+         "then carry it (run(..., carry=[\".serve_bundle\"]))." | tee -a "$LOG"
+    return
+  fi
+  "$PY" -m pip install -q --no-index --find-links "$b/wheels" fastapi uvicorn httptools \
+    gin-config sentencepiece >>"$LOG" 2>&1
+  LIMIT="${SERVE_LIMIT:-330}" bench serve_load benchmarks.serve_load \
+    --inputs_json "$b/inputs.json" --fixture "$b/t5x_tiny/checkpoint_3" \
+    --vocab "$b/sentencepiece.model" --time_limit_s 45
+}
+
 run_one() {
   case "$1" in
     # Base beside PEFT: f32 frozen weights + bf16 activations here, torch.autocast(bf16) there.
@@ -97,6 +116,7 @@ run_one() {
     table_check) echo "== table_check" | tee -a "$LOG"
         timeout "$LIMIT" "$PY" -m benchmarks.table_check --size base \
           --json "$OUT/table_check.json.txt" >>"$LOG" 2>&1 || echo "!! table_check failed" ;;
+    serve_load) serve_load ;;
     *) echo "unknown run $1" | tee -a "$LOG" ;;
   esac
 }
@@ -109,6 +129,7 @@ for part in "${PARTS[@]}"; do
     base) names=(train_base infer_base) ;;
     real) names=(real_rte_base) ;;
     table) names=(table_base_k8 table_check) ;;
+    serve) names=(serve_load) ;;
     big) names=(train_large train_xl train_xxl) ;;
     *) names=("$part") ;;
   esac

@@ -4,14 +4,13 @@
 # the vocabulary and the tasks' inputs formatted here. Run on a CPU machine with the data extra:
 #
 #   PROMPT_TUNING_SHARED=../shared bash benchmarks/serve_bundle.sh
-#   echo .serve_bundle/ >> .git/info/exclude
 #
-# then, on the device tool (about 3 minutes):
+# then, on the device tool (about 4 minutes; or `bash benchmarks/gpu_check.sh serve`):
 #   run(command="python -m pip install -q --no-index --find-links .serve_bundle/wheels fastapi \
-#       uvicorn gin-config sentencepiece; PYTHONPATH=$PWD python -m benchmarks.serve_load \
+#       uvicorn httptools gin-config sentencepiece; PYTHONPATH=$PWD python -m benchmarks.serve_load \
 #       --inputs_json .serve_bundle/inputs.json --fixture .serve_bundle/t5x_tiny/checkpoint_3 \
-#       --vocab .serve_bundle/sentencepiece.model --time_limit_s 50 \
-#       --json $OUT/gpu_serve_load.json", timeout_s=240, carry=[".serve_bundle"])
+#       --vocab .serve_bundle/sentencepiece.model --time_limit_s 45 \
+#       --json $OUT/gpu_serve_load.json", timeout_s=330, carry=[".serve_bundle"])
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED="${PROMPT_TUNING_SHARED:-../shared}"
@@ -20,7 +19,7 @@ mkdir -p "$B/wheels"
 for v in 3.10 3.11 3.12 3.13; do
   pip download -q --only-binary=:all: --platform manylinux2014_x86_64 \
     --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 --python-version "$v" \
-    -d "$B/wheels" fastapi uvicorn gin-config sentencepiece
+    -d "$B/wheels" fastapi uvicorn httptools gin-config sentencepiece
 done
 cp -r "$SHARED/fixtures/t5x_tiny" "$B/"
 cp "$SHARED/fixtures/t5_vocab/sentencepiece.model" "$B/"

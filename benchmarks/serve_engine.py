@@ -1,0 +1,86 @@
+"""The serving engine alone (no HTTP): milliseconds per row of the load test's requests run one
+at a time and in batches, on the same model and inputs as benchmarks/serve_load.py. Shows how much
+work a batch shares on this machine, the most that batching under load can gain.
+
+  PROMPT_TUNING_SHARED=../shared python -m benchmarks.serve_engine [--model fixture|mini]
+      [--decode_length 8] [--json benchmarks/results/cpu_serve_engine.json]
+"""
+
+import argparse
+import concurrent.futures
+import sys
+import time
+
+import numpy as np
+
+from benchmarks import common
+from benchmarks import serve_load
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--model', choices=('mini', 'fixture'), default='fixture')
+  parser.add_argument('--decode_length', type=int, default=8)
+  parser.add_argument('--batches', default='1,16,32')
+  parser.add_argument('--rows', type=int, default=150, help='inputs, round robin over the tasks')
+  parser.add_argument('--json', default=None)
+  args = parser.parse_args(argv)
+  import tempfile
+
+  import jax
+
+  from prompt_tuning import checkpoints, decoding, serve
+  from prompt_tuning.data import tasks
+  from prompt_tuning.models import t5
+  from prompt_tuning.vocab import EOS_ID, SentencePieceVocab
+  tasks.set_local_data_dir(serve_load.shared_path('data'))
+  vocab = SentencePieceVocab(serve_load.shared_path('fixtures', 't5_vocab', 'sentencepiece.model'))
+  with tempfile.TemporaryDirectory() as base:
+    if args.model == 'mini':
+      path, _ = serve_load.mini_checkpoint(base)
+      config = t5.T5Config(**serve_load.MINI)
+    else:
+      path = serve_load.shared_path('fixtures', 't5x_tiny', 'checkpoint_3')
+      config = t5.T5Config(vocab_size=32128, d_model=4, d_ff=8, num_heads=2, head_dim=2,
+                           num_encoder_layers=2, num_decoder_layers=2, relpos_buckets=4,
+                           relpos_max_distance=8, dtype='float32')
+    model_config, frozen = checkpoints.load_base(path, config)
+  store = serve.PromptStore({}, config.d_model, None, 20)
+  for seed, name in enumerate(serve_load.TASKS):  # as the load test's library
+    store.add(name, values=np.random.RandomState(seed).normal(
+        size=(20, config.d_model)).astype(np.float32).tolist())
+  engine = serve.Engine(model_config, jax.device_put(frozen), store, vocab, serve.ServeConfig())
+  inputs = {t: [tasks.format_example(t, raw)[0]['inputs']
+                for raw in tasks.read_local_examples(t, 'validation')[:50]]
+            for t in serve_load.TASKS}
+  rows = [(t, list(vocab.encode(inputs[t][i // 3 % 50])) + [EOS_ID])
+          for i in range(args.rows) for t in [serve_load.TASKS[i % 3]]]
+  key = ('generate', decoding.DecodingConfig(), args.decode_length)
+
+  def run(size: int) -> int:
+    done = 0
+    for start in range(0, len(rows) - size + 1, size):
+      engine.run(key, [serve.Row(key, tokens, task, concurrent.futures.Future())
+                       for task, tokens in rows[start:start + size]])
+      done += size
+    return done
+
+  sizes = [int(b) for b in args.batches.split(',')]
+  for size in sizes:  # untimed: compiles each shape
+    run(size)
+  ms_per_row = {}
+  for size in sizes:
+    start = time.perf_counter()
+    done = run(size)
+    ms_per_row[str(size)] = (time.perf_counter() - start) / done * 1000
+  report = {'benchmark': 'serve_engine', 'machine': common.machine_info(), 'model': args.model,
+            'decode_length': args.decode_length, 'prompt_length': 20, 'tasks': serve_load.TASKS,
+            'rows': args.rows, 'ms_per_row': ms_per_row,
+            'batch_gain': {s: ms_per_row['1'] / v for s, v in ms_per_row.items()}
+            if '1' in ms_per_row else None}
+  common.write_json(report, args.json)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
