@@ -25,7 +25,7 @@
 #
 # The serving load test (#13) needs the bundle benchmarks/serve_bundle.sh builds on a CPU machine
 # (wheels of the serve extra, the T5X fixture, the vocabulary, the tasks' inputs), then:
-#   run(command="bash benchmarks/gpu_check.sh serve", timeout_s=400, carry=[".serve_bundle"])
+#   run(command="bash benchmarks/gpu_check.sh serve", timeout_s=540, carry=[".serve_bundle"])
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-out/gpu_check}"
@@ -81,7 +81,7 @@ serve_load() {  # 2,000 mixed RTE/CB/BoolQ requests: 32 clients vs one at a time
   fi
   "$PY" -m pip install -q --no-index --find-links "$b/wheels" fastapi uvicorn httptools \
     gin-config sentencepiece >>"$LOG" 2>&1
-  LIMIT="${SERVE_LIMIT:-330}" bench serve_load benchmarks.serve_load \
+  LIMIT="${SERVE_LIMIT:-480}" bench serve_load benchmarks.serve_load \
     --inputs_json "$b/inputs.json" --fixture "$b/t5x_tiny/checkpoint_3" \
     --vocab "$b/sentencepiece.model" --time_limit_s 45
 }

@@ -5,12 +5,12 @@
 #
 #   PROMPT_TUNING_SHARED=../shared bash benchmarks/serve_bundle.sh
 #
-# then, on the device tool (about 4 minutes; or `bash benchmarks/gpu_check.sh serve`):
+# then, on the device tool (about 5 minutes; or `bash benchmarks/gpu_check.sh serve`):
 #   run(command="python -m pip install -q --no-index --find-links .serve_bundle/wheels fastapi \
 #       uvicorn httptools gin-config sentencepiece; PYTHONPATH=$PWD python -m benchmarks.serve_load \
 #       --inputs_json .serve_bundle/inputs.json --fixture .serve_bundle/t5x_tiny/checkpoint_3 \
 #       --vocab .serve_bundle/sentencepiece.model --time_limit_s 45 \
-#       --json $OUT/gpu_serve_load.json", timeout_s=330, carry=[".serve_bundle"])
+#       --json $OUT/gpu_serve_load.json", timeout_s=540, carry=[".serve_bundle"])
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARED="${PROMPT_TUNING_SHARED:-../shared}"
