@@ -218,8 +218,8 @@ class Engine:
 
   def __init__(self, model_config: Any, frozen: dict, store: PromptStore, vocab: Any,
                config: ServeConfig, placement: str = 'prefix', freeze_heap: bool = False):
-    """freeze_heap: after each new compile, move the heap out of the garbage collector's reach
-    (see _freeze_heap; for a server process, not for a library caller's)."""
+    """freeze_heap: after a batch that compiled, move the heap out of the garbage collector's
+    reach (see _freeze_heap; for a server process, not for a library caller's)."""
     from prompt_tuning.models import t5
     from prompt_tuning.models.prompt import PromptConfig
     self.model_config, self.frozen, self.store = model_config, frozen, store
@@ -250,18 +250,12 @@ class Engine:
     if not snap.index:
       return 0
     before, name = len(self.shapes), next(iter(snap.index))
-    freeze, self.freeze_heap = self.freeze_heap, False  # once at the end, not per shape
-    try:
-      for length in self.config.warmup_decode_lengths:
-        key = ('generate', decoding.DecodingConfig(), length)
-        for width in self.buckets:
-          for size in self.row_sizes:
-            rows = [Row(key, [EOS_ID], name, concurrent.futures.Future()) for _ in range(size)]
-            self._run(key, rows, width, snap)
-    finally:
-      self.freeze_heap = freeze
-    if freeze:
-      _freeze_heap()
+    for length in self.config.warmup_decode_lengths:
+      key = ('generate', decoding.DecodingConfig(), length)
+      for width in self.buckets:
+        for size in self.row_sizes:
+          rows = [Row(key, [EOS_ID], name, concurrent.futures.Future()) for _ in range(size)]
+          self._run(key, rows, width, snap)
     return len(self.shapes) - before
 
   def run(self, key: tuple, rows: Sequence[Row]) -> list[Any]:
@@ -276,9 +270,12 @@ class Engine:
         by_width[batching.bucket_for(len(r.tokens), self.buckets)].append(i)
     if not self.fine and by_width:  # one call, at the widest row's width
       by_width = {max(by_width): sorted(i for live in by_width.values() for i in live)}
+    compiled = len(self.shapes)
     for width, live in sorted(by_width.items()):
       for i, answer in zip(live, self._run(key, [rows[i] for i in live], width, snap)):
         answers[i] = answer
+    if self.freeze_heap and len(self.shapes) > compiled:  # what a compile made stays
+      _freeze_heap()
     return answers
 
   def _run(self, key: tuple, rows: Sequence[Row], width: int, snap: Snapshot) -> list[dict]:
@@ -312,11 +309,7 @@ class Engine:
       answers = [{'prediction': labels[int(scores[j].argmax())],
                   'scores': [float(s) for s in scores[j]]} for j in range(len(rows))]
       program = candidates.shape
-    shape = (key[0], program, size, width, capacity)
-    if shape not in self.shapes:  # compiled just now: what that made stays
-      self.shapes.add(shape)
-      if self.freeze_heap:
-        _freeze_heap()
+    self.shapes.add((key[0], program, size, width, capacity))
     return answers
 
 
