@@ -23,12 +23,9 @@ for v in 3.10 3.11 3.12 3.13; do
 done
 cp -r "$SHARED/fixtures/t5x_tiny" "$B/"
 cp "$SHARED/fixtures/t5_vocab/sentencepiece.model" "$B/"
-PROMPT_TUNING_DATA_DIR="$SHARED/data" python - <<'PY'
+PROMPT_TUNING_SHARED="$SHARED" python - <<'PY'
 import json
-from benchmarks.serve_load import TASKS
-from prompt_tuning.data import tasks
-inputs = {t: [tasks.format_example(t, raw)[0]['inputs']
-              for raw in tasks.read_local_examples(t, 'validation')[:50]] for t in TASKS}
-json.dump(inputs, open('.serve_bundle/inputs.json', 'w'))
+from benchmarks.serve_load import task_inputs
+json.dump(task_inputs(), open('.serve_bundle/inputs.json', 'w'))
 PY
 du -sh "$B"

@@ -11,8 +11,6 @@ import concurrent.futures
 import sys
 import time
 
-import numpy as np
-
 from benchmarks import common
 from benchmarks import serve_load
 
@@ -30,32 +28,23 @@ def main(argv=None) -> int:
   import jax
 
   from prompt_tuning import checkpoints, decoding, serve
-  from prompt_tuning.data import tasks
   from prompt_tuning.models import t5
   from prompt_tuning.vocab import EOS_ID, SentencePieceVocab
-  tasks.set_local_data_dir(serve_load.shared_path('data'))
   vocab = SentencePieceVocab(serve_load.shared_path('fixtures', 't5_vocab', 'sentencepiece.model'))
+  dims = serve_load.MINI if args.model == 'mini' else serve_load.FIXTURE_DIMS
   with tempfile.TemporaryDirectory() as base:
-    if args.model == 'mini':
-      path, _ = serve_load.mini_checkpoint(base)
-      config = t5.T5Config(**serve_load.MINI)
-    else:
-      path = serve_load.shared_path('fixtures', 't5x_tiny', 'checkpoint_3')
-      config = t5.T5Config(vocab_size=32128, d_model=4, d_ff=8, num_heads=2, head_dim=2,
-                           num_encoder_layers=2, num_decoder_layers=2, relpos_buckets=4,
-                           relpos_max_distance=8, dtype='float32')
-    model_config, frozen = checkpoints.load_base(path, config)
-  store = serve.PromptStore({}, config.d_model, None, 20)
-  for seed, name in enumerate(serve_load.TASKS):  # as the load test's library
-    store.add(name, values=np.random.RandomState(seed).normal(
-        size=(20, config.d_model)).astype(np.float32).tolist())
+    path = (serve_load.mini_checkpoint(base) if args.model == 'mini' else
+            serve_load.shared_path('fixtures', 't5x_tiny', 'checkpoint_3'))
+    model_config, frozen = checkpoints.load_base(path, t5.T5Config(**dims))
+  store = serve.PromptStore({}, dims['d_model'], None, serve_load.PROMPT_LENGTH)
+  for name, value in serve_load.task_prompts(dims['d_model']).items():
+    store.add(name, values=value.tolist())
   engine = serve.Engine(model_config, jax.device_put(frozen), store, vocab, serve.ServeConfig())
-  inputs = {t: [tasks.format_example(t, raw)[0]['inputs']
-                for raw in tasks.read_local_examples(t, 'validation')[:50]]
-            for t in serve_load.TASKS}
-  rows = [(t, list(vocab.encode(inputs[t][i // 3 % 50])) + [EOS_ID])
-          for i in range(args.rows) for t in [serve_load.TASKS[i % 3]]]
   key = ('generate', decoding.DecodingConfig(), args.decode_length)
+  # The load test's requests, in its order: one input each.
+  rows = [(body['task'], list(vocab.encode(body['inputs'][0])) + [EOS_ID])
+          for body in serve_load.requests_for(args.rows, serve_load.TASKS,
+                                              serve_load.task_inputs(), args.decode_length)]
 
   def run(size: int) -> int:
     done = 0
@@ -74,7 +63,8 @@ def main(argv=None) -> int:
     done = run(size)
     ms_per_row[str(size)] = (time.perf_counter() - start) / done * 1000
   report = {'benchmark': 'serve_engine', 'machine': common.machine_info(), 'model': args.model,
-            'decode_length': args.decode_length, 'prompt_length': 20, 'tasks': serve_load.TASKS,
+            'decode_length': args.decode_length, 'prompt_length': serve_load.PROMPT_LENGTH,
+            'tasks': serve_load.TASKS,
             'rows': args.rows, 'ms_per_row': ms_per_row,
             'batch_gain': {s: ms_per_row['1'] / v for s, v in ms_per_row.items()}
             if '1' in ms_per_row else None}

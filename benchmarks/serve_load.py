@@ -34,17 +34,39 @@ import numpy as np
 
 from benchmarks import common
 
-FIXTURE_MODEL = [
-    't5.T5Config.d_model = 4', 't5.T5Config.d_ff = 8', 't5.T5Config.num_heads = 2',
-    't5.T5Config.head_dim = 2', 't5.T5Config.num_encoder_layers = 2',
-    't5.T5Config.num_decoder_layers = 2', 't5.T5Config.relpos_buckets = 4',
-    't5.T5Config.relpos_max_distance = 8', "ACTIVATION_DTYPE = 'float32'"]
+# T5Config fields of the two models (the fixture's relpos_max_distance is not in its checkpoint).
+FIXTURE_DIMS = dict(vocab_size=32128, d_model=4, d_ff=8, num_heads=2, head_dim=2,
+                    num_encoder_layers=2, num_decoder_layers=2, relpos_buckets=4,
+                    relpos_max_distance=8, dtype='float32')
+MINI = dict(vocab_size=32128, d_model=256, d_ff=1024, num_heads=4, head_dim=64,
+            num_encoder_layers=4, num_decoder_layers=4, dtype='float32')
 TASKS = ('super_glue_rte_local', 'super_glue_cb_local', 'super_glue_boolq_local')
+PROMPT_LENGTH = 20
 VOCAB = FIXTURE = ''  # set by main
 
 
 def shared_path(*parts: str) -> str:
   return os.path.join(os.environ.get('PROMPT_TUNING_SHARED', '../shared'), *parts)
+
+
+def gin_bindings(dims: dict) -> list[str]:
+  """The server's gin bindings for a model of these T5Config fields."""
+  return ([f't5.T5Config.{k} = {v!r}' for k, v in dims.items() if k != 'dtype'] +
+          [f"ACTIVATION_DTYPE = {dims['dtype']!r}"])
+
+
+def task_inputs() -> dict[str, list[str]]:
+  """{task: its first 50 validation inputs, formatted as the task formats them}."""
+  from prompt_tuning.data import tasks
+  tasks.set_local_data_dir(shared_path('data'))
+  return {t: [tasks.format_example(t, raw)[0]['inputs']
+              for raw in tasks.read_local_examples(t, 'validation')[:50]] for t in TASKS}
+
+
+def task_prompts(d_model: int) -> dict[str, np.ndarray]:
+  """A random prompt per task (seeded): what the server's library holds."""
+  return {name: np.random.RandomState(seed).normal(size=(PROMPT_LENGTH, d_model)).astype(
+      np.float32) for seed, name in enumerate(TASKS)}
 
 
 class Client:
@@ -123,20 +145,15 @@ def run_phase(port: int, bodies: list[dict], clients: int, deadline: float) -> d
           'complete': len(results) == len(bodies)}
 
 
-MINI = dict(vocab_size=32128, d_model=256, d_ff=1024, num_heads=4, head_dim=64,
-            num_encoder_layers=4, num_decoder_layers=4, dtype='float32')
-
-
-def mini_checkpoint(directory: str) -> tuple[str, list[str]]:
-  """A random-weight T5 1.1 of MINI's shape as a T5X checkpoint; its gin bindings."""
+def mini_checkpoint(directory: str) -> str:
+  """A random-weight T5 1.1 of MINI's shape as a T5X checkpoint."""
   import jax
 
   from prompt_tuning import checkpoints
   from prompt_tuning.models import t5
   config = t5.T5Config(**MINI)
   checkpoints.save_t5x(directory, t5.init_params(config, jax.random.PRNGKey(0)), 0)
-  bindings = [f't5.T5Config.{k} = {v!r}' for k, v in MINI.items() if k != 'dtype']
-  return os.path.join(directory, 'checkpoint_0'), bindings + ["ACTIVATION_DTYPE = 'float32'"]
+  return os.path.join(directory, 'checkpoint_0')
 
 
 def server_metrics(port: int) -> dict:
@@ -195,27 +212,19 @@ def main(argv=None) -> int:
     with open(args.inputs_json) as f:
       inputs = json.load(f)
   else:
-    from prompt_tuning.data import tasks
-    tasks.set_local_data_dir(shared_path('data'))
-    inputs = {t: [tasks.format_example(t, raw)[0]['inputs']
-                  for raw in tasks.read_local_examples(t, 'validation')[:50]] for t in TASKS}
+    inputs = task_inputs()
+  dims = MINI if args.model == 'mini' else FIXTURE_DIMS
   with tempfile.TemporaryDirectory() as library, tempfile.TemporaryDirectory() as base:
-    if args.model == 'mini':
-      checkpoint, bindings = mini_checkpoint(base)
-      width = MINI['d_model']
-    else:
-      checkpoint = FIXTURE
-      bindings, width = FIXTURE_MODEL, 4
-    for seed, name in enumerate(TASKS):
-      prompt_files.write_npy(os.path.join(library, f'{name}.npy'), np.random.RandomState(
-          seed).normal(size=(20, width)).astype(np.float32))
+    checkpoint = mini_checkpoint(base) if args.model == 'mini' else FIXTURE
+    for name, value in task_prompts(dims['d_model']).items():
+      prompt_files.write_npy(os.path.join(library, f'{name}.npy'), value)
     with socket.socket() as s:
       s.bind(('127.0.0.1', 0))
       port = s.getsockname()[1]
     proc = start_server(port, library, [f'--max_batch_size={args.max_batch_size}',
                                         f'--max_wait_ms={args.max_wait_ms}',
                                         f'--warmup_decode_lengths={args.decode_length}'],
-                        checkpoint, bindings)
+                        checkpoint, gin_bindings(dims))
     try:
       bodies = requests_for(args.requests, TASKS, inputs, args.decode_length)
       # Untimed warm-up, a pass of each: the shapes each phase meets compile here.
@@ -235,7 +244,7 @@ def main(argv=None) -> int:
   model = ('random-weight T5 1.1, d_model 256, 4+4 layers, 32k vocab' if args.model == 'mini'
            else 'T5X fixture t5x_tiny (d_model 4)')
   import importlib.util
-  report = {'machine': common.machine_info(), 'model': model, 'prompt_length': 20,
+  report = {'machine': common.machine_info(), 'model': model, 'prompt_length': PROMPT_LENGTH,
             'http_parser': 'httptools' if importlib.util.find_spec('httptools') else 'h11',
             'decode_length': args.decode_length,
             'tasks': list(TASKS), 'requests': args.requests,

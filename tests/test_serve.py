@@ -20,9 +20,11 @@ import pytest
 from prompt_tuning import prompt_files
 
 from cli_helpers import FIXTURE_MODEL
+from test_t5x_checkpoint import FIXTURE, FIXTURE_CONFIG
 
 TASKS = ('super_glue_rte_local', 'super_glue_cb_local', 'super_glue_boolq_local')
 KEY = 'test-token-123'
+MODEL = FIXTURE_CONFIG.replace(dtype='float32')  # as FIXTURE_MODEL binds the server's
 
 
 def _free_port() -> int:
@@ -50,7 +52,7 @@ def start_server(shared, tmp, library, extra=()):
   key_file = tmp / 'key'
   key_file.write_text(KEY + '\n')
   bindings = FIXTURE_MODEL + [
-      f"INITIAL_CHECKPOINT_PATH = '{shared('fixtures', 't5x_tiny', 'checkpoint_3')}'"]
+      f"INITIAL_CHECKPOINT_PATH = '{shared(*FIXTURE)}'"]
   args = [sys.executable, '-m', 'prompt_tuning', 'serve', '--gin_file=models/t5_1_1_prompt.gin',
           '--gin_file=models/sizes/small.gin', f'--prompts={library}', f'--port={port}',
           f'--api_key_file={key_file}', '--max_inputs_per_request=16',
@@ -110,7 +112,6 @@ def test_answers_equal_offline_infer(server, examples, shared, tmp_path, monkeyp
   from prompt_tuning import runs
   monkeypatch.setenv('PROMPT_TUNING_VOCAB', shared('fixtures', 't5_vocab', 'sentencepiece.model'))
   from prompt_tuning.decoding import DecodingConfig
-  from prompt_tuning.models import t5
   from prompt_tuning.models.prompt import PromptConfig
   port, _, library = server
   served = {}
@@ -126,13 +127,10 @@ def test_answers_equal_offline_infer(server, examples, shared, tmp_path, monkeyp
   rows = [{'prompt': t, 'inputs': _formatted(t, raw)} for t in TASKS for raw in examples[t]]
   inputs = tmp_path / 'mixed.jsonl'
   inputs.write_text(''.join(json.dumps(r) + '\n' for r in rows))
-  model = t5.T5Config(vocab_size=32128, d_model=4, d_ff=8, num_heads=2, head_dim=2,
-                      num_encoder_layers=2, num_decoder_layers=2, relpos_buckets=4,
-                      relpos_max_distance=8, dtype='float32')
   path = runs.infer(model_dir=None, mixture_or_task_name='super_glue_rte_local',
                     task_feature_lengths={'inputs': 512, 'targets': 64},
-                    initial_checkpoint_path=shared('fixtures', 't5x_tiny', 'checkpoint_3'),
-                    model=model, prompt=PromptConfig(5), decoding=DecodingConfig(),
+                    initial_checkpoint_path=shared(*FIXTURE),
+                    model=MODEL, prompt=PromptConfig(5), decoding=DecodingConfig(),
                     prompt_library={t: str(library / f'{t}.npy') for t in TASKS},
                     input_file=str(inputs), output_dir=str(tmp_path / 'out'))
   offline = [json.loads(line)['prediction'] for line in open(path)]
@@ -280,32 +278,35 @@ def test_a_full_queue_answers_503_with_retry_after():
     batcher.stop()
 
 
+def _engine(shared, store, config):
+  """An in-process serving engine over the T5X fixture and the real vocabulary."""
+  import jax
+
+  from prompt_tuning import checkpoints, serve
+  from prompt_tuning.vocab import SentencePieceVocab
+  model_config, frozen = checkpoints.load_base(shared(*FIXTURE), MODEL)
+  return serve.Engine(model_config, jax.device_put(frozen), store,
+                      SentencePieceVocab(shared('fixtures', 't5_vocab', 'sentencepiece.model')),
+                      config)
+
+
 def test_fine_and_coarse_batch_shapes_answer_alike(shared, examples, tmp_path):
   """The engine's two shape policies: one call per width bucket with rows padded to powers of
   two (CPU's default), or one call per batch with rows 1/4/16/max; the answers are the same
   and a removed prompt's row gets 404 in both."""
   import concurrent.futures
 
-  import jax
-
-  from prompt_tuning import checkpoints, decoding, serve
+  from prompt_tuning import decoding, serve
   from prompt_tuning import prompt_library as library_lib
-  from prompt_tuning.models import t5
-  from prompt_tuning.vocab import EOS_ID, SentencePieceVocab
-  vocab = SentencePieceVocab(shared('fixtures', 't5_vocab', 'sentencepiece.model'))
-  model = t5.T5Config(vocab_size=32128, d_model=4, d_ff=8, num_heads=2, head_dim=2,
-                      num_encoder_layers=2, num_decoder_layers=2, relpos_buckets=4,
-                      relpos_max_distance=8, dtype='float32')
-  model_config, frozen = checkpoints.load_base(shared('fixtures', 't5x_tiny', 'checkpoint_3'),
-                                               model)
+  from prompt_tuning.vocab import EOS_ID
   library = _library(tmp_path)
   texts = [(t, _formatted(t, raw)) for t in TASKS for raw in examples[t]]
   results, calls = {}, {}
   for fine in (True, False):
     store = serve.PromptStore(library_lib.load_library(str(library), 4), 4, str(library))
     store.add('gone', values=np.ones((5, 4)).tolist())
-    engine = serve.Engine(model_config, jax.device_put(frozen), store, vocab,
-                          serve.ServeConfig(fine_shapes=fine))
+    engine = _engine(shared, store, serve.ServeConfig(fine_shapes=fine))
+    vocab = engine.vocab
     widths = set()
     real_run = engine._run
     engine._run = lambda key, rows, width, snap: widths.add(width) or real_run(  # noqa: B023
@@ -334,25 +335,15 @@ def test_warm_up_compiles_every_batch_shape_before_serving(shared):
   --max_decode_length is refused naming the flag."""
   import concurrent.futures
 
-  import jax
-
-  from prompt_tuning import checkpoints, decoding, serve
-  from prompt_tuning.models import t5
-  from prompt_tuning.vocab import EOS_ID, SentencePieceVocab
+  from prompt_tuning import decoding, serve
+  from prompt_tuning.vocab import EOS_ID
   with pytest.raises(ValueError, match='--warmup_decode_lengths: 65 is outside'):
     serve.ServeConfig(warmup_decode_lengths=(65,))
-  model = t5.T5Config(vocab_size=32128, d_model=4, d_ff=8, num_heads=2, head_dim=2,
-                      num_encoder_layers=2, num_decoder_layers=2, relpos_buckets=4,
-                      relpos_max_distance=8, dtype='float32')
-  model_config, frozen = checkpoints.load_base(shared('fixtures', 't5x_tiny', 'checkpoint_3'),
-                                               model)
   store = serve.PromptStore({}, 4, None, 5)
   store.add('a', values=np.ones((5, 4)).tolist())
   config = serve.ServeConfig(max_batch_size=4, max_input_length=16, warmup_decode_lengths=(3,),
                              fine_shapes=True)
-  engine = serve.Engine(model_config, jax.device_put(frozen), store,
-                        SentencePieceVocab(shared('fixtures', 't5_vocab', 'sentencepiece.model')),
-                        config)
+  engine = _engine(shared, store, config)
   assert engine.warm_up() == 3 * 2  # rows 1, 2, 4 x widths 8, 16
   key = ('generate', decoding.DecodingConfig(), 3)
   for n, length in ((3, 12), (1, 5), (2, 16)):
