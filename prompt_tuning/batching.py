@@ -104,6 +104,18 @@ def bucket_for(length: int, buckets: Sequence[int]) -> int:
   raise ValueError(f'A row of {length} tokens is longer than the largest bucket {buckets[-1]}.')
 
 
+def pad_rows(rows: Sequence[Sequence[int]], height: Optional[int] = None,
+             width: Optional[int] = None) -> np.ndarray:
+  """Token rows as int32 [height, width], padded with 0 (PAD) below and to the right, a row
+  longer than `width` cut there; by default as many rows as given and the longest row's width."""
+  out = np.zeros((len(rows) if height is None else height,
+                  max(map(len, rows), default=0) if width is None else width), np.int32)
+  for i, row in enumerate(rows):
+    row = list(row)[:out.shape[1]]
+    out[i, :len(row)] = row
+  return out
+
+
 def row_lengths(tokens_BxL: np.ndarray) -> np.ndarray:
   """Each row's length up to its last real token ([B]; 0 for an all-padding row)."""
   real_BxL = np.asarray(token_mask(np.asarray(tokens_BxL)))

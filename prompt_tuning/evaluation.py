@@ -39,14 +39,6 @@ def check_methods(methods: Sequence[str]) -> None:
 Decoding = decoding.DecodingConfig
 
 
-def _pad_rows(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
-  out = np.zeros((len(rows), length), np.int32)
-  for i, row in enumerate(rows):
-    row = list(row)[:length]
-    out[i, :len(row)] = row
-  return out
-
-
 class Evaluator:
   """Holds one task's tokenized eval examples; evaluates any (model, params) on them."""
 
@@ -82,14 +74,15 @@ class Evaluator:
       self.prompt_ids = np.array([prompt_ids[e['task']] for e in self.examples], np.int32)
     self.input_length = feature_lengths['inputs']
     self.target_length = feature_lengths['targets']
-    self.inputs = _pad_rows([e['inputs'] for e in self.examples], self.input_length)
+    self.inputs = batching.pad_rows([e['inputs'] for e in self.examples], width=self.input_length)
     if 'rank' in self.methods:
       if self.info is None or not self.info.labels:
         raise ValueError(f'Rank classification needs the label verbalizers of {task_name!r}; '
                          f'it has none (use the generate method).')
       eos = self.vocab.eos_id
-      self.label_targets = _pad_rows([list(self.vocab.encode(label)) + [eos]
-                                      for label in self.info.labels], self.target_length)
+      self.label_targets = batching.pad_rows([list(self.vocab.encode(label)) + [eos]
+                                              for label in self.info.labels],
+                                             width=self.target_length)
       if buckets is not None:  # the verbalizers' own bucket, not the task's target length
         longest = int(batching.row_lengths(self.label_targets).max())
         self.label_targets = self.label_targets[:, :batching.bucket_for(longest,

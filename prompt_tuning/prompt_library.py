@@ -203,9 +203,8 @@ class MultiPromptModel:
     for start in range(0, len(order), batch_size):
       indices = order[start:start + batch_size]
       width = batching.bucket_for(max(int(lengths[indices].max()), 1), buckets)
-      tokens = np.zeros((batch_size, width), np.int32)
-      for i, row in zip(range(len(indices)), indices):
-        tokens[i, :lengths[row]] = list(rows[row])[:lengths[row]]
+      tokens = batching.pad_rows([list(rows[row])[:lengths[row]] for row in indices],
+                                 batch_size, width)
       batch_ids = np.zeros((batch_size,), np.int32)
       batch_ids[:len(indices)] = ids[indices]
       yield indices, tokens, batch_ids

@@ -284,11 +284,9 @@ class Engine:
 
     from prompt_tuning.models.prompt import merge_params, prompt_tree
     size = next(n for n in self.row_sizes if n >= len(rows))
-    tokens = np.zeros((size, width), np.int32)
+    tokens = batching.pad_rows([row.tokens for row in rows], size, width)
     ids = np.zeros((size,), np.int32)
-    for j, row in enumerate(rows):
-      tokens[j, :len(row.tokens)] = row.tokens
-      ids[j] = snap.index[row.prompt]
+    ids[:len(rows)] = [snap.index[row.prompt] for row in rows]
     capacity = snap.table.shape[0]
     model = self.module(capacity)
     if self._params[0] != snap.version:  # only the worker thread runs batches: no lock needed
@@ -303,7 +301,8 @@ class Engine:
       program: tuple = (config, length)
     else:
       labels = key[1]
-      candidates = _pad([list(self.vocab.encode(label)) + [EOS_ID] for label in labels])
+      candidates = batching.pad_rows([list(self.vocab.encode(label)) + [EOS_ID]
+                                      for label in labels])
       scores = np.asarray(jax.block_until_ready(decoding.score_candidates(
           model, params, tokens, candidates, prompt_ids=ids)))
       answers = [{'prediction': labels[int(scores[j].argmax())],
@@ -320,13 +319,6 @@ def _freeze_heap() -> None:
   about once a second under load, stalling every request in flight)."""
   gc.collect()
   gc.freeze()
-
-
-def _pad(rows: Sequence[Sequence[int]]) -> np.ndarray:
-  out = np.zeros((len(rows), max(len(r) for r in rows)), np.int32)
-  for i, row in enumerate(rows):
-    out[i, :len(row)] = row
-  return out
 
 
 class Batcher:

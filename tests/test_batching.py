@@ -190,3 +190,10 @@ def test_bucketed_batches_train_like_fixed_ones(shared, monkeypatch, task, split
   for a, b in list(zip(updates_a, updates_b)) + [(prompt_a, prompt_b)]:
     assert np.linalg.norm(b - a) <= 1e-5 * np.linalg.norm(a), np.linalg.norm(b - a)
   assert min(np.linalg.norm(u) for u in updates_a) > 1e-3  # the steps did move the prompt
+
+
+def test_pad_rows_pads_below_and_right_and_cuts_at_the_width():
+  np.testing.assert_array_equal(batching.pad_rows([[5, 6, 1], [7, 1]]), [[5, 6, 1], [7, 1, 0]])
+  out = batching.pad_rows([[5, 6, 7, 1], [8]], 3, 2)
+  assert out.dtype == np.int32
+  np.testing.assert_array_equal(out, [[5, 6], [8, 0], [0, 0]])
