@@ -141,6 +141,7 @@ def setup_gin(args: argparse.Namespace, default_files: Sequence[str] = (),
     raise UsageError('no --gin_file given (e.g. --gin_file=configs/paper/t5_1_1_base_rte.gin, '
                      'or a file of your own that includes runs/prompt_finetune.gin).')
   resolved = [_find_gin_file(f, search) for f in files]
+  _guard_gin_package_lookup()
   # gin logs every search-path probe (and miss, as an error) on the root logger.
   quiet = _DropMessages(('Path not found', 'system_path_file_exists'))
   logging.getLogger().addFilter(quiet)
@@ -186,6 +187,22 @@ def check_macros_used(bindings: Sequence[str]) -> None:
       close = difflib.get_close_matches(name, sorted(used), n=1)
       hint = f'did you mean {close[0]}?' if close else 'check its spelling'
       raise UsageError(f'--gin.{name}: no gin file reads the macro {name} ({hint}).')
+
+
+def _guard_gin_package_lookup() -> None:
+  """gin also looks an include ('runs/x.gin') up as a file of a Python package ('runs'). A
+  plain folder of that name on sys.path (./runs, which the quickstart leaves, under `python -m`)
+  is a namespace package without a file, and gin 0.5 then raises TypeError instead of going on
+  to its search paths. That lookup now answers 'not found' there."""
+  from gin import config as gin_config
+  for i, (reader, exists) in enumerate(gin_config._FILE_READERS):  # pylint: disable=protected-access
+    if getattr(exists, '__name__', '') == 'system_path_file_exists':
+      def guarded(path: str, exists=exists) -> bool:
+        try:
+          return exists(path)
+        except TypeError:
+          return False
+      gin_config._FILE_READERS[i] = (reader, guarded)  # pylint: disable=protected-access
 
 
 class _DropMessages(logging.Filter):

@@ -49,6 +49,19 @@ def test_gin_typo_reports_file_and_line(tmp_path):
   assert 'line 3' in proc.stderr or ':3' in proc.stderr, proc.stderr[-2000:]
 
 
+def test_a_runs_folder_in_the_working_directory_does_not_hide_gin_includes(tmp_path):
+  """The quickstart leaves ./runs/; under `python -m` the working directory is on sys.path,
+  where gin also looks an include up as a package ('runs' is then a namespace package) and
+  gin 0.5 failed with a TypeError instead of trying its search paths."""
+  (tmp_path / 'runs' / 'quickstart').mkdir(parents=True)
+  config = tmp_path / 'typo.gin'
+  config.write_text("include 'runs/prompt_finetune.gin'\n\nruns.train.batch_sizee = 8\n")
+  proc = _run_cli('train', f'--gin_file={config}', cwd=str(tmp_path))
+  assert proc.returncode != 0
+  assert 'NoneType' not in proc.stderr, proc.stderr[-2000:]
+  assert 'batch_sizee' in proc.stderr, proc.stderr[-2000:]  # the include was read
+
+
 def test_missing_gin_file_is_named(tmp_path):
   proc = _run_cli('train', '--gin_file=nope/missing.gin', cwd=str(tmp_path))
   assert proc.returncode != 0
