@@ -31,3 +31,23 @@ def tiny():
   from prompt_tuning.models import t5
   config = t5.T5Config.preset('tiny', dtype='float32')
   return config, t5.init_params(config)
+
+
+@pytest.fixture(scope='session')
+def gcs():
+  """A GCS API server on 127.0.0.1 (prompt_tuning.gcs_emulator) with bucket 'bkt', its
+  variables set in this process for the whole session (and so passed to the CLI runs of
+  tests); `gcs.inject(count, status)` makes requests fail."""
+  pytest.importorskip('gcp_storage_emulator', reason='the cloud extra is not installed')
+  from prompt_tuning.gcs_emulator import Emulator
+  with Emulator() as emulator:
+    saved = {k: os.environ.get(k) for k in emulator.env}
+    os.environ.update(emulator.env)
+    try:
+      yield emulator
+    finally:
+      for key, value in saved.items():
+        if value is None:
+          os.environ.pop(key, None)
+        else:
+          os.environ[key] = value

@@ -1,0 +1,184 @@
+"""A Google Cloud Storage API server on 127.0.0.1, for tests and benchmarks (no network here).
+
+gcp-storage-emulator's request handlers and storage, served by a threaded server with one lock
+around each request: its own server answers one connection at a time, so a client that keeps a
+connection alive (gcsfs, tensorstore) stalls every other client. Faults can be injected through
+`POST /_faults {"count": N, "status": 503 | 429 | 0, "match": "substring of the path"}`: the next
+N matching requests get that status (0: the connection is closed with no answer).
+
+    python -m prompt_tuning.gcs_emulator --port=0 --bucket=bkt   # prints the URL, serves until killed
+
+Clients find it through the variables they already honour: STORAGE_EMULATOR_HOST (gcsfs and
+Google's clients) and TENSORSTORE_GCS_HTTP_URL (tensorstore's gcs driver); `env(url)` gives both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from functools import partial
+from http import server
+from typing import Optional
+
+FAULTS_PATH = '/_faults'
+
+
+def env(url: str) -> dict[str, str]:
+  """The variables that point GCS clients at the emulator at `url`."""
+  return {'STORAGE_EMULATOR_HOST': url, 'TENSORSTORE_GCS_HTTP_URL': url,
+          # No credentials are looked for: an emulator takes anonymous requests.
+          'GOOGLE_CLOUD_PROJECT': 'test-project'}
+
+
+def _handler_class():
+  from gcp_storage_emulator.server import RequestHandler
+
+  lock = threading.Lock()
+  faults: list[dict] = []
+
+  class Handler(RequestHandler):
+    protocol_version = 'HTTP/1.1'  # keep-alive, as a real GCS endpoint
+
+    def handle_one_request(self):  # one request at a time into the storage
+      try:
+        self.raw_requestline = self.rfile.readline(65537)
+      except OSError:
+        self.close_connection = True
+        return
+      if not self.raw_requestline:
+        self.close_connection = True
+        return
+      if not self.parse_request():
+        return
+      if self.path.startswith(FAULTS_PATH):
+        return self._set_faults()
+      fault = self._take_fault()
+      if fault is not None:
+        return self._answer_fault(fault)
+      with lock:
+        method = getattr(self, 'do_' + self.command, None)
+        if method is None:
+          self.send_error(501)
+        else:
+          method()
+      self.wfile.flush()
+
+    def _set_faults(self):
+      length = int(self.headers.get('Content-Length') or 0)
+      spec = json.loads(self.rfile.read(length) or b'{}')
+      with lock:
+        faults.append({'count': int(spec.get('count', 1)), 'status': int(spec.get('status', 503)),
+                       'match': spec.get('match', '')})
+      self._reply(200, b'{}')
+
+    def _take_fault(self) -> Optional[dict]:
+      with lock:
+        for fault in faults:
+          if fault['count'] > 0 and fault['match'] in self.path:
+            fault['count'] -= 1
+            return dict(fault)
+      return None
+
+    def _answer_fault(self, fault: dict):
+      length = int(self.headers.get('Content-Length') or 0)
+      if length:
+        self.rfile.read(length)
+      if fault['status'] == 0:  # a dropped connection
+        self.close_connection = True
+        self.connection.shutdown(2)
+        return
+      self._reply(fault['status'], json.dumps(
+          {'error': {'code': fault['status'], 'message': 'injected fault'}}).encode())
+
+    def _reply(self, status: int, body: bytes):
+      self.send_response(status)
+      self.send_header('Content-Type', 'application/json')
+      self.send_header('Content-Length', str(len(body)))
+      self.end_headers()
+      self.wfile.write(body)
+      self.wfile.flush()
+
+  return Handler
+
+
+class _Server(socketserver.ThreadingMixIn, server.HTTPServer):
+  daemon_threads = True
+
+  def handle_error(self, request, client_address):  # a client that hung up (an injected drop)
+    pass
+
+
+def serve(port: int = 0, buckets: tuple[str, ...] = ('bkt',)) -> _Server:
+  """Starts the server in a thread of this process; returns it (`server_address`, `shutdown`)."""
+  from gcp_storage_emulator.handlers import buckets as buckets_lib
+  from gcp_storage_emulator.storage import Storage
+  storage = Storage(use_memory_fs=True)
+  for name in buckets:
+    buckets_lib.create_bucket(name, storage)
+  httpd = _Server(('127.0.0.1', port), partial(_handler_class(), storage))
+  threading.Thread(target=httpd.serve_forever, daemon=True).start()
+  return httpd
+
+
+class Emulator:
+  """The emulator in a process of its own (it outlives the runs a test kills); a context manager
+  with `url`, `env` and `inject(count, status, match)`."""
+
+  def __init__(self, buckets: tuple[str, ...] = ('bkt',)):
+    self.buckets = buckets
+    self.process: Optional[subprocess.Popen] = None
+    self.url = ''
+
+  def __enter__(self) -> 'Emulator':
+    self.process = subprocess.Popen(
+        [sys.executable, '-m', 'prompt_tuning.gcs_emulator', '--port=0',
+         *[f'--bucket={b}' for b in self.buckets]], stdout=subprocess.PIPE, text=True)
+    assert self.process.stdout is not None
+    self.url = self.process.stdout.readline().strip()
+    if not self.url.startswith('http://127.0.0.1:'):
+      self.process.kill()
+      raise RuntimeError(f'the GCS emulator did not start (it printed {self.url!r}).')
+    return self
+
+  @property
+  def env(self) -> dict[str, str]:
+    return env(self.url)
+
+  def inject(self, count: int, status: int = 503, match: str = '') -> None:
+    import urllib.request
+    body = json.dumps({'count': count, 'status': status, 'match': match}).encode()
+    urllib.request.urlopen(urllib.request.Request(self.url + FAULTS_PATH, body, method='POST'),
+                           timeout=10).read()
+
+  def __exit__(self, *exc) -> None:
+    if self.process is not None:
+      self.process.terminate()
+      try:
+        self.process.wait(10)
+      except subprocess.TimeoutExpired:
+        self.process.kill()
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser.add_argument('--port', type=int, default=0)
+  parser.add_argument('--bucket', action='append', default=[])
+  args = parser.parse_args(argv)
+  import logging
+  logging.disable(logging.CRITICAL)  # the emulator logs each missing object at error level
+  httpd = serve(args.port, tuple(args.bucket or ['bkt']))
+  print(f'http://127.0.0.1:{httpd.server_address[1]}', flush=True)
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+  while True:
+    time.sleep(3600)
+
+
+if __name__ == '__main__':
+  main()
