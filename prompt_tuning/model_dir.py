@@ -23,6 +23,7 @@ only ever return a committed step's prompt, and `repair` brings everything else 
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -34,7 +35,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from prompt_tuning import prompt_files
+from prompt_tuning import prompt_files, storage
 from prompt_tuning.atomic import TMP_MARK, atomic_write, tmp_name
 from prompt_tuning.models.prompt import DEEP_PATH, PROMPT_PATH, effective_prompts
 
@@ -59,6 +60,8 @@ SUMMARY = 'summary.json'
 IDENTITY_FIELDS = {'prompt_length': None, 'd_model': None, 'placement': None, 'deep': False,
                    'num_prompts': 1, 'prompt_names': None, 'prompt_shared': None}
 _ORBAX_TMP = '.orbax-checkpoint-tmp'
+# On object storage orbax writes a step in place and commits it with this file (no rename).
+ORBAX_COMMIT_FILE = 'commit_success.txt'
 _PREDICTIONS_STEP = re.compile(r'-step(\d+)\.jsonl$')
 
 
@@ -75,16 +78,17 @@ class RunMismatchError(ModelDirError):
 
 
 def run_info_path(model_dir: str) -> str:
-  return os.path.join(model_dir, RUN_INFO)
+  return storage.join(model_dir, RUN_INFO)
 
 
 def read_run_info(model_dir: str) -> Optional[dict]:
   path = run_info_path(model_dir)
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return None
   try:
-    with open(path) as f:
-      info = json.load(f)
+    info = json.loads(storage.read_text(path))
+  except storage.StorageError:
+    raise
   except (OSError, ValueError) as e:
     raise ModelDirError(f'{path}: not a readable run description ({one_line(e)}); it was '
                         f'damaged outside prompt-tuning. Use a new MODEL_DIR, or restore the '
@@ -113,6 +117,12 @@ def check_usable(model_dir: str) -> None:
   """MODEL_DIR is a directory (or can be made one) that this process can write."""
   if not model_dir:
     raise ModelDirError('MODEL_DIR is empty: set --gin.MODEL_DIR to a directory.')
+  if storage.is_remote(model_dir):  # object storage: a reachable, existing bucket is enough
+    try:
+      storage.check_writable(model_dir, 'MODEL_DIR')
+    except storage.StorageError as e:
+      raise ModelDirError(str(e)) from None
+    return
   path = os.path.abspath(model_dir)
   if os.path.exists(path) and not os.path.isdir(path):
     raise ModelDirError(f'MODEL_DIR {model_dir} is a file, not a directory: choose another '
@@ -135,16 +145,30 @@ def check_usable(model_dir: str) -> None:
 
 
 def checkpoints_dir(model_dir: str) -> str:
-  return os.path.join(os.path.abspath(model_dir), CHECKPOINTS)
+  return storage.join(storage.absolute(model_dir), CHECKPOINTS)
 
 
 def committed_steps(model_dir: str) -> list[int]:
-  """Orbax steps renamed into place (an unfinished save keeps a temporary name)."""
+  """Orbax steps renamed into place (an unfinished save keeps a temporary name); on object
+  storage, steps whose commit file orbax wrote (an unfinished save has none)."""
   directory = checkpoints_dir(model_dir)
-  if not os.path.isdir(directory):
+  if not storage.is_remote(directory):
+    if not os.path.isdir(directory):
+      return []
+    return sorted(int(name) for name in os.listdir(directory)
+                  if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+  return sorted(int(name) for name in storage.listdir(directory) if name.isdigit() and
+                storage.exists(storage.join(directory, name, ORBAX_COMMIT_FILE)))
+
+
+def uncommitted_steps(model_dir: str) -> list[int]:
+  """Step folders on object storage that orbax did not commit (a kill cut their save)."""
+  directory = checkpoints_dir(model_dir)
+  if not storage.is_remote(directory):
     return []
-  return sorted(int(name) for name in os.listdir(directory)
-                if name.isdigit() and os.path.isdir(os.path.join(directory, name)))
+  committed = set(committed_steps(model_dir))
+  return sorted(int(name) for name in storage.listdir(directory)
+                if name.isdigit() and int(name) not in committed)
 
 
 def latest_step(model_dir: str) -> Optional[int]:
@@ -153,22 +177,20 @@ def latest_step(model_dir: str) -> Optional[int]:
 
 
 def numpy_prompt_path(model_dir: str, step: int) -> str:
-  return os.path.join(model_dir, NUMPY_CHECKPOINTS, f'checkpoint_{step}', NUMPY_NAME)
+  return storage.join(model_dir, NUMPY_CHECKPOINTS, f'checkpoint_{step}', NUMPY_NAME)
 
 
 def numpy_deep_path(model_dir: str, step: int) -> str:
-  return os.path.join(model_dir, NUMPY_CHECKPOINTS, f'checkpoint_{step}', DEEP_NAME)
+  return storage.join(model_dir, NUMPY_CHECKPOINTS, f'checkpoint_{step}', DEEP_NAME)
 
 
 def numpy_steps(model_dir: str) -> list[int]:
   """Steps with a complete numpy prompt file (committed or not)."""
-  directory = os.path.join(model_dir, NUMPY_CHECKPOINTS)
-  if not os.path.isdir(directory):
-    return []
+  directory = storage.join(model_dir, NUMPY_CHECKPOINTS)
   steps = []
-  for name in os.listdir(directory):
+  for name in storage.listdir(directory):
     m = re.fullmatch(r'checkpoint_(\d+)', name)
-    if m and os.path.isfile(os.path.join(directory, name, NUMPY_NAME)):
+    if m and storage.isfile(storage.join(directory, name, NUMPY_NAME)):
       steps.append(int(m.group(1)))
   return sorted(steps)
 
@@ -186,8 +208,16 @@ def prompt_steps(model_dir: str) -> list[int]:
 def write_numpy_prompt(model_dir: str, step: int, prompt_PxD: Any,
                        deep_LxPxD: Any = None) -> str:
   """The anchor's float32 file (and the deep prompts' beside it, when given), made whole in a
-  temporary folder and renamed into place: the step's folder holds both or is absent."""
-  final_dir = os.path.dirname(numpy_prompt_path(model_dir, step))
+  temporary folder and renamed into place: the step's folder holds both or is absent. On object
+  storage (no rename) the deep prompts are written first and the prompt file last: readers and
+  repair take a step's folder only when its prompt file is there."""
+  final_dir = storage.dirname(numpy_prompt_path(model_dir, step))
+  if storage.is_remote(final_dir):
+    storage.remove(storage.join(final_dir, NUMPY_NAME))  # a rewrite: the marker goes first
+    if deep_LxPxD is not None:
+      prompt_files.write_npy(storage.join(final_dir, DEEP_NAME), deep_LxPxD)
+    prompt_files.write_npy(storage.join(final_dir, NUMPY_NAME), prompt_PxD)
+    return storage.join(final_dir, NUMPY_NAME)
   tmp_dir = tmp_name(final_dir)
   shutil.rmtree(tmp_dir, ignore_errors=True)
   os.makedirs(tmp_dir)
@@ -204,7 +234,7 @@ def read_orbax_prompts(model_dir: str, step: int) -> tuple[np.ndarray, Optional[
   """(prompt, deep prompts or None) of a committed orbax step, read without knowing the
   optimizer's state."""
   import orbax.checkpoint as ocp
-  path = os.path.join(checkpoints_dir(model_dir), str(step), 'state')
+  path = storage.join(checkpoints_dir(model_dir), str(step), 'state')
   try:
     with warnings.catch_warnings():  # "sharding info not provided": none is needed here
       warnings.simplefilter('ignore')
@@ -243,7 +273,7 @@ def load_prompt(model_dir: str, step: Optional[int] = None) -> tuple[np.ndarray,
   A table's run gives the table [K, P, D] (combined with its shared prompt, if any), in
   `prompt_names` order."""
   step = _readable_step(model_dir, step)
-  if os.path.isfile(numpy_prompt_path(model_dir, step)):
+  if storage.isfile(numpy_prompt_path(model_dir, step)):
     return prompt_files.load_prompt_file(numpy_prompt_path(model_dir, step),
                                          allow_table=True), step
   return read_orbax_prompt(model_dir, step), step
@@ -255,7 +285,7 @@ def load_deep_prompt(model_dir: str, step: Optional[int] = None) -> Optional[np.
   else the orbax step."""
   step = _readable_step(model_dir, step)
   path = numpy_deep_path(model_dir, step)
-  if os.path.isfile(path):
+  if storage.isfile(path):
     return _load_deep_file(path)
   if _run_is_deep(model_dir) is False or step not in committed_steps(model_dir):
     return None  # saves write both files together: a step kept as numpy alone had none
@@ -264,7 +294,7 @@ def load_deep_prompt(model_dir: str, step: Optional[int] = None) -> Optional[np.
 
 def _load_deep_file(path: str) -> np.ndarray:
   try:
-    deep = np.load(path, allow_pickle=False)
+    deep = np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
   except Exception as e:  # truncated data and object arrays both land here
     raise ModelDirError(f'{path}: cannot read the deep prompts ({one_line(e)}); the file is '
                         f'damaged: delete it, and a committed orbax step is read instead.') from e
@@ -286,7 +316,7 @@ def _run_is_deep(model_dir: str) -> Optional[bool]:
 
 def _readable_step(model_dir: str, step: Optional[int]) -> int:
   """`step`, or the latest committed step, checked to have a readable prompt."""
-  if not os.path.isdir(model_dir):
+  if not storage.isdir(model_dir):
     raise ModelDirError(f'MODEL_DIR {model_dir}: no such directory.')
   available = prompt_steps(model_dir)
   if not available:
@@ -304,22 +334,27 @@ def _readable_step(model_dir: str, step: Optional[int]) -> int:
 
 def read_jsonl(path: str) -> list[dict]:
   """The whole records of a JSONL file (a line a kill cut short is left out)."""
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return []
   records = []
-  with open(path, encoding='utf-8') as f:
-    for line in f:
-      try:
-        record = json.loads(line)
-      except ValueError:
-        continue
-      if isinstance(record, dict):
-        records.append(record)
+  for line in storage.read_bytes(path).decode('utf-8', errors='replace').split('\n'):
+    try:
+      record = json.loads(line)
+    except ValueError:
+      continue
+    if isinstance(record, dict):
+      records.append(record)
   return records
 
 
 def append_jsonl(path: str, record: dict) -> None:
-  """Appends one line; after a line a kill cut short, on a line of its own."""
+  """Appends one line; after a line a kill cut short, on a line of its own. Object storage
+  has no append: the file is written again whole, as one object (it stays small)."""
+  if storage.is_remote(path):
+    old = storage.read_bytes(path) if storage.exists(path) else b''
+    cut = bool(old) and not old.endswith(b'\n')
+    storage.write_atomic(path, old + (('\n' if cut else '') + json.dumps(record) + '\n').encode())
+    return
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   with open(path, 'a+b') as f:
     cut = False
@@ -330,12 +365,11 @@ def append_jsonl(path: str, record: dict) -> None:
 
 
 def _rewrite_jsonl(path: str, keep: Callable[[dict], bool]) -> None:
-  if not os.path.exists(path):
+  if not storage.exists(path):
     return
   records = read_jsonl(path)
   kept = [r for r in records if keep(r)]
-  with open(path, 'rb') as f:
-    original = f.read()
+  original = storage.read_bytes(path)
   data = ''.join(json.dumps(r) + '\n' for r in kept).encode()
   if data != original:
     atomic_write(path, data)
@@ -344,56 +378,60 @@ def _rewrite_jsonl(path: str, keep: Callable[[dict], bool]) -> None:
 def eval_done(model_dir: str, step: int) -> bool:
   """An evaluation's record in metrics.jsonl is written last: it marks the evaluation whole."""
   return any(r.get('kind') == 'eval' and r.get('step') == step
-             for r in read_jsonl(os.path.join(model_dir, METRICS)))
+             for r in read_jsonl(storage.join(model_dir, METRICS)))
 
 
 def _remove_temporaries(root: str) -> list[str]:
   removed = []
-  for dirpath, dirnames, filenames in os.walk(root):
+  for dirpath, dirnames, filenames in storage.walk(root):
     for name in list(dirnames):
       if TMP_MARK in name or _ORBAX_TMP in name:
-        shutil.rmtree(os.path.join(dirpath, name), ignore_errors=True)
+        storage.rmtree(storage.join(dirpath, name))
         dirnames.remove(name)
-        removed.append(os.path.join(dirpath, name))
+        removed.append(storage.join(dirpath, name))
     for name in filenames:
       if TMP_MARK in name:
-        os.remove(os.path.join(dirpath, name))
-        removed.append(os.path.join(dirpath, name))
+        storage.remove(storage.join(dirpath, name))
+        removed.append(storage.join(dirpath, name))
   return removed
 
 
 def repair(model_dir: str, keep: Optional[int] = None) -> Optional[int]:
   """Brings MODEL_DIR back to its latest committed step after a kill; returns that step.
 
-  Removes temporaries, orbax steps past `keep`, numpy prompts and records of steps after the
-  latest committed one (they are redone), writes the numpy prompt of a kept step that lacks it
-  (or, in a run_info.json's deep run, its deep prompts), and drops the predictions/metrics of
-  an evaluation whose final record is missing (it is rerun).
+  Removes temporaries (on object storage: step folders orbax did not commit), orbax steps past
+  `keep`, numpy prompts and records of steps after the latest committed one (they are redone),
+  writes the numpy prompt of a kept step that lacks it (or, in a run_info.json's deep run, its
+  deep prompts), and drops the predictions/metrics of an evaluation whose final record is
+  missing (it is rerun).
   """
-  if not os.path.isdir(model_dir):
+  if not storage.isdir(model_dir):
     return None
   removed = _remove_temporaries(model_dir)
+  for step in uncommitted_steps(model_dir):
+    storage.rmtree(storage.join(checkpoints_dir(model_dir), str(step)))
+    removed.append(storage.join(CHECKPOINTS, str(step)))
   steps = committed_steps(model_dir)
   if keep and len(steps) > keep:
     for step in steps[:-keep]:
-      shutil.rmtree(os.path.join(checkpoints_dir(model_dir), str(step)))
-      removed.append(os.path.join(CHECKPOINTS, str(step)))
+      storage.rmtree(storage.join(checkpoints_dir(model_dir), str(step)))
+      removed.append(storage.join(CHECKPOINTS, str(step)))
     steps = steps[-keep:]
   latest = steps[-1] if steps else None
   limit = -1 if latest is None else latest
-  numpy_dir = os.path.join(model_dir, NUMPY_CHECKPOINTS)
-  for name in os.listdir(numpy_dir) if os.path.isdir(numpy_dir) else []:
-    if not os.path.isfile(os.path.join(numpy_dir, name, NUMPY_NAME)):
-      shutil.rmtree(os.path.join(numpy_dir, name))  # a folder a kill left without its file
+  numpy_dir = storage.join(model_dir, NUMPY_CHECKPOINTS)
+  for name in storage.listdir(numpy_dir):
+    if not storage.isfile(storage.join(numpy_dir, name, NUMPY_NAME)):
+      storage.rmtree(storage.join(numpy_dir, name))  # a folder a kill left without its file
       removed.append(f'{NUMPY_CHECKPOINTS}/{name}')
   for step in numpy_steps(model_dir):
     if step > limit:
-      shutil.rmtree(os.path.dirname(numpy_prompt_path(model_dir, step)))
+      storage.rmtree(storage.dirname(numpy_prompt_path(model_dir, step)))
       removed.append(f'{NUMPY_CHECKPOINTS}/checkpoint_{step}')
   deep = _run_is_deep(model_dir)
   for step in steps:
-    has_prompt = os.path.isfile(numpy_prompt_path(model_dir, step))
-    if has_prompt and not (deep and not os.path.isfile(numpy_deep_path(model_dir, step))):
+    has_prompt = storage.isfile(numpy_prompt_path(model_dir, step))
+    if has_prompt and not (deep and not storage.isfile(numpy_deep_path(model_dir, step))):
       continue
     prompt_PxD, deep_LxPxD = read_orbax_prompts(model_dir, step)
     if has_prompt and deep_LxPxD is None:
@@ -401,24 +439,29 @@ def repair(model_dir: str, keep: Optional[int] = None) -> Optional[int]:
     write_numpy_prompt(model_dir, step, prompt_PxD, deep_LxPxD)
     log.info('Rewrote the numpy prompt of step %d in %s.', step, model_dir)
 
-  _rewrite_jsonl(os.path.join(model_dir, METRICS), lambda r: r.get('step', 0) <= limit)
+  _rewrite_jsonl(storage.join(model_dir, METRICS), lambda r: r.get('step', 0) <= limit)
   whole = latest is not None and eval_done(model_dir, latest)
-  eval_dir = os.path.join(model_dir, INFERENCE_EVAL)
-  if os.path.isdir(eval_dir):
-    for name in os.listdir(eval_dir):
-      path = os.path.join(eval_dir, name)
-      m = _PREDICTIONS_STEP.search(name)
-      if name.endswith('-metrics.jsonl'):
-        _rewrite_jsonl(path, lambda r: _command_record(r) or r.get('step', 0) < limit or (
-            r.get('step') == limit and whole))
-      elif m and '-eval-' not in name and (int(m.group(1)) > limit or (
-          int(m.group(1)) == limit and not whole)):
-        os.remove(path)
+  eval_dir = storage.join(model_dir, INFERENCE_EVAL)
+  for name in storage.listdir(eval_dir):
+    path = storage.join(eval_dir, name)
+    m = _PREDICTIONS_STEP.search(name)
+    if name.endswith('-metrics.jsonl'):
+      _rewrite_jsonl(path, lambda r: _command_record(r) or r.get('step', 0) < limit or (
+          r.get('step') == limit and whole))
+    elif m and '-eval-' not in name and (int(m.group(1)) > limit or (
+        int(m.group(1)) == limit and not whole)):
+      storage.remove(path)
   if removed:
     log.info('Repaired %s: removed what a stopped run left unfinished (%s).', model_dir,
-             ', '.join(os.path.relpath(p, model_dir) if os.path.isabs(p) else p
-                       for p in removed[:6]) + (' …' if len(removed) > 6 else ''))
+             ', '.join(_shown(p, model_dir) for p in removed[:6]) +
+             (' …' if len(removed) > 6 else ''))
   return latest
+
+
+def _shown(path: str, model_dir: str) -> str:
+  if storage.is_remote(path) or os.path.isabs(path):
+    return storage.relpath(path, model_dir)
+  return path
 
 
 def _command_record(record: dict) -> bool:

@@ -56,18 +56,19 @@ class Data:
 
 
 class Recorder:
-  """on_metrics/on_save callbacks that keep what they saw, and when."""
+  """on_metrics/before_save callbacks that keep what they saw, and when."""
 
   def __init__(self, model_dir):
     self.model_dir = model_dir
-    self.metrics, self.saves, self.seen_at_save = [], [], {}
+    self.metrics, self.saves, self.seen_at_save, self.committed_at_save = [], [], {}, {}
 
   def on_metrics(self, step, metrics):
     self.metrics.append((step, metrics))
 
-  def on_save(self, step):
+  def before_save(self, step):
     self.saves.append(step)
     self.seen_at_save[step] = [s for s, _ in self.metrics]
+    self.committed_at_save[step] = model_dir_lib.latest_step(self.model_dir)
 
   @property
   def steps(self):
@@ -84,7 +85,7 @@ def run(trainer, model_dir, num_steps, data=None, recorder=None, **kw):
   data = data or Data()
   recorder = recorder or Recorder(model_dir)
   state = loop.train(trainer, data, model_dir, num_steps, prompt_init=uniform_init,
-                     on_metrics=recorder.on_metrics, on_save=recorder.on_save, **kw)
+                     on_metrics=recorder.on_metrics, before_save=recorder.before_save, **kw)
   return state, data, recorder
 
 
@@ -103,6 +104,8 @@ def test_runs_n_steps_reports_every_step_and_saves_at_save_every(trainer, tmp_pa
   # Step 0 (the initial prompt), every 2nd step and the last; each after its metrics were given.
   assert rec.saves == [0, 2, 4, 5]
   assert rec.seen_at_save == {0: [], 2: [1, 2], 4: [1, 2, 3, 4], 5: [1, 2, 3, 4, 5]}
+  # ... and before the step's commit: what it logged is durable when its commit names it.
+  assert rec.committed_at_save == {0: None, 2: 0, 4: 2, 5: 4}
   assert model_dir_lib.committed_steps(model_dir) == [0, 2, 4, 5]
   assert model_dir_lib.numpy_steps(model_dir) == [0, 2, 4, 5]
   # Exactly one batch per step, from position 0.

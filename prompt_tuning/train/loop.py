@@ -75,7 +75,7 @@ def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], mode
           periodic: Sequence[tuple] = (),
           periodic_at_start: bool = False,
           before_write: Optional[Callable[[], None]] = None,
-          on_save: Optional[Callable[[int], None]] = None) -> TrainState:
+          before_save: Optional[Callable[[int], None]] = None) -> TrainState:
   """Prompt-tunes until `num_steps`, resuming from MODEL_DIR's latest committed step if any.
 
   `prompt_names` name a table's prompts in run_info.json (a multi-task run: its tasks).
@@ -84,7 +84,8 @@ def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], mode
   just before it. A restart first repairs what a kill left (see model_dir.repair) and reruns a
   `periodic` hook of the resumed step that did not finish. Losses are checked for NaN/inf at
   least every `check_every` steps and before every save, so a diverged state is never written.
-  SIGTERM/SIGINT save the current step and raise preemption.Preempted.
+  SIGTERM/SIGINT save the current step and raise preemption.Preempted. `before_save(step)` runs
+  before each save commits: what the step logged is durable when its commit names it.
   """
   hooks = [Periodic(*p) for p in periodic]
   info = run_info(trainer, initial_checkpoint, prompt_names)
@@ -125,9 +126,9 @@ def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], mode
     ckpt = state_lib.PromptCheckpointer(model_dir, keep=keep, shared=trainer.prompt_config.shared)
     try:
       if latest is None:
+        if before_save is not None:
+          before_save(step)
         ckpt.save(state, position)  # step 0: the initial prompt, as the anchor keeps it too
-        if on_save is not None:
-          on_save(step)
         preemption.crash_point('after_save', step)
       else:
         log.info('Resumed %s at step %d (data position %d).', model_dir, step, position)
@@ -152,9 +153,9 @@ def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], mode
               on_metrics(s, {k: float(v) for k, v in jax.device_get(m).items()})
           pending = []
         if due_save or stop:
+          if before_save is not None:
+            before_save(step)
           ckpt.save(state, position)
-          if on_save is not None:
-            on_save(step)
           preemption.crash_point('after_save', step)
         if stop:
           raise preemption.Preempted(stop, step, model_dir)

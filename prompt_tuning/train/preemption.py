@@ -136,11 +136,16 @@ def arm_orbax_crash() -> None:
     return
   _orbax_armed = True
   from orbax.checkpoint._src.path import atomicity
-  original = atomicity.AtomicRenameTemporaryPath.finalize
   step = fault[1]
 
+  # Locally orbax commits by a rename; on object storage by writing a commit file.
+  for cls in (atomicity.AtomicRenameTemporaryPath, atomicity.CommitFileTemporaryPath):
+    cls.finalize = _killing_finalize(cls.finalize, step)
+
+
+def _killing_finalize(original, step: int):
   async def finalize(self, *args, **kwargs):
-    if os.path.basename(str(self.get_final())) == str(step):
+    if str(self.get_final()).rstrip('/').rsplit('/', 1)[-1] == str(step):
       os.kill(os.getpid(), signal.SIGKILL)
     return await original(self, *args, **kwargs)
-  atomicity.AtomicRenameTemporaryPath.finalize = finalize
+  return finalize

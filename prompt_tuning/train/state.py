@@ -2,19 +2,19 @@
 
 The frozen model is never written: resuming = base checkpoint + this small state. Each save
 writes the step's numpy prompt (with the deep prompts, if any) first, atomically, then the orbax
-step, whose rename commits it: a kill anywhere leaves the previous committed step as the latest,
-and nothing names a step that was not committed.
+step, whose rename (on object storage: its commit file) commits it: a kill anywhere leaves the
+previous committed step as the latest, and nothing names a step that was not committed.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Optional
 
 import jax
 import orbax.checkpoint as ocp
 
 from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning import storage
 from prompt_tuning.models.prompt import SharedMode, effective_prompts, get_deep_prompt
 from prompt_tuning.train import preemption
 
@@ -63,7 +63,7 @@ class PromptCheckpointer:
     step = self.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f'No checkpoint in {self.directory}.')
-    path = os.path.join(self.directory, str(step))
+    path = storage.join(self.directory, str(step))
     try:
       restored = self.manager.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
