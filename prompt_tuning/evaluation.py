@@ -9,13 +9,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from typing import Any, Literal, Mapping, Optional, Sequence, get_args
 
 import jax
 import numpy as np
 
-from prompt_tuning import batching, decoding
+from prompt_tuning import batching, decoding, storage
 from prompt_tuning import model_dir as model_dir_lib
 from prompt_tuning.train import preemption
 from prompt_tuning.vocab import PAD_ID
@@ -164,12 +163,12 @@ class Evaluator:
     if self.output_dir is None or jax.process_index() != 0:
       return
     name = f'{self.task_name}-{method}{"-" + tag if tag else ""}-step{step}.jsonl'
-    model_dir_lib.atomic_write(os.path.join(self.output_dir, name), ''.join(
+    model_dir_lib.atomic_write(storage.join(self.output_dir, name), ''.join(
         json.dumps({'input': example.get('inputs_pretokenized'),
                     'target': example.get('targets_pretokenized'),
                     'prediction': prediction}) + '\n'
         for example, prediction in zip(self.examples, predictions)))
-    model_dir_lib.append_jsonl(os.path.join(self.output_dir, f'{self.task_name}-metrics.jsonl'),
+    model_dir_lib.append_jsonl(storage.join(self.output_dir, f'{self.task_name}-metrics.jsonl'),
                                {'step': step, 'method': method, 'tag': tag, **metrics})
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
+import tempfile
 import time
 from typing import Any, Optional
 
@@ -20,7 +22,7 @@ import jax
 import numpy as np
 
 from prompt_tuning import model_dir as model_dir_lib
-from prompt_tuning import prompt_files
+from prompt_tuning import prompt_files, storage
 from prompt_tuning.atomic import atomic_save, atomic_write
 
 log = logging.getLogger('prompt_tuning')
@@ -86,12 +88,15 @@ class Reporter:
     self._start_step = start_step
     self._started = False
     self._start = time.time()
+    # TensorBoard writers append to files, which object storage cannot do: for a URL MODEL_DIR
+    # they write here, and each events file is uploaded whole when its writer is closed.
+    self._staging: Optional[str] = None
 
   def _ensure_started(self) -> None:
     if self._started or not self.enabled:
       return
     self._started = True
-    for record in model_dir_lib.read_jsonl(os.path.join(self.model_dir, model_dir_lib.METRICS)):
+    for record in model_dir_lib.read_jsonl(storage.join(self.model_dir, model_dir_lib.METRICS)):
       if record.get('kind') == 'train' and 'loss_per_token' in record:
         self.train_history.append((record['step'], record['loss_per_token']))
       elif record.get('kind') == 'eval':
@@ -114,7 +119,12 @@ class Reporter:
       # flush continue in a new events file, named apart (tensorboardX's names only differ by
       # the second, and a same-named file would be overwritten).
       self._opened += 1
-      self._writers[name] = SummaryWriter(os.path.join(self.model_dir, name),
+      log_dir = storage.join(self.model_dir, name)
+      if storage.is_remote(self.model_dir):
+        if self._staging is None:
+          self._staging = tempfile.mkdtemp(prefix='prompt-tuning-events-')
+        log_dir = os.path.join(self._staging, name)
+      self._writers[name] = SummaryWriter(log_dir,
                                           purge_step=self._purge.pop(name, None),
                                           filename_suffix=f'.{os.getpid()}.{self._opened}')
     return self._writers[name]
@@ -123,9 +133,21 @@ class Reporter:
     for name in list(self._writers) if names is None else names:
       if name in self._writers:
         self._writers.pop(name).close()
+        self._upload(name)
+
+  def _upload(self, name: str) -> None:
+    """A URL MODEL_DIR: the closed writer's events files, each one object, then gone here."""
+    if self._staging is None or not os.path.isdir(os.path.join(self._staging, name)):
+      return
+    local = os.path.join(self._staging, name)
+    for file in sorted(os.listdir(local)):
+      path = os.path.join(local, file)
+      with open(path, 'rb') as f:
+        storage.write_atomic(storage.join(self.model_dir, name, file), f.read())
+      os.remove(path)
 
   def _append_jsonl(self, record: dict) -> None:
-    model_dir_lib.append_jsonl(os.path.join(self.model_dir, model_dir_lib.METRICS), record)
+    model_dir_lib.append_jsonl(storage.join(self.model_dir, model_dir_lib.METRICS), record)
 
   def train_metrics(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:
@@ -180,9 +202,12 @@ class Reporter:
     if self._bar is not None:
       self._bar.close()
     self._close_writers()
+    if self._staging is not None:
+      shutil.rmtree(self._staging, ignore_errors=True)
+      self._staging = None
     if not self.enabled or not self.train_history:
       return None
-    return plot(os.path.join(self.model_dir, 'plots', 'training.png'), self.train_history,
+    return plot(storage.join(self.model_dir, 'plots', 'training.png'), self.train_history,
                 self.eval_history, self.main_metric)
 
 
@@ -212,16 +237,15 @@ class BestPrompt:
   """Keeps the prompt with the best main eval metric at MODEL_DIR/best/."""
 
   def __init__(self, model_dir: str, metric: Optional[str]):
-    self.dir = os.path.join(model_dir, model_dir_lib.BEST)
+    self.dir = storage.join(model_dir, model_dir_lib.BEST)
     self.metric = metric
     self.record: Optional[dict] = None
     self.load()
 
   def load(self) -> None:
-    path = os.path.join(self.dir, model_dir_lib.BEST_METRICS)
-    if self.metric and os.path.exists(path):
-      with open(path) as f:
-        self.record = json.load(f)
+    path = storage.join(self.dir, model_dir_lib.BEST_METRICS)
+    if self.metric and storage.exists(path):
+      self.record = json.loads(storage.read_text(path))
 
   def update(self, step: int, metrics: dict, prompt_value) -> None:
     if not self.metric or self.metric not in metrics or jax.process_index() != 0:
@@ -232,9 +256,9 @@ class BestPrompt:
       return
     record = {'step': step, 'metric': self.metric, 'value': value, 'metrics': metrics}
     # The prompt first: a kill between the two writes leaves a metric that a rerun beats again.
-    prompt_files.write_npy(os.path.join(self.dir, model_dir_lib.NUMPY_NAME),
+    prompt_files.write_npy(storage.join(self.dir, model_dir_lib.NUMPY_NAME),
                            np.asarray(jax.device_get(prompt_value)))
-    atomic_write(os.path.join(self.dir, model_dir_lib.BEST_METRICS),
+    atomic_write(storage.join(self.dir, model_dir_lib.BEST_METRICS),
                  json.dumps(record, indent=2, default=float))
     self.record = record
 
@@ -248,7 +272,7 @@ def print_summary(summary: dict) -> None:
   if summary.get('best'):
     b = summary['best']
     lines.append(f"  best {b['metric']} {b['value']:.4f} at step {b['step']}: "
-                 f"{os.path.join(summary['model_dir'], model_dir_lib.BEST)}")
+                 f"{storage.join(summary['model_dir'], model_dir_lib.BEST)}")
   lines.append(f"  prompt checkpoints (orbax): {summary['checkpoints']}")
   lines.append(f"  numpy prompts:              {summary['numpy_checkpoints']}")
   for fmt, path in summary.get('exports', {}).items():

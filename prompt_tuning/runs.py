@@ -19,7 +19,7 @@ import jax
 import numpy as np
 
 from prompt_tuning import (batching, checkpoints, evaluation, export, prompt_files, prompt_init,
-                           reporting)
+                           reporting, storage)
 from prompt_tuning import model_dir as model_dir_lib
 from prompt_tuning import prompt_library as prompt_library_lib
 from prompt_tuning.atomic import atomic_write
@@ -45,7 +45,7 @@ def _import_tasks(module: Optional[str]) -> Any:
 def _write_gin_config(model_dir: str, name: str = model_dir_lib.CONFIG_GIN) -> None:
   import gin
   if jax.process_index() == 0:
-    atomic_write(os.path.join(model_dir, name), gin.config_str())
+    atomic_write(storage.join(model_dir, name), gin.config_str())
 
 
 AdafactorStepOffset = Literal['zero', 'checkpoint'] | int | None
@@ -173,7 +173,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
     evaluator = evaluation.Evaluator(
         mixture_or_task_name, eval_split, task_feature_lengths, methods=eval_methods,
         batch_size=eval_batch_size, max_examples=eval_max_examples, decoding_config=decoding,
-        output_dir=os.path.join(model_dir, model_dir_lib.INFERENCE_EVAL), buckets=buckets,
+        output_dir=storage.join(model_dir, model_dir_lib.INFERENCE_EVAL), buckets=buckets,
         prompt_ids=None if names is None or members else {n: k for k, n in enumerate(names)}
     ) if eval_period else None
     main_metric = None
@@ -210,7 +210,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
                          prompt_names=names, on_metrics=reporter.train_metrics, periodic=periodic,
                          periodic_at_start=eval_at_start,
                          before_write=lambda: (held.release(), _write_gin_config(model_dir)),
-                         on_save=lambda _: reporter.flush())
+                         before_save=lambda _: reporter.flush())
     except preemption.Preempted:
       reporter.close()
       raise
@@ -224,12 +224,12 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
                'first_eval': reporter.eval_history[0] if reporter.eval_history else None,
                'final_eval': reporter.eval_history[-1][1] if reporter.eval_history else None,
                'best': best.record, 'plot': plot_path, 'exports': written,
-               'checkpoints': os.path.join(model_dir, model_dir_lib.CHECKPOINTS),
-               'numpy_checkpoints': os.path.join(model_dir, model_dir_lib.NUMPY_CHECKPOINTS),
+               'checkpoints': storage.join(model_dir, model_dir_lib.CHECKPOINTS),
+               'numpy_checkpoints': storage.join(model_dir, model_dir_lib.NUMPY_CHECKPOINTS),
                'tensorboard': model_dir}
     _write_gin_config(model_dir, model_dir_lib.OPERATIVE_CONFIG_GIN)
     if host == 0:
-      atomic_write(os.path.join(model_dir, model_dir_lib.SUMMARY),
+      atomic_write(storage.join(model_dir, model_dir_lib.SUMMARY),
                    json.dumps(summary, indent=2, default=str))
       reporting.print_summary(summary)
     return summary
@@ -358,7 +358,7 @@ def evaluate(*, model_dir: Optional[str], mixture_or_task_name: str,
     model_module, params, step, ids = _prompted_model(
         initial_checkpoint_path, model, prompt, model_dir, prompt_file, step,
         mixture_or_task_name)
-  out = output_dir or os.path.join(model_dir or '.', model_dir_lib.INFERENCE_EVAL)
+  out = output_dir or storage.join(model_dir or '.', model_dir_lib.INFERENCE_EVAL)
   evaluator = evaluation.Evaluator(mixture_or_task_name, split, task_feature_lengths,
                                    methods=eval_methods, batch_size=eval_batch_size,
                                    max_examples=eval_max_examples, decoding_config=decoding,
@@ -461,7 +461,7 @@ def infer(*, model_dir: Optional[str], mixture_or_task_name: str, task_feature_l
         prompt_library=prompt_library, input_file=input_file, task=mixture_or_task_name,
         task_feature_lengths=task_feature_lengths, model=model, prompt=prompt,
         initial_checkpoint_path=initial_checkpoint_path, batch_size=batch_size,
-        decoding=decoding, output_dir=output_dir or os.path.join(model_dir or '.',
+        decoding=decoding, output_dir=output_dir or storage.join(model_dir or '.',
                                                                  model_dir_lib.INFERENCE))
   model_module, params, step, ids = _prompted_model(
       initial_checkpoint_path, model, prompt, model_dir, prompt_file, step, mixture_or_task_name)
@@ -470,8 +470,8 @@ def infer(*, model_dir: Optional[str], mixture_or_task_name: str, task_feature_l
                                    max_examples=max_examples, decoding_config=decoding,
                                    buckets=buckets, prompt_ids=ids)
   texts = evaluator.generate(model_module, params)
-  out_dir = output_dir or os.path.join(model_dir or '.', model_dir_lib.INFERENCE)
-  path = os.path.join(out_dir, f'{mixture_or_task_name}-{split}-step{step}.jsonl')
+  out_dir = output_dir or storage.join(model_dir or '.', model_dir_lib.INFERENCE)
+  path = storage.join(out_dir, f'{mixture_or_task_name}-{split}-step{step}.jsonl')
   atomic_write(path, ''.join(
       json.dumps({'input': example.get('inputs_pretokenized'), 'prediction': text}) + '\n'
       for example, text in zip(evaluator.examples, texts)))
@@ -483,8 +483,9 @@ def read_mixed_inputs(path: str) -> list[tuple[str, str]]:
   """(prompt name, input text) of each row of a mixed input file; bad rows named by line."""
   rows = []
   try:
-    with open(path, encoding='utf-8') as f:
-      lines = f.read().splitlines()
+    lines = storage.read_text(path).splitlines()
+  except storage.StorageError as e:
+    raise ValueError(f'INFER_INPUT_FILE {e}') from None
   except OSError as e:
     raise ValueError(f'INFER_INPUT_FILE {path}: cannot read it ({e.strerror}).') from e
   for number, line in enumerate(lines, 1):
@@ -527,7 +528,7 @@ def _infer_mixed(*, prompt_library, input_file, task, task_feature_lengths, mode
                            max_decode_length=task_feature_lengths['targets'],
                            batch_size=batch_size,
                            max_input_length=task_feature_lengths['inputs'])
-  path = os.path.join(output_dir, os.path.splitext(os.path.basename(input_file))[0] +
+  path = storage.join(output_dir, os.path.splitext(storage.basename(input_file))[0] +
                       '-predictions.jsonl')
   atomic_write(path, ''.join(
       json.dumps({'prompt': n, 'inputs': text, 'prediction': vocab.decode(out)}) + '\n'
