@@ -75,7 +75,8 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   data.add_argument('--tfds_data_dir', default=None, help='TFDS data directory')
   hosts = parser.add_argument_group('multi-host (jax.distributed)')
   hosts.add_argument('--multiprocess_gpu', action='store_true',
-                     help='initialise jax.distributed for multi-process GPU training')
+                     help='initialise jax.distributed for multi-process GPU training (on a '
+                     'multi-host TPU slice or a SLURM step of several tasks it starts by itself)')
   hosts.add_argument('--coordinator_address', default=None, help='host:port of process 0')
   hosts.add_argument('--process_count', type=int, default=None)
   hosts.add_argument('--process_index', type=int, default=None)
@@ -226,10 +227,28 @@ def _find_gin_file(name: str, search: Sequence[str]) -> str:
   raise UsageError(f'gin file {name!r} not found in: {", ".join(search)}')
 
 
+def cluster_launch(env=None) -> Optional[str]:
+  """The launcher that started this process as one of several, when jax.distributed can find
+  its peers by itself: a multi-host Cloud TPU slice (every worker lists the slice's hosts) or a
+  SLURM step of several tasks. None for a single process."""
+  env = os.environ if env is None else env
+  if len([h for h in env.get('TPU_WORKER_HOSTNAMES', '').split(',') if h.strip()]) > 1:
+    return 'Cloud TPU slice'
+  if 'SLURM_JOB_ID' in env and int(env.get('SLURM_STEP_NUM_TASKS') or
+                                   env.get('SLURM_NTASKS') or 1) > 1:
+    return 'SLURM'
+  return None
+
+
 def init_distributed(args: argparse.Namespace) -> None:
-  if not (args.multiprocess_gpu or args.coordinator_address):
+  """jax.distributed with T5X's flags; without them, on a multi-host TPU slice or a SLURM step
+  of several tasks, with jax.distributed's own detection of the peers (no flags needed)."""
+  launch = None if (args.multiprocess_gpu or args.coordinator_address) else cluster_launch()
+  if not (args.multiprocess_gpu or args.coordinator_address or launch):
     return
   import jax
+  if launch:
+    log.info('jax.distributed: %s detected; finding the peers from it.', launch)
   jax.distributed.initialize(coordinator_address=args.coordinator_address,
                              num_processes=args.process_count, process_id=args.process_index)
   log.info('jax.distributed: process %d of %d, %d global devices', jax.process_index(),
@@ -399,7 +418,8 @@ def _inspect(args: argparse.Namespace) -> int:
                      (', not both.' if args.prompt else '.'))
   if args.step is not None and not args.model_dir:
     raise ValueError('inspect: --step picks a step of --model_dir; a --prompt file has one prompt.')
-  if args.json and os.path.isdir(args.json):
+  from prompt_tuning import storage
+  if args.json and storage.isdir(args.json):
     raise ValueError(f'--json={args.json} is a directory; name the file to write.')
   if args.prompt:
     prompt = prompt_files.load_prompt_file(args.prompt, args.variable)
@@ -433,10 +453,10 @@ def _inspect(args: argparse.Namespace) -> int:
   report = {'prompt_source': prompt_source, 'embedding_source': embedding_source,
             'vocab': vocab_path, **report}
   if args.json:
-    atomic_write(os.path.abspath(args.json), json.dumps(report, indent=1, ensure_ascii=False))
+    atomic_write(storage.absolute(args.json), json.dumps(report, indent=1, ensure_ascii=False))
   print(inspection.format_table(report, prompt_source, embedding_source))
   if args.json:
-    print(f'wrote {os.path.abspath(args.json)}')
+    print(f'wrote {storage.absolute(args.json)}')
   return 0
 
 
@@ -457,7 +477,8 @@ def _serve(args: argparse.Namespace) -> int:
       warmup_decode_lengths=_int_list('--warmup_decode_lengths', args.warmup_decode_lengths))
   if not 0 <= args.port < 65536:
     raise ValueError(f'--port={args.port}: choose a port in [0, 65535].')
-  if args.prompts and not os.path.isdir(args.prompts):
+  from prompt_tuning import storage
+  if args.prompts and not storage.isdir(args.prompts):
     raise ValueError(f'--prompts={args.prompts}: not a folder of prompts.')
   if args.checkpoint and not args.gin_file and not args.gin_bindings:
     # Without gin (GPU machines lack it): the architecture is read from the checkpoint.

@@ -137,3 +137,35 @@ def test_plan_prints_memory_per_remat_policy(tmp_path):
   # The memory-aware CPU schedule makes rematerialisation show (default schedule: no change).
   assert rows['full']['temp'] < 0.7 * rows['none']['temp'], proc.stdout
   assert os.listdir(tmp_path) == []  # planning writes nothing
+
+
+def test_cluster_launch_finds_tpu_slices_and_slurm_steps_of_several_processes():
+  assert cli.cluster_launch({}) is None
+  assert cli.cluster_launch({'TPU_WORKER_HOSTNAMES': 'localhost'}) is None  # one TPU VM
+  assert cli.cluster_launch({'TPU_WORKER_HOSTNAMES': 't1-w-0,t1-w-1'}) == 'Cloud TPU slice'
+  assert cli.cluster_launch({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '1'}) is None
+  assert cli.cluster_launch({'SLURM_JOB_ID': '7', 'SLURM_NTASKS': '4'}) == 'SLURM'
+  assert cli.cluster_launch({'SLURM_JOB_ID': '7', 'SLURM_STEP_NUM_TASKS': '2'}) == 'SLURM'
+
+
+def test_init_distributed_uses_jax_detection_on_a_cluster_and_flags_otherwise(monkeypatch):
+  import argparse
+
+  import jax
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **kw: calls.append(kw))
+  monkeypatch.setattr(jax, 'process_index', lambda: 0)
+  none = argparse.Namespace(multiprocess_gpu=False, coordinator_address=None,
+                            process_count=None, process_index=None)
+  for key in ('TPU_WORKER_HOSTNAMES', 'SLURM_JOB_ID', 'SLURM_NTASKS', 'SLURM_STEP_NUM_TASKS'):
+    monkeypatch.delenv(key, raising=False)
+  cli.init_distributed(none)
+  assert calls == []  # one process, no flags: nothing to join
+  monkeypatch.setenv('SLURM_JOB_ID', '7')
+  monkeypatch.setenv('SLURM_NTASKS', '2')
+  cli.init_distributed(none)
+  assert calls == [{'coordinator_address': None, 'num_processes': None, 'process_id': None}]
+  flags = argparse.Namespace(multiprocess_gpu=False, coordinator_address='h:1234',
+                             process_count=2, process_index=1)
+  cli.init_distributed(flags)
+  assert calls[-1] == {'coordinator_address': 'h:1234', 'num_processes': 2, 'process_id': 1}
