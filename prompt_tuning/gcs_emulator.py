@@ -3,10 +3,11 @@
 gcp-storage-emulator's request handlers and storage, served by a threaded server with one lock
 around each request: its own server answers one connection at a time, so a client that keeps a
 connection alive (gcsfs, tensorstore) stalls every other client. Faults can be injected through
-`POST /_faults {"count": N, "status": 503 | 429 | 0, "match": "substring of the path"}`: the next
-N matching requests get that status (0: the connection is closed with no answer).
+`POST /_faults {"count": N, "status": 503 | 429 | 0, "match": "substring", "every": K}`: N of the
+matching requests (every K-th one; K=1: the next N) get that status (0: the connection is closed
+with no answer). `GET /_faults` lists the rules with how many faults each has served.
 
-    python -m prompt_tuning.gcs_emulator --port=0 --bucket=bkt   # prints the URL, serves until killed
+    python -m prompt_tuning.gcs_emulator --port=0 --bucket=bkt   # prints its URL, then serves
 
 Clients find it through the variables they already honour: STORAGE_EMULATOR_HOST (gcsfs and
 Google's clients) and TENSORSTORE_GCS_HTTP_URL (tensorstore's gcs driver); `env(url)` gives both.
@@ -16,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import signal
 import socketserver
 import subprocess
@@ -58,7 +58,8 @@ def _handler_class():
       if not self.parse_request():
         return
       if self.path.startswith(FAULTS_PATH):
-        return self._set_faults()
+        return self._set_faults() if self.command == 'POST' else self._reply(
+            200, json.dumps(faults).encode())
       fault = self._take_fault()
       if fault is not None:
         return self._answer_fault(fault)
@@ -75,15 +76,18 @@ def _handler_class():
       spec = json.loads(self.rfile.read(length) or b'{}')
       with lock:
         faults.append({'count': int(spec.get('count', 1)), 'status': int(spec.get('status', 503)),
-                       'match': spec.get('match', '')})
+                       'match': spec.get('match', ''), 'every': max(1, int(spec.get('every', 1))),
+                       'seen': 0, 'served': 0})
       self._reply(200, b'{}')
 
     def _take_fault(self) -> Optional[dict]:
       with lock:
         for fault in faults:
-          if fault['count'] > 0 and fault['match'] in self.path:
-            fault['count'] -= 1
-            return dict(fault)
+          if fault['served'] < fault['count'] and fault['match'] in self.path:
+            fault['seen'] += 1
+            if fault['seen'] % fault['every'] == 0:
+              fault['served'] += 1
+              return dict(fault)
       return None
 
     def _answer_fault(self, fault: dict):
@@ -151,11 +155,18 @@ class Emulator:
   def env(self) -> dict[str, str]:
     return env(self.url)
 
-  def inject(self, count: int, status: int = 503, match: str = '') -> None:
+  def inject(self, count: int, status: int = 503, match: str = '', every: int = 1) -> None:
     import urllib.request
-    body = json.dumps({'count': count, 'status': status, 'match': match}).encode()
+    body = json.dumps({'count': count, 'status': status, 'match': match,
+                       'every': every}).encode()
     urllib.request.urlopen(urllib.request.Request(self.url + FAULTS_PATH, body, method='POST'),
                            timeout=10).read()
+
+  def faults(self) -> list[dict]:
+    """The injected rules, each with `served`: how many faults it has answered."""
+    import urllib.request
+    with urllib.request.urlopen(self.url + FAULTS_PATH, timeout=10) as response:
+      return json.loads(response.read())
 
   def __exit__(self, *exc) -> None:
     if self.process is not None:
