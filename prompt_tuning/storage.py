@@ -32,6 +32,7 @@ os.environ.setdefault('EPATH_USE_TF', 'false')
 # gcsfs logs every retry with a traceback, and a warning per bucket when no credentials are
 # found (an emulator, a public bucket); what fails for good reaches the user as a StorageError.
 logging.getLogger('gcsfs').setLevel(logging.CRITICAL)
+logging.getLogger('fsspec').setLevel(logging.WARNING)  # a line per file opened, at INFO
 
 _URL = re.compile(r'^([a-zA-Z][a-zA-Z0-9+.-]*)://')
 # URL schemes with a backend here, and the package that brings it.
