@@ -33,8 +33,10 @@ FAULTS_PATH = '/_faults'
 def env(url: str) -> dict[str, str]:
   """The variables that point GCS clients at the emulator at `url`."""
   return {'STORAGE_EMULATOR_HOST': url, 'TENSORSTORE_GCS_HTTP_URL': url,
-          # No credentials are looked for: an emulator takes anonymous requests.
-          'GOOGLE_CLOUD_PROJECT': 'test-project'}
+          'GOOGLE_CLOUD_PROJECT': 'test-project',
+          # tensorstore's fixed-token hook: without it, it logs an error line for the missing
+          # gcloud credentials (an emulator takes any token).
+          'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'emulator'}
 
 
 def _handler_class():
