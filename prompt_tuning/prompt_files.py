@@ -6,12 +6,14 @@
   T5X      one variable of a T5X checkpoint (default encoder/prompt/prompt/prompt)
 
 `load_prompt_file` detects the format; `write_npy`, `write_peft` and `write_t5x` write each one
-atomically. Where MODEL_DIR keeps its prompts is model_dir.py's business; exporting a run's
-prompt is export.py's.
+atomically. Paths may be local or URLs (gs://bucket/...): files are read and written through
+prompt_tuning.storage, never as local paths. Where MODEL_DIR keeps its prompts is model_dir.py's
+business; exporting a run's prompt is export.py's.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
@@ -20,6 +22,7 @@ from typing import Any, Optional
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from prompt_tuning import storage
 from prompt_tuning.atomic import atomic_save, atomic_write
 from prompt_tuning.models.prompt import PROMPT_VARIABLE, merge_params, prompt_tree
 
@@ -48,20 +51,41 @@ def load_prompt_file(path: Any, variable: Optional[str] = None,
   a single prompt and ignore it.
   """
   path = os.fspath(path)
-  remote = path.startswith('gs://')
-  if not remote and not os.path.exists(path):
+  if storage.is_remote(path):
+    prompt, source = _load_remote(path, variable)
+    return _check_prompt(prompt, source, allow_table)
+  if not os.path.exists(path):
     raise FileNotFoundError(f'{path}: no such prompt file or directory.')
-  if not remote and os.path.isfile(path) and _starts_with(path, NUMPY_MAGIC):
+  if os.path.isfile(path) and _starts_with(path, NUMPY_MAGIC):
     prompt, source = _load_numpy(path), path
-  elif not remote and os.path.isfile(path) and path.endswith('.npy'):
+  elif os.path.isfile(path) and path.endswith('.npy'):
     raise ValueError(f'{path}: named .npy but is not a numpy file (no numpy header).')
-  elif not remote and (peft := _peft_files(path)) is not None:
+  elif (peft := _peft_files(path)) is not None:
     prompt, source = _load_peft(*peft), peft[0]
-  elif remote or _is_t5x(path):
+  elif _is_t5x(path):
     prompt, source = _load_t5x(path, variable)
   else:
     raise ValueError(f'{path}: not a prompt file this loader knows. Accepted: {_ACCEPTED}.')
   return _check_prompt(prompt, source, allow_table)
+
+
+def _load_remote(path: str, variable: Optional[str]) -> tuple[np.ndarray, str]:
+  """The prompt at a URL (gs://...), in the same formats as a local path; read through
+  storage, never as a local path. A missing object or bucket, or a scheme without a backend,
+  is one line naming the URL."""
+  if not storage.exists(path):  # raises StorageError for a scheme without a backend
+    storage.check_writable(path, 'prompt file')  # names a missing bucket (writes nothing)
+    raise FileNotFoundError(f'{path}: no such prompt file or directory.')
+  is_file = storage.isfile(path)
+  if is_file and _starts_with(path, NUMPY_MAGIC):
+    return _load_numpy(path), path
+  if is_file and path.endswith('.npy'):
+    raise ValueError(f'{path}: named .npy but is not a numpy file (no numpy header).')
+  if (peft := _peft_files(path)) is not None:
+    return _load_peft(*peft), peft[0]
+  if _is_t5x(path):
+    return _load_t5x(path, variable)
+  raise ValueError(f'{path}: not a prompt file this loader knows. Accepted: {_ACCEPTED}.')
 
 
 def _is_t5x(path: str) -> bool:
@@ -70,13 +94,17 @@ def _is_t5x(path: str) -> bool:
 
 
 def _starts_with(path: str, magic: bytes) -> bool:
-  with open(path, 'rb') as f:
+  with storage.open_file(path, 'rb') as f:
     return f.read(len(magic)) == magic
 
 
 def _load_numpy(path: str) -> np.ndarray:
   try:
+    if storage.is_remote(path):
+      return np.load(io.BytesIO(storage.read_bytes(path)), allow_pickle=False)
     return np.load(path, allow_pickle=False)
+  except storage.StorageError:
+    raise
   except Exception as e:  # Truncated data and object arrays both land here.
     raise ValueError(f'{path}: cannot read the numpy array ({e}).') from e
 
@@ -103,7 +131,7 @@ def _load_t5x(path: str, variable: Optional[str]) -> tuple[np.ndarray, str]:
     key = key.replace('.', '/')  # numpy_checkpoints/ file names: 'encoder.prompt.prompt.prompt'.
   key = key[len('target/'):] if key.startswith('target/') else key
   flat, _, ckpt_dir = t5x.read_params(path, keys=[key])
-  source = f'{os.path.join(ckpt_dir, t5x.CHECKPOINT_FILE)} [{key}]'
+  source = f'{storage.join(ckpt_dir, t5x.CHECKPOINT_FILE)} [{key}]'
   if key not in flat:
     raise ValueError(f'{source}: names a subtree ({", ".join(sorted(flat)[:4])}, ...), not one '
                      f'array; pass the full variable path.')
@@ -112,17 +140,17 @@ def _load_t5x(path: str, variable: Optional[str]) -> tuple[np.ndarray, str]:
 
 def _peft_files(path: str) -> Optional[tuple[str, Optional[str]]]:
   """(weights, config or None) when `path` is a PEFT adapter directory or its .safetensors."""
-  if os.path.isdir(path):
-    config, weights = os.path.join(path, PEFT_CONFIG), os.path.join(path, PEFT_WEIGHTS)
-    if not os.path.isfile(config) and not os.path.isfile(weights):
+  if storage.isdir(path):
+    config, weights = storage.join(path, PEFT_CONFIG), storage.join(path, PEFT_WEIGHTS)
+    if not storage.isfile(config) and not storage.isfile(weights):
       return None
-    if not os.path.isfile(weights):
+    if not storage.isfile(weights):
       raise ValueError(f'{path}: a PEFT adapter without {PEFT_WEIGHTS} (only safetensors adapters '
                        f'are read; adapter_model.bin is a torch pickle).')
-    return weights, config if os.path.isfile(config) else None
+    return weights, config if storage.isfile(config) else None
   if path.endswith('.safetensors'):
-    config = os.path.join(os.path.dirname(os.path.abspath(path)), PEFT_CONFIG)
-    return path, config if os.path.isfile(config) else None
+    config = storage.join(storage.dirname(storage.absolute(path)), PEFT_CONFIG)
+    return path, config if storage.isfile(config) else None
   return None
 
 
@@ -135,8 +163,7 @@ def _load_peft(weights: str, config_file: Optional[str]) -> np.ndarray:
                     '(num_transformer_submodules=1).', weights, PEFT_CONFIG)
     return prompt
   try:
-    with open(config_file) as f:
-      config = json.load(f)
+    config = json.loads(storage.read_text(config_file))
   except (OSError, ValueError) as e:
     raise ValueError(f'{config_file}: cannot read the PEFT adapter config ({e}).') from e
   if config.get('peft_type') != 'PROMPT_TUNING':
@@ -163,11 +190,21 @@ def _load_peft(weights: str, config_file: Optional[str]) -> np.ndarray:
 def _read_safetensor(file: str, name: str) -> np.ndarray:
   """One float tensor of a safetensors file, as float32."""
   try:
-    with safe_open(file, framework='numpy') as f:
-      if name not in f.keys():
+    if storage.is_remote(file):  # read whole: safetensors opens local files only
+      from safetensors.numpy import load
+      tensors = load(storage.read_bytes(file))
+      if name not in tensors:
         raise ValueError(f'{file}: not a PEFT prompt-tuning adapter: no tensor {name!r} '
-                         f'(it has {sorted(f.keys())[:8]}).')
-      tensor = f.get_tensor(name)
+                         f'(it has {sorted(tensors)[:8]}).')
+      tensor = tensors[name]
+    else:
+      with safe_open(file, framework='numpy') as f:
+        if name not in f.keys():
+          raise ValueError(f'{file}: not a PEFT prompt-tuning adapter: no tensor {name!r} '
+                           f'(it has {sorted(f.keys())[:8]}).')
+        tensor = f.get_tensor(name)
+  except storage.StorageError:
+    raise
   except (SafetensorError, OSError) as e:
     raise ValueError(f'{file}: cannot read as safetensors ({e}).') from e
   if not np.issubdtype(tensor.dtype, np.floating) and tensor.dtype.name != 'bfloat16':
@@ -179,9 +216,18 @@ def _read_safetensor(file: str, name: str) -> np.ndarray:
 # Writing.
 
 
+def npy_bytes(prompt_PxD: Any) -> bytes:
+  """The bytes `write_npy` writes: float32 .npy content."""
+  buffer = io.BytesIO()
+  np.save(buffer, np.asarray(prompt_PxD, np.float32))
+  return buffer.getvalue()
+
+
 def write_npy(path: str, prompt_PxD: Any) -> str:
-  """float32 .npy content at `path` (extension-less paths too, as T5X writes them), whole or
-  not at all."""
+  """float32 .npy content at `path` (extension-less paths too, as T5X writes them; a gs:// URL:
+  one object write), whole or not at all."""
+  if storage.is_remote(path):
+    return atomic_write(path, npy_bytes(prompt_PxD))
   value = np.asarray(prompt_PxD, np.float32)
 
   def write(tmp):
@@ -203,8 +249,8 @@ def write_peft(directory: str, prompt_PxD: Any, model_config: Any,
   if width != model_config.d_model:
     raise ValueError(f'Prompt width {width} does not match the model d_model '
                      f'{model_config.d_model}.')
-  os.makedirs(directory, exist_ok=True)
-  atomic_save(os.path.join(directory, PEFT_WEIGHTS), lambda tmp: save_file(
+  storage.makedirs(directory)
+  atomic_save(storage.join(directory, PEFT_WEIGHTS), lambda tmp: save_file(
       {PEFT_TENSOR: prompt_PxD}, tmp, metadata={'format': 'pt'}))
   adapter_config = {
       'peft_type': 'PROMPT_TUNING', 'task_type': 'SEQ_2_SEQ_LM',
@@ -215,7 +261,7 @@ def write_peft(directory: str, prompt_PxD: Any, model_config: Any,
       'tokenizer_name_or_path': None, 'base_model_name_or_path': base_model_name_or_path,
       'inference_mode': True, 'revision': None,
   }
-  atomic_write(os.path.join(directory, PEFT_CONFIG), json.dumps(adapter_config, indent=2))
+  atomic_write(storage.join(directory, PEFT_CONFIG), json.dumps(adapter_config, indent=2))
   return directory
 
 

@@ -25,7 +25,7 @@ from typing import Any, Mapping, Optional, Sequence, Union
 import numpy as np
 
 from prompt_tuning import model_dir as model_dir_lib
-from prompt_tuning import prompt_files
+from prompt_tuning import prompt_files, storage
 
 Spec = Union[str, os.PathLike, Mapping[str, Any], Sequence[Any]]
 _NAME = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.\-]*')
@@ -52,23 +52,38 @@ def check_name(name: Any, where: str = '') -> str:
 
 
 def _is_model_dir(path: str) -> bool:
-  return os.path.isdir(path) and os.path.isfile(model_dir_lib.run_info_path(path))
+  return storage.isdir(path) and storage.isfile(model_dir_lib.run_info_path(path))
 
 
 def _kind(path: str) -> str:
   if _is_model_dir(path):
     return 'model_dir'
-  if os.path.isdir(path):
-    return 'peft' if os.path.isfile(os.path.join(path, 'adapter_config.json')) else 't5x'
+  if storage.isdir(path):
+    return 'peft' if storage.isfile(storage.join(path, 'adapter_config.json')) else 't5x'
   return 'npy'
+
+
+def _missing(path: str, what: str) -> LibraryError:
+  """The error for a path that is not there; for a URL, a missing bucket is named."""
+  try:
+    storage.check_writable(path, what)  # a URL's bucket (nothing is written)
+  except storage.StorageError as e:
+    return LibraryError(str(e))
+  return LibraryError(f'{what}: {path} does not exist.')
 
 
 def _load_entry(name: Optional[str], path: str) -> list[LibraryPrompt]:
   """The prompt(s) at `path`: one named `name`, or a multi-task MODEL_DIR's, named by task."""
   path = os.fspath(path)
-  if not os.path.exists(path):
-    raise LibraryError(f'prompt library entry {name or path!r}: {path} does not exist.')
-  kind = _kind(path)
+  # A URL named by itself (a list entry) is named once in messages.
+  what = ('prompt library entry' if storage.is_remote(path) and name in (None, path)
+          else f'prompt library entry {name or path!r}')
+  try:
+    if not storage.exists(path):
+      raise _missing(path, what)
+    kind = _kind(path)
+  except storage.StorageError as e:
+    raise LibraryError(f'{what}: {e}') from None
   try:
     if kind == 'model_dir':
       value, _ = model_dir_lib.load_prompt(path)
@@ -81,23 +96,25 @@ def _load_entry(name: Optional[str], path: str) -> list[LibraryPrompt]:
   except LibraryError:
     raise
   except (ValueError, OSError) as e:
-    raise LibraryError(f'prompt library entry {name or path!r}: {e}') from e
+    raise LibraryError(f'{what}: {e}') from e
   return [LibraryPrompt(name if name is not None else path, value, path, kind)]
 
 
 def _directory_entries(directory: str) -> list[tuple[Optional[str], str]]:
   if _is_model_dir(directory):
     names = model_dir_lib.prompt_names(directory)
-    return [(None if names else os.path.basename(os.path.normpath(directory)), directory)]
+    base = (storage.basename(directory) if storage.is_remote(directory)
+            else os.path.basename(os.path.normpath(directory)))
+    return [(None if names else base, directory)]
   entries = []
-  for entry in sorted(os.listdir(directory)):
-    path = os.path.join(directory, entry)
+  for entry in sorted(storage.listdir(directory)):
+    path = storage.join(directory, entry)
     if entry.startswith('.'):
       continue
-    if os.path.isdir(path):
+    if storage.isdir(path):
       if _is_model_dir(path) and model_dir_lib.prompt_names(path):
         entries.append((None, path))  # named by its tasks
-      elif _is_model_dir(path) or os.path.isfile(os.path.join(path, 'adapter_config.json')):
+      elif _is_model_dir(path) or storage.isfile(storage.join(path, 'adapter_config.json')):
         entries.append((entry, path))
     elif entry.endswith('.npy') or '.' not in entry:
       entries.append((entry[:-4] if entry.endswith('.npy') else entry, path))
@@ -112,10 +129,16 @@ def load_library(spec: Spec, d_model: Optional[int] = None) -> dict[str, Library
   order). Checks names, duplicates, widths (against `d_model` when given) and lengths."""
   if isinstance(spec, (str, os.PathLike)):
     directory = os.fspath(spec)
-    if not os.path.isdir(directory):
-      raise LibraryError(f'prompt library {directory}: not a directory (give a folder of '
-                         f'prompts, a {{name: path}} mapping or a list of paths).')
-    entries = _directory_entries(directory)
+    try:
+      if storage.is_remote(directory):
+        directory = directory.rstrip('/')
+        storage.check_writable(directory, 'prompt library')  # its bucket (nothing is written)
+      if not storage.isdir(directory):
+        raise LibraryError(f'prompt library {directory}: not a directory (give a folder of '
+                           f'prompts, a {{name: path}} mapping or a list of paths).')
+      entries = _directory_entries(directory)
+    except storage.StorageError as e:
+      raise LibraryError(str(e)) from None
   elif isinstance(spec, Mapping):
     entries = [(check_name(n, 'prompt library: '), p) for n, p in spec.items()]
   elif isinstance(spec, Sequence) and spec:

@@ -22,13 +22,14 @@ import gc
 import hmac
 import logging
 import os
+import posixpath
 import threading
 import time
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from prompt_tuning import batching, decoding
+from prompt_tuning import batching, decoding, storage
 from prompt_tuning import prompt_library as library_lib
 from prompt_tuning.vocab import EOS_ID, PAD_ID
 
@@ -91,6 +92,12 @@ class Snapshot:
   table: np.ndarray
 
 
+def _library_dir(directory: str) -> str:
+  """The prompt library folder as paths are resolved against it: a local folder with its links
+  resolved, a URL as it is (without a trailing '/')."""
+  return directory.rstrip('/') if storage.is_remote(directory) else os.path.realpath(directory)
+
+
 class PromptStore:
   """Named prompts of one length and width, changed at run time without disturbing batches in
   flight (each batch runs with the snapshot it started with)."""
@@ -98,7 +105,7 @@ class PromptStore:
   def __init__(self, library: Mapping[str, library_lib.LibraryPrompt], d_model: int,
                directory: Optional[str] = None, length: Optional[int] = None):
     self.d_model = d_model
-    self.directory = os.path.realpath(directory) if directory else None
+    self.directory = _library_dir(directory) if directory else None
     first = next(iter(library.values()), None)
     self.length = length or (first.value.shape[0] if first is not None else None)
     if self.length is None:
@@ -169,11 +176,17 @@ class PromptStore:
     if self.directory is None:
       raise RequestError(400, 'the server has no prompt library folder (--prompts); send '
                               '"values" instead of "path".')
-    if not isinstance(path, str) or os.path.isabs(path):
+    if not isinstance(path, str) or os.path.isabs(path) or storage.is_remote(path):
       raise RequestError(400, f'"path" {path!r} must be relative to the prompt library folder.')
-    full = os.path.realpath(os.path.join(self.directory, path))
-    if os.path.commonpath([full, self.directory]) != self.directory:
-      raise RequestError(400, f'"path" {path!r} leads out of the prompt library folder.')
+    if storage.is_remote(self.directory):  # object storage: no links, the name decides
+      relative = posixpath.normpath(path)
+      if relative == '..' or relative.startswith('../'):
+        raise RequestError(400, f'"path" {path!r} leads out of the prompt library folder.')
+      full = storage.join(self.directory, relative) if relative != '.' else self.directory
+    else:
+      full = os.path.realpath(os.path.join(self.directory, path))
+      if os.path.commonpath([full, self.directory]) != self.directory:
+        raise RequestError(400, f'"path" {path!r} leads out of the prompt library folder.')
     try:
       entries = library_lib.load_library({name: full}, self.d_model)
     except library_lib.LibraryError as e:

@@ -359,7 +359,7 @@ def check_readable(path: str, what: str = 'path') -> None:
   naming it otherwise. Local paths are checked by their readers, as before."""
   if not is_remote(path):
     return
-  _check_bucket(path)
+  _check_bucket(path, what)
   if not exists(path):
     raise StorageError(f'{what} {path}: no such object or prefix; check the URL.')
 

@@ -14,6 +14,8 @@ from __future__ import annotations
 import os
 from typing import Any, Iterable
 
+from prompt_tuning import storage
+
 PAD_ID = 0  # also the decoder's start token
 EOS_ID = 1
 
@@ -31,16 +33,17 @@ class SentencePieceVocab:
 
   def __init__(self, path: str | os.PathLike, extra_ids: int = 100):
     path = os.fspath(path)
-    if not os.path.exists(path):
+    if storage.is_remote(path):  # gs://...: read through storage (a missing bucket is named)
+      storage.check_writable(path, 'SentencePiece model')  # writes nothing
+    if not storage.exists(path):
       raise FileNotFoundError(f'{path}: SentencePiece model file not found.')
-    if not os.path.isfile(path):
+    if not storage.isfile(path):
       raise ValueError(f'{path}: is not a file; expected a SentencePiece model '
                        f'(e.g. sentencepiece.model).')
     if extra_ids < 0:
       raise ValueError(f'extra_ids must be >= 0, got {extra_ids}.')
     import sentencepiece as spm  # only tokenizing needs it
-    with open(path, 'rb') as f:
-      proto = f.read()
+    proto = storage.read_bytes(path)
     try:
       # From bytes, so that the error names our path rather than sentencepiece's wording of it.
       self._sp = spm.SentencePieceProcessor(model_proto=proto)

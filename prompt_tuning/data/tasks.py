@@ -21,6 +21,7 @@ whether the named referent is the candidate, compared with the label).
 Local files (folder from `set_local_data_dir` or $PROMPT_TUNING_DATA_DIR, read when a dataset
 is built): `superglue/<Task>/{train,val}.jsonl` with SuperGLUE's folder names and
 `glue/<Task>/{train,dev}.tsv` (MNLI: dev_matched.tsv / dev_mismatched.tsv) as GLUE ships them.
+The folder may be a URL (gs://bucket/prefix): the files are read through prompt_tuning.storage.
 They are converted to the TFDS schema, so both sources give the same text
 (`set_local_file` points a split at another file, e.g. MRPC's tokenized copy). Every field a
 task reads is checked as the file is read: a bad row raises a one-line DataFileError
@@ -35,6 +36,7 @@ import csv
 import dataclasses
 import difflib
 import functools
+import io
 import json
 import logging
 import os
@@ -45,6 +47,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from prompt_tuning import storage
 from prompt_tuning.data import metrics, postprocessors, preprocessors, vocabularies
 
 log = logging.getLogger('prompt_tuning')
@@ -232,8 +235,14 @@ def _local_path(*parts: str) -> str:
     raise DataFileMissingError(
         f'No local data folder is set: expected {os.path.join("<DIR>", *parts)}. Set '
         f'${LOCAL_DATA_ENV} or call prompt_tuning.data.tasks.set_local_data_dir(DIR).')
-  path = os.path.join(root, *parts)
-  if not os.path.isfile(path):
+  path = storage.join(root, *parts)
+  try:
+    found = storage.isfile(path)  # a URL (gs://...): read through storage
+    if not found:  # a URL's missing bucket is named (nothing is written)
+      storage.check_writable(root, f'local data folder (${LOCAL_DATA_ENV})')
+  except storage.StorageError as e:
+    raise DataFileMissingError(str(e)) from None
+  if not found:
     raise DataFileMissingError(
         f'{path}: file not found (local data folder {root!r} from ${LOCAL_DATA_ENV} / '
         f'set_local_data_dir; expected the official release file there).')
@@ -267,7 +276,10 @@ def _local_dataset(relative_paths: dict[str, tuple[str, ...]],
 def _text_lines(path: str, first_encoding: str = 'utf-8'):
   """Yields (1-based line number, decoded line); a line that is not UTF-8 is a DataFileError."""
   try:
-    f = open(path, 'rb')
+    # A URL's object is read whole (task files are small) and parsed as a local file is.
+    f = io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else open(path, 'rb')
+  except storage.StorageError as e:
+    raise DataFileError(str(e)) from e
   except OSError as e:
     raise DataFileError(f'{path}: cannot read it: {e.strerror or e} (check the file and its '
                         f'permissions).') from e

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
 from typing import Callable, Optional
 
 import seqio
+
+from prompt_tuning import storage
 
 DEFAULT_T5_VOCAB = 'gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model'
 T5_EXTRA_IDS = 100
@@ -30,15 +33,46 @@ class VocabularyError(ValueError):
 
 
 def _is_local(path: str) -> bool:
-  return '://' not in path
+  return not storage.is_remote(path)
+
+
+_URL_LOCK = threading.Lock()
+
+
+class UrlSentencePieceVocabulary(seqio.SentencePieceVocabulary):
+  """A SentencePiece vocabulary whose model file is a URL (gs://...), read through
+  prompt_tuning.storage on first use: SeqIO would open it with TensorFlow's GCS client, which
+  ignores the emulator variables and is a second client. SentencePiece is handed a local copy
+  (storage.local_copy); `sentencepiece_model_file` stays the URL."""
+
+  def _model_context(self):
+    if self._model:
+      return self._model
+    url = self._sentencepiece_model_file
+    with _URL_LOCK:
+      if self._model:
+        return self._model
+      try:
+        storage.check_writable(url, 'SentencePiece model')  # names a missing bucket
+        if not storage.isfile(url):
+          raise VocabularyError(f'{url}: SentencePiece model file not found ({_VOCAB_HINT}).')
+        local = storage.local_copy(url)
+      except storage.StorageError as e:  # one line, also when raised inside tf.data
+        raise VocabularyError(f'{str(e).rstrip(".")} ({_VOCAB_HINT}).') from None
+      self._sentencepiece_model_file = local
+      try:
+        return super()._model_context()
+      finally:
+        self._sentencepiece_model_file = url
 
 
 @functools.lru_cache(maxsize=None)
 def _sentencepiece(path: str, extra_ids: int) -> seqio.SentencePieceVocabulary:
   # One object per file: seqio loads the model lazily and then keeps it.
+  if not _is_local(path):
+    return UrlSentencePieceVocabulary(path, extra_ids=extra_ids)  # lazy: network on first use
   vocab = seqio.SentencePieceVocabulary(path, extra_ids=extra_ids)
-  if _is_local(path):
-    load_vocabulary(vocab)  # a local file is cheap to check now; gs:// stays lazy (network)
+  load_vocabulary(vocab)  # a local file is cheap to check now
   return vocab
 
 
@@ -46,10 +80,16 @@ def t5_vocabulary(path: Optional[str | os.PathLike] = None) -> seqio.SentencePie
   """T5's `cc_all.32000` SentencePiece vocabulary: 32000 pieces + 100 extra ids = 32100.
 
   A local `path` that is missing or not a SentencePiece model raises VocabularyError here,
-  before any dataset is built; remote paths (gs://, the default) are opened on first use.
+  before any dataset is built; URLs (gs://, the default) are read through
+  prompt_tuning.storage on first use (a scheme no backend handles is an error here).
   """
   path = os.fspath(path) if path else DEFAULT_T5_VOCAB
-  if _is_local(path) and not os.path.isfile(path):
+  if not _is_local(path):
+    try:
+      storage.epath(path)  # checks the scheme has a backend; no network
+    except storage.StorageError as e:
+      raise VocabularyError(f'{str(e).rstrip(".")} ({_VOCAB_HINT}).') from None
+  elif not os.path.isfile(path):
     what = ('is a directory, not a SentencePiece model file' if os.path.isdir(path)
             else 'SentencePiece model file not found')
     raise VocabularyError(f'{path}: {what} ({_VOCAB_HINT}).')
@@ -68,6 +108,8 @@ def load_vocabulary(vocab: seqio.Vocabulary) -> seqio.Vocabulary:
     path = vocab.sentencepiece_model_file
     try:
       vocab.load_model()
+    except VocabularyError:  # a URL that cannot be read: the message names it
+      raise
     except Exception as e:  # pylint: disable=broad-except  # TF, protobuf and SP raise many
       reason = ' '.join(str(e).split())[:200] or type(e).__name__
       raise VocabularyError(f'{path}: cannot load this SentencePiece model: {reason} '
