@@ -17,10 +17,9 @@ tuning and T5X's prompt variable have no place for them, so those formats refuse
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Literal, Optional, Sequence, get_args
 
-from prompt_tuning import checkpoints, prompt_files
+from prompt_tuning import checkpoints, prompt_files, storage
 from prompt_tuning import model_dir as model_dir_lib
 from prompt_tuning.models import t5
 
@@ -59,10 +58,12 @@ def select(model_dir: str, value: Any, prompt_name: Optional[str]) -> Any:
 
 def export(model_dir: str, fmt: ExportFormat, output: str, step: Optional[int] = None,
            prompt_name: Optional[str] = None) -> str:
-  """MODEL_DIR's prompt of `step` (default: the latest committed) in format `fmt` at `output`;
-  of a multi-task run, the prompt named `prompt_name` (npy without a name: the whole table)."""
+  """MODEL_DIR's prompt of `step` (default: the latest committed) in format `fmt` at `output` (a
+  local path or a URL); of a multi-task run, the prompt named `prompt_name` (npy without a name:
+  the whole table)."""
   if fmt not in FORMATS:
     raise ValueError(f"Unknown export format {fmt!r}; choose 'npy', 'peft' or 't5x'.")
+  storage.check_writable(output, 'output')  # a URL's scheme and bucket, before anything is read
   table, step = model_dir_lib.load_prompt(model_dir, step)
   prompt_PxD = select(model_dir, table, prompt_name)
   if prompt_PxD.ndim == 3 and fmt != 'npy':
@@ -75,8 +76,8 @@ def export(model_dir: str, fmt: ExportFormat, output: str, step: Optional[int] =
                      f'hold; use --format=npy (writes the input prompt and <output>.deep.npy).')
   if fmt == 'npy':
     if deep is not None:
-      prompt_files.write_npy(os.path.abspath(deep_path(output)), deep)
-    return prompt_files.write_npy(os.path.abspath(output), prompt_PxD)
+      prompt_files.write_npy(storage.absolute(deep_path(output)), deep)
+    return prompt_files.write_npy(storage.absolute(output), prompt_PxD)
   info = model_dir_lib.read_run_info(model_dir)
   if info is None or 'model_config' not in info:
     raise model_dir_lib.ModelDirError(f'{model_dir}: no {model_dir_lib.RUN_INFO} with the model '
@@ -101,18 +102,18 @@ def export_final(model_dir: str, prompt_PxD: Any, model_config: t5.T5Config,
   """The end of a training run: MODEL_DIR/export/{prompt.npy, peft/}; {format: path}. A table
   [K, P, D] with `prompt_names`: export/{table.npy, prompt_names.json, prompts/<name>.npy,
   peft/<name>/}."""
-  export_dir = os.path.join(model_dir, model_dir_lib.EXPORT)
+  export_dir = storage.join(model_dir, model_dir_lib.EXPORT)
   if prompt_names is not None:
     return _export_table(export_dir, prompt_PxD, model_config, formats, prompt_names)
   written = {}
   if 'npy' in formats:
     written['npy'] = prompt_files.write_npy(
-        os.path.abspath(os.path.join(export_dir, FINAL_NPY)), prompt_PxD)
+        storage.absolute(storage.join(export_dir, FINAL_NPY)), prompt_PxD)
     if deep_LxPxD is not None:
       written['npy (deep)'] = prompt_files.write_npy(
-          os.path.abspath(os.path.join(export_dir, FINAL_DEEP)), deep_LxPxD)
+          storage.absolute(storage.join(export_dir, FINAL_DEEP)), deep_LxPxD)
   if 'peft' in formats and deep_LxPxD is None:  # PEFT prompt tuning has no per-layer prompts
-    written['peft'] = prompt_files.write_peft(os.path.join(export_dir, FINAL_PEFT), prompt_PxD,
+    written['peft'] = prompt_files.write_peft(storage.join(export_dir, FINAL_PEFT), prompt_PxD,
                                               model_config)
   return written
 
@@ -121,14 +122,14 @@ def _export_table(export_dir: str, table_KxPxD: Any, model_config: t5.T5Config,
                   formats: Sequence[str], names: Sequence[str]) -> dict[str, str]:
   written = {}
   if 'npy' in formats:
-    written['npy'] = prompt_files.write_npy(os.path.abspath(os.path.join(export_dir, FINAL_TABLE)),
-                                            table_KxPxD)
-    model_dir_lib.atomic_write(os.path.join(export_dir, FINAL_NAMES), json.dumps(list(names)))
+    written['npy'] = prompt_files.write_npy(
+        storage.absolute(storage.join(export_dir, FINAL_TABLE)), table_KxPxD)
+    model_dir_lib.atomic_write(storage.join(export_dir, FINAL_NAMES), json.dumps(list(names)))
     for name, prompt_PxD in zip(names, table_KxPxD):
       written[f'npy/{name}'] = prompt_files.write_npy(
-          os.path.abspath(os.path.join(export_dir, FINAL_PROMPTS, f'{name}.npy')), prompt_PxD)
+          storage.absolute(storage.join(export_dir, FINAL_PROMPTS, f'{name}.npy')), prompt_PxD)
   if 'peft' in formats:
     for name, prompt_PxD in zip(names, table_KxPxD):
       written[f'peft/{name}'] = prompt_files.write_peft(
-          os.path.join(export_dir, FINAL_PEFT, name), prompt_PxD, model_config)
+          storage.join(export_dir, FINAL_PEFT, name), prompt_PxD, model_config)
   return written

@@ -16,6 +16,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from prompt_tuning import storage
+
 DEFAULT_TOP_K = 5
 
 
@@ -152,11 +154,12 @@ def _token_label(nearest: dict[str, Any]) -> str:
 
 def load_embedding(path: str) -> tuple[np.ndarray, str]:
   """(the token embedding [V, D] as float32, where it was read) from a T5X checkpoint, an HF T5
-  directory (only that array is read) or a [V, D] .npy file."""
+  directory (only that array is read) or a [V, D] .npy file; each a local path or a URL."""
   path = os.fspath(path)
-  if os.path.isfile(path) and path.endswith('.npy'):
+  if path.endswith('.npy') and storage.isfile(path):
     try:
-      value = np.load(path, allow_pickle=False)
+      with storage.open_file(path, 'rb') as f:
+        value = np.load(f, allow_pickle=False)
     except Exception as e:  # truncated data and object arrays both land here
       raise ValueError(f'{path}: cannot read the numpy array ({e}).') from e
     source = path

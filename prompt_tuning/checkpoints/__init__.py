@@ -1,19 +1,20 @@
 """Checkpoint formats: T5X legacy (msgpack + zarr) and Hugging Face safetensors.
 
 `load_params(path)` detects the format and returns `(T5Config, params)` with T5X parameter paths
-(no `target/` prefix). Nothing here imports TensorFlow.
+(no `target/` prefix). Every path may be local or a URL (gs://bucket/...): files go through
+storage.py, T5X's zarr arrays through tensorstore's gcs driver. Nothing here imports TensorFlow.
 """
 
 from __future__ import annotations
 
-import os
 from typing import Any, Mapping, Optional
 
 import numpy as np
 
+from prompt_tuning import storage
 from prompt_tuning.checkpoints import hf, t5x
 from prompt_tuning.checkpoints.common import (CheckpointError, check_params, derive_config,
-                                              flatten, unflatten)
+                                              flatten, storage_errors, unflatten)
 from prompt_tuning.models import t5
 from prompt_tuning.models.prompt import split_params
 
@@ -25,15 +26,17 @@ EMBEDDING = 'token_embedder/embedding'
 _EXTRA_PREFIXES = ('encoder/prompt/',)
 
 
+@storage_errors
 def detect_format(path: str) -> str:
   """'t5x' or 'hf'; raises CheckpointError naming what was expected."""
-  if path.startswith('gs://'):
-    return 't5x'
-  if not os.path.exists(path):
+  if storage.is_remote(path):
+    # Unknown scheme or bucket, unreachable service, no such object: one line naming the URL.
+    storage.check_readable(path, 'checkpoint')
+  elif not storage.exists(path):
     raise CheckpointError(f'{path}: no such file or directory.')
   if t5x.is_t5x_checkpoint(path):
     return 't5x'
-  if os.path.isdir(path) and hf.is_hf_dir(path):
+  if storage.isdir(path) and hf.is_hf_dir(path):
     return 'hf'
   raise CheckpointError(
       f'{path}: unknown checkpoint format. Expected a T5X checkpoint (a directory with a '
@@ -57,7 +60,7 @@ def load_params(path: str, config: Optional[t5.T5Config] = None
   fmt = detect_format(path)
   if fmt == 't5x':
     flat, _, ckpt_dir = t5x.read_params(path)
-    source = os.path.join(ckpt_dir, t5x.CHECKPOINT_FILE)
+    source = storage.join(ckpt_dir, t5x.CHECKPOINT_FILE)
     resolved = derive_config(flat, source, base=config)
   else:
     source = f'{path} (Hugging Face safetensors)'
@@ -88,7 +91,7 @@ def load_embedding(path: str) -> tuple[np.ndarray, str]:
   checkpoint, reading only that array (no config, no other parameter)."""
   if detect_format(path) == 't5x':
     flat, _, ckpt_dir = t5x.read_params(path, keys=[EMBEDDING])
-    value, source = flat[EMBEDDING], f'{os.path.join(ckpt_dir, t5x.CHECKPOINT_FILE)} [{EMBEDDING}]'
+    value, source = flat[EMBEDDING], f'{storage.join(ckpt_dir, t5x.CHECKPOINT_FILE)} [{EMBEDDING}]'
   else:
     value, source = hf.read_embedding(path)
   value = np.asarray(value)
@@ -107,7 +110,8 @@ def read_step(path: str) -> int:
 
 def save_t5x(directory: str, params: Mapping[str, Any], step: int,
              overwrite: bool = False) -> str:
-  """Writes `directory/checkpoint_<step>` in T5X's legacy format; returns its path."""
+  """Writes `directory/checkpoint_<step>` in T5X's legacy format (a local directory or a gs://
+  URL); returns its path."""
   return t5x.save_checkpoint(directory, params, step, overwrite=overwrite)
 
 
@@ -119,10 +123,13 @@ def save_hf(directory: str, config: t5.T5Config, params: Mapping[str, Any],
   return hf.save(directory, config, params, max_shard_bytes=max_shard_bytes)
 
 
+@storage_errors
 def convert(source: str, output: str, to: str) -> str:
-  """`prompt-tuning convert`: T5X <-> Hugging Face safetensors; returns what it wrote."""
+  """`prompt-tuning convert`: T5X <-> Hugging Face safetensors, each side a local path or a URL;
+  returns what it wrote. The output's bucket is checked before the source is read."""
   if to not in ('t5x', 'hf'):
     raise ValueError(f"Unknown target format {to!r}; choose 't5x' or 'hf'.")
+  storage.check_writable(output, 'output')
   config, params = load_params(source)
   if to == 'hf':
     return save_hf(output, config, params)

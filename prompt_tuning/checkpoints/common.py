@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import functools
 import re
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional, TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
+from prompt_tuning import storage
 from prompt_tuning.models import t5
+
+_F = TypeVar('_F', bound=Callable[..., Any])
 
 
 class CheckpointError(ValueError):
@@ -21,6 +25,20 @@ class CheckpointError(ValueError):
 
   def __init__(self, message: str = ''):
     super().__init__(' '.join(line.strip() for line in str(message).splitlines() if line.strip()))
+
+
+def storage_errors(fn: _F) -> _F:
+  """Lets a StorageError of the file layer (unknown scheme or bucket, missing object, unreachable
+  service; its message names the URL) leave `fn` as a CheckpointError with the same message."""
+  @functools.wraps(fn)
+  def wrapper(*args, **kwargs):
+    try:
+      return fn(*args, **kwargs)
+    except CheckpointError:
+      raise
+    except storage.StorageError as e:
+      raise CheckpointError(str(e)) from e
+  return wrapper  # type: ignore[return-value]
 
 
 def first_line(e: BaseException) -> str:

@@ -7,15 +7,16 @@ The relative position table lives in block 0 of each stack as [buckets, heads].
 from __future__ import annotations
 
 import json
-import os
 from typing import Any, Mapping, Optional
 
 import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
+from prompt_tuning import storage
 from prompt_tuning.checkpoints.common import (FLOAT_DTYPES, CheckpointError, check_dtypes,
-                                              first_line, is_floating, to_numpy_tree)
+                                              first_line, is_floating, storage_errors,
+                                              to_numpy_tree)
 from prompt_tuning.models import t5
 
 CONFIG_FILE = 'config.json'
@@ -28,10 +29,11 @@ _MLP = ('wi_0', 'wi_1', 'wo')
 _TIED_COPIES = ('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight')
 
 
+@storage_errors
 def is_hf_dir(path: str) -> bool:
-  return os.path.isfile(os.path.join(path, CONFIG_FILE)) and (
-      os.path.isfile(os.path.join(path, WEIGHTS_FILE)) or
-      os.path.isfile(os.path.join(path, INDEX_FILE)))
+  return storage.isfile(storage.join(path, CONFIG_FILE)) and (
+      storage.isfile(storage.join(path, WEIGHTS_FILE)) or
+      storage.isfile(storage.join(path, INDEX_FILE)))
 
 
 def name_map(config: t5.T5Config) -> list[tuple[str, str, bool]]:
@@ -65,7 +67,7 @@ def name_map(config: t5.T5Config) -> list[tuple[str, str, bool]]:
 
 
 def config_from_json(path: str, hf: Mapping[str, Any]) -> t5.T5Config:
-  file = os.path.join(path, CONFIG_FILE)
+  file = storage.join(path, CONFIG_FILE)
   act = hf.get('feed_forward_proj', 'relu')
   if act != 'gated-gelu':
     raise CheckpointError(f'{file}: feed_forward_proj is {act!r}; only T5 1.1 models '
@@ -95,21 +97,29 @@ def _scales_tied_logits(hf: Mapping[str, Any]) -> bool:
 
 
 def _weight_files(path: str) -> list[str]:
-  index = os.path.join(path, INDEX_FILE)
-  if os.path.isfile(index):
+  index = storage.join(path, INDEX_FILE)
+  if storage.isfile(index):
     try:
-      with open(index) as f:
-        weight_map = json.load(f)['weight_map']
+      weight_map = json.loads(storage.read_text(index))['weight_map']
+    except storage.StorageError:
+      raise
     except (OSError, ValueError, KeyError, TypeError) as e:
       raise CheckpointError(f'{index}: not a valid safetensors index '
                             f'({type(e).__name__}: {first_line(e)}).') from e
     if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
       raise CheckpointError(f'{index}: not a valid safetensors index (weight_map is not a map '
                             f'of tensor name to file name).')
-    return sorted({os.path.join(path, v) for v in weight_map.values()})
-  return [os.path.join(path, WEIGHTS_FILE)]
+    return sorted({storage.join(path, v) for v in weight_map.values()})
+  return [storage.join(path, WEIGHTS_FILE)]
 
 
+def _open(file: str):
+  """safetensors' reader of `file`; a URL's object is read through a local copy (downloaded once
+  into the cache, see storage.local_copy), which safetensors maps lazily as a local file."""
+  return safe_open(storage.local_copy(file), framework='numpy')
+
+
+@storage_errors
 def read_tensors(path: str) -> dict[str, np.ndarray]:
   return _read_tensors(path)[0]
 
@@ -118,16 +128,16 @@ def _read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   """(tensors, the file each came from); a tensor stored twice is an error, not a silent pick."""
   tensors, files = {}, {}
   for file in _weight_files(path):
-    if not os.path.isfile(file):
+    if not storage.isfile(file):
       raise CheckpointError(f'{file}: listed in {INDEX_FILE} but missing.')
     try:
-      with safe_open(file, framework='numpy') as f:
+      with _open(file) as f:
         for name in f.keys():
           if name in files:
             raise CheckpointError(f'{file}: tensor {name!r} is also stored in {files[name]}; '
                                   f'which one is meant is ambiguous.')
           tensors[name], files[name] = f.get_tensor(name), file
-    except CheckpointError:
+    except (CheckpointError, storage.StorageError):
       raise
     except Exception as e:  # safetensors raises SafetensorError, OSError, TypeError, ...
       raise CheckpointError(f'{file}: corrupt or truncated safetensors file '
@@ -135,20 +145,23 @@ def _read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   return tensors, files
 
 
+@storage_errors
 def read_embedding(path: str) -> tuple[np.ndarray, str]:
   """(the token embedding [vocab, d_model], where it was read) of an HF T5 directory, reading
   no other tensor: `shared.weight`, else one of its tied copies."""
   files = _weight_files(path)
   for file in files:
-    if not os.path.isfile(file):
+    if not storage.isfile(file):
       raise CheckpointError(f'{file}: listed in {INDEX_FILE} but missing.')
   for name in ('shared.weight',) + _TIED_COPIES:
     for file in files:
       try:
-        with safe_open(file, framework='numpy') as f:
+        with _open(file) as f:
           if name not in f.keys():
             continue
           value = f.get_tensor(name)
+      except storage.StorageError:
+        raise
       except Exception as e:  # safetensors raises SafetensorError, OSError, TypeError, ...
         raise CheckpointError(f'{file}: corrupt or truncated safetensors file '
                               f'({first_line(e)}).') from e
@@ -161,13 +174,15 @@ def read_embedding(path: str) -> tuple[np.ndarray, str]:
                         f'(shared.weight) in {", ".join(files)}.')
 
 
+@storage_errors
 def read_params(path: str, config: Optional[t5.T5Config] = None
                 ) -> tuple[t5.T5Config, dict[str, np.ndarray]]:
-  """Reads an HF T5 1.1 directory into (config, flat T5X params)."""
-  file = os.path.join(path, CONFIG_FILE)
+  """Reads an HF T5 1.1 directory (a local path or a URL) into (config, flat T5X params)."""
+  file = storage.join(path, CONFIG_FILE)
   try:
-    with open(file) as f:
-      hf_config = json.load(f)
+    hf_config = json.loads(storage.read_text(file))
+  except storage.StorageError:
+    raise
   except ValueError as e:
     raise CheckpointError(f'{file}: not valid JSON ({first_line(e)}).') from e
   if not isinstance(hf_config, dict):
@@ -224,9 +239,11 @@ def config_to_json(config: t5.T5Config, dtype_name: str) -> dict[str, Any]:
   }
 
 
+@storage_errors
 def save(directory: str, config: t5.T5Config, params: Mapping[str, Any],
          max_shard_bytes: int = 10 * 1024**3) -> str:
-  """Writes `config.json` and safetensors (sharded with an index above `max_shard_bytes`)."""
+  """Writes `config.json` and safetensors (sharded with an index above `max_shard_bytes`), each
+  file whole or not at all (storage.save_atomic), into a local directory or under a URL."""
   flat = to_numpy_tree(params)
   check_dtypes(flat, directory)  # Refused before anything is written.
   tensors = {}
@@ -234,7 +251,8 @@ def save(directory: str, config: t5.T5Config, params: Mapping[str, Any],
     if key not in flat:
       raise CheckpointError(f'{directory}: cannot save, parameter {key!r} is missing.')
     tensors[hf_name] = np.ascontiguousarray(flat[key].T if transpose else flat[key])
-  os.makedirs(directory, exist_ok=True)
+  storage.check_writable(directory, 'output')
+  storage.makedirs(directory)
   shards, current, size = [], {}, 0
   for name, value in tensors.items():
     if current and size + value.nbytes > max_shard_bytes:
@@ -246,17 +264,21 @@ def save(directory: str, config: t5.T5Config, params: Mapping[str, Any],
 
   metadata = {'format': 'pt'}
   if len(shards) == 1:
-    save_file(shards[0], os.path.join(directory, WEIGHTS_FILE), metadata=metadata)
+    _save_file(shards[0], storage.join(directory, WEIGHTS_FILE), metadata)
   else:
     weight_map = {}
     for i, shard in enumerate(shards, 1):
       name = f'model-{i:05d}-of-{len(shards):05d}.safetensors'
-      save_file(shard, os.path.join(directory, name), metadata=metadata)
+      _save_file(shard, storage.join(directory, name), metadata)
       weight_map.update({k: name for k in shard})
     total = sum(v.nbytes for v in tensors.values())
-    with open(os.path.join(directory, INDEX_FILE), 'w') as f:
-      json.dump({'metadata': {'total_size': total}, 'weight_map': weight_map}, f, indent=2)
+    storage.write_atomic(storage.join(directory, INDEX_FILE), json.dumps(
+        {'metadata': {'total_size': total}, 'weight_map': weight_map}, indent=2))
   dtype_name = np.dtype(tensors['shared.weight'].dtype).name
-  with open(os.path.join(directory, CONFIG_FILE), 'w') as f:
-    json.dump(config_to_json(config, dtype_name), f, indent=2)
+  storage.write_atomic(storage.join(directory, CONFIG_FILE),
+                       json.dumps(config_to_json(config, dtype_name), indent=2))
   return directory
+
+
+def _save_file(tensors: Mapping[str, np.ndarray], path: str, metadata: Mapping[str, str]) -> None:
+  storage.save_atomic(path, lambda tmp: save_file(dict(tensors), tmp, metadata=dict(metadata)))

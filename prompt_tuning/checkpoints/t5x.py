@@ -6,6 +6,9 @@ flax.serialization) of
 Large arrays are not inline: their leaf is a TensorStore spec whose kvstore path is relative to
 the directory (`target.encoder.layers_0.attention.query.kernel`), and the array is a zarr v2 store
 there.
+
+The directory may be local or a gs:// URL: its files go through storage.py, its arrays through
+tensorstore's `gcs` driver (which honours TENSORSTORE_GCS_HTTP_URL).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import os
 import re
 import shutil
 import time
+from concurrent import futures
 from typing import Any, Iterator, Mapping, Optional, Sequence
 
 import msgpack
@@ -23,8 +27,10 @@ import numpy as np
 import tensorstore as ts
 from flax import serialization
 
+from prompt_tuning import storage
 from prompt_tuning.checkpoints.common import (FLOAT_DTYPES, CheckpointError, check_dtypes,
-                                              first_line, is_floating, to_numpy_tree, unflatten)
+                                              first_line, is_floating, storage_errors,
+                                              to_numpy_tree, unflatten)
 
 VERSION = 3
 CHECKPOINT_FILE = 'checkpoint'
@@ -36,41 +42,44 @@ def is_t5x_checkpoint(path: str) -> bool:
   return resolve_dir(path, must_exist=False) is not None
 
 
+@storage_errors
 def resolve_dir(path: str, must_exist: bool = True) -> Optional[str]:
-  """Accepts `checkpoint_N/`, its `checkpoint` file, or a dir of `checkpoint_N/` (latest wins)."""
-  path = path.rstrip('/') if path.startswith('gs://') else os.path.abspath(path)
-  if path.startswith('gs://'):
-    return path[:-len('/' + CHECKPOINT_FILE)] if path.endswith('/' + CHECKPOINT_FILE) else path
-  if os.path.isfile(path) and os.path.basename(path) == CHECKPOINT_FILE:
-    return os.path.dirname(path)
-  if os.path.isfile(os.path.join(path, CHECKPOINT_FILE)):
+  """Accepts `checkpoint_N/`, its `checkpoint` file, or a dir of `checkpoint_N/` (latest wins);
+  a local path or a URL (gs://bucket/...)."""
+  path = str(path).rstrip('/') if storage.is_remote(path) else os.path.abspath(path)
+  if storage.basename(path) == CHECKPOINT_FILE and storage.isfile(path):
+    return storage.dirname(path)
+  if storage.isfile(storage.join(path, CHECKPOINT_FILE)):
     return path
-  steps = all_steps(path) if os.path.isdir(path) else []
+  steps = all_steps(path) if storage.isdir(path) else []
   if steps:
-    return os.path.join(path, f'checkpoint_{steps[-1]}')
+    return storage.join(path, f'checkpoint_{steps[-1]}')
   if must_exist:
     raise CheckpointError(f'{path}: no T5X checkpoint here (no {CHECKPOINT_FILE!r} file and no '
                           f'checkpoint_<step>/ subdirectory).')
   return None
 
 
+@storage_errors
 def all_steps(model_dir: str) -> list[int]:
   steps = []
-  for name in os.listdir(model_dir):
+  for name in storage.listdir(model_dir):
     m = re.fullmatch(r'checkpoint_(\d+)', name)
-    if m and os.path.isfile(os.path.join(model_dir, name, CHECKPOINT_FILE)):
+    if m and storage.isfile(storage.join(model_dir, name, CHECKPOINT_FILE)):
       steps.append(int(m.group(1)))
   return sorted(steps)
 
 
 def _read_contents(ckpt_dir: str) -> dict:
   """The msgpack tree with array payloads left undecoded (msgpack ExtType)."""
-  file = os.path.join(ckpt_dir, CHECKPOINT_FILE)
+  file = storage.join(ckpt_dir, CHECKPOINT_FILE)
   try:
-    with open(file, 'rb') as f:
-      raw = f.read()
+    raw = storage.read_bytes(file)
+  except storage.StorageError as e:
+    raise CheckpointError(str(e)) from e
   except OSError as e:
-    raise CheckpointError(f'{file}: cannot read T5X checkpoint file ({e.strerror}).') from e
+    raise CheckpointError(f'{file}: cannot read T5X checkpoint file '
+                          f'({e.strerror or first_line(e)}).') from e
   try:
     # Keep array payloads as raw ExtType so optimizer state is never decoded.
     contents = msgpack.unpackb(raw, ext_hook=msgpack.ExtType, strict_map_key=False, raw=False)
@@ -111,15 +120,27 @@ def absolute_spec(spec: Mapping[str, Any], ckpt_dir: str) -> dict:
   rel = kv.get('path', spec.pop('path', None))
   if rel is None:
     raise CheckpointError(f'{ckpt_dir}: TensorStore spec without a path: {spec}')
-  m = re.fullmatch(r'gs://([^/]+)/(.*)', ckpt_dir)
-  if m:
-    spec['kvstore'] = {'driver': 'gcs', 'bucket': m.group(1), 'path': f'{m.group(2)}/{rel}'}
+  if storage.is_remote(ckpt_dir):
+    bucket, inner = _gcs_location(ckpt_dir)
+    spec['kvstore'] = {'driver': 'gcs', 'bucket': bucket,
+                       'path': f'{inner}/{rel}' if inner else rel}
   else:
     # T5X writes 'gfile' (its TF filesystem) or 'gcs' with a dummy bucket; both are local here.
     spec['kvstore'] = {'driver': 'file', 'path': os.path.join(ckpt_dir, rel)}
   return spec
 
 
+def _gcs_location(url: str) -> tuple[str, str]:
+  """(bucket, path in it) of a gs:// URL, for tensorstore's gcs driver (which honours
+  TENSORSTORE_GCS_HTTP_URL and retries transient errors itself)."""
+  m = re.fullmatch(r'gs://([^/]+)/?(.*)', str(url).rstrip('/'))
+  if not m:
+    raise CheckpointError(f'{url}: T5X zarr arrays are read and written on local paths or gs:// '
+                          f'URLs only; copy the checkpoint to one of those.')
+  return m.group(1), m.group(2)
+
+
+@storage_errors
 def read_params(path: str, keys: Optional[Sequence[str]] = None
                 ) -> tuple[dict[str, np.ndarray], int, str]:
   """Reads only the parameters (`target`) of a T5X checkpoint: (flat params, step, directory).
@@ -129,7 +150,7 @@ def read_params(path: str, keys: Optional[Sequence[str]] = None
   raises CheckpointError.
   """
   ckpt_dir = resolve_dir(path)
-  file = os.path.join(ckpt_dir, CHECKPOINT_FILE)
+  file = storage.join(ckpt_dir, CHECKPOINT_FILE)
   contents = _read_contents(ckpt_dir)
   target = _target_subtree(contents, file)
   if keys is not None:
@@ -145,7 +166,7 @@ def read_params(path: str, keys: Optional[Sequence[str]] = None
   check_dtypes({k: v for k, v in flat.items() if not _is_ts_spec(v)}, file)
   specs = {key: absolute_spec(leaf, ckpt_dir) for key, leaf in flat.items() if _is_ts_spec(leaf)}
   where = {key: _location(spec) for key, spec in specs.items()}
-  stores = {key: _open_zarr(spec, key, ckpt_dir) for key, spec in specs.items()}
+  stores = _open_zarrs(specs, ckpt_dir)
   for key, store in stores.items():
     if not is_floating(store.dtype.numpy_dtype):
       raise CheckpointError(f'{where[key]}: parameter {key!r} has dtype {store.dtype.name}; '
@@ -153,8 +174,8 @@ def read_params(path: str, keys: Optional[Sequence[str]] = None
   # tensorstore reads a missing chunk file as zeros: verify every chunk is there first.
   metadata = {key: store.spec().to_json().get('metadata', {}) for key, store in stores.items()}
   # An explicit fill value makes an absent chunk meaningful (all fill); T5X never writes one.
-  listings = {key: stores[key].kvstore.list() for key, md in metadata.items()
-              if md.get('fill_value') is None}
+  unfilled = [key for key, md in metadata.items() if md.get('fill_value') is None]
+  listings = _list_chunks(ckpt_dir, unfilled, where, stores)
   for key, listing in listings.items():
     _check_chunks(metadata[key], listing, key, where[key], ckpt_dir)
   reads = {key: store.read() for key, store in stores.items()}
@@ -182,6 +203,38 @@ def _decode_inline(target: dict, file: str) -> dict:
           break
     raise CheckpointError(f'{file}: cannot decode the inline array{culprit} (corrupt or '
                           f'inconsistent shape/dtype/bytes: {first_line(e)}).') from e
+
+
+class _Listed:
+  """A finished listing, answering `.result()` as tensorstore's list futures do."""
+
+  def __init__(self, keys: Optional[list[str]] = None, error: Optional[BaseException] = None):
+    self.keys, self.error = keys, error
+
+  def result(self) -> list[str]:
+    if self.error is not None:
+      raise self.error
+    return self.keys
+
+
+def _list_chunks(ckpt_dir: str, keys: Sequence[str], where: Mapping[str, str],
+                 stores: Mapping[str, Any]) -> dict[str, Any]:
+  """{key: listing of the keys in its zarr store}: tensorstore's listing locally; on object
+  storage the file layer's (one listing per array, a few at a time), so one client lists every
+  URL the project reads."""
+  if not storage.is_remote(ckpt_dir):
+    return {key: stores[key].kvstore.list() for key in keys}
+
+  def listing(key: str) -> _Listed:
+    root = where[key]
+    try:
+      return _Listed([storage.relpath(storage.join(r, name), root)
+                      for r, _, names in storage.walk(root) for name in names])
+    except Exception as e:  # noqa: BLE001 (reported by _check_chunks, naming the array)
+      return _Listed(error=e)
+
+  with futures.ThreadPoolExecutor(max_workers=8) as pool:
+    return dict(zip(keys, pool.map(listing, keys)))
 
 
 def _location(spec: Mapping[str, Any]) -> str:
@@ -266,15 +319,28 @@ def _listing(keys: list[str], limit: int = 8) -> str:
                                     else '')
 
 
-def _open_zarr(spec: dict, key: str, ckpt_dir: str):
-  try:
-    return ts.open(spec, open=True, read=True).result()
-  except Exception as e:
-    where = _location(spec)
-    raise CheckpointError(f'{ckpt_dir}: cannot open the zarr array of {key!r} at {where} '
-                          f'({first_line(e)}).') from e
+def _open_zarrs(specs: Mapping[str, dict], ckpt_dir: str) -> dict[str, Any]:
+  """{key: opened zarr array}; every open is started before any is waited for (on object storage
+  one round trip of latency in all, not one per array). The first failure, in key order, raises."""
+  pending = {}
+  for key, spec in specs.items():
+    try:
+      pending[key] = ts.open(spec, open=True, read=True)
+    except Exception as e:  # an invalid spec fails at once
+      pending[key] = e
+  stores = {}
+  for key, future in pending.items():
+    try:
+      if isinstance(future, Exception):
+        raise future
+      stores[key] = future.result()
+    except Exception as e:
+      raise CheckpointError(f'{ckpt_dir}: cannot open the zarr array of {key!r} at '
+                            f'{_location(specs[key])} ({first_line(e)}).') from e
+  return stores
 
 
+@storage_errors
 def read_step(path: str) -> int:
   """The step stored with a checkpoint (without reading any array)."""
   return _read_step(_read_contents(resolve_dir(path)))
@@ -332,14 +398,20 @@ def adafactor_initial_state(flat: Mapping[str, np.ndarray]) -> dict[str, dict[st
   return states
 
 
+@storage_errors
 def save_checkpoint(directory: str, params: Mapping[str, Any], step: int,
                     overwrite: bool = False) -> str:
   """Writes `directory/checkpoint_<step>/` in T5X's legacy layout; returns that path.
 
-  The checkpoint is assembled in a temporary sibling and renamed into place, so a crash never
-  leaves a half-written `checkpoint_<step>` behind and an existing one is replaced only whole.
+  Locally the checkpoint is assembled in a temporary sibling and renamed into place, so a crash
+  never leaves a half-written `checkpoint_<step>` behind and an existing one is replaced only
+  whole. Object storage (a gs:// URL) has no rename: the arrays are written in place and the
+  `checkpoint` file last, so a cut write is never taken for a checkpoint (readers look for that
+  file); `overwrite` removes the old checkpoint first.
   """
   flat = to_numpy_tree(params)
+  if storage.is_remote(directory):
+    return _save_remote(str(directory).rstrip('/'), flat, step, overwrite)
   final = os.path.join(os.path.abspath(directory), f'checkpoint_{step}')
   check_dtypes(flat, final)  # Refused before anything is written.
   if os.path.exists(final) and not overwrite:
@@ -347,29 +419,9 @@ def save_checkpoint(directory: str, params: Mapping[str, Any], step: int,
   tmp = f'{final}.tmp-{int(time.time() * 1e6)}'
   os.makedirs(tmp)
 
-  target = {}
-  writes = []
-  for key, value in flat.items():
-    if _goes_to_zarr(key, value):
-      name = 'target.' + key.replace('/', '.')
-      metadata = {'chunks': _chunk_shape(value.shape, value.dtype.itemsize),
-                  'compressor': {'id': 'gzip', 'level': 1},
-                  'dtype': _zarr_dtype(value.dtype), 'shape': list(value.shape)}
-      spec = {'driver': 'zarr', 'kvstore': {'driver': 'file', 'path': name},
-              'metadata': metadata}
-      store = ts.open(absolute_spec(spec, tmp), create=True, open=False).result()
-      writes.append(store.write(value))
-      target[key] = spec
-    else:
-      target[key] = value
-  for w in writes:
-    w.result()
-
-  state = {'step': np.asarray(step, np.int32),
-           'param_states': unflatten(adafactor_initial_state(flat))}
-  contents = {'version': VERSION, 'optimizer': {'state': state, 'target': unflatten(target)}}
+  contents = _write_arrays(tmp, flat, step)
   with open(os.path.join(tmp, CHECKPOINT_FILE), 'wb') as f:
-    f.write(serialization.msgpack_serialize(contents))
+    f.write(contents)
 
   if os.path.exists(final):
     old = f'{final}.old-{int(time.time() * 1e6)}'
@@ -379,3 +431,50 @@ def save_checkpoint(directory: str, params: Mapping[str, Any], step: int,
   else:
     os.rename(tmp, final)
   return final
+
+
+def _save_remote(directory: str, flat: Mapping[str, np.ndarray], step: int,
+                 overwrite: bool) -> str:
+  final = storage.join(directory, f'checkpoint_{step}')
+  check_dtypes(flat, final)  # Refused before anything is written.
+  storage.check_writable(directory, 'output')
+  _gcs_location(final)  # a URL tensorstore can write to
+  if storage.exists(final):
+    if not overwrite:
+      raise CheckpointError(f'{final}: already exists; pass overwrite=True to replace it.')
+    storage.rmtree(final)
+  try:
+    contents = _write_arrays(final, flat, step)
+  except Exception as e:  # tensorstore raises ValueError for every failed request
+    raise CheckpointError(f'{final}: cannot write the zarr arrays ({first_line(e)}); nothing '
+                          f'there is a checkpoint until its {CHECKPOINT_FILE!r} file is '
+                          f'written.') from e
+  storage.write_atomic(storage.join(final, CHECKPOINT_FILE), contents)
+  return final
+
+
+def _write_arrays(ckpt_dir: str, flat: Mapping[str, np.ndarray], step: int) -> bytes:
+  """Writes the zarr arrays of `flat` under `ckpt_dir`; returns the `checkpoint` file's bytes
+  (which refer to them by paths relative to the directory, wherever it is)."""
+  target = {}
+  opening = []  # every array is created before any is waited for (see _open_zarrs)
+  for key, value in flat.items():
+    if _goes_to_zarr(key, value):
+      name = 'target.' + key.replace('/', '.')
+      metadata = {'chunks': _chunk_shape(value.shape, value.dtype.itemsize),
+                  'compressor': {'id': 'gzip', 'level': 1},
+                  'dtype': _zarr_dtype(value.dtype), 'shape': list(value.shape)}
+      spec = {'driver': 'zarr', 'kvstore': {'driver': 'file', 'path': name},
+              'metadata': metadata}
+      opening.append((ts.open(absolute_spec(spec, ckpt_dir), create=True, open=False), value))
+      target[key] = spec
+    else:
+      target[key] = value
+  writes = [store.result().write(value) for store, value in opening]
+  for w in writes:
+    w.result()
+
+  state = {'step': np.asarray(step, np.int32),
+           'param_states': unflatten(adafactor_initial_state(flat))}
+  contents = {'version': VERSION, 'optimizer': {'state': state, 'target': unflatten(target)}}
+  return serialization.msgpack_serialize(contents)
