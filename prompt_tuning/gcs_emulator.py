@@ -36,7 +36,9 @@ def env(url: str) -> dict[str, str]:
           'GOOGLE_CLOUD_PROJECT': 'test-project',
           # tensorstore's fixed-token hook: without it, it logs an error line for the missing
           # gcloud credentials (an emulator takes any token).
-          'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'emulator'}
+          'GOOGLE_AUTH_TOKEN_FOR_TESTING': 'emulator',
+          # google-auth and gcsfs: never probe the GCE metadata server for credentials.
+          'NO_GCE_CHECK': 'true'}
 
 
 def _handler_class():
@@ -46,7 +48,10 @@ def _handler_class():
   faults: list[dict] = []
 
   class Handler(RequestHandler):
-    protocol_version = 'HTTP/1.1'  # keep-alive, as a real GCS endpoint
+    # HTTP/1.0: one request per connection. The emulator sends some answers (a 404, an empty
+    # body) without Content-Length, which a kept-alive client would wait on for ever.
+    protocol_version = 'HTTP/1.0'
+    disable_nagle_algorithm = True  # small answers go out at once (~45 ms each otherwise)
 
     def handle_one_request(self):  # one request at a time into the storage
       try:
@@ -67,6 +72,7 @@ def _handler_class():
         return self._answer_fault(fault)
       with lock:
         method = getattr(self, 'do_' + self.command, None)
+        self.storage.offsets = _offsets(self.path)
         if method is None:
           self.send_error(501)
         else:
@@ -114,6 +120,31 @@ def _handler_class():
   return Handler
 
 
+def _offsets(path: str) -> tuple[str, str]:
+  """A listing's startOffset/endOffset (tensorstore lists a range of names with them)."""
+  from urllib.parse import parse_qs, urlparse
+  query = parse_qs(urlparse(path).query)
+  return query.get('startOffset', [''])[0], query.get('endOffset', [''])[0]
+
+
+def _storage_class():
+  """The emulator's storage, whose listings honour the request's name range (it ignores
+  startOffset/endOffset, and tensorstore aborts on names outside the range it asked for)."""
+  from gcp_storage_emulator.storage import Storage
+
+  class RangedStorage(Storage):
+    offsets = ('', '')
+
+    def get_file_list(self, *args, **kwargs):
+      files, prefixes = super().get_file_list(*args, **kwargs)
+      start, end = self.offsets
+      if start or end:
+        files = [f for f in files if start <= f['name'] and (not end or f['name'] < end)]
+      return files, prefixes
+
+  return RangedStorage
+
+
 class _Server(socketserver.ThreadingMixIn, server.HTTPServer):
   daemon_threads = True
 
@@ -124,8 +155,7 @@ class _Server(socketserver.ThreadingMixIn, server.HTTPServer):
 def serve(port: int = 0, buckets: tuple[str, ...] = ('bkt',)) -> _Server:
   """Starts the server in a thread of this process; returns it (`server_address`, `shutdown`)."""
   from gcp_storage_emulator.handlers import buckets as buckets_lib
-  from gcp_storage_emulator.storage import Storage
-  storage = Storage(use_memory_fs=True)
+  storage = _storage_class()(use_memory_fs=True)
   for name in buckets:
     buckets_lib.create_bucket(name, storage)
   httpd = _Server(('127.0.0.1', port), partial(_handler_class(), storage))

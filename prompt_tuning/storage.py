@@ -34,6 +34,25 @@ os.environ.setdefault('EPATH_USE_TF', 'false')
 logging.getLogger('gcsfs').setLevel(logging.CRITICAL)
 logging.getLogger('fsspec').setLevel(logging.WARNING)  # a line per file opened, at INFO
 
+
+
+def _configure_clients() -> None:
+  """Defaults for every gcsfs client made through fsspec (ours, and epath's inside orbax).
+
+  No cached listings: orbax, tensorstore (which bypasses gcsfs) and the other hosts of a run all
+  write the same MODEL_DIR, so a listing kept from before their writes would be wrong (orbax
+  would try to delete a step folder that repair already removed).
+  """
+  try:
+    import fsspec.config
+  except ImportError:
+    return
+  conf = fsspec.config.conf.setdefault('gs', {})
+  conf.setdefault('use_listings_cache', False)
+
+
+_configure_clients()
+
 _URL = re.compile(r'^([a-zA-Z][a-zA-Z0-9+.-]*)://')
 # URL schemes with a backend here, and the package that brings it.
 BACKENDS = {'gs': 'gcsfs', 's3': 's3fs'}
