@@ -5,6 +5,9 @@ import os
 import pytest
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
+# Google's auth library must never probe the GCE metadata server (an address off this machine)
+# when a test's GCS client looks for credentials; read when google.auth is first imported.
+os.environ.setdefault('NO_GCE_CHECK', 'true')
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
