@@ -26,7 +26,7 @@ import posixpath
 import re
 import shutil
 import tempfile
-from typing import IO, Any, Iterator, Optional
+from typing import IO, Any, Callable, Iterator, Optional
 
 os.environ.setdefault('EPATH_USE_TF', 'false')
 # gcsfs logs every retry with a traceback, and a warning per bucket when no credentials are
@@ -136,51 +136,42 @@ def _wrap(path: str, e: BaseException, what: str) -> StorageError:
 # Queries.
 
 
+def _remote(path: str, what: str, fn: Callable[[Any], Any]) -> Any:
+  """`fn(epath(path))` for a URL, its backend's errors made one StorageError line naming the URL
+  (a missing file stays FileNotFoundError, which callers handle)."""
+  try:
+    return fn(epath(path))
+  except (StorageError, FileNotFoundError):
+    raise
+  except Exception as e:  # noqa: BLE001 (backends raise many types)
+    raise _wrap(path, e, what) from e
+
+
 def exists(path: str) -> bool:
   if not is_remote(path):
     return os.path.exists(path)
-  try:
-    return epath(path).exists()
-  except StorageError:
-    raise
-  except Exception as e:  # noqa: BLE001 (backends raise many types)
-    raise _wrap(path, e, 'look it up') from e
+  return _remote(path, 'look it up', lambda p: p.exists())
 
 
 def isdir(path: str) -> bool:
   """A local directory; on object storage, a prefix that holds objects."""
   if not is_remote(path):
     return os.path.isdir(path)
-  try:
-    return epath(path).is_dir()
-  except StorageError:
-    raise
-  except Exception as e:  # noqa: BLE001
-    raise _wrap(path, e, 'look it up') from e
+  return _remote(path, 'look it up', lambda p: p.is_dir())
 
 
 def isfile(path: str) -> bool:
   if not is_remote(path):
     return os.path.isfile(path)
-  try:
-    return epath(path).is_file()
-  except StorageError:
-    raise
-  except Exception as e:  # noqa: BLE001
-    raise _wrap(path, e, 'look it up') from e
+  return _remote(path, 'look it up', lambda p: p.is_file())
 
 
 def listdir(path: str) -> list[str]:
   """Names directly under `path` ([] when it does not exist)."""
   if not is_remote(path):
     return os.listdir(path) if os.path.isdir(path) else []
-  try:
-    p = epath(path)
-    return sorted(child.name for child in p.iterdir()) if p.is_dir() else []
-  except StorageError:
-    raise
-  except Exception as e:  # noqa: BLE001
-    raise _wrap(path, e, 'list it') from e
+  return _remote(path, 'list it', lambda p: sorted(c.name for c in p.iterdir())
+                 if p.is_dir() else [])
 
 
 def walk(path: str) -> Iterator[tuple[str, list[str], list[str]]]:
@@ -201,27 +192,14 @@ def open_file(path: str, mode: str = 'rb', encoding: Optional[str] = None) -> IO
   """open(); on a URL a file object of the backend (a write appears when it is closed)."""
   if not is_remote(path):
     return open(path, mode, encoding=encoding)  # noqa: SIM115
-  try:
-    f = epath(path).open(mode)
-  except StorageError:
-    raise
-  except FileNotFoundError:
-    raise
-  except Exception as e:  # noqa: BLE001
-    raise _wrap(path, e, 'open it') from e
-  return f
+  return _remote(path, 'open it', lambda p: p.open(mode))
 
 
 def read_bytes(path: str) -> bytes:
   if not is_remote(path):
     with open(path, 'rb') as f:
       return f.read()
-  try:
-    return epath(path).read_bytes()
-  except (StorageError, FileNotFoundError):
-    raise
-  except Exception as e:  # noqa: BLE001
-    raise _wrap(path, e, 'read it') from e
+  return _remote(path, 'read it', lambda p: p.read_bytes())
 
 
 def read_text(path: str) -> str:
@@ -247,12 +225,7 @@ def write_atomic(path: str, data: bytes | str) -> str:
   and renamed into place; on object storage one object write."""
   data = data.encode() if isinstance(data, str) else data
   if is_remote(path):
-    try:
-      epath(path).write_bytes(data)
-    except StorageError:
-      raise
-    except Exception as e:  # noqa: BLE001
-      raise _wrap(path, e, 'write it') from e
+    _remote(path, 'write it', lambda p: p.write_bytes(data))
     return path
   os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
   tmp = tmp_name(path)

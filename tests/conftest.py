@@ -54,3 +54,21 @@ def gcs():
           os.environ.pop(key, None)
         else:
           os.environ[key] = value
+
+
+@pytest.fixture(scope='session')
+def assert_identical():
+  """Asserts two parameter trees have the same keys, and each leaf the same dtype, shape and
+  bytes."""
+  import numpy as np
+
+  from prompt_tuning.checkpoints.common import flatten
+
+  def check(a, b):
+    fa, fb = flatten(a), flatten(b)
+    assert fa.keys() == fb.keys()
+    for key in fa:
+      x, y = np.asarray(fa[key]), np.asarray(fb[key])
+      assert x.dtype == y.dtype and x.shape == y.shape, key
+      assert x.tobytes() == y.tobytes(), key
+  return check

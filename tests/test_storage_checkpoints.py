@@ -12,7 +12,6 @@ import pytest
 from prompt_tuning import checkpoints, cli, export, inspection, prompt_files, storage
 from prompt_tuning import model_dir as model_dir_lib
 from prompt_tuning.checkpoints import CheckpointError
-from prompt_tuning.checkpoints.common import flatten
 
 FIXTURE = ('fixtures', 't5x_tiny', 'checkpoint_3')
 
@@ -20,15 +19,6 @@ FIXTURE = ('fixtures', 't5x_tiny', 'checkpoint_3')
 def unique(name: str = '') -> str:
   """A prefix of its own in the session's bucket."""
   return f'gs://bkt/{uuid.uuid4().hex[:12]}' + (f'/{name}' if name else '')
-
-
-def assert_identical(a, b):
-  fa, fb = flatten(a), flatten(b)
-  assert fa.keys() == fb.keys()
-  for key in fa:
-    x, y = np.asarray(fa[key]), np.asarray(fb[key])
-    assert x.dtype == y.dtype and x.shape == y.shape, key
-    assert x.tobytes() == y.tobytes(), key
 
 
 def tree_bytes(root: str) -> dict[str, bytes]:
@@ -83,7 +73,8 @@ def fixture_params(local_ckpt):
   return checkpoints.load_params(local_ckpt)
 
 
-def test_t5x_base_params_and_step_from_gs_equal_the_local_ones(local_ckpt, remote_ckpt):
+def test_t5x_base_params_and_step_from_gs_equal_the_local_ones(local_ckpt, remote_ckpt,
+                                                               assert_identical):
   local_config, local_params = checkpoints.load_base(local_ckpt)
   for url in (remote_ckpt, remote_ckpt + '/', storage.join(remote_ckpt, 'checkpoint'),
               storage.dirname(remote_ckpt)):  # the directory, its file, the model dir above it
@@ -99,7 +90,7 @@ def test_t5x_base_params_and_step_from_gs_equal_the_local_ones(local_ckpt, remot
   assert value.tobytes() == inspection.load_embedding(local_ckpt)[0].tobytes()
 
 
-def test_hf_safetensors_round_trip_through_gs(fixture_params, tmp_path):
+def test_hf_safetensors_round_trip_through_gs(fixture_params, tmp_path, assert_identical):
   config, params = fixture_params
   for shard_bytes in (10 * 1024**3, 200_000):  # one file; shards with an index
     local = checkpoints.save_hf(str(tmp_path / f'hf{shard_bytes}'), config, params,
@@ -118,7 +109,8 @@ def test_hf_safetensors_round_trip_through_gs(fixture_params, tmp_path):
   assert len(tree_names(url)) > 3  # the sharded form was written: several shards and the index
 
 
-def test_convert_to_and_from_gs(local_ckpt, remote_ckpt, fixture_params, tmp_path):
+def test_convert_to_and_from_gs(local_ckpt, remote_ckpt, fixture_params, tmp_path,
+                                assert_identical):
   _, params = fixture_params
   out = unique()
   hf_url = checkpoints.convert(local_ckpt, storage.join(out, 'hf'), 'hf')
@@ -160,7 +152,7 @@ def run_dir(tmp_path, base):
   return path, prompt
 
 
-def test_export_to_gs_gives_the_local_files(remote_ckpt, tmp_path):
+def test_export_to_gs_gives_the_local_files(remote_ckpt, tmp_path, assert_identical):
   path, prompt = run_dir(tmp_path, remote_ckpt)  # the base checkpoint itself is on gs://
   out = unique()
   npy = export.export(path, 'npy', storage.join(out, 'p.npy'))
@@ -274,7 +266,7 @@ def test_damaged_checkpoints_on_gs_are_named(fixture_params):
   assert shard in one_line(e)
 
 
-def test_transient_errors_are_retried(gcs, remote_ckpt, fixture_params):
+def test_transient_errors_are_retried(gcs, remote_ckpt, fixture_params, assert_identical):
   gcs.inject(2, 503)
   assert checkpoints.read_step(remote_ckpt) == 3
   gcs.inject(2, 503, match='target.')  # tensorstore's reads of the zarr arrays

@@ -31,15 +31,6 @@ def copy_tree(src, dst):
   return dst
 
 
-def assert_identical(a, b):
-  fa, fb = flatten(a), flatten(b)
-  assert fa.keys() == fb.keys()
-  for k in fa:
-    x, y = np.asarray(fa[k]), np.asarray(fb[k])
-    assert x.dtype == y.dtype and x.shape == y.shape, k
-    assert x.tobytes() == y.tobytes(), k
-
-
 def test_fixture_loads_with_exact_embedding_and_shapes(shared):
   config, params = checkpoints.load_params(shared(*FIXTURE))
   expected = np.load(shared('fixtures', 't5x_tiny', 'embedding_32128x4.npy'))
@@ -62,7 +53,7 @@ def test_fixture_forward_is_finite(shared):
   assert np.isfinite(np.asarray(logits)).all()
 
 
-def test_accepts_model_dir_and_checkpoint_file(shared):
+def test_accepts_model_dir_and_checkpoint_file(shared, assert_identical):
   _, by_dir = checkpoints.load_params(shared(*FIXTURE))
   _, by_file = checkpoints.load_params(shared(*FIXTURE, 'checkpoint'))
   _, by_model_dir = checkpoints.load_params(shared('fixtures', 't5x_tiny'))
@@ -70,7 +61,7 @@ def test_accepts_model_dir_and_checkpoint_file(shared):
   assert_identical(by_dir, by_model_dir)
 
 
-def test_t5x_round_trip_is_bit_identical_and_keeps_layout(shared, tmp_path):
+def test_t5x_round_trip_is_bit_identical_and_keeps_layout(shared, tmp_path, assert_identical):
   _, params = checkpoints.load_params(shared(*FIXTURE))
   path = checkpoints.save_t5x(str(tmp_path), params, step=3)
   assert path == str(tmp_path / 'checkpoint_3')
@@ -117,7 +108,7 @@ def test_adafactor_state_is_factored_for_large_kernels():
   assert state['b/scale']['v'].shape == (512,) and state['b/scale']['v_row'].shape == (1,)
 
 
-def test_hf_round_trip_of_fixture_is_bit_identical(shared, tmp_path):
+def test_hf_round_trip_of_fixture_is_bit_identical(shared, tmp_path, assert_identical):
   config, params = checkpoints.load_params(shared(*FIXTURE), FIXTURE_CONFIG)
   out = checkpoints.save_hf(str(tmp_path / 'hf'), config, params)
   with open(os.path.join(out, 'config.json')) as f:
@@ -127,7 +118,7 @@ def test_hf_round_trip_of_fixture_is_bit_identical(shared, tmp_path):
   assert_identical(params, params2)
 
 
-def test_bfloat16_t5x_round_trip(shared, tmp_path):
+def test_bfloat16_t5x_round_trip(shared, tmp_path, assert_identical):
   config, params = checkpoints.load_params(shared(*FIXTURE),
                                            FIXTURE_CONFIG.replace(param_dtype='bfloat16'))
   path = checkpoints.save_t5x(str(tmp_path), params, step=7)
@@ -154,7 +145,7 @@ def test_optimizer_state_arrays_are_never_opened(shared, tmp_path):
   assert params['token_embedder']['embedding'].shape == (32128, 4)
 
 
-def test_save_refuses_to_overwrite_unless_asked(shared, tmp_path):
+def test_save_refuses_to_overwrite_unless_asked(shared, tmp_path, assert_identical):
   _, params = checkpoints.load_params(shared(*FIXTURE))
   checkpoints.save_t5x(str(tmp_path), params, step=1)
   with pytest.raises(checkpoints.CheckpointError, match='already exists'):
