@@ -302,12 +302,17 @@ def local_copy(path: str) -> str:
     raise _wrap(path, e, 'read it') from e
   version = str(info.get('generation') or info.get('etag') or info.get('mtime') or '')
   key = hashlib.sha256(f'{path}\0{info.get("size")}\0{version}'.encode()).hexdigest()[:24]
-  cache = os.path.join(os.environ.get('PROMPT_TUNING_CACHE', os.path.join(
-      os.path.expanduser('~'), '.cache', 'prompt_tuning')), 'remote', key)
-  local = os.path.join(cache, basename(path))
+  local = os.path.join(_cache_dir(key), basename(path))
   if not os.path.exists(local):
     save_atomic(local, lambda tmp: _download(path, tmp))
   return local
+
+
+def _cache_dir(key: str) -> str:
+  """Where a URL's local copy lives: $PROMPT_TUNING_CACHE (default ~/.cache/prompt_tuning)."""
+  root = os.environ.get('PROMPT_TUNING_CACHE',
+                        os.path.join(os.path.expanduser('~'), '.cache', 'prompt_tuning'))
+  return os.path.join(root, 'remote', key)
 
 
 def _download(path: str, local: str) -> None:
@@ -330,9 +335,7 @@ def local_tree(path: str) -> str:
   for entry in sorted(entries):
     info = fs.info(_fs(entry)[1])
     sig.update(f'{entry}\0{info.get("size")}\0{info.get("generation")}\n'.encode())
-  cache = os.path.join(os.environ.get('PROMPT_TUNING_CACHE', os.path.join(
-      os.path.expanduser('~'), '.cache', 'prompt_tuning')), 'remote', sig.hexdigest()[:24])
-  local = os.path.join(cache, basename(path))
+  local = os.path.join(_cache_dir(sig.hexdigest()[:24]), basename(path))
   if not os.path.isdir(local):
     staging = tmp_name(local)
     shutil.rmtree(staging, ignore_errors=True)
