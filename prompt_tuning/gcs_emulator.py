@@ -2,10 +2,15 @@
 
 gcp-storage-emulator's request handlers and storage, served by a threaded server with one lock
 around each request: its own server answers one connection at a time, so a client that keeps a
-connection alive (gcsfs, tensorstore) stalls every other client. Faults can be injected through
-`POST /_faults {"count": N, "status": 503 | 429 | 0, "match": "substring", "every": K}`: N of the
-matching requests (every K-th one; K=1: the next N) get that status (0: the connection is closed
-with no answer). `GET /_faults` lists the rules with how many faults each has served.
+connection alive (gcsfs, tensorstore) stalls every other client. It adds what GCS does and the
+emulator does not: generation preconditions (`ifGenerationMatch`, `ifGenerationNotMatch`) and a
+read's generation in `x-goog-generation` (OCDBT, orbax's format, commits by a conditional write of
+its manifest; without them two writers of one manifest failed now and then).
+
+Faults can be injected through
+`POST /_faults {"count": N, "status": 503 | 429 | 0, "match": "substring", "every": K}`: N of
+the matching requests (every K-th one; K=1: the next N) get that status (0: the connection is
+closed with no answer). `GET /_faults` lists the rules with how many faults each has served.
 
     python -m prompt_tuning.gcs_emulator --port=0 --bucket=bkt   # prints its URL, then serves
 
@@ -17,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import signal
 import socketserver
 import subprocess
@@ -73,11 +79,42 @@ def _handler_class():
       with lock:
         method = getattr(self, 'do_' + self.command, None)
         self.storage.offsets = _offsets(self.path)
-        if method is None:
+        generation = self._generation_headers()
+        failed = _precondition_failure(self.command, self.path, generation)
+        if failed:
+          self._reply(failed, b'' if failed == 304 else json.dumps(
+              {'error': {'code': failed, 'message': 'precondition'}}).encode(), generation)
+        elif method is None:
           self.send_error(501)
         else:
+          self._object_headers = generation
           method()
       self.wfile.flush()
+
+    def _generation_headers(self) -> dict[str, str]:
+      """The addressed object's x-goog-generation/-metageneration ({} when there is none)."""
+      bucket, name = _object_of(self.command, self.path)
+      if not name:
+        return {}
+      try:
+        obj = self.storage.get_file_obj(bucket, name)
+      except Exception:  # noqa: BLE001  (no such bucket or object)
+        return {}
+      return {'x-goog-generation': str(obj['generation']),
+              'x-goog-metageneration': str(obj.get('metageneration', 1))}
+
+    def send_response(self, code, message=None):
+      self._status = code
+      super().send_response(code, message)
+
+    def end_headers(self):
+      # A read's generation travels in headers, as on GCS: tensorstore conditions its next write
+      # of the same object (an OCDBT manifest) on it.
+      if self.command == 'GET' and getattr(self, '_status', 0) in (200, 206):
+        for key, value in getattr(self, '_object_headers', {}).items():
+          self.send_header(key, value)
+      self._object_headers = {}
+      super().end_headers()
 
     def _set_faults(self):
       length = int(self.headers.get('Content-Length') or 0)
@@ -109,8 +146,10 @@ def _handler_class():
       self._reply(fault['status'], json.dumps(
           {'error': {'code': fault['status'], 'message': 'injected fault'}}).encode())
 
-    def _reply(self, status: int, body: bytes):
+    def _reply(self, status: int, body: bytes, headers: Optional[dict] = None):
       self.send_response(status)
+      for key, value in (headers or {}).items():
+        self.send_header(key, value)
       self.send_header('Content-Type', 'application/json')
       self.send_header('Content-Length', str(len(body)))
       self.end_headers()
@@ -118,6 +157,42 @@ def _handler_class():
       self.wfile.flush()
 
   return Handler
+
+
+_OBJECT_PATH = re.compile(r'^(?:/download)?(?:/storage/v1)?/b/(?P<bucket>[-.\w]+)/o/(?P<name>.+)$')
+_UPLOAD_PATH = re.compile(r'^/upload/storage/v1/b/(?P<bucket>[-.\w]+)/o$')
+
+
+def _object_of(command: str, path: str) -> tuple[str, str]:
+  """(bucket, object name) a request addresses: a read, delete or patch by path, an upload by
+  its `name` query; ('', '') for anything else (listings, multipart uploads naming it inside)."""
+  from urllib.parse import parse_qs, unquote, urlparse
+  url = urlparse(path)
+  match = _OBJECT_PATH.match(url.path)
+  # A name's own slashes arrive encoded; a raw one starts a sub-resource (`/acl`, `/copyTo/..`).
+  if match and command in ('GET', 'DELETE', 'PATCH') and '/' not in match['name']:
+    return match['bucket'], unquote(match['name'])
+  match = _UPLOAD_PATH.match(url.path)
+  if match and command in ('POST', 'PUT'):
+    return match['bucket'], parse_qs(url.query).get('name', [''])[0]
+  return '', ''
+
+
+def _precondition_failure(command: str, path: str, headers: dict[str, str]) -> int:
+  """GCS's generation preconditions, which the emulator ignores: 412 when `ifGenerationMatch`
+  (0: the object must not exist) or `ifGenerationNotMatch` fails, 304 for a read whose
+  `ifGenerationNotMatch` names the current generation; 0 when the request may go on. OCDBT
+  (orbax's checkpoint format) commits by a conditional write of its manifest."""
+  from urllib.parse import parse_qs, urlparse
+  query = parse_qs(urlparse(path).query)
+  current = int(headers['x-goog-generation']) if headers else 0  # 0: no such object
+  match = query.get('ifGenerationMatch', [None])[0]
+  if match is not None and int(match) != current:
+    return 404 if command == 'GET' and not current else 412
+  not_match = query.get('ifGenerationNotMatch', [None])[0]
+  if not_match is not None and int(not_match) == current:
+    return 304 if command == 'GET' and current else 412
+  return 0
 
 
 def _offsets(path: str) -> tuple[str, str]:

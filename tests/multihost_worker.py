@@ -9,6 +9,7 @@ carries Gloo's chatter). With 2 processes each one feeds only its own half of ev
 """
 
 import argparse
+import io
 import json
 import os
 import sys
@@ -20,7 +21,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from prompt_tuning import cli, prompt_init
+from prompt_tuning import cli, prompt_init, storage
 from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import loop, partitioning
@@ -42,8 +43,8 @@ def init_distributed(port: int, process_id: int) -> None:
 
 
 def load_frozen(path: str) -> dict:
-  # Every process reads the same file, as real hosts read the same base checkpoint.
-  with np.load(path) as f:
+  # Every process reads the same file (a gs:// object), as real hosts read one base checkpoint.
+  with np.load(io.BytesIO(storage.read_bytes(path))) as f:
     return flax.traverse_util.unflatten_dict({k: f[k] for k in f.files}, sep='/')
 
 

@@ -2,9 +2,12 @@
 
 Each of the two processes feeds only its own half of every global batch; the mesh spans all 8
 global devices, so every step's reductions cross the process boundary (Gloo CPU collectives).
-`loop.train` then checkpoints from both processes into one shared MODEL_DIR, and resumes.
+`loop.train` then checkpoints from both processes into one MODEL_DIR on gs:// (a GCS API server
+on 127.0.0.1), and resumes from it; the 1-process reference writes a local MODEL_DIR. Both read
+the frozen parameters from the same gs:// object.
 """
 
+import io
 import json
 import os
 import signal
@@ -13,12 +16,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 
 import flax
 import numpy as np
 
 from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning import storage
 from prompt_tuning.train import state as state_lib
 from train_fixtures import make_trainer
 
@@ -70,9 +75,8 @@ def kill(procs: dict) -> None:
     p.wait(timeout=30)
 
 
-def run_workers(tmp: str, params_path: str) -> tuple[dict, dict, str]:
+def run_workers(tmp: str, params_path: str, model_dir: str) -> tuple[dict, dict, str]:
   """(process 0's output, process 1's, the 1-process reference's) and the shared MODEL_DIR."""
-  model_dir = os.path.join(tmp, 'model_dir')
   port = free_port()
   jobs = {'process0': ([model_dir, params_path, str(port), '0'], 4),
           'process1': ([model_dir, params_path, str(port), '1'], 4),
@@ -92,12 +96,15 @@ def run_workers(tmp: str, params_path: str) -> tuple[dict, dict, str]:
   return (*outs, model_dir)
 
 
-def test_two_processes_match_one(tiny):
+def test_two_processes_match_one(tiny, gcs):
   config, frozen = tiny
+  root = f'gs://bkt/multihost-{uuid.uuid4().hex[:8]}'
   with tempfile.TemporaryDirectory(prefix='multihost-') as tmp:
-    params_path = os.path.join(tmp, 'frozen.npz')
-    np.savez(params_path, **flax.traverse_util.flatten_dict(frozen, sep='/'))
-    p0, p1, ref, model_dir = run_workers(tmp, params_path)
+    local_params = os.path.join(tmp, 'frozen.npz')
+    np.savez(local_params, **flax.traverse_util.flatten_dict(frozen, sep='/'))
+    params_path = f'{root}/frozen.npz'
+    storage.write_atomic(params_path, storage.read_bytes(local_params))
+    p0, p1, ref, model_dir = run_workers(tmp, params_path, f'{root}/model_dir')
     check_topology(p0, p1, ref)
     check_meshes(p0, p1, ref)
     check_loop(p0, p1, ref, model_dir, config, frozen)
@@ -138,13 +145,15 @@ def check_loop(p0, p1, ref, model_dir, config, frozen):
   np.testing.assert_allclose(final, ref['loop']['prompt'], atol=1e-5, rtol=1e-5)
   # One numpy prompt per saved step and one run_info.json, no temporary leftovers (process 0
   # is their only writer; the others take part in the orbax save alone).
-  numpy_dir = os.path.join(model_dir, 'numpy_checkpoints')
-  assert sorted(os.listdir(numpy_dir)) == ['checkpoint_0', 'checkpoint_2', 'checkpoint_3']
-  for step in os.listdir(numpy_dir):
-    assert os.listdir(os.path.join(numpy_dir, step)) == [model_dir_lib.NUMPY_NAME]
-  assert sorted(f for f in os.listdir(model_dir) if os.path.isfile(
-      os.path.join(model_dir, f))) == [model_dir_lib.RUN_INFO]
-  saved = np.load(model_dir_lib.numpy_prompt_path(model_dir, 3))
+  numpy_dir = storage.join(model_dir, 'numpy_checkpoints')
+  assert storage.listdir(numpy_dir) == ['checkpoint_0', 'checkpoint_2', 'checkpoint_3']
+  for step in storage.listdir(numpy_dir):
+    assert storage.listdir(storage.join(numpy_dir, step)) == [model_dir_lib.NUMPY_NAME]
+  assert sorted(f for f in storage.listdir(model_dir) if storage.isfile(
+      storage.join(model_dir, f))) == [model_dir_lib.RUN_INFO]
+  assert model_dir_lib.committed_steps(model_dir) == [3]
+  assert model_dir_lib.uncommitted_steps(model_dir) == []
+  saved = np.load(io.BytesIO(storage.read_bytes(model_dir_lib.numpy_prompt_path(model_dir, 3))))
   assert saved.dtype == np.float32 and saved.tobytes() == final.tobytes()
   # The orbax step both processes committed restores here, on this process's own devices.
   ckpt = state_lib.PromptCheckpointer(model_dir)
