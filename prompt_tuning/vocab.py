@@ -51,6 +51,7 @@ class SentencePieceVocab:
       raise ValueError(f'{path}: not a valid SentencePiece model ({e}).') from e
     self.path = path
     self.extra_ids = extra_ids
+    self._proto, self._t5 = proto, None  # _t5: the model with its sentinels, built for `text`
     self.sp_size = self._sp.get_piece_size()
     # T5 relies on pad=0 and eos=1; a model with other ids would silently shift every target.
     if self._sp.pad_id() not in (PAD_ID, -1) or self._sp.eos_id() != EOS_ID:
@@ -76,6 +77,23 @@ class SentencePieceVocab:
       kept.append(i)
     return self._sp.decode(kept)
 
+  def text(self, ids: Iterable[int]) -> str:
+    """The text of generated ids as eval, infer and serve show it: T5's rule, which SeqIO's
+    vocabulary (the tasks' own, data/vocabularies.py) applies. Text up to the first EOS; pad
+    shows as nothing, sentinel k as '<extra_id_k>', an id past the vocabulary as the unknown
+    piece ' ⁇ '. (`decode` drops sentinels and unknown ids, for readers of label words.)"""
+    if self._t5 is None:
+      self._t5 = _with_sentinels(self._proto, self.extra_ids)
+    size, unk = self._t5.get_piece_size(), self._t5.unk_id()
+    kept = []
+    for i in ids:
+      i = int(i)
+      if i == EOS_ID:
+        break
+      if i > PAD_ID:
+        kept.append(i if i < size else unk)
+    return self._t5.decode(kept)
+
   def piece(self, token_id: int) -> str:
     """One id as its vocabulary entry: the SentencePiece piece ('▁the', '</s>', '<pad>'), or
     '<extra_id_N>' for a sentinel (T5 counts them down from the last id: 32099 is
@@ -90,3 +108,16 @@ class SentencePieceVocab:
 
   def __repr__(self) -> str:
     return f'SentencePieceVocab({self.path!r}, extra_ids={self.extra_ids})'
+
+
+def _with_sentinels(proto: bytes, extra_ids: int) -> Any:
+  """The SentencePiece model with T5's sentinels appended as user-defined pieces
+  '▁<extra_id_k>', k counting down (id sp_size is <extra_id_{extra_ids - 1}>): the model SeqIO's
+  vocabulary builds from the same file, so both render ids alike."""
+  import sentencepiece as spm
+  from sentencepiece import sentencepiece_model_pb2 as model_pb2  # protobuf: a core dependency's
+  model = model_pb2.ModelProto.FromString(proto)
+  for k in reversed(range(extra_ids)):
+    model.pieces.add(piece=f'\u2581<extra_id_{k}>', score=0.0,
+                     type=model_pb2.ModelProto.SentencePiece.USER_DEFINED)
+  return spm.SentencePieceProcessor(model_proto=model.SerializeToString())
