@@ -1,19 +1,19 @@
 """`prompt-tuning serve`: one frozen model answering many tasks over HTTP, batching requests
-across tasks. TF-free (structured inputs use the data layer when it is installed).
+across tasks. TF-free (raw task examples use the data layer when it is installed).
 
   PromptStore   the named prompts (a prompt library, changed at run time) as one table whose
                 capacity grows in powers of two, so adding a prompt rarely changes a shape
   Engine        runs a batch of rows of any prompts: generate (DecodingConfig) or rank
   Batcher       a bounded queue of rows and one worker thread forming mixed-task batches up to
                 `max_batch_size` rows or `max_wait_ms`, padded length-aware
-  create_app    the JSON API (FastAPI on uvicorn: request parsing and an ASGI server whose
-                SIGTERM/SIGINT handling stops accepting, lets in-flight requests finish and
-                exits 0 — what a served model needs, from two well-kept packages)
+  Server        what the HTTP handlers share
+  serve         the command: loads everything before listening, serves on uvicorn until
+                SIGTERM/SIGINT, answers every request it received, exits 0
 
-Endpoints: POST /v1/predict, GET/POST /v1/prompts, DELETE /v1/prompts/{name}, GET /healthz,
-GET /metrics. Bad requests get a 4xx whose `error` names the problem; the server keeps serving.
+The HTTP API is serve_api.py (native /v1/predict and OpenAI's /v1/completions and /v1/models);
+what a request may hold, serve_requests.py. Bad requests get a 4xx whose error names the field;
+the server keeps serving.
 """
-
 
 import collections
 import concurrent.futures
@@ -31,7 +31,7 @@ import numpy as np
 
 from prompt_tuning import batching, decoding, storage
 from prompt_tuning import prompt_library as library_lib
-from prompt_tuning.vocab import EOS_ID, PAD_ID
+from prompt_tuning.vocab import EOS_ID
 
 log = logging.getLogger('prompt_tuning')
 
@@ -72,12 +72,15 @@ class ServeConfig:
 
 
 class RequestError(Exception):
-  """A request the server refuses: HTTP `status` and a message naming the problem."""
+  """A request the server refuses: HTTP `status`, a message naming the problem and `param`,
+  the request field at fault ('decoding.num_beams', 'inputs[2]') where there is one."""
 
-  def __init__(self, status: int, message: str, headers: Optional[dict] = None):
+  def __init__(self, status: int, message: str, headers: Optional[dict] = None,
+               param: Optional[str] = None):
     super().__init__(message)
     self.status = status
     self.headers = headers or {}
+    self.param = param
 
 
 # ----------------------------------------------------------------------------------------------
@@ -118,13 +121,14 @@ class PromptStore:
       self._prompts[prompt.name] = prompt
     self._snapshot = self._build()
 
-  def _check(self, name: str, value: np.ndarray) -> None:
+  def _check(self, name: str, value: np.ndarray, param: Optional[str] = None) -> None:
     if value.ndim != 2 or value.shape[1] != self.d_model:
       raise RequestError(400, f'prompt {name!r} has shape {list(value.shape)} but the model '
-                              f'takes [length, {self.d_model}] prompts (d_model {self.d_model}).')
+                              f'takes [length, {self.d_model}] prompts (d_model {self.d_model}).',
+                         param=param)
     if value.shape[0] != self.length:
       raise RequestError(400, f'prompt {name!r} has length {value.shape[0]} but the served '
-                              f'prompts have length {self.length}.')
+                              f'prompts have length {self.length}.', param=param)
 
   def _build(self) -> Snapshot:
     names = list(self._prompts)
@@ -152,7 +156,8 @@ class PromptStore:
     _safe_name(name)
     if (path is None) == (values is None):
       raise RequestError(400, 'give the prompt as "path" (inside the prompt library) or '
-                              '"values" ([length][d_model] numbers), not both or neither.')
+                              '"values" ([length][d_model] numbers), not both or neither.',
+                         param='path')
     if path is not None:
       value, source, kind = self._load_path(name, path)
     else:
@@ -160,14 +165,16 @@ class PromptStore:
         value = np.asarray(values, np.float32)
       except (TypeError, ValueError):
         raise RequestError(400, f'prompt {name!r}: "values" must be a [length][d_model] array of '
-                                f'numbers.') from None
+                                f'numbers.', param='values') from None
       if not np.all(np.isfinite(value)):
-        raise RequestError(400, f'prompt {name!r}: "values" holds non-finite numbers.')
+        raise RequestError(400, f'prompt {name!r}: "values" holds non-finite numbers.',
+                           param='values')
       source, kind = 'request', 'values'
-    self._check(name, value)
+    self._check(name, value, 'path' if path is not None else 'values')
     with self._lock:
       if name in self._prompts:
-        raise RequestError(409, f'a prompt named {name!r} exists; DELETE it first.')
+        raise RequestError(409, f'a prompt named {name!r} exists; DELETE it first.',
+                           param='name')
       self._prompts[name] = library_lib.LibraryPrompt(name, value, source, kind)
       self._snapshot = self._build()
     return {'name': name, 'length': int(value.shape[0]), 'source': source, 'kind': kind}
@@ -175,31 +182,36 @@ class PromptStore:
   def _load_path(self, name: str, path: str) -> tuple[np.ndarray, str, str]:
     if self.directory is None:
       raise RequestError(400, 'the server has no prompt library folder (--prompts); send '
-                              '"values" instead of "path".')
+                              '"values" instead of "path".', param='path')
     if not isinstance(path, str) or os.path.isabs(path) or storage.is_remote(path):
-      raise RequestError(400, f'"path" {path!r} must be relative to the prompt library folder.')
+      raise RequestError(400, f'"path" {path!r} must be relative to the prompt library folder.',
+                         param='path')
     if storage.is_remote(self.directory):  # object storage: no links, the name decides
       relative = posixpath.normpath(path)
       if relative == '..' or relative.startswith('../'):
-        raise RequestError(400, f'"path" {path!r} leads out of the prompt library folder.')
+        raise RequestError(400, f'"path" {path!r} leads out of the prompt library folder.',
+                           param='path')
       full = storage.join(self.directory, relative) if relative != '.' else self.directory
     else:
       full = os.path.realpath(os.path.join(self.directory, path))
       if os.path.commonpath([full, self.directory]) != self.directory:
-        raise RequestError(400, f'"path" {path!r} leads out of the prompt library folder.')
+        raise RequestError(400, f'"path" {path!r} leads out of the prompt library folder.',
+                           param='path')
     try:
       entries = library_lib.load_library({name: full}, self.d_model)
     except library_lib.LibraryError as e:
-      raise RequestError(400, str(e).replace(full, path)) from None
+      raise RequestError(400, str(e).replace(full, path), param='path') from None
     entry = next(iter(entries.values()))
     if entry.value.ndim != 2:
-      raise RequestError(400, f'{path}: holds a table of prompts; name one file.')
+      raise RequestError(400, f'{path}: holds a table of prompts; name one file.',
+                         param='path')
     return entry.value, path, entry.kind
 
   def remove(self, name: str) -> None:
+    _safe_name(name)
     with self._lock:
       if name not in self._prompts:
-        raise RequestError(404, f'no prompt named {name!r}.')
+        raise RequestError(404, f'no prompt named {name!r}.', param='name')
       del self._prompts[name]
       self._snapshot = self._build()
 
@@ -208,7 +220,7 @@ def _safe_name(name: Any) -> bool:
   try:
     library_lib.check_name(name)
   except library_lib.LibraryError as e:
-    raise RequestError(400, str(e)) from None
+    raise RequestError(400, str(e), param='name') from None
   return True
 
 
@@ -309,8 +321,7 @@ class Engine:
     if key[0] == 'generate':
       config, length = key[1], key[2]
       out = np.asarray(config.generate(model, params, tokens, length, prompt_ids=ids))
-      answers = [{'prediction': self.vocab.decode([int(t) for t in out[j] if t > PAD_ID])}
-                 for j in range(len(rows))]
+      answers = [_generated(self.vocab, out[j]) for j in range(len(rows))]
       program: tuple = (config, length)
     else:
       labels = key[1]
@@ -323,6 +334,14 @@ class Engine:
       program = candidates.shape
     self.shapes.add((key[0], program, size, width, capacity))
     return answers
+
+
+def _generated(vocab: Any, ids: np.ndarray) -> dict:
+  """A generated row: its text (vocab.text: the rule eval and infer use), how many tokens it
+  took (its EOS counted) and whether it ended by itself (EOS) rather than at the length."""
+  ends = np.flatnonzero(ids == EOS_ID)
+  return {'prediction': vocab.text(ids), 'tokens': int(ends[0]) + 1 if len(ends) else len(ids),
+          'finished': bool(len(ends))}
 
 
 def _freeze_heap() -> None:
@@ -441,17 +460,19 @@ class Metrics:
       self.batch_seconds += seconds
 
   def report(self, engine: Engine, batcher: Batcher) -> dict:
+    def percentiles(samples) -> dict:  # None before the first sample (JSON has no NaN)
+      return {f'p{q}': float(np.percentile(samples, q)) if samples else None
+              for q in (50, 90, 99)}
+
     with self._lock:
-      latencies = np.array(self.latencies_ms or [np.nan])
       sizes = np.array(self.batch_sizes or [0])
-      batch_ms = np.array(self.batch_ms or [np.nan])
       return {
           'uptime_s': round(time.time() - self.started, 1),
           'requests': dict(self.requests), 'rows': self.rows,
-          'latency_ms': {f'p{q}': float(np.percentile(latencies, q)) for q in (50, 90, 99)},
+          'latency_ms': percentiles(self.latencies_ms),
           'batches': self.batches, 'batch_size_mean': float(sizes.mean()),
           'batch_size_max': int(sizes.max()),
-          'batch_ms': {f'p{q}': float(np.percentile(batch_ms, q)) for q in (50, 90, 99)},
+          'batch_ms': percentiles(self.batch_ms),
           'batch_seconds': round(self.batch_seconds, 3), 'queued_rows': batcher.queued(),
           'compiled_shapes': len(engine.shapes), 'prompts': len(engine.store.snapshot().index),
           'gc': {'frozen_objects': gc.get_freeze_count(),
@@ -459,37 +480,21 @@ class Metrics:
 
 
 # ----------------------------------------------------------------------------------------------
-# HTTP.
-
-
-def _decoding_key(body: Mapping[str, Any], config: ServeConfig) -> tuple:
-  settings = body.get('decoding') or {}
-  if not isinstance(settings, dict):
-    raise RequestError(400, '"decoding" must be an object, e.g. {"method": "greedy"}.')
-  allowed = {f.name for f in dataclasses.fields(decoding.DecodingConfig)}
-  unknown = sorted(set(settings) - allowed)
-  if unknown:
-    raise RequestError(400, f'"decoding" has unknown field(s) {unknown}; known: '
-                            f'{sorted(allowed)}.')
-  try:
-    dc = decoding.DecodingConfig(**settings)
-  except (TypeError, ValueError) as e:
-    raise RequestError(400, f'"decoding": {e}') from None
-  length = dc.max_decode_length or config.max_decode_length
-  if not isinstance(length, int) or not 1 <= length <= config.max_decode_length:
-    raise RequestError(400, f'"decoding.max_decode_length" must be an integer in [1, '
-                            f'{config.max_decode_length}].')
-  return ('generate', dataclasses.replace(dc, max_decode_length=None), length)
+# What the HTTP handlers share (the handlers: serve_api.py; request checks: serve_requests.py).
 
 
 class Server:
-  """What the HTTP handlers share: prompts, engine, batcher, metrics, limits."""
+  """Prompts, engine, batcher, metrics, limits and the data layer, for the HTTP handlers."""
 
-  def __init__(self, engine: Engine, config: ServeConfig, api_key: Optional[str] = None):
-    self.engine, self.config, self.api_key = engine, config, api_key
+  def __init__(self, engine: Engine, config: ServeConfig, api_key: Optional[str] = None,
+               data: Any = None):
+    """data: a serve_requests.DataLayer (raw examples, task label words), or None."""
+    self.engine, self.config, self.api_key, self.data = engine, config, api_key, data
     self.store = engine.store
     self.metrics = Metrics()
     self.batcher = Batcher(engine.run, config, on_batch=self.metrics.batch)
+    self.created = int(time.time())
+    self.received = self.answered = 0  # HTTP requests; counted on the event loop's thread
 
   def check_auth(self, header: Optional[str]) -> None:
     if self.api_key is None:
@@ -499,174 +504,26 @@ class Server:
       raise RequestError(401, 'missing or wrong bearer token (Authorization: Bearer <key>).',
                          {'WWW-Authenticate': 'Bearer'})
 
-  def rows_of(self, body: Any) -> tuple[str, str, list[Row], Optional[list[str]]]:
-    """Validates a predict request; its rows (with futures) and, for rank, the labels."""
-    if not isinstance(body, dict):
-      raise RequestError(400, 'the request body must be a JSON object.')
-    task, inputs = body.get('task'), body.get('inputs')
-    method = body.get('method', 'generate')
-    if not isinstance(task, str) or not task:
-      raise RequestError(400, '"task" must be a non-empty string (a prompt name).')
-    if not isinstance(inputs, list):
-      raise RequestError(400, '"inputs" must be a list of strings (or of raw task examples).')
-    if not inputs:
-      raise RequestError(400, '"inputs" is empty: send at least one input.')
-    if len(inputs) > self.config.max_inputs_per_request:
-      raise RequestError(413, f'{len(inputs)} inputs in one request; at most '
-                              f'{self.config.max_inputs_per_request}.')
-    if method not in ('generate', 'rank'):
-      raise RequestError(400, f'"method" must be "generate" or "rank", got {method!r}.')
-    if not self.store.has(task):
-      raise RequestError(404, f'no prompt named {task!r}; GET /v1/prompts lists them.')
-    texts = [self._text(task, x, i) for i, x in enumerate(inputs)]
-    labels = None
-    if method == 'rank':
-      labels = body.get('labels') or _task_labels(task)
-      if (not isinstance(labels, list) or not labels or
-          not all(isinstance(label, str) and label for label in labels)):
-        raise RequestError(400, f'rank needs "labels" (a list of strings) for {task!r}.')
-      key: tuple = ('rank', tuple(labels))
-    else:
-      key = _decoding_key(body, self.config)
-    n = self.config.max_input_length
-    rows = []
-    for text in texts:
-      ids = list(self.engine.vocab.encode(text))[:n - 1] + [EOS_ID]
-      rows.append(Row(key, ids, task, concurrent.futures.Future()))
-    return task, method, rows, labels
+  def check_prompt(self, name: str, param: str) -> None:
+    if not self.store.has(name):
+      raise RequestError(404, f'no prompt named {name!r}; GET /v1/prompts lists them.',
+                         param=param)
 
-  def _text(self, task: str, x: Any, i: int) -> str:
-    if isinstance(x, dict):
-      x = _format(task, x, i)
-    if not isinstance(x, str):
-      raise RequestError(400, f'inputs[{i}] must be a string (or a raw example object), got '
-                              f'{type(x).__name__}.')
-    if len(x) > self.config.max_chars_per_input:
-      raise RequestError(413, f'inputs[{i}] has {len(x)} characters; at most '
-                              f'{self.config.max_chars_per_input}.')
-    return x
+  def tokens(self, text_or_ids: str | list[int]) -> list[int]:
+    """Encoder input ids: the text's tokens (or the ids as given), cut to leave room for EOS."""
+    ids = (list(self.engine.vocab.encode(text_or_ids)) if isinstance(text_or_ids, str)
+           else list(text_or_ids))
+    return ids[:self.config.max_input_length - 1] + [EOS_ID]
 
+  def rows(self, prompt: str, inputs: Sequence[str | list[int]], key: tuple) -> list[Row]:
+    return [Row(key, self.tokens(x), prompt, concurrent.futures.Future()) for x in inputs]
 
-def _task_labels(task: str) -> Optional[list[str]]:
-  try:
-    from prompt_tuning.data import tasks
-  except ImportError:
-    return None
-  info = tasks.TASK_INFO.get(task)
-  return list(info.labels) if info and info.labels else None
-
-
-def _format(task: str, example: dict, i: int) -> str:
-  """A raw (TFDS-schema) example formatted as the registered task formats it."""
-  try:
-    from prompt_tuning.data import tasks
-  except ImportError:
-    raise RequestError(400, f'inputs[{i}] is a raw example, which needs the data layer '
-                            f"(pip install '.[data]'); send the model's input text.") from None
-  try:
-    formatted = tasks.format_example(task, example)
-  except (ValueError, KeyError, TypeError) as e:
-    raise RequestError(400, f'inputs[{i}]: cannot format it as {task!r} ({e}).') from None
-  if not formatted:
-    raise RequestError(400, f'inputs[{i}]: {task!r} formats it into no example.')
-  return formatted[0]['inputs']
-
-
-def create_app(server: Server):
-  """The FastAPI application over `server`."""
-  from fastapi import FastAPI, Request
-  from fastapi.responses import JSONResponse
-
-  app = FastAPI(title='prompt-tuning serve', docs_url=None, redoc_url=None)
-
-  def error(e: RequestError) -> JSONResponse:
-    server.metrics.request(e.status)
-    return JSONResponse({'error': str(e)}, status_code=e.status, headers=e.headers)
-
-  @app.middleware('http')
-  async def authenticate(request: Request, call_next):
-    if request.url.path != '/healthz':  # health checks need no token
-      try:
-        server.check_auth(request.headers.get('authorization'))
-      except RequestError as e:
-        return error(e)
-    return await call_next(request)
-
-  async def body_of(request: Request) -> Any:
-    import json
-    size = int(request.headers.get('content-length') or 0)
-    limit = server.config.max_inputs_per_request * (server.config.max_chars_per_input * 4 + 256)
-    if size > limit:
-      raise RequestError(413, f'the request body has {size} bytes; at most {limit}.')
-    raw = await request.body()
-    if len(raw) > limit:
-      raise RequestError(413, f'the request body has {len(raw)} bytes; at most {limit}.')
-    try:
-      return json.loads(raw)
-    except ValueError as e:
-      raise RequestError(400, f'malformed JSON: {e}.') from None
-
-  @app.post('/v1/predict')
-  async def predict(request: Request):
+  async def run(self, rows: list[Row]) -> list[dict]:
+    """Queues the rows (503 when the queue is full) and waits, off the event loop, for each
+    row's answer."""
     import asyncio
-    start = time.monotonic()
-    try:
-      task, method, rows, labels = server.rows_of(await body_of(request))
-      server.batcher.submit(rows)
-      answers = await asyncio.gather(*(asyncio.wrap_future(r.future) for r in rows))
-    except RequestError as e:
-      return error(e)
-    result: dict[str, Any] = {'task': task, 'method': method,
-                              'predictions': [a['prediction'] for a in answers]}
-    if method == 'rank':
-      result['labels'] = labels
-      result['scores'] = [a['scores'] for a in answers]
-    server.metrics.request(200, time.monotonic() - start, len(rows))
-    return result
-
-  @app.get('/v1/prompts')
-  async def list_prompts():
-    return {'prompts': server.store.describe(), 'length': server.store.length,
-            'd_model': server.store.d_model}
-
-  @app.post('/v1/prompts')
-  async def add_prompt(request: Request):
-    try:
-      body = await body_of(request)
-      if not isinstance(body, dict) or not isinstance(body.get('name'), str):
-        raise RequestError(400, 'send {"name": ..., "path": ...} or {"name": ..., "values": '
-                                '[[...]]}.')
-      added = server.store.add(body['name'], path=body.get('path'), values=body.get('values'))
-    except RequestError as e:
-      return error(e)
-    log.info('added prompt %s (%s)', added['name'], added['source'])
-    return JSONResponse(added, status_code=201)
-
-  @app.delete('/v1/prompts/{name}')
-  async def remove_prompt(name: str):
-    try:
-      _safe_name(name)
-      server.store.remove(name)
-    except RequestError as e:
-      return error(e)
-    log.info('removed prompt %s', name)
-    return {'removed': name}
-
-  @app.get('/healthz')
-  async def healthz():
-    return {'status': 'ok', 'prompts': len(server.store.snapshot().index)}
-
-  @app.get('/metrics')
-  async def metrics():
-    return server.metrics.report(server.engine, server.batcher)
-
-  @app.exception_handler(Exception)
-  async def unexpected(_, e: Exception):  # a bug, not the client's: 500 and keep serving
-    log.exception('unexpected error')
-    server.metrics.request(500)
-    return JSONResponse({'error': f'internal error: {type(e).__name__}'}, status_code=500)
-
-  return app
+    self.batcher.submit(rows)
+    return list(await asyncio.gather(*(asyncio.wrap_future(r.future) for r in rows)))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -679,9 +536,28 @@ def _graceful_server_class():
   import uvicorn
 
   class GracefulServer(uvicorn.Server):
-    """uvicorn's server, except that a SIGTERM/SIGINT that stopped it gracefully is not raised
-    again afterwards (uvicorn re-raises it, so the process would die of the signal): a graceful
-    stop is a clean exit, status 0."""
+    """uvicorn's server, counting what it answers: on SIGTERM/SIGINT it stops accepting, lets
+    the requests in flight finish and returns (uvicorn would re-raise the signal afterwards, so
+    the process would die of it: a graceful stop is a clean exit here). A second signal exits at
+    once.
+    """
+    def __init__(self, config, counts: Callable[[], tuple[int, int]]):
+      super().__init__(config)
+      self.counts = counts  # () -> (requests received, requests answered)
+      self.signal: Optional[int] = None
+      self.unread = 0
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+      received, answered = self.counts()
+      if self.should_exit:
+        log.warning('second signal (%s): exiting now, %d request(s) unanswered',
+                    _signal_name(sig), received - answered)
+        logging.shutdown()
+        os._exit(1)
+      self.signal = sig
+      log.info('%s: no new connections; answering the %d request(s) in flight and any '
+               'already sent', _signal_name(sig), received - answered)
+      super().handle_exit(sig, frame)
 
     @contextlib.contextmanager
     def capture_signals(self):
@@ -689,15 +565,13 @@ def _graceful_server_class():
         try:
           yield
         finally:
-          captured = getattr(self, '_captured_signals', None)
-          if captured:
-            log.info('stopping on signal %s: in-flight requests finished', captured[-1])
-            captured.clear()
+          self._captured_signals.clear()
   return GracefulServer
 
 
-def _GracefulServer(config):  # noqa: N802  (a class made on first use: uvicorn loads lazily)
-  return _graceful_server_class()(config)
+def _signal_name(sig: int) -> str:
+  import signal
+  return signal.Signals(sig).name
 
 
 def load_api_key(path: Optional[str]) -> Optional[str]:
@@ -713,23 +587,45 @@ def load_api_key(path: Optional[str]) -> Optional[str]:
   return key
 
 
+def _load_data_layer(wanted: Optional[bool]) -> Any:
+  """A serve_requests.DataLayer, or None: wanted None loads it when it is installed."""
+  if wanted is False:
+    return None
+  from prompt_tuning import serve_requests
+  try:
+    return serve_requests.DataLayer()
+  except ImportError as e:
+    if wanted:
+      raise ValueError(f"serve: data_layer=True but the data layer is not installed ({e}); "
+                       f"pip install '.[data]'.") from None
+    log.info('no data layer (%s): inputs are the model\'s text; rank needs "labels".', e)
+    return None
+
+
 def serve(*, initial_checkpoint_path: str, model: Any = None, prompt: Any = None,
           prompts: Optional[str] = None, vocab: Optional[str] = None, host: str = '127.0.0.1',
           port: int = 8000, api_key_file: Optional[str] = None,
           config: ServeConfig = ServeConfig(), frozen_dtype: Optional[str] = 'auto',
-          prompt_length: Optional[int] = None) -> int:
+          prompt_length: Optional[int] = None, data_layer: Optional[bool] = None) -> int:
   """Loads the frozen model (T5X or HF checkpoint) and the prompt library; serves until
-  SIGTERM/SIGINT, then finishes what is in flight and returns 0."""
+  SIGTERM/SIGINT, then answers every request received and returns 0 (1 if any went
+  unanswered).
+
+  data_layer: import the data layer (raw examples, the tasks' label words for rank) at start;
+  None: when it is installed. Its import (TensorFlow, SeqIO) takes seconds and memory, so a
+  server of text inputs may leave it out (gin: serve.serve.data_layer = False).
+  """
   import jax
   import uvicorn
 
-  from prompt_tuning import checkpoints
+  from prompt_tuning import checkpoints, serve_api
   from prompt_tuning.vocab import SentencePieceVocab
   vocab_path = vocab or os.environ.get('PROMPT_TUNING_VOCAB')
   if not vocab_path:
     raise ValueError('serve needs the SentencePiece vocabulary: --vocab=PATH or '
                      '$PROMPT_TUNING_VOCAB.')
   api_key = load_api_key(api_key_file)
+  data = _load_data_layer(data_layer)  # before the model: a missing one fails fast
   model_config, frozen = checkpoints.load_base(initial_checkpoint_path, model)
   library = library_lib.load_library(prompts, model_config.d_model) if prompts else {}
   store = PromptStore(library, model_config.d_model, prompts, prompt_length)
@@ -739,19 +635,34 @@ def serve(*, initial_checkpoint_path: str, model: Any = None, prompt: Any = None
     frozen = jax.tree_util.tree_map(lambda x: jax.numpy.asarray(x, dtype=frozen_dtype), frozen)
   frozen = jax.device_put(frozen)
   placement = getattr(prompt, 'placement', 'prefix')
-  engine = Engine(model_config, frozen, store, SentencePieceVocab(vocab_path), config, placement,
-                  freeze_heap=True)
+  tokenizer = SentencePieceVocab(vocab_path)
+  tokenizer.text([])  # builds the model that renders ids as text, before the first batch
+  engine = Engine(model_config, frozen, store, tokenizer, config, placement, freeze_heap=True)
   if config.warmup_decode_lengths:
     start = time.monotonic()
     log.info('compiled %d batch shapes in %.1f s', engine.warm_up(), time.monotonic() - start)
-  server = Server(engine, config, api_key)
-  app = create_app(server)
+  server = Server(engine, config, api_key, data)
+  app = serve_api.create_app(server)
   log.info('serving %d prompt(s) of length %d on http://%s:%d', len(library), store.length,
            host, port)
   uvicorn_config = uvicorn.Config(app, host=host, port=port, log_level='warning',
-                                  timeout_graceful_shutdown=60)
+                                  timeout_graceful_shutdown=120)
+  http = _graceful_server_class()(uvicorn_config, lambda: (server.received, server.answered))
   _freeze_heap()
-  _GracefulServer(uvicorn_config).run()  # returns after SIGTERM/SIGINT, in-flight requests done
-  server.batcher.stop()
-  log.info('stopped after %s', server.metrics.report(engine, server.batcher)['requests'])
+  try:
+    http.run()  # returns after SIGTERM/SIGINT, once every request received is answered
+  finally:
+    server.batcher.stop()
+    if server.data is not None:
+      server.data.close()
+  lost = server.received - server.answered + http.unread
+  how = f'on {_signal_name(http.signal)}' if http.signal else 'without a signal'
+  if lost:
+    log.error('stopped %s: %d of %d request(s) received went unanswered (%d connection(s) '
+              'closed with a request unread)', how, lost, server.received + http.unread,
+              http.unread)
+    return 1
+  log.info('stopped %s: answered every request received (%d); by status %s', how,
+           server.answered, server.metrics.report(engine, server.batcher)['requests'])
   return 0
+

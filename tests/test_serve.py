@@ -1,11 +1,14 @@
-"""`prompt-tuning serve` through real HTTP on 127.0.0.1 (#13): the T5X fixture, the real
-vocabulary and real RTE/CB/BoolQ inputs; answers equal offline `infer`; prompts added and
-removed at run time; bad requests get a 4xx naming the problem and the server keeps serving;
-SIGTERM under load lets in-flight requests finish and exits 0."""
+"""`prompt-tuning serve` through real HTTP on 127.0.0.1 (#13, #22): the T5X fixture, the real
+vocabulary and real RTE/CB/BoolQ inputs, one server for the module. Answers equal offline
+`infer`; raw rows of the release files answer as their formatted text; /healthz stays fast while
+they are served; every bad request of a table gets a 4xx in one error shape naming the field
+and the server goes on answering correctly; the `openai` client's completions equal
+/v1/predict's; prompts are added and removed at run time. In-process: the engine's shapes, the
+queue, the request models and the token-to-text rule. (Shutdown: test_serve_shutdown.py.)"""
 
+import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -23,11 +26,16 @@ from cli_helpers import FIXTURE_MODEL
 from test_t5x_checkpoint import FIXTURE, FIXTURE_CONFIG
 
 TASKS = ('super_glue_rte_local', 'super_glue_cb_local', 'super_glue_boolq_local')
+RELEASE_FILES = {'super_glue_rte_local': ('data', 'superglue', 'RTE', 'val.jsonl'),
+                 'super_glue_cb_local': ('data', 'superglue', 'CB', 'val.jsonl'),
+                 'super_glue_boolq_local': ('data', 'superglue', 'BoolQ', 'val.jsonl')}
+PLAIN = 'plain'  # a prompt named as no task: no raw examples, no label words
 KEY = 'test-token-123'
 MODEL = FIXTURE_CONFIG.replace(dtype='float32')  # as FIXTURE_MODEL binds the server's
+GOOD = {'task': 'super_glue_rte_local', 'inputs': ['rte hypothesis: a']}
 
 
-def _free_port() -> int:
+def free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     return s.getsockname()[1]
@@ -47,37 +55,43 @@ def call(port, method, path, body=None, token=KEY, raw=None, timeout=120):
     return e.code, json.loads(e.read()), dict(e.headers)
 
 
-def start_server(shared, tmp, library, extra=()):
-  port = _free_port()
+def start_server(shared, tmp, library, extra=(), bindings=(), name='server'):
+  """`prompt-tuning serve` on a free port, its stderr to tmp/<name>.log; (process, port, log)."""
+  port = free_port()
   key_file = tmp / 'key'
   key_file.write_text(KEY + '\n')
-  bindings = FIXTURE_MODEL + [
-      f"INITIAL_CHECKPOINT_PATH = '{shared(*FIXTURE)}'"]
   args = [sys.executable, '-m', 'prompt_tuning', 'serve', '--gin_file=models/t5_1_1_prompt.gin',
           '--gin_file=models/sizes/small.gin', f'--prompts={library}', f'--port={port}',
           f'--api_key_file={key_file}', '--max_inputs_per_request=16',
           f"--vocab={shared('fixtures', 't5_vocab', 'sentencepiece.model')}", *extra]
-  args += [f'--gin_bindings={b}' for b in bindings]
+  args += [f'--gin_bindings={b}' for b in FIXTURE_MODEL + [
+      f"INITIAL_CHECKPOINT_PATH = '{shared(*FIXTURE)}'", *bindings]]
   env = {**os.environ, 'PROMPT_TUNING_DATA_DIR': shared('data')}
-  proc = subprocess.Popen(args, env=env, cwd=str(tmp), stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 180
+  log = tmp / f'{name}.log'
+  with open(log, 'w') as err:
+    proc = subprocess.Popen(args, env=env, cwd=str(tmp), stdout=subprocess.DEVNULL, stderr=err,
+                            text=True)
+  return proc, port, log
+
+
+def wait_until_up(proc, port, log, limit_s=180):
+  deadline = time.time() + limit_s
   while time.time() < deadline:
     if proc.poll() is not None:
-      raise AssertionError(f'server exited {proc.returncode}: {proc.stderr.read()[-3000:]}')
+      raise AssertionError(f'server exited {proc.returncode}: {log.read_text()[-3000:]}')
     try:
       if call(port, 'GET', '/healthz', timeout=2)[0] == 200:
-        return proc, port
+        return
     except (urllib.error.URLError, ConnectionError, OSError):
       pass
-    time.sleep(0.3)
+    time.sleep(0.2)
   proc.kill()
-  raise AssertionError('server did not start in 180 s')
+  raise AssertionError(f'server did not start in {limit_s} s')
 
 
-def _library(tmp):
+def write_library(tmp):
   library = tmp / 'library'
-  for seed, name in enumerate(TASKS):
+  for seed, name in enumerate(TASKS + (PLAIN,)):
     value = np.random.RandomState(seed).normal(scale=2.0, size=(5, 4)).astype(np.float32)
     prompt_files.write_npy(str(library / f'{name}.npy'), value)
   prompt_files.write_npy(str(library / 'extra' / 'wide.npy'), np.zeros((5, 8), np.float32))
@@ -88,27 +102,105 @@ def _library(tmp):
 @pytest.fixture(scope='module')
 def server(shared, tmp_path_factory):
   tmp = tmp_path_factory.mktemp('serve')
-  library = _library(tmp)
-  proc, port = start_server(shared, tmp, library)
+  library = write_library(tmp)
+  # One call per batch at rows 1/4/16 (the accelerator policy): the fewest shapes to compile.
+  proc, port, log = start_server(shared, tmp, library, ['--fine_shapes=false'])
+  wait_until_up(proc, port, log)
   yield port, tmp, library
   proc.terminate()
-  proc.wait(60)
+  assert proc.wait(60) == 0, log.read_text()[-3000:]
+  assert 'answered every request received' in log.read_text()
 
 
 @pytest.fixture(scope='module')
-def examples(shared):
+def rows(shared):
+  """Six rows of each task's release file, verbatim (official field names and labels)."""
+  out = {}
+  for task in TASKS:
+    with open(shared(*RELEASE_FILES[task])) as f:
+      out[task] = [json.loads(next(f)) for _ in range(6)]
+  return out
+
+
+@pytest.fixture(scope='module')
+def formatted(shared):
+  """The model input text of those rows, as the data layer formats them for eval and train."""
   os.environ.setdefault('PROMPT_TUNING_DATA_DIR', shared('data'))
   from prompt_tuning.data import tasks
   tasks.set_local_data_dir(shared('data'))
-  return {t: tasks.read_local_examples(t, 'validation')[:6] for t in TASKS}
+  return {t: [tasks.format_example(t, ex)[0]['inputs']
+              for ex in tasks.read_local_examples(t, 'validation')[:6]] for t in TASKS}
 
 
-def _formatted(task, raw):
-  from prompt_tuning.data import tasks
-  return tasks.format_example(task, raw)[0]['inputs']
+# ----------------------------------------------------------------------------------------------
+# Raw examples and the data layer (first: the first requests needing it).
 
 
-def test_answers_equal_offline_infer(server, examples, shared, tmp_path, monkeypatch):
+def test_healthz_stays_fast_while_the_first_raw_examples_are_served(server, rows, formatted):
+  """#22: the data layer is imported at start and raw examples are formatted off the event
+  loop, so /healthz stays fast while the first raw-example and rank-without-labels requests
+  run (it took 3.2 s when the first one imported SeqIO inside the handler)."""
+  port = server[0]
+  for task in TASKS:  # the batch shapes these inputs need: compiled before, not measured
+    for method in ('generate', 'rank'):
+      body = {'task': task, 'inputs': formatted[task], 'method': method}
+      assert call(port, 'POST', '/v1/predict', body)[0] == 200
+  results, done = [], threading.Event()
+
+  def client():
+    try:
+      for _ in range(2):
+        for task in TASKS:
+          for method in ('generate', 'rank'):
+            results.append(call(port, 'POST', '/v1/predict',
+                                {'task': task, 'inputs': rows[task], 'method': method})[0])
+    finally:
+      done.set()
+
+  health = http.client.HTTPConnection('127.0.0.1', port, timeout=10)
+  latencies = []
+  thread = threading.Thread(target=client)
+  thread.start()
+  while not done.is_set():
+    start = time.perf_counter()
+    health.request('GET', '/healthz')
+    response = health.getresponse()
+    assert response.status == 200 and json.loads(response.read())['status'] == 'ok'
+    latencies.append(time.perf_counter() - start)
+    time.sleep(0.002)
+  thread.join()
+  assert results == [200] * 12
+  assert len(latencies) >= 5, latencies
+  assert max(latencies) < 0.05, f'/healthz took up to {max(latencies) * 1000:.1f} ms'
+
+
+def test_raw_release_rows_answer_as_their_formatted_text(server, rows, formatted):
+  """Rows copied verbatim from the release files (labels as the files write them: strings for
+  RTE/CB, booleans for BoolQ), with or without idx and label, answer as the task-formatted
+  text; rank without labels uses the task's label words."""
+  port = server[0]
+  for task in TASKS:
+    want = {}
+    for method in ('generate', 'rank'):
+      want[method] = call(port, 'POST', '/v1/predict', {'task': task, 'inputs': formatted[task],
+                                                         'method': method})[1]
+      status, got, _ = call(port, 'POST', '/v1/predict', {'task': task, 'inputs': rows[task],
+                                                           'method': method})
+      assert status == 200 and got['predictions'] == want[method]['predictions'], (task, got)
+      if method == 'rank':
+        np.testing.assert_allclose(got['scores'], want[method]['scores'], rtol=1e-6)
+    bare = [{k: v for k, v in row.items() if k not in ('idx', 'label')} for row in rows[task]]
+    got = call(port, 'POST', '/v1/predict', {'task': task, 'inputs': bare})[1]
+    assert got['predictions'] == want['generate']['predictions'], (task, got)
+  status, answer, _ = call(port, 'POST', '/v1/predict', {
+      'task': 'super_glue_cb_local', 'inputs': rows['super_glue_cb_local'][:3], 'method': 'rank'})
+  assert status == 200, answer
+  assert answer['labels'] == ['entailment', 'contradiction', 'neutral']
+  for prediction, scores in zip(answer['predictions'], answer['scores']):
+    assert len(scores) == 3 and prediction == answer['labels'][int(np.argmax(scores))]
+
+
+def test_answers_equal_offline_infer(server, formatted, shared, tmp_path, monkeypatch):
   from prompt_tuning import runs
   monkeypatch.setenv('PROMPT_TUNING_VOCAB', shared('fixtures', 't5_vocab', 'sentencepiece.model'))
   from prompt_tuning.decoding import DecodingConfig
@@ -117,16 +209,12 @@ def test_answers_equal_offline_infer(server, examples, shared, tmp_path, monkeyp
   served = {}
   for task in TASKS:
     status, answer, _ = call(port, 'POST', '/v1/predict', {'task': task,
-                                                            'inputs': examples[task]})
+                                                            'inputs': formatted[task]})
     assert status == 200, answer
     served[task] = answer['predictions']
-    # Raw examples are formatted as the task formats them: the same as sending the text.
-    texts = [_formatted(task, raw) for raw in examples[task]]
-    assert call(port, 'POST', '/v1/predict', {'task': task, 'inputs': texts})[1][
-        'predictions'] == served[task]
-  rows = [{'prompt': t, 'inputs': _formatted(t, raw)} for t in TASKS for raw in examples[t]]
+  lines = [{'prompt': t, 'inputs': x} for t in TASKS for x in formatted[t]]
   inputs = tmp_path / 'mixed.jsonl'
-  inputs.write_text(''.join(json.dumps(r) + '\n' for r in rows))
+  inputs.write_text(''.join(json.dumps(r) + '\n' for r in lines))
   path = runs.infer(model_dir=None, mixture_or_task_name='super_glue_rte_local',
                     task_feature_lengths={'inputs': 512, 'targets': 64},
                     initial_checkpoint_path=shared(*FIXTURE),
@@ -137,109 +225,383 @@ def test_answers_equal_offline_infer(server, examples, shared, tmp_path, monkeyp
   assert offline == [p for t in TASKS for p in served[t]]
 
 
-def test_rank_scores_each_label(server, examples):
+# ----------------------------------------------------------------------------------------------
+# The OpenAI API.
+
+
+def test_openai_client_completions_equal_predict(server, formatted):
+  """The `openai` client against 127.0.0.1: models.list() is the prompt library; completions
+  of three prompts equal /v1/predict's answers (greedy, the same default length); errors
+  arrive as its typed exceptions naming the field."""
+  openai = pytest.importorskip('openai', reason='the test extra (openai) is not installed')
   port = server[0]
-  status, answer, _ = call(port, 'POST', '/v1/predict', {
-      'task': 'super_glue_cb_local', 'inputs': examples['super_glue_cb_local'][:3],
-      'method': 'rank'})
-  assert status == 200, answer
-  assert answer['labels'] == ['entailment', 'contradiction', 'neutral']
-  for prediction, scores in zip(answer['predictions'], answer['scores']):
-    assert len(scores) == 3 and prediction == answer['labels'][int(np.argmax(scores))]
+  client = openai.OpenAI(base_url=f'http://127.0.0.1:{port}/v1', api_key=KEY, max_retries=0,
+                         timeout=120)
+  assert sorted(m.id for m in client.models.list()) == sorted(TASKS + (PLAIN,))
+  assert client.models.retrieve(TASKS[0]).id == TASKS[0]
+  for task in TASKS:
+    texts = formatted[task]
+    want = call(port, 'POST', '/v1/predict', {'task': task, 'inputs': texts})[1]['predictions']
+    out = client.completions.create(model=task, prompt=texts)
+    assert out.object == 'text_completion' and out.model == task
+    assert [c.index for c in out.choices] == list(range(len(texts)))
+    assert [c.text for c in out.choices] == want
+    # The fixture never emits EOS: each choice ran to --max_decode_length (64).
+    assert [c.finish_reason for c in out.choices] == ['length'] * len(texts)
+    assert out.usage.completion_tokens == len(texts) * 64
+    assert out.usage.prompt_tokens > len(texts) * 10
+  # A stop string cuts the text before it (here the answer's second word) and ends the choice.
+  stop = want[0].split()[1]
+  out = client.completions.create(model=task, prompt=texts, stop=[stop], temperature=0)
+  assert out.choices[0].text == want[0][:want[0].index(stop)] and out.choices[0].text
+  assert out.choices[0].finish_reason == 'stop'
+  with pytest.raises(openai.BadRequestError) as info:
+    client.completions.create(model=TASKS[0], prompt='x', temperature=-1)
+  assert info.value.param == 'temperature' and info.value.status_code == 400
+  with pytest.raises(openai.BadRequestError) as info:
+    client.completions.create(model=TASKS[0], prompt='x', logprobs=1)
+  assert info.value.param == 'logprobs'
+  with pytest.raises(openai.NotFoundError) as info:
+    client.completions.create(model='no_such_prompt', prompt='x')
+  assert info.value.param == 'model' and "no prompt named 'no_such_prompt'" in str(info.value)
+  with pytest.raises(openai.NotFoundError):
+    client.models.retrieve('no_such_prompt')
+  stranger = openai.OpenAI(base_url=f'http://127.0.0.1:{port}/v1', api_key='wrong',
+                           max_retries=0)
+  with pytest.raises(openai.AuthenticationError):
+    stranger.models.list()
 
 
-def _good(port):
-  status, answer, _ = call(port, 'POST', '/v1/predict',
-                           {'task': 'super_glue_rte_local', 'inputs': ['rte hypothesis: a']})
-  assert status == 200 and len(answer['predictions']) == 1, answer
+def test_completion_options_map_onto_the_engine():
+  """In-process: temperature 0 (the default) is greedy, best_of > 1 beam search, temperature
+  > 0 sampling with top_p and seed; stop strings cut the text."""
+  from prompt_tuning import serve, serve_requests as requests
+  config = serve.ServeConfig(max_inputs_per_request=8, max_decode_length=32)
+
+  def plan(**body):
+    return requests.completion_plan(requests.parse(requests.CompletionRequest,
+                                                   {'model': 'm', **body}), config, 100)
+  greedy = plan(prompt='x')
+  assert greedy.key[1].method == 'greedy' and greedy.key[2] == 32 and greedy.n == 1
+  beam = plan(prompt=['a', 'b'], best_of=3, max_tokens=5)
+  assert (beam.key[1].method, beam.key[1].num_beams, beam.key[2]) == ('beam_search', 3, 5)
+  sample = plan(prompt=[[5, 6], [7]], temperature=0.5, top_p=0.9, seed=7, n=4, stop='.')
+  dc = sample.key[1]
+  assert (dc.method, dc.temperature, dc.top_p, dc.seed) == ('sample', 0.5, 0.9, 7)
+  assert sample.prompts == [[5, 6], [7]] and sample.n == 4 and sample.stop == ('.',)
+  with pytest.raises(serve.RequestError, match='3 prompt') as info:
+    plan(prompt=['a', 'b', 'c'], temperature=1.0, n=3)
+  assert info.value.status == 413
+  assert requests.cut_at_stop('yes. no', ('.', ' ')) == ('yes', True)
+  assert requests.cut_at_stop('yes', ('.',)) == ('yes', False)
 
 
-@pytest.mark.parametrize('request_kw, status, message', [
-    (dict(raw=b'{"task": "super_glue_rte_local", "inputs": ['), 400, 'malformed JSON'),
-    (dict(body={'task': 'super_glue_rte_local', 'inputs': 'one string'}), 400,
-     '"inputs" must be a list'),
-    (dict(body={'task': 7, 'inputs': ['x']}), 400, '"task" must be a non-empty string'),
-    (dict(body={'task': 'super_glue_rte_local', 'inputs': [3]}), 400, 'inputs[0] must be'),
-    (dict(body={'task': 'glue_sst2', 'inputs': ['x']}), 404, "no prompt named 'glue_sst2'"),
-    (dict(body={'task': 'super_glue_rte_local', 'inputs': []}), 400, '"inputs" is empty'),
-    (dict(body={'task': 'super_glue_rte_local', 'inputs': ['x'] * 17}), 413, '17 inputs'),
-    (dict(body={'task': 'super_glue_rte_local', 'inputs': ['x' * 9000]}), 413, '9000 characters'),
-    (dict(body={'task': 'super_glue_rte_local', 'inputs': ['x'], 'method': 'vote'}), 400,
-     '"method" must be'),
-    (dict(body={'task': 'super_glue_rte_local', 'inputs': ['x'], 'decoding': {'beams': 2}}), 400,
-     "unknown field(s) ['beams']"),
-    (dict(body={'task': 'super_glue_rte_local', 'inputs': ['x']}, token=None), 401,
-     'bearer token'),
-])
-def test_bad_requests_get_4xx_and_the_server_keeps_serving(server, request_kw, status, message):
+# ----------------------------------------------------------------------------------------------
+# Bad requests.
+
+
+_GOOD_ANSWERS: dict = {}
+
+
+def _expected_good(port):
+  """The server's answer to GOOD, asked once: every later answer must equal it."""
+  if port not in _GOOD_ANSWERS:
+    status, answer, _ = call(port, 'POST', '/v1/predict', GOOD)
+    assert status == 200 and len(answer['predictions']) == 1, answer
+    _GOOD_ANSWERS[port] = answer['predictions']
+  return _GOOD_ANSWERS[port]
+
+
+RTE = 'super_glue_rte_local'
+P = '/v1/predict'
+C = '/v1/completions'
+
+
+def _predict(**fields):
+  return {'task': RTE, 'inputs': ['x'], **fields}
+
+
+def _decoding(**fields):
+  return _predict(decoding=fields)
+
+
+def _complete(**fields):
+  return {'model': RTE, 'prompt': 'x', **fields}
+
+
+# (method, path, request, status, the field named (None: the body as a whole), words)
+BAD = [
+    # The five of #22 (each a 500 before).
+    ('POST', P, _decoding(method='beam_search', num_beams=0), 400, 'decoding.num_beams',
+     'greater than or equal to 1'),
+    ('POST', P, _decoding(method='sample', top_p=0), 400, 'decoding.top_p', 'greater than 0'),
+    ('POST', P, _decoding(method='sample', temperature='hot'), 400, 'decoding.temperature',
+     'valid number'),
+    ('POST', P, b'[' * 100_000 + b']' * 100_000, 400, None, 'nests deeper than 8'),
+    ('GET', P, None, 405, None, 'GET is not allowed on /v1/predict'),
+    # The body.
+    ('POST', P, b'{"task": "super_glue_rte_local", "inputs": [', 400, None, 'malformed JSON'),
+    ('POST', P, b'{"task": "super_glue_rte_local", "inputs": ["x"], "decoding": {"alpha": NaN}}',
+     400, None, 'NaN is not a JSON number'),
+    ('POST', P, b'[1, 2]', 400, None, 'must be a JSON object'),
+    ('POST', P, b'', 400, None, 'no body'),
+    ('POST', P, b'\xff\xfe\xfd', 400, None, 'not UTF-8'),
+    ('POST', P, b'{"task": "' + b'x' * 800_000 + b'"}', 413, None, 'at most'),
+    ('POST', P, {'task': RTE, 'inputs': [[[[[[[[['x']]]]]]]]]}, 400, None, 'nests deeper'),
+    # Predict's fields.
+    ('POST', P, {'task': RTE, 'inputs': 'one string'}, 400, 'inputs', 'valid list'),
+    ('POST', P, {'task': 7, 'inputs': ['x']}, 400, 'task', 'valid string'),
+    ('POST', P, {'inputs': ['x']}, 400, 'task', 'required field missing'),
+    ('POST', P, {'task': '', 'inputs': ['x']}, 400, 'task', 'at least 1 character'),
+    ('POST', P, {'task': RTE}, 400, 'inputs', 'required field missing'),
+    ('POST', P, {'task': RTE, 'inputs': []}, 400, 'inputs', 'at least 1 item'),
+    ('POST', P, {'task': RTE, 'inputs': [3]}, 400, 'inputs[0]', 'must be a string'),
+    ('POST', P, {'task': RTE, 'inputs': ['x', None]}, 400, 'inputs[1]', 'got null'),
+    ('POST', P, {'task': RTE, 'inputs': [['x']]}, 400, 'inputs[0]', 'got a list'),
+    ('POST', P, {'task': 'glue_sst2', 'inputs': ['x']}, 404, 'task', "no prompt named 'glue_sst2'"),
+    ('POST', P, {'task': RTE, 'inputs': ['x'] * 17}, 413, 'inputs', '17 in one request'),
+    ('POST', P, {'task': RTE, 'inputs': ['x', 'y' * 9000]}, 413, 'inputs[1]', '9000 characters'),
+    ('POST', P, _predict(method='vote'), 400, 'method', "'generate' or 'rank'"),
+    ('POST', P, _predict(temperature=0.5), 400, 'temperature', 'unknown field'),
+    # Decoding.
+    ('POST', P, _predict(decoding='greedy'), 400, 'decoding', 'valid dictionary'),
+    ('POST', P, _decoding(beams=2), 400, 'decoding.beams', 'unknown field (known here: alpha'),
+    ('POST', P, _decoding(method='nucleus'), 400, 'decoding.method', "'greedy', 'beam_search'"),
+    ('POST', P, _decoding(method='beam_search', num_beams=17), 400, 'decoding.num_beams',
+     'less than or equal to 16'),
+    ('POST', P, _decoding(num_beams=True), 400, 'decoding.num_beams', 'valid integer'),
+    ('POST', P, _decoding(num_beams=2.5), 400, 'decoding.num_beams', 'valid integer'),
+    ('POST', P, _decoding(top_p=1.5), 400, 'decoding.top_p', 'less than or equal to 1'),
+    ('POST', P, _decoding(temperature=-1), 400, 'decoding.temperature', 'greater than or equal'),
+    ('POST', P, _decoding(top_k=-1), 400, 'decoding.top_k', 'greater than or equal to 0'),
+    ('POST', P, _decoding(top_k=10 ** 6), 400, 'decoding.top_k', 'vocabulary size, 32100'),
+    ('POST', P, _decoding(max_decode_length=0), 400, 'decoding.max_decode_length',
+     'greater than or equal to 1'),
+    ('POST', P, _decoding(max_decode_length=65), 400, 'decoding.max_decode_length',
+     'at most 64 (--max_decode_length)'),
+    ('POST', P, _decoding(seed=-1), 400, 'decoding.seed', 'greater than or equal to 0'),
+    ('POST', P, _decoding(seed=2 ** 40), 400, 'decoding.seed', 'less than or equal to'),
+    ('POST', P, _decoding(alpha='x'), 400, 'decoding.alpha', 'valid number'),
+    # Rank.
+    ('POST', P, _predict(method='rank', decoding={}), 400, 'decoding', 'applies to method'),
+    ('POST', P, _predict(labels=['a']), 400, 'labels', 'apply to method "rank"'),
+    ('POST', P, _predict(method='rank', labels=[]), 400, 'labels', 'at least 1 item'),
+    ('POST', P, _predict(method='rank', labels=['a', 3]), 400, 'labels[1]', 'valid string'),
+    ('POST', P, _predict(method='rank', labels='a'), 400, 'labels', 'valid list'),
+    ('POST', P, {'task': PLAIN, 'inputs': ['x'], 'method': 'rank'}, 400, 'labels',
+     "rank needs the candidate answers for 'plain'"),
+    # Raw examples (rows of the release files).
+    ('POST', P, _predict(inputs=[{'premise': 'a'}]), 400, 'inputs[0].hypothesis',
+     "missing field 'hypothesis'"),
+    ('POST', P, _predict(inputs=[{'premise': 'a', 'hypothesis': 3}]), 400,
+     'inputs[0].hypothesis', 'is an integer 3, not a string'),
+    ('POST', P, _predict(inputs=['x', {'premise': 'a', 'hypothesis': 'b', 'label': 0}]), 400,
+     'inputs[1].label', 'label 0 is not one of the classes "entailment", "not_entailment"'),
+    ('POST', P, _predict(inputs=[{'premise': 'a', 'hypothesis': 'b', 'idx': 'x'}]), 400,
+     'inputs[0].idx', "field 'idx' is a string"),
+    ('POST', P, {'task': PLAIN, 'inputs': [{'premise': 'a'}]}, 400, 'inputs',
+     "'plain' is no registered task"),
+    # The bearer token.
+    ('POST', P, dict(body=GOOD, token=None), 401, None, 'bearer token'),
+    ('POST', P, dict(body=GOOD, token='wrong'), 401, None, 'bearer token'),
+    # Completions.
+    ('POST', C, {'prompt': 'x'}, 400, 'model', 'required field missing'),
+    ('POST', C, _complete(model='nope'), 404, 'model', "no prompt named 'nope'"),
+    ('POST', C, {'model': RTE}, 400, 'prompt', 'required field missing'),
+    ('POST', C, _complete(prompt=3), 400, 'prompt', 'must be a string, a list of strings'),
+    ('POST', C, _complete(prompt=[1, 99999]), 400, 'prompt[0]', 'token id 99999 is outside'),
+    ('POST', C, _complete(prompt=['x'] * 17), 413, 'prompt', 'at most 16'),
+    ('POST', C, _complete(max_tokens=0), 400, 'max_tokens', 'greater than or equal to 1'),
+    ('POST', C, _complete(max_tokens=65), 400, 'max_tokens', 'at most 64'),
+    ('POST', C, _complete(temperature=3), 400, 'temperature', 'less than or equal to 2'),
+    ('POST', C, _complete(top_p=0), 400, 'top_p', 'greater than 0'),
+    ('POST', C, _complete(n=2), 400, 'n', 'need temperature > 0'),
+    ('POST', C, _complete(n=3, best_of=2, temperature=1), 400, 'best_of', 'at least n (3)'),
+    ('POST', C, _complete(stream=True), 400, 'stream', 'streaming is not supported'),
+    ('POST', C, _complete(logprobs=1), 400, 'logprobs', '"method": "rank"'),
+    ('POST', C, _complete(suffix='x'), 400, 'suffix', 'no suffix'),
+    ('POST', C, _complete(presence_penalty=1), 400, 'presence_penalty', 'not supported'),
+    ('POST', C, _complete(logit_bias={'5': 1}), 400, 'logit_bias', 'not supported'),
+    ('POST', C, _complete(stop=['a'] * 5), 400, 'stop', 'at most 4'),
+    ('POST', C, _complete(foo=1), 400, 'foo', 'unknown field'),
+    # Paths, methods, prompts and models.
+    ('POST', '/v2/nothing', GOOD, 404, None, 'no endpoint /v2/nothing'),
+    ('DELETE', '/v1/models', None, 405, None, 'DELETE is not allowed on /v1/models'),
+    ('GET', '/v1/models/nope', None, 404, 'model', "no prompt named 'nope'"),
+    ('POST', '/v1/prompts', {'name': 'x'}, 400, 'path', 'not both or neither'),
+    ('POST', '/v1/prompts', {'name': 'x', 'values': [[1.0, 'a']]}, 400, 'values[0][1]',
+     'valid number'),
+    ('DELETE', '/v1/prompts/nope', None, 404, 'name', "no prompt named 'nope'"),
+]
+
+
+@pytest.mark.parametrize('method, path, request_, status, param, words', BAD,
+                         ids=[f'{i}-{c[0]}{c[1]}-{c[3]}-{c[4]}' for i, c in enumerate(BAD)])
+def test_bad_requests_get_a_4xx_naming_the_field_then_a_good_one_is_answered(
+    server, method, path, request_, status, param, words):
   port = server[0]
-  got, answer, _ = call(port, 'POST', '/v1/predict', **request_kw)
-  assert got == status and message in answer['error'], answer
-  _good(port)
+  want = _expected_good(port)
+  if isinstance(request_, bytes):
+    kw = {'raw': request_}
+  elif isinstance(request_, dict) and 'token' in request_:
+    kw = request_
+  else:
+    kw = {'body': request_}
+  got, answer, _ = call(port, method, path, **kw)
+  assert got == status, answer
+  assert set(answer) == {'error'}, answer  # one shape for every status
+  error = answer['error']
+  assert error['code'] == status and error['param'] == param, error
+  assert words in error['message'] and error['type'], error
+  if param is not None:  # the message names the field first
+    assert error['message'].startswith(f'"{param}": '), error
+  assert call(port, 'POST', '/v1/predict', GOOD)[1]['predictions'] == want
+
+
+def _asgi(app, method, path, body=b''):
+  """(status, JSON body) of one request handed to an ASGI app in-process, and whatever the app
+  raised after answering."""
+  import asyncio
+  inbox = [{'type': 'http.request', 'body': body, 'more_body': False}]
+  sent = []
+
+  async def receive():
+    return inbox.pop(0) if inbox else {'type': 'http.disconnect'}
+
+  async def send(message):
+    sent.append(message)
+
+  scope = {'type': 'http', 'method': method, 'path': path, 'raw_path': path.encode(),
+           'query_string': b'', 'root_path': '', 'scheme': 'http', 'http_version': '1.1',
+           'server': ('127.0.0.1', 80), 'client': ('127.0.0.1', 1),
+           'headers': [(b'content-type', b'application/json'),
+                       (b'content-length', str(len(body)).encode())]}
+  raised = None
+  try:
+    asyncio.run(app(scope, receive, send))
+  except Exception as e:
+    raised = e
+  return sent[0]['status'], json.loads(b''.join(m.get('body', b'') for m in sent[1:])), raised
+
+
+def test_a_server_fault_is_a_500_in_the_same_shape():
+  """A bug, not the client's: 500 in the one error shape; the exception goes on up to uvicorn,
+  which logs its traceback; the next request is served."""
+  from prompt_tuning import serve, serve_api
+  store = serve.PromptStore({}, 4, None, 5)
+  store.add('a', values=np.ones((5, 4)).tolist())
+
+  class Vocab:
+    vocab_size = 100
+
+    def encode(self, text):
+      raise RuntimeError('a bug')
+
+  class Engine:  # what the HTTP layer reads of serve.Engine
+    vocab, shapes = Vocab(), set()
+
+    def __init__(self, store):
+      self.store = store
+
+    def run(self, key, rows):
+      raise AssertionError('no batch should run')
+
+  server = serve.Server(Engine(store), serve.ServeConfig())
+  try:
+    app = serve_api.create_app(server)
+    body = json.dumps({'task': 'a', 'inputs': ['x']}).encode()
+    status, answer, raised = _asgi(app, 'POST', '/v1/predict', body)
+    assert status == 500 and isinstance(raised, RuntimeError)
+    assert answer == {'error': {'message': 'internal error (RuntimeError); the server logged it.',
+                                'type': 'server_error', 'param': None, 'code': 500}}
+    assert _asgi(app, 'GET', '/healthz')[:2] == (200, {'status': 'ok', 'prompts': 1})
+    assert (server.received, server.answered) == (2, 2)
+  finally:
+    server.batcher.stop()
+
+
+def test_decoding_fields_are_decoding_configs():
+  """The request model checks every field DecodingConfig has (a new one cannot slip through
+  unchecked) and builds the same config."""
+  import dataclasses
+
+  from prompt_tuning import decoding, serve_requests as requests
+  assert set(requests.Decoding.model_fields) == {
+      f.name for f in dataclasses.fields(decoding.DecodingConfig)}
+  assert requests.GREEDY.config() == decoding.DecodingConfig()
+  assert requests.Decoding.model_validate(
+      {'method': 'sample', 'temperature': 2, 'top_p': 0.5}).config() == decoding.DecodingConfig(
+          'sample', temperature=2.0, top_p=0.5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Prompts at run time.
 
 
 @pytest.mark.parametrize('body, status, message', [
     ({'name': '../escape', 'values': [[0.0] * 4] * 5}, 400, "'../escape' is not allowed"),
     ({'name': 'wide', 'path': 'extra/wide.npy'}, 400, 'width 8 but the model'),
-    ({'name': 'out', 'path': '../key'}, 400,
-     'leads out of the prompt library folder'),
+    ({'name': 'out', 'path': '../key'}, 400, 'leads out of the prompt library folder'),
     ({'name': 'short', 'values': [[0.0] * 4] * 3}, 400, 'length 3 but the served prompts'),
     ({'name': 'super_glue_rte_local', 'values': [[0.0] * 4] * 5}, 409, 'exists'),
 ])
 def test_bad_prompts_are_refused(server, body, status, message):
   port = server[0]
   got, answer, _ = call(port, 'POST', '/v1/prompts', body)
-  assert got == status and message in answer['error'], answer
-  _good(port)
+  assert got == status and message in answer['error']['message'], answer
+  assert call(port, 'POST', '/v1/predict', GOOD)[1]['predictions'] == _expected_good(port)
 
 
 def test_prompts_added_and_removed_at_run_time(server):
   port = server[0]
   names = [p['name'] for p in call(port, 'GET', '/v1/prompts')[1]['prompts']]
-  assert names == sorted(TASKS)
+  assert names == sorted(TASKS + (PLAIN,))
   status, added, _ = call(port, 'POST', '/v1/prompts', {'name': 'fresh', 'path': 'extra/ok.npy'})
   assert status == 201 and added['length'] == 5, added
+  assert 'fresh' in [m['id'] for m in call(port, 'GET', '/v1/models')[1]['data']]
   status, answer, _ = call(port, 'POST', '/v1/predict', {'task': 'fresh', 'inputs': ['a', 'b']})
   assert status == 200 and len(answer['predictions']) == 2
   assert call(port, 'DELETE', '/v1/prompts/fresh')[0] == 200
   status, answer, _ = call(port, 'POST', '/v1/predict', {'task': 'fresh', 'inputs': ['a']})
-  assert status == 404 and "no prompt named 'fresh'" in answer['error']
+  assert status == 404 and "no prompt named 'fresh'" in answer['error']['message']
   assert call(port, 'DELETE', '/v1/prompts/fresh')[0] == 404
-  _good(port)
+  assert call(port, 'POST', '/v1/predict', GOOD)[1]['predictions'] == _expected_good(port)
   metrics = call(port, 'GET', '/metrics')[1]
   assert metrics['requests']['200'] >= 1 and metrics['compiled_shapes'] >= 1
   assert metrics['latency_ms']['p50'] > 0 and metrics['batch_size_max'] >= 1
   assert metrics['batches'] >= 1 and metrics['batch_ms']['p50'] > 0
+  assert metrics['requests']['400'] >= 50  # the table's
   # After loading and compiling, the heap is frozen: full collections do not walk it.
   assert metrics['gc']['frozen_objects'] > 10000
 
 
-def test_sigterm_under_load_finishes_in_flight_requests(shared, tmp_path, examples):
-  # Batches wait 300 ms to fill: the first requests are still in flight when SIGTERM comes.
-  proc, port = start_server(shared, tmp_path, _library(tmp_path), ['--max_wait_ms=300'])
-  results, errors = [], []
+# ----------------------------------------------------------------------------------------------
+# In-process: the token-to-text rule, the queue, the engine's shapes.
 
-  def client(i):
-    task = TASKS[i % 3]
-    try:
-      results.append(call(port, 'POST', '/v1/predict',
-                          {'task': task, 'inputs': [_formatted(task, examples[task][i % 6])]},
-                          timeout=60)[0])
-    except (urllib.error.URLError, ConnectionError, OSError) as e:
-      errors.append(e)  # sent after the server stopped accepting: refused, never half-answered
 
-  threads = [threading.Thread(target=client, args=(i,)) for i in range(24)]
-  for t in threads[:12]:
-    t.start()
-  time.sleep(0.1)
-  proc.send_signal(signal.SIGTERM)
-  for t in threads[12:]:
-    t.start()
-  for t in threads:
-    t.join(90)
-  assert proc.wait(90) == 0, proc.stderr.read()[-3000:]
-  assert len(results) >= 12 and all(status == 200 for status in results), (results, errors)
-  assert len(results) + len(errors) == 24
+def test_served_text_follows_the_rule_eval_and_infer_use(shared, formatted):
+  """Generated ids become text by one rule: the SeqIO vocabulary's (eval and infer decode with
+  it) and SentencePieceVocab.text (serve's) agree on sentinels (<extra_id_k>), ids past the
+  vocabulary and the unknown id (' ⁇ '), pad and EOS; the engine's answers use it."""
+  from prompt_tuning import serve
+  from prompt_tuning.data import tasks
+  from prompt_tuning.vocab import SentencePieceVocab
+  path = shared('fixtures', 't5_vocab', 'sentencepiece.model')
+  tasks.set_vocabulary_path(path)
+  seqio_vocab = tasks.get_vocabulary('super_glue_rte_local')
+  ours = SentencePieceVocab(path)
+  rng = np.random.default_rng(0)
+  cases = [[32045, 8, 2, 32127, 100], [0, 8, 0, 32099], [8, 1, 9], [2], [32127], [40000, 8],
+           [8, 32045, 9], [32000, 32099, 5, 6], [3, 0, 0, 1, 0]]
+  cases += [list(rng.integers(0, 32128, size=12)) for _ in range(100)]
+  cases += [list(ours.encode(text))[:20] + [1, 7] for text in formatted['super_glue_rte_local']]
+  for ids in cases:
+    eval_text = seqio_vocab.decode([int(t) for t in ids if t > 0])  # evaluation.py's call
+    assert ours.text(np.asarray(ids)) == eval_text, ids
+  assert ours.text([32045, 8]) == '<extra_id_54> the' and ours.text([2]) == ' ⁇ '
+  answer = serve._generated(ours, np.array([32099, 8, 1, 0], np.int32))
+  assert answer == {'prediction': '<extra_id_0> the', 'tokens': 3, 'finished': True}
+  assert serve._generated(ours, np.array([8, 8], np.int32))['finished'] is False
 
 
 def test_a_full_queue_answers_503_with_retry_after():
@@ -290,7 +652,7 @@ def _engine(shared, store, config):
                       config)
 
 
-def test_fine_and_coarse_batch_shapes_answer_alike(shared, examples, tmp_path):
+def test_fine_and_coarse_batch_shapes_answer_alike(shared, formatted, tmp_path):
   """The engine's two shape policies: one call per width bucket with rows padded to powers of
   two (CPU's default), or one call per batch with rows 1/4/16/max; the answers are the same
   and a removed prompt's row gets 404 in both."""
@@ -299,8 +661,8 @@ def test_fine_and_coarse_batch_shapes_answer_alike(shared, examples, tmp_path):
   from prompt_tuning import decoding, serve
   from prompt_tuning import prompt_library as library_lib
   from prompt_tuning.vocab import EOS_ID
-  library = _library(tmp_path)
-  texts = [(t, _formatted(t, raw)) for t in TASKS for raw in examples[t]]
+  library = write_library(tmp_path)
+  texts = [(t, x) for t in TASKS for x in formatted[t]]
   results, calls = {}, {}
   for fine in (True, False):
     store = serve.PromptStore(library_lib.load_library(str(library), 4), 4, str(library))
