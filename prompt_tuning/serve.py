@@ -633,10 +633,16 @@ def load_api_key(path: Optional[str]) -> Optional[str]:
 def _load_data_layer(wanted: Optional[bool]) -> Any:
   """A serve_requests.DataLayer, or None: wanted None loads it when it is installed."""
   if wanted is False:
+    log.info('no data layer (data_layer=False): inputs are the model\'s text; rank needs '
+             '"labels".')
     return None
   from prompt_tuning import serve_requests
+  start = time.monotonic()
   try:
-    return serve_requests.DataLayer()
+    data = serve_requests.DataLayer()
+    log.info('data layer loaded in %.1f s: raw task examples and label words',
+             time.monotonic() - start)
+    return data
   except ImportError as e:
     if wanted:
       raise ValueError(f"serve: data_layer=True but the data layer is not installed ({e}); "

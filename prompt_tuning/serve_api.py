@@ -136,7 +136,8 @@ def create_app(server: Server):
     if raw:
       if server.data is None:
         raise RequestError(400, f'"inputs[{raw[0]}]": a raw example needs the data layer, which '
-                                f'this server runs without (pip install \'.[data]\'); send the '
+                                f'this server runs without (not installed: pip install '
+                                f'\'.[data]\'; or serve.serve.data_layer=False); send the '
                                 f'model\'s input text.', param=f'inputs[{raw[0]}]')
       formatted = await asyncio.to_thread(
           lambda: [server.data.format(req.task, req.inputs[i], i) for i in raw])

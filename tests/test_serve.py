@@ -138,8 +138,8 @@ def formatted(shared):
 
 def test_healthz_stays_fast_while_the_first_raw_examples_are_served(server, rows, formatted):
   """#22: the data layer is imported at start and raw examples are formatted off the event
-  loop, so /healthz stays fast while the first raw-example and rank-without-labels requests
-  run (it took 3.2 s when the first one imported SeqIO inside the handler)."""
+  loop, so /healthz stays under 50 ms while the first raw-example and rank-without-labels
+  requests run (it took 3.2 s when the first one imported SeqIO inside the handler)."""
   port = server[0]
   for task in TASKS:  # the batch shapes these inputs need: compiled before, not measured
     for method in ('generate', 'rank'):
@@ -170,8 +170,12 @@ def test_healthz_stays_fast_while_the_first_raw_examples_are_served(server, rows
     time.sleep(0.002)
   thread.join()
   assert results == [200] * 12
-  assert len(latencies) >= 5, latencies
-  assert max(latencies) < 0.05, f'/healthz took up to {max(latencies) * 1000:.1f} ms'
+  assert len(latencies) >= 50, latencies
+  # Under 50 ms at the 99th percentile: on 2 shared cores a single sample now and then waits
+  # longer for a CPU (once in six runs here); a stall of the event loop shows in many samples
+  # (a 0.1 s block per raw request read 105 ms at the 99th) and in the maximum.
+  slowest = sorted(latencies)[-5:]
+  assert np.percentile(latencies, 99) < 0.05 and slowest[-1] < 0.25, slowest
 
 
 def test_raw_release_rows_answer_as_their_formatted_text(server, rows, formatted):
@@ -518,6 +522,22 @@ def test_a_server_fault_is_a_500_in_the_same_shape():
     assert (server.received, server.answered) == (2, 2)
   finally:
     server.batcher.stop()
+
+
+def test_serve_runs_without_tensorflow():
+  """The serving modules import without TensorFlow and SeqIO (the GPU machines lack them);
+  the data layer is then left out rather than failing the start."""
+  code = ('import sys\n'
+          'sys.modules.update(tensorflow=None, seqio=None)\n'
+          'from prompt_tuning import serve, serve_api, serve_requests\n'
+          'assert serve._load_data_layer(None) is None\n'
+          'try:\n'
+          '  serve._load_data_layer(True)\n'
+          'except ValueError as e:\n'
+          '  print(e)\n')
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'data_layer=True but the data layer is not installed' in proc.stdout, proc.stdout
 
 
 def test_decoding_fields_are_decoding_configs():

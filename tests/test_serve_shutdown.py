@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from test_serve import GOOD, KEY, free_port, start_server, wait_until_up, write_library
+from test_serve import GOOD, KEY, call, free_port, start_server, wait_until_up, write_library
 
 DELAYS = (0.1, 0.3, 1.0)
 HEADERS = {'Authorization': f'Bearer {KEY}', 'Content-Type': 'application/json'}
@@ -62,6 +62,9 @@ def _case(shared, tmp, name, delay, warm, second_signal=False):
                                  bindings=['serve.serve.data_layer = False'])
   try:
     wait_until_up(proc, port, log)
+    # Without the data layer, text is served and a raw example is refused naming it.
+    status, answer, _ = call(port, 'POST', '/v1/predict', {**GOOD, 'inputs': [{'premise': 'a'}]})
+    assert status == 400 and answer['error']['param'] == 'inputs[0]', answer
     warmed = _send_all(port)() if warm else None
     answers = _send_all(port)
     time.sleep(delay)
