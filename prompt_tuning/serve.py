@@ -649,6 +649,12 @@ def _load_data_layer(wanted: Optional[bool]) -> Any:
                        f"pip install '.[data]'.") from None
     log.info('no data layer (%s): inputs are the model\'s text; rank needs "labels".', e)
     return None
+  except Exception as e:  # an install that fails to import (TF builds, protobuf versions)
+    if wanted:
+      raise
+    log.warning('the data layer failed to load, serving without it (%s: %s)',
+                type(e).__name__, e)
+    return None
 
 
 def serve(*, initial_checkpoint_path: str, model: Any = None, prompt: Any = None,

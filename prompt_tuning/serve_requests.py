@@ -32,7 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from prompt_tuning import decoding
 from prompt_tuning.serve import RequestError, ServeConfig
 
-MAX_DEPTH = 8         # JSON nesting a request may have (a raw MultiRC passage needs 6)
+MAX_DEPTH = 10        # JSON nesting a request may have (a request of raw MultiRC rows: 8)
 MAX_BEAMS = 16
 MAX_LABELS = 64       # rank candidates
 MAX_CHOICES = 16      # OpenAI's n / best_of
