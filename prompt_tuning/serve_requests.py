@@ -396,9 +396,8 @@ class DataLayer:
 
   def _reader(self, task: str) -> tuple[Any, bool]:
     """(the release-file reader of `task`, whether its files are TSV)."""
-    local = getattr(self._tasks, '_LOCAL', {})  # `*_local` task -> (files, reader, filter)
-    entry = local.get(task) or local.get(f'{task}_local')
-    if entry is None:
+    found = self._tasks.release_file_reader(task)
+    if found is None:
       if task in self._tasks.TASK_INFO:
         raise RequestError(400, f'{task!r} has no release-file format for raw examples (GLUE '
                                 f'and SuperGLUE tasks do); send the model\'s input text.',
@@ -406,12 +405,11 @@ class DataLayer:
       raise RequestError(400, f'raw examples need a prompt named as its task (e.g. '
                               f'super_glue_rte_local); {task!r} is no registered task. Send the '
                               f'model\'s input text.', param='inputs')
-    files, reader, _ = entry
-    first = next(iter(files.values()))
-    if 'cola' in first[1].lower():
+    reader, path = found
+    if '/cola/' in path.lower():
       raise RequestError(400, f'{task!r}: the CoLA release file has no column names, so no raw '
                               f'example fields; send the model\'s input text.', param='inputs')
-    return reader, first[-1].endswith('.tsv')
+    return reader, path.endswith('.tsv')
 
   def format(self, task: str, example: dict, i: int) -> str:
     """The model input of raw example `i` of a request, as the task formats it."""

@@ -870,6 +870,17 @@ def read_local_examples(name: str, split: str) -> list[dict]:
   return _read_local(files, reader, train_filter, split)
 
 
+def release_file_reader(name: str) -> Optional[tuple[Callable[[str, bool], list], str]]:
+  """(reader, relative path) of the official release files task `name` (or `name`_local)
+  reads: `reader(path, labeled)` gives TFDS-schema examples; the path (its first split's, e.g.
+  'glue/CoLA/dev.tsv') shows the format. None when the task reads no release files."""
+  entry = _LOCAL.get(name) or _LOCAL.get(f'{name}_local')
+  if entry is None:
+    return None
+  files, reader, _ = entry
+  return reader, '/'.join(next(iter(files.values())))
+
+
 def _tasks_of(name: str) -> list[seqio.Task]:
   provider = get_task_or_mixture(name)
   return list(provider.tasks) if isinstance(provider, seqio.Mixture) else [provider]
