@@ -78,12 +78,8 @@ def _scalar_steps(directory, tag):
 
 
 @pytest.fixture(scope='module')
-def env(shared, tmp_path_factory):
-  # One compilation cache for all the runs below: each process compiles the same programs.
-  cache = tmp_path_factory.mktemp('jax_cache')
-  return rte_env(shared, JAX_COMPILATION_CACHE_DIR=str(cache),
-                 JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-                 JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
+def env(shared):
+  return rte_env(shared)  # the runs share the session's compilation cache (conftest)
 
 
 def test_kills_and_sigterm_then_restart_leave_the_uninterrupted_files(shared, env, tmp_path):

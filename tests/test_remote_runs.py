@@ -77,12 +77,8 @@ def remote(gcs, shared, tmp_path_factory):
   for name in ('train.jsonl', 'val.jsonl'):
     storage.write_atomic(f'{root}/data/superglue/RTE/{name}',
                          storage.read_bytes(shared('data', 'superglue', 'RTE', name)))
-  cache = tmp_path_factory.mktemp('jax_cache')
-  common = dict(JAX_COMPILATION_CACHE_DIR=str(cache),
-                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0',
-                PROMPT_TUNING_CACHE=str(tmp_path_factory.mktemp('remote_cache')))
-  local_env = rte_env(shared, **common)
+  # The runs share the session's compilation cache (conftest); URLs get a cache of their own.
+  local_env = rte_env(shared, PROMPT_TUNING_CACHE=str(tmp_path_factory.mktemp('remote_cache')))
   remote_env = {**local_env, 'PROMPT_TUNING_DATA_DIR': f'{root}/data',
                 'PROMPT_TUNING_VOCAB': f'{root}/vocab/sentencepiece.model'}
   return {'root': root, 'checkpoint': f'{root}/base/checkpoint_3', 'local_env': local_env,
