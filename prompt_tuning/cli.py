@@ -1,78 +1,41 @@
-"""The `prompt-tuning` command line, with T5X's flags.
+"""The `prompt-tuning` command line: T5X's flags, one subcommand per job; it parses and
+dispatches, each command's work lives in its library module.
 
   prompt-tuning train --gin_file=configs/paper/t5_1_1_base_rte.gin \\
-      --gin.MODEL_DIR='"/tmp/rte"' --gin.INITIAL_CHECKPOINT_PATH='"/ckpts/lm100k_base"'
+      --gin.MODEL_DIR=/tmp/rte --gin.INITIAL_CHECKPOINT_PATH=/ckpts/lm100k_base
 
-Gin files are looked up in the current directory, the `--gin_search_paths`, and the `gin/` and
-`configs/` folders installed with the package (so `--gin_file=runs/prompt_finetune.gin` works from
-a wheel). Later `--gin_file`s and bindings win over earlier ones.
+`prompt-tuning <command> --help` lists that command's flags; a flag of another command is an
+error. Gin (files, bindings, search paths) is handled in gin_utils.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import difflib
+import dataclasses
 import importlib
 import logging
 import os
-import re
 import sys
+import typing
 from typing import Callable, Optional, Sequence
 
-from prompt_tuning import xla_cpu
+from prompt_tuning import gin_utils, xla_cpu
+from prompt_tuning.gin_utils import UsageError, package_gin_dirs  # noqa: F401  (the CLI's API)
 
 log = logging.getLogger('prompt_tuning')
 
-COMMANDS = ('quickstart', 'train', 'eval', 'infer', 'plan', 'export', 'convert', 'inspect',
-            'serve')
 VOCAB_ENV = 'PROMPT_TUNING_VOCAB'  # as data/vocabularies.py (which needs SeqIO) reads it
+DEFAULT_COMMAND = 'quickstart'
 
 
-def package_gin_dirs() -> list[str]:
-  """The gin/ and configs/ folders: inside the installed package (wheel) or the checkout."""
-  package = os.path.dirname(os.path.abspath(__file__))
-  dirs = []
-  for root in (package, os.path.dirname(package)):
-    if os.path.isdir(os.path.join(root, 'gin')):
-      # The folders themselves ('runs/prompt_finetune.gin') and their parent
-      # ('configs/paper/t5_1_1_base_rte.gin', as written from a checkout).
-      dirs += [os.path.join(root, 'gin'), os.path.join(root, 'configs'), root]
-  return [d for d in dirs if os.path.isdir(d)]
+# ================================ flags ================================
+
+def _data_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument_group('data').add_argument('--tfds_data_dir', default=None,
+                                                 help='TFDS data directory')
 
 
-def rewrite_gin_args(argv: Sequence[str]) -> list[str]:
-  """T5X's `--gin.NAME=VALUE` -> `--gin_bindings=NAME = VALUE` (bare paths get quoted)."""
-  out = []
-  for arg in argv:
-    m = re.fullmatch(r'--gin\.([^=]+)=(.*)', arg, re.DOTALL)
-    if m:
-      out.append(f'--gin_bindings={m.group(1)} = {_gin_value(m.group(2))}')
-    else:
-      out.append(arg)
-  return out
-
-
-def _gin_value(value: str) -> str:
-  # Gin values are Python-like literals; a bare word or path would be a syntax error, so quote it.
-  if re.fullmatch(r"\s*([@%\[\(\{'\"]|-?\d|True\b|False\b|None\b).*", value, re.DOTALL):
-    return value
-  return repr(value)
-
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-  parser = argparse.ArgumentParser(
-      prog='prompt-tuning', description='Prompt tuning of frozen T5 1.1 models (JAX/Flax).')
-  parser.add_argument('command', nargs='?', default='quickstart', choices=COMMANDS,
-                      help='what to run (default: the quickstart on the embedded default)')
-  gin_group = parser.add_argument_group('gin (T5X flags)')
-  gin_group.add_argument('--gin_file', action='append', default=[],
-                         help='gin file; repeatable, later files win')
-  gin_group.add_argument('--gin_bindings', action='append', default=[],
-                         help="a gin binding, e.g. \"MODEL_DIR = '/tmp/x'\"; repeatable")
-  gin_group.add_argument('--gin_search_paths', action='append', default=[],
-                         help='extra folders (comma-separated or repeated) to find gin files in')
-  data = parser.add_argument_group('data')
-  data.add_argument('--tfds_data_dir', default=None, help='TFDS data directory')
+def _host_flags(parser: argparse.ArgumentParser) -> None:
   hosts = parser.add_argument_group('multi-host (jax.distributed)')
   hosts.add_argument('--multiprocess_gpu', action='store_true',
                      help='initialise jax.distributed for multi-process GPU training (on a '
@@ -80,152 +43,141 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
   hosts.add_argument('--coordinator_address', default=None, help='host:port of process 0')
   hosts.add_argument('--process_count', type=int, default=None)
   hosts.add_argument('--process_index', type=int, default=None)
-  io = parser.add_argument_group('export / convert')
-  io.add_argument('--model_dir', help='export/inspect: the prompt-tuning MODEL_DIR')
-  io.add_argument('--format', choices=('npy', 'peft', 't5x'), help='export format')
-  io.add_argument('--output', help='export/convert: where to write')
-  io.add_argument('--prompt_name', default=None,
-                  help="export: the prompt of a multi-task run's table to export (its task)")
-  io.add_argument('--step', type=int, default=None,
-                  help='export/inspect: checkpoint step of --model_dir (latest)')
-  io.add_argument('--input', help='convert: source checkpoint (T5X or HF directory)')
-  io.add_argument('--to', choices=('t5x', 'hf'), help='convert: target format')
-  look = parser.add_argument_group('inspect (nearest vocabulary tokens of each prompt position)')
-  look.add_argument('--prompt', help='a prompt file: .npy (also extension-less numpy files), a '
-                    'PEFT adapter directory, or a T5X checkpoint (read at --variable)')
-  look.add_argument('--variable', default=None,
-                    help='the T5X variable of --prompt (default encoder/prompt/prompt/prompt)')
-  look.add_argument('--checkpoint', help='inspect: the model whose token embedding is compared '
-                    '(serve without gin files: the model to serve): a T5X checkpoint, an HF T5 '
-                    'directory or a [V, D] .npy (default with --model_dir: its base checkpoint)')
-  look.add_argument('--vocab', help=f'SentencePiece model decoding the ids (default ${VOCAB_ENV}; '
-                    f'without one, ids only)')
-  look.add_argument('--top_k', type=int, default=5, help='nearest tokens per position (5)')
-  look.add_argument('--json', help='also write the report as JSON to this file')
-  srv = parser.add_argument_group('serve (HTTP; the model from gin: INITIAL_CHECKPOINT_PATH)')
-  srv.add_argument('--prompts', help='serve: the prompt library folder (.npy, PEFT adapters, '
-                   'MODEL_DIRs)')
-  srv.add_argument('--host', default='127.0.0.1', help='serve: address to bind (127.0.0.1)')
-  srv.add_argument('--port', type=int, default=8000, help='serve: port (8000)')
-  srv.add_argument('--api_key_file', help='serve: a file holding the bearer token to require')
-  srv.add_argument('--max_batch_size', type=int, default=32, help='serve: rows per batch (32)')
-  srv.add_argument('--max_wait_ms', type=float, default=0.0,
-                   help='serve: how long a batch waits to fill (0: runs what is queued when '
-                   'the worker is free)')
-  srv.add_argument('--fine_shapes', choices=('auto', 'true', 'false'), default='auto',
-                   help='serve: rows padded to powers of two and one call per width bucket '
-                   '(auto: on CPU only)')
-  srv.add_argument('--warmup_decode_lengths', default='',
-                   help='serve: compile greedy decoding of every batch shape at start for these '
-                   'lengths, e.g. 8,64 (none by default)')
-  srv.add_argument('--max_queue', type=int, default=4096,
-                   help='serve: rows waiting before 503 (4096)')
-  srv.add_argument('--max_inputs_per_request', type=int, default=64)
-  srv.add_argument('--max_chars_per_input', type=int, default=8192)
-  srv.add_argument('--max_decode_length', type=int, default=64)
-  parser.add_argument('-v', '--verbose', action='store_true')
-  return parser.parse_args(rewrite_gin_args(argv))
 
 
-def setup_gin(args: argparse.Namespace, default_files: Sequence[str] = (),
-              defaults: Sequence[str] = ()) -> None:
-  """Parses the gin files, then `defaults` (bindings a command fills in), then the user's."""
-  import gin
-  search = [os.getcwd()]
-  for entry in args.gin_search_paths:
-    search += [p for p in entry.split(',') if p]
-  search += package_gin_dirs()
-  for path in search:
-    gin.add_config_file_search_path(path)
-  files = list(args.gin_file) or list(default_files)
-  if not files:
-    raise UsageError('no --gin_file given (e.g. --gin_file=configs/paper/t5_1_1_base_rte.gin, '
-                     'or a file of your own that includes runs/prompt_finetune.gin).')
-  resolved = [_find_gin_file(f, search) for f in files]
-  _guard_gin_package_lookup()
-  # gin logs every search-path probe (and miss, as an error) on the root logger.
-  quiet = _DropMessages(('Path not found', 'system_path_file_exists'))
-  logging.getLogger().addFilter(quiet)
-  try:
-    gin.parse_config_files_and_bindings(resolved, list(defaults) + list(args.gin_bindings),
-                                        finalize_config=True)
-  except (ValueError, SyntaxError, ImportError, IOError) as e:
-    raise UsageError(f'gin configuration error: {e}') from None
-  finally:
-    logging.getLogger().removeFilter(quiet)
-  check_macros_used(args.gin_bindings)
+def _export_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--model_dir', help='the prompt-tuning MODEL_DIR')
+  parser.add_argument('--format', choices=('npy', 'peft', 't5x'), help='export format')
+  parser.add_argument('--output', help='where to write')
+  parser.add_argument('--prompt_name', default=None,
+                      help="the prompt of a multi-task run's table to export (its task)")
+  parser.add_argument('--step', type=int, default=None,
+                      help='checkpoint step of --model_dir (default: the latest)')
 
 
-def _referenced_macros() -> set[str]:
-  """Names used as %NAME anywhere in the parsed configuration."""
-  from gin import config as gin_config
-  found: set[str] = set()
-
-  def walk(value):
-    if isinstance(value, gin_config.ConfigurableReference):
-      if value.selector == 'gin.macro':
-        found.add('/'.join(value.scopes))
-    elif isinstance(value, dict):
-      for v in value.values():
-        walk(v)
-    elif isinstance(value, (list, tuple, set)):
-      for v in value:
-        walk(v)
-  for bindings in gin_config._CONFIG.values():  # pylint: disable=protected-access
-    walk(bindings)
-  return found
+def _convert_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--input', help='source checkpoint (T5X or HF directory)')
+  parser.add_argument('--output', help='where to write')
+  parser.add_argument('--to', choices=('t5x', 'hf'), help='target format')
 
 
-def check_macros_used(bindings: Sequence[str]) -> None:
-  """A --gin.NAME macro that no configuration reads is a typo: name it and the close match."""
-  names = [m.group(1) for b in bindings
-           if (m := re.match(r'\s*([A-Za-z_][A-Za-z0-9_]*)\s*=', b))]
-  if not names:
-    return
-  used = _referenced_macros()
-  for name in names:
-    if name not in used:
-      close = difflib.get_close_matches(name, sorted(used), n=1)
-      hint = f'did you mean {close[0]}?' if close else 'check its spelling'
-      raise UsageError(f'--gin.{name}: no gin file reads the macro {name} ({hint}).')
+def _inspect_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('--prompt', help='a prompt file: .npy (also extension-less numpy files), '
+                      'a PEFT adapter directory, or a T5X checkpoint (read at --variable)')
+  parser.add_argument('--variable', default=None,
+                      help='the T5X variable of --prompt (default encoder/prompt/prompt/prompt)')
+  parser.add_argument('--model_dir', help='a prompt-tuning MODEL_DIR (instead of --prompt)')
+  parser.add_argument('--step', type=int, default=None,
+                      help='checkpoint step of --model_dir (default: the latest)')
+  parser.add_argument('--checkpoint', help='the model whose token embedding is compared: a T5X '
+                      'checkpoint, an HF T5 directory or a [V, D] .npy (default with --model_dir: '
+                      'its base checkpoint)')
+  parser.add_argument('--vocab', help=f'SentencePiece model decoding the ids (default '
+                      f'${VOCAB_ENV}; without one, ids only)')
+  parser.add_argument('--top_k', type=int, default=5, help='nearest tokens per position (5)')
+  parser.add_argument('--json', help='also write the report as JSON to this file')
 
 
-def _guard_gin_package_lookup() -> None:
-  """gin also looks an include ('runs/x.gin') up as a file of a Python package ('runs'). A
-  plain folder of that name on sys.path (./runs, which the quickstart leaves, under `python -m`)
-  is a namespace package without a file, and gin 0.5 then raises TypeError instead of going on
-  to its search paths. That lookup now answers 'not found' there."""
-  from gin import config as gin_config
-  for i, (reader, exists) in enumerate(gin_config._FILE_READERS):  # pylint: disable=protected-access
-    if getattr(exists, '__name__', '') == 'system_path_file_exists':
-      def guarded(path: str, exists=exists) -> bool:
-        try:
-          return exists(path)
-        except TypeError:
-          return False
-      gin_config._FILE_READERS[i] = (reader, guarded)  # pylint: disable=protected-access
+_AUTO_BOOL = {'auto': None, 'true': True, 'false': False}
 
 
-class _DropMessages(logging.Filter):
+def _serve_flags(parser: argparse.ArgumentParser) -> None:
+  from prompt_tuning.serve_config import ServeConfig
+  parser.add_argument('--prompts', help='the prompt library folder (.npy, PEFT adapters, '
+                      'MODEL_DIRs)')
+  parser.add_argument('--checkpoint', help='without gin files: the model to serve (a T5X '
+                      'checkpoint or an HF T5 directory; its architecture is read from it)')
+  parser.add_argument('--vocab', help=f'the SentencePiece model (default ${VOCAB_ENV})')
+  parser.add_argument('--host', default='127.0.0.1', help='address to bind (127.0.0.1)')
+  parser.add_argument('--port', type=int, default=8000, help='port (8000)')
+  parser.add_argument('--api_key_file', help='a file holding the bearer token to require')
+  limits = parser.add_argument_group('batching and limits (ServeConfig)')
+  hints = typing.get_type_hints(ServeConfig)
+  for field in dataclasses.fields(ServeConfig):
+    kind, default = hints[field.name], field.default
+    text = f"{field.metadata.get('help', '')} (default: %(default)s)"
+    if kind == Optional[bool]:
+      limits.add_argument(f'--{field.name}', choices=tuple(_AUTO_BOOL), help=text,
+                          default={v: k for k, v in _AUTO_BOOL.items()}[default])
+    elif kind == tuple[int, ...]:
+      limits.add_argument(f'--{field.name}', default=','.join(map(str, default)),
+                          help=text + '; whole numbers separated by commas, e.g. 8,64')
+    else:
+      limits.add_argument(f'--{field.name}', type=kind, default=default, help=text)
 
-  def __init__(self, prefix: tuple[str, ...]):
-    super().__init__()
-    self.prefix = prefix
 
-  def filter(self, record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith(self.prefix)
+def serve_config(args: argparse.Namespace):
+  """The ServeConfig the serve flags give."""
+  from prompt_tuning.serve_config import ServeConfig
+  values = {}
+  hints = typing.get_type_hints(ServeConfig)
+  for field in dataclasses.fields(ServeConfig):
+    value = getattr(args, field.name)
+    if hints[field.name] == Optional[bool]:
+      value = _AUTO_BOOL[value]
+    elif hints[field.name] == tuple[int, ...]:
+      value = _int_list(f'--{field.name}', value)
+    values[field.name] = value
+  return ServeConfig(**values)
 
 
-def _find_gin_file(name: str, search: Sequence[str]) -> str:
-  if os.path.isabs(name):
-    if os.path.exists(name):
-      return name
-  for root in search:
-    candidate = os.path.join(root, name)
-    if os.path.exists(candidate):
-      return candidate
-  raise UsageError(f'gin file {name!r} not found in: {", ".join(search)}')
+# (help, flag groups, takes gin flags)
+COMMANDS: dict[str, tuple[str, tuple[Callable, ...], bool]] = {
+    'quickstart': ('tune a prompt of a tiny T5 on the embedded toy tasks (no downloads)',
+                   (_data_flags,), True),
+    'train': ('prompt tuning from gin (T5X layout): train, evaluate, checkpoint, export',
+              (_data_flags, _host_flags), True),
+    'eval': ('evaluate a MODEL_DIR\'s prompt (or a prompt file) on a task',
+             (_data_flags, _host_flags), True),
+    'infer': ('predictions of a prompt, or of a prompt library over mixed-task inputs',
+              (_data_flags, _host_flags), True),
+    'plan': ('memory per remat policy for a gin-configured run, before running it', (), True),
+    'export': ('write a MODEL_DIR\'s prompt as .npy, a PEFT adapter or a T5X checkpoint',
+               (_export_flags,), False),
+    'convert': ('convert a base checkpoint between T5X and HF formats', (_convert_flags,), False),
+    'inspect': ('nearest vocabulary tokens of each prompt position', (_inspect_flags,), False),
+    'serve': ('serve a frozen model and a prompt library over HTTP', (_serve_flags,), True),
+}
 
+
+class _Parser(argparse.ArgumentParser):
+  """argparse whose errors are one line naming the flag and where the command's flags are."""
+
+  def error(self, message: str):  # type: ignore[override]
+    self.exit(2, f'{self.prog}: error: {message} (see {self.prog} --help)\n')
+
+
+def build_parser() -> argparse.ArgumentParser:
+  parser = _Parser(
+      prog='prompt-tuning', description='Prompt tuning of frozen T5 1.1 models (JAX/Flax). '
+      f'Without a command: {DEFAULT_COMMAND}.')
+  commands = parser.add_subparsers(dest='command', metavar='COMMAND')
+  parser.set_defaults(parsers={})
+  for name, (text, groups, gin) in COMMANDS.items():
+    sub = commands.add_parser(name, help=text, description=text)
+    parser.get_default('parsers')[name] = sub
+    if gin:
+      gin_utils.add_flags(sub)
+    for add in groups:
+      add(sub)
+    sub.add_argument('-v', '--verbose', action='store_true',
+                     help='debug logging and full tracebacks')
+  return parser
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+  argv = list(argv)
+  if not argv or (argv[0].startswith('-') and argv[0] not in ('-h', '--help')):
+    argv.insert(0, DEFAULT_COMMAND)  # `prompt-tuning` alone runs the quickstart
+  parser = build_parser()
+  args, unknown = parser.parse_known_args(gin_utils.rewrite_gin_args(argv))
+  if unknown:  # named by the command's own parser: its usage is the one to read
+    args.parsers[args.command].error(f'unrecognized arguments: {" ".join(unknown)}')
+  del args.parsers
+  return args
+
+
+# ================================ running ================================
 
 def cluster_launch(env=None) -> Optional[str]:
   """The launcher that started this process as one of several, when jax.distributed can find
@@ -243,20 +195,21 @@ def cluster_launch(env=None) -> Optional[str]:
 def init_distributed(args: argparse.Namespace) -> None:
   """jax.distributed with T5X's flags; without them, on a multi-host TPU slice or a SLURM step
   of several tasks, with jax.distributed's own detection of the peers (no flags needed)."""
-  launch = None if (args.multiprocess_gpu or args.coordinator_address) else cluster_launch()
-  if not (args.multiprocess_gpu or args.coordinator_address or launch):
+  # Commands without the multi-host flags still join a cluster their launcher describes.
+  flags = {name: getattr(args, name, None) for name in (
+      'multiprocess_gpu', 'coordinator_address', 'process_count', 'process_index')}
+  launch = None if (flags['multiprocess_gpu'] or flags['coordinator_address']) else (
+      cluster_launch())
+  if not (flags['multiprocess_gpu'] or flags['coordinator_address'] or launch):
     return
   import jax
   if launch:
     log.info('jax.distributed: %s detected; finding the peers from it.', launch)
-  jax.distributed.initialize(coordinator_address=args.coordinator_address,
-                             num_processes=args.process_count, process_id=args.process_index)
+  jax.distributed.initialize(coordinator_address=flags['coordinator_address'],
+                             num_processes=flags['process_count'],
+                             process_id=flags['process_index'])
   log.info('jax.distributed: process %d of %d, %d global devices', jax.process_index(),
            jax.process_count(), jax.device_count())
-
-
-class UsageError(ValueError):
-  """A flag or gin setting that cannot work; the message names it."""
 
 
 # Bad input (exit 2): what the user can fix from the message. Anything else exits 1.
@@ -272,7 +225,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
   for noisy in ('absl', 'jax._src', 'orbax', 'tensorflow'):
     # Their warnings are about their own internals (e.g. orbax on a read-only restore).
     logging.getLogger(noisy).setLevel(logging.WARNING if args.verbose else logging.ERROR)
-  if args.tfds_data_dir:
+  if getattr(args, 'tfds_data_dir', None):
     os.environ['TFDS_DATA_DIR'] = args.tfds_data_dir
   # Before JAX starts. `plan` also asks for XLA:CPU's memory-aware schedule: the default one
   # ignores memory, so remat would save nothing in the temporaries it reports (T5 1.1 small,
@@ -375,7 +328,7 @@ def _gin_run(default_files: Sequence[str], function: str,
 
   def run(args):
     init_distributed(args)
-    setup_gin(args, default_files, defaults)
+    gin_utils.setup(args, default_files, defaults)
     import gin
     # Dynamic registration binds the function's registered wrapper, not the module attribute.
     fn = getattr(importlib.import_module(module_name), function_name)
@@ -468,16 +421,10 @@ def _int_list(flag: str, text: str) -> tuple[int, ...]:
 
 
 def _serve(args: argparse.Namespace) -> int:
-  from prompt_tuning import serve
-  config = serve.ServeConfig(
-      max_batch_size=args.max_batch_size, max_wait_ms=args.max_wait_ms,
-      max_queue=args.max_queue, max_inputs_per_request=args.max_inputs_per_request,
-      max_chars_per_input=args.max_chars_per_input, max_decode_length=args.max_decode_length,
-      fine_shapes={'auto': None, 'true': True, 'false': False}[args.fine_shapes],
-      warmup_decode_lengths=_int_list('--warmup_decode_lengths', args.warmup_decode_lengths))
+  from prompt_tuning import serve, storage
+  config = serve_config(args)
   if not 0 <= args.port < 65536:
     raise ValueError(f'--port={args.port}: choose a port in [0, 65535].')
-  from prompt_tuning import storage
   if args.prompts and not storage.isdir(args.prompts):
     raise ValueError(f'--prompts={args.prompts}: not a folder of prompts.')
   if args.checkpoint and not args.gin_file and not args.gin_bindings:
@@ -486,7 +433,7 @@ def _serve(args: argparse.Namespace) -> int:
                        vocab=args.vocab, host=args.host, port=args.port,
                        api_key_file=args.api_key_file, config=config)
   args.gin_file = ['runs/serve.gin'] + list(args.gin_file)
-  setup_gin(args)
+  gin_utils.setup(args)
   import gin
   return gin.get_configurable(serve.serve)(
       prompts=args.prompts, vocab=args.vocab, host=args.host, port=args.port,

@@ -31,44 +31,10 @@ import numpy as np
 
 from prompt_tuning import batching, decoding, storage
 from prompt_tuning import prompt_library as library_lib
+from prompt_tuning.serve_config import ServeConfig  # noqa: F401  (serve's config, re-exported)
 from prompt_tuning.vocab import EOS_ID
 
 log = logging.getLogger('prompt_tuning')
-
-
-@dataclasses.dataclass(frozen=True)
-class ServeConfig:
-  """Batching and request limits (flags of `prompt-tuning serve`)."""
-  max_batch_size: int = 32       # rows a batch holds at most
-  # How long the first row of a batch waits for company. 0: run what is queued as soon as the
-  # worker is free; rows queue while a batch runs, so batches still grow with load (measured on
-  # CPU: the same throughput under 32 clients as 5 ms, and a third of the latency one at a time).
-  max_wait_ms: float = 0.0
-  max_queue: int = 4096          # rows waiting; beyond it requests get 503 + Retry-After
-  max_inputs_per_request: int = 64
-  max_chars_per_input: int = 8192
-  max_input_length: int = 512    # tokens (longer inputs are cut, keeping EOS)
-  max_decode_length: int = 64    # tokens a generation may have at most
-  # Batch shapes. True: rows padded to powers of two, one call per width bucket (on CPU a batch
-  # costs what its padded rows and width do, attention the square of the width). False: rows
-  # 1/4/16/max, one call per batch (accelerators pad nearly free but compile each shape).
-  # None: True on CPU.
-  fine_shapes: Optional[bool] = None
-  # Greedy decoding of every batch shape is compiled at start for these lengths: no request then
-  # waits for a compile (one takes about a second; every in-flight request waits with it).
-  warmup_decode_lengths: tuple[int, ...] = ()
-
-  def __post_init__(self):
-    for name in ('max_batch_size', 'max_queue', 'max_inputs_per_request', 'max_chars_per_input',
-                 'max_input_length', 'max_decode_length'):
-      if int(getattr(self, name)) < 1:
-        raise ValueError(f'--{name} must be at least 1, got {getattr(self, name)}.')
-    if self.max_wait_ms < 0:
-      raise ValueError(f'--max_wait_ms must be >= 0, got {self.max_wait_ms}.')
-    for n in self.warmup_decode_lengths:
-      if not 1 <= n <= self.max_decode_length:
-        raise ValueError(f'--warmup_decode_lengths: {n} is outside [1, --max_decode_length='
-                         f'{self.max_decode_length}].')
 
 
 class RequestError(Exception):

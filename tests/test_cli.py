@@ -1,11 +1,13 @@
 """The command line: T5X flag handling, gin file lookup and errors, export/convert, packaging."""
 
 import os
+import re
 import subprocess
 import sys
 import zipfile
 
 import numpy as np
+import pytest
 
 from prompt_tuning import checkpoints, cli
 
@@ -169,3 +171,55 @@ def test_init_distributed_uses_jax_detection_on_a_cluster_and_flags_otherwise(mo
                              process_count=2, process_index=1)
   cli.init_distributed(flags)
   assert calls[-1] == {'coordinator_address': 'h:1234', 'num_processes': 2, 'process_id': 1}
+
+
+# Each command's own flags (besides -h and -v); a flag of no other command may show in its help.
+GIN = {'--gin_file', '--gin_bindings', '--gin_search_paths'}
+OWN_FLAGS = {
+    'quickstart': GIN | {'--tfds_data_dir'},
+    'train': GIN | {'--tfds_data_dir', '--multiprocess_gpu', '--coordinator_address',
+                    '--process_count', '--process_index'},
+    'plan': GIN,
+    'export': {'--model_dir', '--format', '--output', '--prompt_name', '--step'},
+    'convert': {'--input', '--output', '--to'},
+    'inspect': {'--prompt', '--variable', '--model_dir', '--step', '--checkpoint', '--vocab',
+                '--top_k', '--json'},
+    'serve': GIN | {'--prompts', '--checkpoint', '--vocab', '--host', '--port', '--api_key_file',
+                    '--max_batch_size', '--max_wait_ms', '--max_queue', '--max_inputs_per_request',
+                    '--max_chars_per_input', '--max_input_length', '--max_decode_length',
+                    '--fine_shapes', '--warmup_decode_lengths'},
+}
+OWN_FLAGS['eval'] = OWN_FLAGS['infer'] = OWN_FLAGS['train']
+
+
+@pytest.mark.parametrize('command', sorted(OWN_FLAGS))
+def test_each_command_help_lists_its_own_flags_only(command, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.parse_args([command, '--help'])
+  assert e.value.code == 0
+  shown = set(re.findall(r'(?<![\w-])--[a-z_]+(?![\w.])', capsys.readouterr().out))
+  shown -= {'--help', '--verbose'}
+  assert shown == OWN_FLAGS[command]
+
+
+@pytest.mark.parametrize('argv, flag', [
+    (['export', '--model_dir=m', '--format=npy', '--output=o', '--port', '9000'], '--port'),
+    (['serve', '--top_k=3'], '--top_k'),
+    (['convert', '--gin_file=a.gin'], '--gin_file'),
+    (['train', '--prompts=lib'], '--prompts'),
+])
+def test_a_flag_of_another_command_is_refused_in_one_line(argv, flag, capsys):
+  with pytest.raises(SystemExit) as e:
+    cli.main(argv)
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and flag in err and f'prompt-tuning {argv[0]} --help' in err, err
+
+
+def test_serve_flags_are_the_serve_config_and_its_defaults():
+  from prompt_tuning.serve_config import ServeConfig
+  assert cli.serve_config(cli.parse_args(['serve'])) == ServeConfig()
+  args = cli.parse_args(['serve', '--max_batch_size=4', '--fine_shapes=false',
+                         '--warmup_decode_lengths=8,16', '--max_wait_ms=2.5'])
+  assert cli.serve_config(args) == ServeConfig(max_batch_size=4, fine_shapes=False,
+                                               warmup_decode_lengths=(8, 16), max_wait_ms=2.5)
