@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from prompt_tuning.vocab import EOS_ID, PAD_ID  # noqa: F401  (common.PAD_ID, common.EOS_ID)
+from prompt_tuning.data.vocab import EOS_ID, PAD_ID  # noqa: F401  (common.PAD_ID, common.EOS_ID)
 
 SIZES = ('tiny', 'small', 'base', 'large', 'xl', 'xxl')
 
@@ -71,7 +71,7 @@ def setup_backend(args: argparse.Namespace) -> str:
   if args.xla_flags:
     os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
   if not getattr(args, 'no_library_xla_flags', False):
-    from prompt_tuning import xla_cpu
+    from prompt_tuning.train import xla_cpu
     xla_cpu.apply()  # what `prompt-tuning train` runs with
   if getattr(args, 'peft', False):
     # The PEFT child runs while this process exists: JAX must not preallocate the GPU.

@@ -72,7 +72,7 @@ def compile_and_time(lower, dynamic: tuple, args: argparse.Namespace) -> dict:
 
 def run_ours(args: argparse.Namespace, config, arrays: dict) -> dict:
   import jax.numpy as jnp
-  from prompt_tuning import decoding
+  from prompt_tuning.inference import decoding
   from prompt_tuning.models import prompt as prompt_lib
   from prompt_tuning.models import t5
 

@@ -240,7 +240,7 @@ def t5x_batch(inputs: list, targets: list, indices, widths: tuple[int, int]) -> 
 def epoch_batches(inputs: list, targets: list, batch: int, window: int, seed: int,
                   modes: list[str]) -> dict[str, list[np.ndarray]]:
   """Each mode's full batches of one epoch, as index arrays into the (shuffled) examples."""
-  from prompt_tuning import batching
+  from prompt_tuning.data import batching
 
   n = len(inputs)
   consecutive = list(np.arange(n // batch * batch).reshape(-1, batch))
@@ -293,7 +293,7 @@ def length_stratified(batches: list, inputs: list, steps: int) -> list:
 def batch_shape(mode: str, inputs: list, targets: list, idx, buckets: dict,
                 limits: tuple[int, int]) -> tuple[int, int]:
   """(input width, target width) that `mode` pads this batch to."""
-  from prompt_tuning import batching
+  from prompt_tuning.data import batching
 
   longest = (max(len(inputs[i]) for i in idx), max(len(targets[i]) for i in idx))
   if mode == 'ours_fixed':
@@ -381,7 +381,7 @@ def worker_main(side: str, spec_file: str) -> None:
   with open(spec_file) as f:
     spec = json.load(f)
   if side == 'ours' and spec.get('library_xla_flags', True):
-    from prompt_tuning import xla_cpu
+    from prompt_tuning.train import xla_cpu
     xla_cpu.apply()  # before JAX starts, as `prompt-tuning train` does
   impl = OursWorker(spec) if side == 'ours' else PeftWorker(spec)
   for line in sys.stdin:
@@ -418,7 +418,7 @@ class OursWorker:
 
   def setup(self) -> dict:
     import jax
-    from prompt_tuning import batching
+    from prompt_tuning.data import batching
     from prompt_tuning.models import prompt as prompt_lib
     from prompt_tuning.models import t5
     from prompt_tuning.train import optim, partitioning
@@ -563,7 +563,7 @@ def rates(stats: dict, total_s: float) -> dict:
 
 
 def run_train(args: argparse.Namespace) -> dict:
-  from prompt_tuning import batching
+  from prompt_tuning.data import batching
 
   started = common.cpu_snapshot()
   modes = [m for m in MODES if m in args.modes.split(',')]
@@ -683,10 +683,11 @@ def run_eval(args: argparse.Namespace) -> dict:
   if args.xla_flags:
     os.environ['XLA_FLAGS'] = f"{os.environ.get('XLA_FLAGS', '')} {args.xla_flags}".strip()
   if not args.no_library_xla_flags:
-    from prompt_tuning import xla_cpu
+    from prompt_tuning.train import xla_cpu
     xla_cpu.apply()
   import jax
-  from prompt_tuning import batching, decoding, evaluation
+  from prompt_tuning.data import batching
+  from prompt_tuning.inference import decoding, evaluation
   from prompt_tuning.models import prompt as prompt_lib
   from prompt_tuning.models import t5
 

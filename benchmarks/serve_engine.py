@@ -27,9 +27,10 @@ def main(argv=None) -> int:
 
   import jax
 
-  from prompt_tuning import checkpoints, decoding, serve
+  from prompt_tuning import checkpoints, serve
+  from prompt_tuning.inference import decoding
   from prompt_tuning.models import t5
-  from prompt_tuning.vocab import EOS_ID, SentencePieceVocab
+  from prompt_tuning.data.vocab import EOS_ID, SentencePieceVocab
   vocab = SentencePieceVocab(serve_load.shared_path('fixtures', 't5_vocab', 'sentencepiece.model'))
   dims = serve_load.MINI if args.model == 'mini' else serve_load.FIXTURE_DIMS
   with tempfile.TemporaryDirectory() as base:

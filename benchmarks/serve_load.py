@@ -207,7 +207,7 @@ def main(argv=None) -> int:
   VOCAB = args.vocab or shared_path('fixtures', 't5_vocab', 'sentencepiece.model')
   FIXTURE = args.fixture or shared_path('fixtures', 't5x_tiny', 'checkpoint_3')
 
-  from prompt_tuning import prompt_files
+  from prompt_tuning.prompts import files as prompt_files
   if args.inputs_json:
     with open(args.inputs_json) as f:
       inputs = json.load(f)

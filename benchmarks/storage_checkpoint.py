@@ -2,8 +2,8 @@
 
 One `PromptCheckpointer.save` (numpy prompt + orbax TrainState, with its commit) and one restore,
 into a local MODEL_DIR and into a gs:// MODEL_DIR on the GCS API server of
-prompt_tuning.gcs_emulator (127.0.0.1, in memory). The emulator is a local Python server, so its
-times show the cost of the protocol (requests, commit file, listing), not of a real bucket.
+prompt_tuning.testing.gcs_emulator (127.0.0.1, in memory). The emulator is a local Python server,
+so its times show the cost of the protocol (requests, commit file, listing), not of a real bucket.
 
     python -m benchmarks.storage_checkpoint --prompt 100 --d_model 768 --rounds 5 --json out.json
 """
@@ -52,7 +52,7 @@ def main(argv=None) -> None:
   os.environ.setdefault('JAX_PLATFORMS', 'cpu')
   import numpy as np
 
-  from prompt_tuning.gcs_emulator import Emulator
+  from prompt_tuning.testing.gcs_emulator import Emulator
   from prompt_tuning.models import t5
   from prompt_tuning.models.prompt import PromptConfig
   from prompt_tuning.train import optim

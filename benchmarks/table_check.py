@@ -27,7 +27,7 @@ def check(size: str, dtype: str, k: int, batch: int, inputs: int, prompt: int,
 
 def _check(size: str, dtype: str, k: int, batch: int, inputs: int, prompt: int) -> dict:
   import jax
-  from prompt_tuning import decoding
+  from prompt_tuning.inference import decoding
   from prompt_tuning.models import t5
   from prompt_tuning.models.prompt import PromptConfig, merge_params, prompt_tree
   config = t5.T5Config.preset(size, dtype=dtype, dropout_rate=0.0)

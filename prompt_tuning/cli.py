@@ -19,7 +19,8 @@ import sys
 import typing
 from typing import Callable, Optional, Sequence
 
-from prompt_tuning import gin_utils, xla_cpu
+from prompt_tuning import gin_utils
+from prompt_tuning.train import xla_cpu
 from prompt_tuning.gin_utils import UsageError, package_gin_dirs  # noqa: F401  (the CLI's API)
 
 log = logging.getLogger('prompt_tuning')
@@ -82,7 +83,7 @@ _AUTO_BOOL = {'auto': None, 'true': True, 'false': False}
 
 
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
-  from prompt_tuning.serve_config import ServeConfig
+  from prompt_tuning.serve.config import ServeConfig
   parser.add_argument('--prompts', help='the prompt library folder (.npy, PEFT adapters, '
                       'MODEL_DIRs)')
   parser.add_argument('--checkpoint', help='without gin files: the model to serve (a T5X '
@@ -108,7 +109,7 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
 
 def serve_config(args: argparse.Namespace):
   """The ServeConfig the serve flags give."""
-  from prompt_tuning.serve_config import ServeConfig
+  from prompt_tuning.serve.config import ServeConfig
   values = {}
   hints = typing.get_type_hints(ServeConfig)
   for field in dataclasses.fields(ServeConfig):
@@ -338,7 +339,7 @@ def _gin_run(default_files: Sequence[str], function: str,
 
 
 def _export(args: argparse.Namespace) -> int:
-  from prompt_tuning import export
+  from prompt_tuning.prompts import export
   missing = [f for f in ('model_dir', 'format', 'output') if not getattr(args, f)]
   if missing:
     raise ValueError('export needs ' + ', '.join(f'--{m}' for m in missing))
@@ -361,10 +362,10 @@ def _convert(args: argparse.Namespace) -> int:
 def _inspect(args: argparse.Namespace) -> int:
   import json
 
-  from prompt_tuning import inspection, prompt_files
-  from prompt_tuning import model_dir as model_dir_lib
-  from prompt_tuning.atomic import atomic_write
-  from prompt_tuning.vocab import SentencePieceVocab
+  from prompt_tuning.prompts import inspection, files as prompt_files
+  from prompt_tuning.train import model_dir as model_dir_lib
+  from prompt_tuning.storage import write_atomic
+  from prompt_tuning.data.vocab import SentencePieceVocab
   if bool(args.prompt) == bool(args.model_dir):
     raise ValueError('inspect needs one prompt: --prompt=FILE (.npy, PEFT adapter, T5X '
                      'checkpoint) or --model_dir=MODEL_DIR [--step=N]' +
@@ -406,7 +407,7 @@ def _inspect(args: argparse.Namespace) -> int:
   report = {'prompt_source': prompt_source, 'embedding_source': embedding_source,
             'vocab': vocab_path, **report}
   if args.json:
-    atomic_write(storage.absolute(args.json), json.dumps(report, indent=1, ensure_ascii=False))
+    write_atomic(storage.absolute(args.json), json.dumps(report, indent=1, ensure_ascii=False))
   print(inspection.format_table(report, prompt_source, embedding_source))
   if args.json:
     print(f'wrote {storage.absolute(args.json)}')

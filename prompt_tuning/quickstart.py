@@ -25,7 +25,9 @@ from typing import Optional
 import jax
 import optax
 
-from prompt_tuning import checkpoints, evaluation, prompt_init, runs
+from prompt_tuning import checkpoints, runs
+from prompt_tuning.inference import evaluation
+from prompt_tuning.prompts import init as prompt_init
 from prompt_tuning.models import t5
 from prompt_tuning.models.prompt import PromptConfig
 from prompt_tuning.train import losses
@@ -149,7 +151,8 @@ def quickstart(*, model_dir: str = os.path.join('runs', 'quickstart'),
 def _multi_task(model_dir, mixture, lengths, base_path, config, prompt_length, steps, batch_size,
                 learning_rate, eval_period, eval_max_examples, seed, frozen) -> dict:
   """Stage 4: a prompt per task of `mixture` trained at once, then one mixed batch."""
-  from prompt_tuning import decoding, prompt_library
+  from prompt_tuning.inference import decoding
+  from prompt_tuning.prompts import library as prompt_library
   from prompt_tuning.data import tasks
 
   log.info('Stage 4: one prompt per task of %s, trained at once on the frozen model.', mixture)

@@ -18,12 +18,15 @@ from typing import Any, Callable, Literal, Optional, Sequence
 import jax
 import numpy as np
 
-from prompt_tuning import (batching, checkpoints, evaluation, export, prompt_files, prompt_init,
-                           reporting, storage)
-from prompt_tuning import model_dir as model_dir_lib
-from prompt_tuning import prompt_library as prompt_library_lib
-from prompt_tuning.atomic import atomic_write
-from prompt_tuning.decoding import DecodingConfig
+from prompt_tuning.data import batching
+from prompt_tuning import checkpoints, storage
+from prompt_tuning.inference import evaluation
+from prompt_tuning.prompts import export, files as prompt_files, init as prompt_init
+from prompt_tuning.train import reporting
+from prompt_tuning.train import model_dir as model_dir_lib
+from prompt_tuning.prompts import library as prompt_library_lib
+from prompt_tuning.storage import write_atomic
+from prompt_tuning.inference.decoding import DecodingConfig
 from prompt_tuning.models import t5
 from prompt_tuning.models.prompt import PromptConfig, merge_params, prompt_tree
 from prompt_tuning.train import loop, optim, partitioning, preemption
@@ -45,7 +48,7 @@ def _import_tasks(module: Optional[str]) -> Any:
 def _write_gin_config(model_dir: str, name: str = model_dir_lib.CONFIG_GIN) -> None:
   import gin
   if jax.process_index() == 0:
-    atomic_write(storage.join(model_dir, name), gin.config_str())
+    write_atomic(storage.join(model_dir, name), gin.config_str())
 
 
 AdafactorStepOffset = Literal['zero', 'checkpoint'] | int | None
@@ -104,7 +107,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
   """Prompt-tunes on a SeqIO task, evaluating every `eval_period` steps; returns a summary.
 
   Every input is checked before MODEL_DIR is created or changed; a kill at any moment leaves it
-  consistent, and the same command resumes it (see prompt_tuning.model_dir). Batches are padded
+  consistent, and the same command resumes it (see train/model_dir.py). Batches are padded
   to their length bucket (`length_buckets`, gin LENGTH_BUCKETS; None: to TASK_FEATURE_LENGTHS);
   `group_by_length` > 1 sorts windows of that many batches by length (batching.py; 0: uniform
   random batches).
@@ -229,7 +232,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
                'tensorboard': model_dir}
     _write_gin_config(model_dir, model_dir_lib.OPERATIVE_CONFIG_GIN)
     if host == 0:
-      atomic_write(storage.join(model_dir, model_dir_lib.SUMMARY),
+      write_atomic(storage.join(model_dir, model_dir_lib.SUMMARY),
                    json.dumps(summary, indent=2, default=str))
       reporting.print_summary(summary)
     return summary
@@ -472,7 +475,7 @@ def infer(*, model_dir: Optional[str], mixture_or_task_name: str, task_feature_l
   texts = evaluator.generate(model_module, params)
   out_dir = output_dir or storage.join(model_dir or '.', model_dir_lib.INFERENCE)
   path = storage.join(out_dir, f'{mixture_or_task_name}-{split}-step{step}.jsonl')
-  atomic_write(path, ''.join(
+  write_atomic(path, ''.join(
       json.dumps({'input': example.get('inputs_pretokenized'), 'prediction': text}) + '\n'
       for example, text in zip(evaluator.examples, texts)))
   print(f'wrote {len(texts)} predictions to {path}')
@@ -530,7 +533,7 @@ def _infer_mixed(*, prompt_library, input_file, task, task_feature_lengths, mode
                            max_input_length=task_feature_lengths['inputs'])
   path = storage.join(output_dir, os.path.splitext(storage.basename(input_file))[0] +
                       '-predictions.jsonl')
-  atomic_write(path, ''.join(
+  write_atomic(path, ''.join(
       json.dumps({'prompt': n, 'inputs': text, 'prediction': vocab.decode(out)}) + '\n'
       for (n, text), out in zip(rows, outputs)))
   print(f'wrote {len(rows)} predictions ({len(set(n for n, _ in rows))} prompts, mixed '

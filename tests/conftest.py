@@ -51,11 +51,11 @@ def tiny():
 
 @pytest.fixture(scope='session')
 def gcs():
-  """A GCS API server on 127.0.0.1 (prompt_tuning.gcs_emulator) with bucket 'bkt', its
+  """A GCS API server on 127.0.0.1 (prompt_tuning.testing.gcs_emulator) with bucket 'bkt', its
   variables set in this process for the whole session (and so passed to the CLI runs of
   tests); `gcs.inject(count, status)` makes requests fail."""
   pytest.importorskip('gcp_storage_emulator', reason='the cloud extra is not installed')
-  from prompt_tuning.gcs_emulator import Emulator
+  from prompt_tuning.testing.gcs_emulator import Emulator
   with Emulator() as emulator:
     saved = {k: os.environ.get(k) for k in emulator.env}
     os.environ.update(emulator.env)

@@ -12,7 +12,7 @@ import sys
 import jax
 import numpy as np
 
-from prompt_tuning import decoding
+from prompt_tuning.inference import decoding
 from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import partitioning

@@ -21,7 +21,8 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from prompt_tuning import cli, prompt_init, storage
+from prompt_tuning import cli, storage
+from prompt_tuning.prompts import init as prompt_init
 from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import loop, partitioning

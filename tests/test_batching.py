@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from prompt_tuning import batching
+from prompt_tuning.data import batching
 
 LENGTHS = {'inputs': 64, 'targets': 8}
 

@@ -217,7 +217,7 @@ def test_a_flag_of_another_command_is_refused_in_one_line(argv, flag, capsys):
 
 
 def test_serve_flags_are_the_serve_config_and_its_defaults():
-  from prompt_tuning.serve_config import ServeConfig
+  from prompt_tuning.serve.config import ServeConfig
   assert cli.serve_config(cli.parse_args(['serve'])) == ServeConfig()
   args = cli.parse_args(['serve', '--max_batch_size=4', '--fine_shapes=false',
                          '--warmup_decode_lengths=8,16', '--max_wait_ms=2.5'])

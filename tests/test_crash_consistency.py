@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from cli_helpers import rte_env, rte_train_args, run_cli
-from prompt_tuning import model_dir as model_dir_lib
-from prompt_tuning import export
+from prompt_tuning.train import model_dir as model_dir_lib
+from prompt_tuning.prompts import export
 
 STEPS = dict(TRAIN_STEPS=8, SAVE_PERIOD=2, EVAL_PERIOD=4)
 # (fault, what the kill cuts) in the order the restarted run reaches them.

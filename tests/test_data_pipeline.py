@@ -12,7 +12,7 @@ import pytest
 seqio = pytest.importorskip('seqio')
 
 from prompt_tuning.data import pipeline, tasks, vocabularies  # noqa: E402
-from prompt_tuning.vocab import SentencePieceVocab  # noqa: E402
+from prompt_tuning.data.vocab import SentencePieceVocab  # noqa: E402
 from tests.conftest import shared_path  # noqa: E402
 
 QUICK = {'inputs': 16, 'targets': 4}
@@ -110,7 +110,7 @@ def test_batches_are_deterministic_and_resume_exactly():
 
 
 def test_grouped_batches_are_deterministic_resume_exactly_and_hold_the_same_examples(real):
-  from prompt_tuning import batching
+  from prompt_tuning.data import batching
   lengths = {'inputs': 512, 'targets': 8}
   kw = dict(seed=5, group_window=4)
   grouped = take(pipeline.get_batches('super_glue_rte_local', 'train', lengths, 4, **kw), 10)

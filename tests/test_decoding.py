@@ -13,7 +13,7 @@ import pytest
 
 from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
-from prompt_tuning import decoding
+from prompt_tuning.inference import decoding
 
 T = 12  # max decode length
 

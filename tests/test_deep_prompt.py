@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import loop, optim, partitioning
@@ -434,7 +434,8 @@ def test_deep_run_exports_and_evaluates_from_its_model_dir(tmp_path):
   metrics as the run's own final evaluation)."""
   import functools
 
-  from prompt_tuning import checkpoints, export, prompt_init, runs
+  from prompt_tuning import checkpoints, runs
+  from prompt_tuning.prompts import export, init as prompt_init
   config = t5.T5Config(vocab_size=384, d_model=16, d_ff=32, num_heads=2, head_dim=8,
                        num_encoder_layers=2, num_decoder_layers=1, dtype='float32')
   checkpoints.save_t5x(str(tmp_path / 'base'), t5.init_params(config, jax.random.PRNGKey(0)), 0)

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from prompt_tuning import prompt_files
+from prompt_tuning.prompts import files as prompt_files
 
 from cli_helpers import FIXTURE_MODEL, run_cli as run
 

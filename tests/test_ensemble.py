@@ -4,7 +4,7 @@ members' scores beside the ensemble's."""
 import numpy as np
 import pytest
 
-from prompt_tuning import ensemble
+from prompt_tuning.prompts import ensembles as ensemble
 
 
 def accuracy(targets, predictions):

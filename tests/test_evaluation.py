@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from prompt_tuning import evaluation
+from prompt_tuning.inference import evaluation
 from prompt_tuning.models import prompt as prompt_lib
 from tests.conftest import shared_path
 
@@ -178,7 +178,7 @@ def test_bad_methods_are_refused_before_the_data_is_read(rte, monkeypatch):
 def test_length_buckets_give_the_same_predictions(model):
   """Examples sorted by length, each batch padded to its bucket, results back in order: the
   same predictions as every batch padded to TASK_FEATURE_LENGTHS."""
-  from prompt_tuning import batching
+  from prompt_tuning.data import batching
   module, params = model
   lengths = {'inputs': 512, 'targets': 8}
   kw = dict(methods=('generate', 'rank'), batch_size=8, max_examples=24)

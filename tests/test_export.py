@@ -7,8 +7,9 @@ import os
 import numpy as np
 import pytest
 
-from prompt_tuning import checkpoints, export, prompt_files
-from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning import checkpoints
+from prompt_tuning.prompts import export, files as prompt_files
+from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.models import t5
 from test_t5x_checkpoint import FIXTURE_CONFIG
 

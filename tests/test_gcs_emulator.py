@@ -1,4 +1,4 @@
-"""The GCS API server tests run against (prompt_tuning.gcs_emulator): the generation
+"""The GCS API server tests run against (prompt_tuning.testing.gcs_emulator): the generation
 preconditions GCS has and OCDBT commits by, generation headers on reads, injected faults."""
 
 import json

@@ -9,9 +9,10 @@ import types
 import numpy as np
 import pytest
 
-from prompt_tuning import checkpoints, cli, inspection, prompt_files
-from prompt_tuning import model_dir as model_dir_lib
-from prompt_tuning.vocab import SentencePieceVocab
+from prompt_tuning import checkpoints, cli
+from prompt_tuning.prompts import inspection, files as prompt_files
+from prompt_tuning.train import model_dir as model_dir_lib
+from prompt_tuning.data.vocab import SentencePieceVocab
 
 VOCAB = ('fixtures', 't5_vocab', 'sentencepiece.model')
 EMBEDDING = np.random.RandomState(0).randn(12, 4).astype(np.float32)

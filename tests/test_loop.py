@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import loop, preemption
 from prompt_tuning.train import state as state_lib

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from prompt_tuning import ensemble, prompt_files
+from prompt_tuning.prompts import ensembles as ensemble, files as prompt_files
 
 from cli_helpers import FIXTURE_MODEL, rte_env, run_cli
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import loop
 from train_fixtures import batches, make_trainer

@@ -22,7 +22,7 @@ import flax
 import numpy as np
 
 from prompt_tuning.models import prompt as prompt_lib
-from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning import storage
 from prompt_tuning.train import state as state_lib
 from train_fixtures import make_trainer

@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning import checkpoints, export, prompt_init, runs
-from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning import checkpoints, runs
+from prompt_tuning.prompts import export, init as prompt_init
+from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.data import pipeline
 from prompt_tuning.models import t5
 from prompt_tuning.models.prompt import PromptConfig, combine_shared, prompt_tree, merge_params
@@ -205,8 +206,8 @@ def test_bad_multi_task_settings_write_nothing(kw, message, base, tmp_path):
 
 
 def test_a_multi_task_model_dir_is_a_prompt_library(multi_run, tmp_path):
-  from prompt_tuning import prompt_files
-  from prompt_tuning.prompt_library import LibraryError, load_library
+  from prompt_tuning.prompts import files as prompt_files
+  from prompt_tuning.prompts.library import LibraryError, load_library
   model_dir, _ = multi_run
   names = pipeline.prompt_names(MIXTURE)
   table, _ = model_dir_lib.load_prompt(str(model_dir))

@@ -12,7 +12,8 @@ import torch
 from safetensors.numpy import save_file
 
 from hf_reference import hf_forward, make_hf_t5, max_rel_err, padded_batch
-from prompt_tuning import checkpoints, prompt_files, prompt_init
+from prompt_tuning import checkpoints
+from prompt_tuning.prompts import files as prompt_files, init as prompt_init
 from prompt_tuning.checkpoints import t5x
 from prompt_tuning.checkpoints.common import flatten
 from prompt_tuning.models import t5

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from prompt_tuning import prompt_init
-from prompt_tuning.vocab import SentencePieceVocab
+from prompt_tuning.prompts import init as prompt_init
+from prompt_tuning.data.vocab import SentencePieceVocab
 
 RNG = jax.random.PRNGKey(0)
 VOCAB = ('fixtures', 't5_vocab', 'sentencepiece.model')

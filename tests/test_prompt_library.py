@@ -7,10 +7,12 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_tuning import checkpoints, decoding, prompt_files, runs
+from prompt_tuning import checkpoints, runs
+from prompt_tuning.inference import decoding
+from prompt_tuning.prompts import files as prompt_files
 from prompt_tuning.models import t5
 from prompt_tuning.models.prompt import PromptConfig
-from prompt_tuning.prompt_library import (LibraryError, MultiPromptModel, load_library)
+from prompt_tuning.prompts.library import (LibraryError, MultiPromptModel, load_library)
 
 CONFIG = t5.T5Config(vocab_size=384, d_model=16, d_ff=32, num_heads=2, head_dim=8,
                      num_encoder_layers=1, num_decoder_layers=1, dtype='float32')

@@ -7,11 +7,14 @@ import gin
 import numpy as np
 
 from cli_helpers import rte_env
-from prompt_tuning import cli, decoding, evaluation, model_dir, prompt_files, prompt_init, prompts
+from prompt_tuning import cli, prompts
+from prompt_tuning.inference import decoding, evaluation
+from prompt_tuning.train import model_dir
+from prompt_tuning.prompts import files as prompt_files, init as prompt_init
 from prompt_tuning import checkpoints, runs
 from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.train import plan
-from prompt_tuning.vocab import SentencePieceVocab
+from prompt_tuning.data.vocab import SentencePieceVocab
 
 OLD_CONFIG = os.path.join(os.path.dirname(__file__), 'data', 'config_before_split.gin')
 

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cli_helpers import FIXTURE_MODEL, rte_env, rte_train_args, run_cli
-from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning import storage
 
 STEPS = dict(TRAIN_STEPS=6, SAVE_PERIOD=2, EVAL_PERIOD=4)
@@ -142,7 +142,7 @@ def test_kills_and_transient_failures_on_gs_then_the_uninterrupted_files(runs, t
 def test_export_eval_infer_from_gs_equal_local(shared, remote, runs):
   tmp, straight, cut = runs['tmp'], runs['straight'], runs['cut']
   out = f"{remote['root']}/out"
-  from prompt_tuning import export
+  from prompt_tuning.prompts import export
   for source, env, dest in ((str(straight), remote['local_env'], str(tmp / 'local-out')),
                             (cut, remote['remote_env'], out)):
     if source == cut:  # through the CLI; the local side (the reference) in this process
@@ -210,7 +210,7 @@ def test_serve_from_a_gs_library_answers_as_offline_infer(shared, remote, runs, 
   import urllib.request
 
   from prompt_tuning import runs as runs_lib
-  from prompt_tuning.decoding import DecodingConfig
+  from prompt_tuning.inference.decoding import DecodingConfig
   from prompt_tuning.models import t5
   from prompt_tuning.models.prompt import PromptConfig
   task = 'super_glue_rte_local'

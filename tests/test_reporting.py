@@ -9,8 +9,8 @@ import struct
 import numpy as np
 import pytest
 
-from prompt_tuning import model_dir as model_dir_lib
-from prompt_tuning import reporting
+from prompt_tuning.train import model_dir as model_dir_lib
+from prompt_tuning.train import reporting
 
 
 def read_events(directory):

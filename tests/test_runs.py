@@ -7,7 +7,7 @@ settings named by their macro, the Adafactor step offset, and where eval/infer f
 import numpy as np
 import pytest
 
-from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning import runs
 
 GOOD = dict(train_steps=10, batch_size=4, eval_period=5, save_period=None, keep=1,

@@ -20,7 +20,7 @@ import urllib.request
 import numpy as np
 import pytest
 
-from prompt_tuning import prompt_files
+from prompt_tuning.prompts import files as prompt_files
 
 from cli_helpers import FIXTURE_MODEL
 from test_t5x_checkpoint import FIXTURE, FIXTURE_CONFIG
@@ -214,7 +214,7 @@ def test_raw_release_rows_answer_as_their_formatted_text(server, rows, formatted
 def test_answers_equal_offline_infer(server, formatted, shared, tmp_path, monkeypatch):
   from prompt_tuning import runs
   monkeypatch.setenv('PROMPT_TUNING_VOCAB', shared('fixtures', 't5_vocab', 'sentencepiece.model'))
-  from prompt_tuning.decoding import DecodingConfig
+  from prompt_tuning.inference.decoding import DecodingConfig
   from prompt_tuning.models.prompt import PromptConfig
   port, _, library = server
   served = {}
@@ -286,7 +286,8 @@ def test_openai_client_completions_equal_predict(server, formatted):
 def test_completion_options_map_onto_the_engine():
   """In-process: temperature 0 (the default) is greedy, best_of > 1 beam search, temperature
   > 0 sampling with top_p and seed; stop strings cut the text."""
-  from prompt_tuning import serve, serve_requests as requests
+  from prompt_tuning import serve
+  from prompt_tuning.serve import requests
   config = serve.ServeConfig(max_inputs_per_request=8, max_decode_length=32)
 
   def plan(**body):
@@ -498,7 +499,8 @@ def _asgi(app, method, path, body=b''):
 def test_a_server_fault_is_a_500_in_the_same_shape():
   """A bug, not the client's: 500 in the one error shape; the exception goes on up to uvicorn,
   which logs its traceback; the next request is served."""
-  from prompt_tuning import serve, serve_api
+  from prompt_tuning import serve
+  from prompt_tuning.serve import app as serve_api
   store = serve.PromptStore({}, 4, None, 5)
   store.add('a', values=np.ones((5, 4)).tolist())
 
@@ -552,7 +554,8 @@ def test_decoding_fields_are_decoding_configs():
   unchecked) and builds the same config."""
   import dataclasses
 
-  from prompt_tuning import decoding, serve_requests as requests
+  from prompt_tuning.inference import decoding
+  from prompt_tuning.serve import requests
   assert set(requests.Decoding.model_fields) == {
       f.name for f in dataclasses.fields(decoding.DecodingConfig)}
   assert requests.GREEDY.config() == decoding.DecodingConfig()
@@ -612,7 +615,7 @@ def test_served_text_follows_the_rule_eval_and_infer_use(shared, formatted):
   vocabulary and the unknown id (' ⁇ '), pad and EOS; the engine's answers use it."""
   from prompt_tuning import serve
   from prompt_tuning.data import tasks
-  from prompt_tuning.vocab import SentencePieceVocab
+  from prompt_tuning.data.vocab import SentencePieceVocab
   path = shared('fixtures', 't5_vocab', 'sentencepiece.model')
   tasks.set_vocabulary_path(path)
   seqio_vocab = tasks.get_vocabulary('super_glue_rte_local')
@@ -672,7 +675,7 @@ def _engine(shared, store, config):
   import jax
 
   from prompt_tuning import checkpoints, serve
-  from prompt_tuning.vocab import SentencePieceVocab
+  from prompt_tuning.data.vocab import SentencePieceVocab
   model_config, frozen = checkpoints.load_base(shared(*FIXTURE), MODEL)
   return serve.Engine(model_config, jax.device_put(frozen), store,
                       SentencePieceVocab(shared('fixtures', 't5_vocab', 'sentencepiece.model')),
@@ -685,9 +688,10 @@ def test_fine_and_coarse_batch_shapes_answer_alike(shared, formatted, tmp_path):
   and a removed prompt's row gets 404 in both."""
   import concurrent.futures
 
-  from prompt_tuning import decoding, serve
-  from prompt_tuning import prompt_library as library_lib
-  from prompt_tuning.vocab import EOS_ID
+  from prompt_tuning.inference import decoding
+  from prompt_tuning import serve
+  from prompt_tuning.prompts import library as library_lib
+  from prompt_tuning.data.vocab import EOS_ID
   library = write_library(tmp_path)
   texts = [(t, x) for t in TASKS for x in formatted[t]]
   results, calls = {}, {}
@@ -724,8 +728,9 @@ def test_warm_up_compiles_every_batch_shape_before_serving(shared):
   --max_decode_length is refused naming the flag."""
   import concurrent.futures
 
-  from prompt_tuning import decoding, serve
-  from prompt_tuning.vocab import EOS_ID
+  from prompt_tuning.inference import decoding
+  from prompt_tuning import serve
+  from prompt_tuning.data.vocab import EOS_ID
   with pytest.raises(ValueError, match='--warmup_decode_lengths: 65 is outside'):
     serve.ServeConfig(warmup_decode_lengths=(65,))
   store = serve.PromptStore({}, 4, None, 5)

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import state as state_lib

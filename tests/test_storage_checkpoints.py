@@ -9,8 +9,9 @@ import uuid
 import numpy as np
 import pytest
 
-from prompt_tuning import checkpoints, cli, export, inspection, prompt_files, storage
-from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning import checkpoints, cli, storage
+from prompt_tuning.prompts import export, inspection, files as prompt_files
+from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.checkpoints import CheckpointError
 
 FIXTURE = ('fixtures', 't5x_tiny', 'checkpoint_3')

@@ -9,8 +9,9 @@ import uuid
 import numpy as np
 import pytest
 
-from prompt_tuning import prompt_files, storage
-from prompt_tuning import prompt_library as library_lib
+from prompt_tuning.prompts import files as prompt_files
+from prompt_tuning import storage
+from prompt_tuning.prompts import library as library_lib
 
 RTE = ('fixtures', 'released_prompts', 't5_1_1_lm100k_base', 'rte.npy')
 VOCAB = ('fixtures', 't5_vocab', 'sentencepiece.model')
@@ -163,7 +164,7 @@ def test_serve_prompt_store_loads_a_gs_folder(prefix, tmp_path):
 # ================================ vocabulary ================================
 
 def test_vocabulary_from_gs_encodes_and_decodes_as_local(shared, prefix):
-  from prompt_tuning.vocab import SentencePieceVocab
+  from prompt_tuning.data.vocab import SentencePieceVocab
   local = shared(*VOCAB)
   url = upload(local, f'{prefix}/vocab/sentencepiece.model')
   text = 'rte hypothesis: The cat sat on the mat. premise: Überall <extra_id_0> ∑ 42!'
@@ -247,7 +248,7 @@ BAD = {
 def test_bad_urls_are_one_line_errors_and_write_nothing(case, gcs, data_settings, monkeypatch):
   tasks = data_settings
   from prompt_tuning.data import vocabularies
-  from prompt_tuning.vocab import SentencePieceVocab
+  from prompt_tuning.data.vocab import SentencePieceVocab
   u = uuid.uuid4().hex[:12]
   template, words = BAD[case]
 

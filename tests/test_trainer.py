@@ -11,9 +11,10 @@ import numpy as np
 import optax
 import pytest
 
-from prompt_tuning import checkpoints, prompt_init
+from prompt_tuning import checkpoints
+from prompt_tuning.prompts import init as prompt_init
 from prompt_tuning.models import prompt as prompt_lib
-from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import losses, loop, optim, state as state_lib
 from train_fixtures import batches, make_batch, make_trainer

@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from prompt_tuning import vocab as vocab_lib
-from prompt_tuning.vocab import SentencePieceVocab
+from prompt_tuning.data import vocab as vocab_lib
+from prompt_tuning.data.vocab import SentencePieceVocab
 
 VOCAB = ('fixtures', 't5_vocab', 'sentencepiece.model')
 

@@ -5,7 +5,7 @@ import logging
 import pytest
 from jax._src import xla_bridge
 
-from prompt_tuning import xla_cpu
+from prompt_tuning.train import xla_cpu
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Any, Iterator, Mapping, Optional, Sequence
 import numpy as np
 import seqio
 
-from prompt_tuning import batching
+from prompt_tuning.data import batching
 from prompt_tuning.data import tasks
 
 log = logging.getLogger('prompt_tuning')

@@ -46,7 +46,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning.vocab import token_mask
+from prompt_tuning.data.vocab import token_mask
 
 PROMPT_AXES = ('prompt', 'prompt_embed')
 TABLE_AXES = ('prompts',) + PROMPT_AXES  # a table of K prompts [K, P, D]

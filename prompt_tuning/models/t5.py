@@ -23,7 +23,7 @@ import jax.numpy as jnp
 
 from prompt_tuning.models import layers
 from prompt_tuning.models import prompt as prompt_lib
-from prompt_tuning.vocab import EOS_ID, PAD_ID, token_mask  # noqa: F401  (t5.PAD_ID, t5.EOS_ID)
+from prompt_tuning.data.vocab import EOS_ID, PAD_ID, token_mask  # noqa: F401  (t5.PAD_ID, t5.EOS_ID)
 
 RematPolicy = Literal['none', 'full', 'dots']
 REMAT_POLICIES: tuple[str, ...] = get_args(RematPolicy)

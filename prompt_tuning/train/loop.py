@@ -15,7 +15,7 @@ from typing import Any, Callable, Iterator, NamedTuple, Optional, Sequence
 import jax
 import numpy as np
 
-from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.train import preemption
 from prompt_tuning.train import state as state_lib
 from prompt_tuning.train.trainer import PromptTrainer, TrainState

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning.decoding import argmax
+from prompt_tuning.inference.decoding import argmax
 
 # The one string-valued normaliser we support (T5X's SpecialLossNormalizingFactor of that name).
 NUM_REAL_TARGET_TOKENS = 'NUM_REAL_TARGET_TOKENS'

@@ -1,4 +1,4 @@
-"""Prompt-sized, resumable orbax checkpoints under MODEL_DIR (layout: prompt_tuning.model_dir).
+"""Prompt-sized, resumable orbax checkpoints under MODEL_DIR (layout: model_dir.py).
 
 The frozen model is never written: resuming = base checkpoint + this small state. Each save
 writes the step's numpy prompt (with the deep prompts, if any) first, atomically, then the orbax
@@ -13,7 +13,7 @@ from typing import Any, Optional
 import jax
 import orbax.checkpoint as ocp
 
-from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning import storage
 from prompt_tuning.models.prompt import SharedMode, effective_prompts, get_deep_prompt
 from prompt_tuning.train import preemption

@@ -32,7 +32,7 @@ from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import losses
 from prompt_tuning.train import partitioning
-from prompt_tuning.vocab import token_mask
+from prompt_tuning.data.vocab import token_mask
 
 log = logging.getLogger('prompt_tuning')
 

@@ -24,8 +24,9 @@ from typing import Any, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from prompt_tuning import model_dir as model_dir_lib
-from prompt_tuning import prompt_files, storage
+from prompt_tuning.train import model_dir as model_dir_lib
+from prompt_tuning.prompts import files as prompt_files
+from prompt_tuning import storage
 
 Spec = Union[str, os.PathLike, Mapping[str, Any], Sequence[Any]]
 _NAME = re.compile(r'[A-Za-z0-9_][A-Za-z0-9_.\-]*')
@@ -218,7 +219,7 @@ class MultiPromptModel:
   def batches(self, rows: Sequence[Sequence[int]], names: Sequence[str], batch_size: int,
               max_length: int):
     """(row indices, tokens [batch_size, bucket], prompt ids [batch_size]) over `rows`."""
-    from prompt_tuning import batching
+    from prompt_tuning.data import batching
     ids = self.ids(names)
     lengths = np.array([min(len(r), max_length) for r in rows])
     buckets = batching.auto_buckets(max_length)
@@ -249,7 +250,7 @@ class MultiPromptModel:
             candidates_CxT: np.ndarray, *, batch_size: int = 32,
             max_input_length: int = 512) -> np.ndarray:
     """Log-likelihood [rows, C] of each candidate target (with EOS, padded) per row."""
-    from prompt_tuning import decoding
+    from prompt_tuning.inference import decoding
     out = np.zeros((len(rows), len(candidates_CxT)), np.float64)
     for indices, tokens, ids in self.batches(rows, names, batch_size, max_input_length):
       scores = np.asarray(decoding.score_candidates(self.module, self.params, tokens,

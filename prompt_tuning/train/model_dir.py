@@ -35,8 +35,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from prompt_tuning import prompt_files, storage
-from prompt_tuning.atomic import TMP_MARK, atomic_write, tmp_name
+from prompt_tuning.prompts import files as prompt_files
+from prompt_tuning import storage
+from prompt_tuning.storage import TMP_MARK, tmp_name, write_atomic
 from prompt_tuning.models.prompt import DEEP_PATH, PROMPT_PATH, effective_prompts
 
 log = logging.getLogger('prompt_tuning')
@@ -110,7 +111,7 @@ def check_run_info(model_dir: str, info: dict, write: bool = True) -> None:
           f'MODEL_DIR; nothing was changed in this one.')
     return
   if write:
-    atomic_write(run_info_path(model_dir), json.dumps(info, indent=2, sort_keys=True))
+    write_atomic(run_info_path(model_dir), json.dumps(info, indent=2, sort_keys=True))
 
 
 def check_usable(model_dir: str) -> None:
@@ -372,7 +373,7 @@ def _rewrite_jsonl(path: str, keep: Callable[[dict], bool]) -> None:
   original = storage.read_bytes(path)
   data = ''.join(json.dumps(r) + '\n' for r in kept).encode()
   if data != original:
-    atomic_write(path, data)
+    write_atomic(path, data)
 
 
 def eval_done(model_dir: str, step: int) -> bool:

@@ -29,7 +29,7 @@ import numpy as np
 from jax import lax
 
 from prompt_tuning.models import prompt as prompt_lib
-from prompt_tuning.vocab import EOS_ID, PAD_ID, token_mask
+from prompt_tuning.data.vocab import EOS_ID, PAD_ID, token_mask
 
 DecodingMethod = Literal['greedy', 'beam_search', 'sample']
 DECODING_METHODS: tuple[str, ...] = get_args(DecodingMethod)

@@ -19,7 +19,7 @@ import time
 import uuid
 from typing import Any, Mapping, Optional
 
-from prompt_tuning import serve_requests as requests
+from prompt_tuning.serve import requests
 from prompt_tuning.serve import RequestError, Server, log
 
 ERROR_TYPES = {400: 'invalid_request_error', 401: 'authentication_error',

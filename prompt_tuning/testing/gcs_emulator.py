@@ -12,7 +12,7 @@ Faults can be injected through
 the matching requests (every K-th one; K=1: the next N) get that status (0: the connection is
 closed with no answer). `GET /_faults` lists the rules with how many faults each has served.
 
-    python -m prompt_tuning.gcs_emulator --port=0 --bucket=bkt   # prints its URL, then serves
+    python -m prompt_tuning.testing.gcs_emulator --port=0 --bucket=bkt  # prints its URL
 
 Clients find it through the variables they already honour: STORAGE_EMULATOR_HOST (gcsfs and
 Google's clients) and TENSORSTORE_GCS_HTTP_URL (tensorstore's gcs driver); `env(url)` gives both.
@@ -249,7 +249,7 @@ class Emulator:
 
   def __enter__(self) -> 'Emulator':
     self.process = subprocess.Popen(
-        [sys.executable, '-m', 'prompt_tuning.gcs_emulator', '--port=0',
+        [sys.executable, '-m', 'prompt_tuning.testing.gcs_emulator', '--port=0',
          *[f'--bucket={b}' for b in self.buckets]], stdout=subprocess.PIPE, text=True)
     assert self.process.stdout is not None
     self.url = self.process.stdout.readline().strip()

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from prompt_tuning.prompt_files import load_prompt_file
+from prompt_tuning.prompts.files import load_prompt_file
 
 Initializer = Callable[..., jax.Array]
 

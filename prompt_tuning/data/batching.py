@@ -20,7 +20,7 @@ from typing import Any, Iterator, Literal, Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from prompt_tuning.vocab import token_mask
+from prompt_tuning.data.vocab import token_mask
 
 # Which length each T5X batch feature follows. Features not listed have no length axis (e.g.
 # `prompt_ids` [B], each row's prompt) and pass through `trim` unchanged.

@@ -23,7 +23,7 @@ import numpy as np
 from safetensors import SafetensorError, safe_open
 
 from prompt_tuning import storage
-from prompt_tuning.atomic import atomic_save, atomic_write
+from prompt_tuning.storage import save_atomic, write_atomic
 from prompt_tuning.models.prompt import PROMPT_VARIABLE, merge_params, prompt_tree
 
 DEFAULT_VARIABLE = PROMPT_VARIABLE
@@ -227,13 +227,13 @@ def write_npy(path: str, prompt_PxD: Any) -> str:
   """float32 .npy content at `path` (extension-less paths too, as T5X writes them; a gs:// URL:
   one object write), whole or not at all."""
   if storage.is_remote(path):
-    return atomic_write(path, npy_bytes(prompt_PxD))
+    return write_atomic(path, npy_bytes(prompt_PxD))
   value = np.asarray(prompt_PxD, np.float32)
 
   def write(tmp):
     with open(tmp, 'wb') as f:
       np.save(f, value)
-  return atomic_save(path, write)
+  return save_atomic(path, write)
 
 
 def write_peft(directory: str, prompt_PxD: Any, model_config: Any,
@@ -250,7 +250,7 @@ def write_peft(directory: str, prompt_PxD: Any, model_config: Any,
     raise ValueError(f'Prompt width {width} does not match the model d_model '
                      f'{model_config.d_model}.')
   storage.makedirs(directory)
-  atomic_save(storage.join(directory, PEFT_WEIGHTS), lambda tmp: save_file(
+  save_atomic(storage.join(directory, PEFT_WEIGHTS), lambda tmp: save_file(
       {PEFT_TENSOR: prompt_PxD}, tmp, metadata={'format': 'pt'}))
   adapter_config = {
       'peft_type': 'PROMPT_TUNING', 'task_type': 'SEQ_2_SEQ_LM',
@@ -261,7 +261,7 @@ def write_peft(directory: str, prompt_PxD: Any, model_config: Any,
       'tokenizer_name_or_path': None, 'base_model_name_or_path': base_model_name_or_path,
       'inference_mode': True, 'revision': None,
   }
-  atomic_write(storage.join(directory, PEFT_CONFIG), json.dumps(adapter_config, indent=2))
+  write_atomic(storage.join(directory, PEFT_CONFIG), json.dumps(adapter_config, indent=2))
   return directory
 
 

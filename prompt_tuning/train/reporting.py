@@ -21,9 +21,10 @@ from typing import Any, Optional
 import jax
 import numpy as np
 
-from prompt_tuning import model_dir as model_dir_lib
-from prompt_tuning import prompt_files, storage
-from prompt_tuning.atomic import atomic_save, atomic_write
+from prompt_tuning.train import model_dir as model_dir_lib
+from prompt_tuning.prompts import files as prompt_files
+from prompt_tuning import storage
+from prompt_tuning.storage import save_atomic, write_atomic
 
 log = logging.getLogger('prompt_tuning')
 
@@ -228,7 +229,7 @@ def plot(path: str, train: list[tuple[int, float]], evals: list[tuple[int, dict]
     ax2.set_ylabel(f'eval {metric}', color='tab:red')
   ax.set_title('prompt tuning')
   fig.tight_layout()
-  atomic_save(path, lambda tmp: fig.savefig(tmp, dpi=100, format='png'))
+  save_atomic(path, lambda tmp: fig.savefig(tmp, dpi=100, format='png'))
   plt.close(fig)
   return path
 
@@ -258,7 +259,7 @@ class BestPrompt:
     # The prompt first: a kill between the two writes leaves a metric that a rerun beats again.
     prompt_files.write_npy(storage.join(self.dir, model_dir_lib.NUMPY_NAME),
                            np.asarray(jax.device_get(prompt_value)))
-    atomic_write(storage.join(self.dir, model_dir_lib.BEST_METRICS),
+    write_atomic(storage.join(self.dir, model_dir_lib.BEST_METRICS),
                  json.dumps(record, indent=2, default=float))
     self.record = record
 

@@ -29,7 +29,7 @@ from typing import Annotated, Any, Literal, Optional
 import pydantic
 from pydantic import BaseModel, ConfigDict, Field
 
-from prompt_tuning import decoding
+from prompt_tuning.inference import decoding
 from prompt_tuning.serve import RequestError, ServeConfig
 
 MAX_DEPTH = 10        # JSON nesting a request may have (a request of raw MultiRC rows: 8)

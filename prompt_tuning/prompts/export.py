@@ -19,8 +19,9 @@ from __future__ import annotations
 import json
 from typing import Any, Literal, Optional, Sequence, get_args
 
-from prompt_tuning import checkpoints, prompt_files, storage
-from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning import checkpoints, storage
+from prompt_tuning.prompts import files as prompt_files
+from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.models import t5
 
 ExportFormat = Literal['npy', 'peft', 't5x']
@@ -124,7 +125,7 @@ def _export_table(export_dir: str, table_KxPxD: Any, model_config: t5.T5Config,
   if 'npy' in formats:
     written['npy'] = prompt_files.write_npy(
         storage.absolute(storage.join(export_dir, FINAL_TABLE)), table_KxPxD)
-    model_dir_lib.atomic_write(storage.join(export_dir, FINAL_NAMES), json.dumps(list(names)))
+    storage.write_atomic(storage.join(export_dir, FINAL_NAMES), json.dumps(list(names)))
     for name, prompt_PxD in zip(names, table_KxPxD):
       written[f'npy/{name}'] = prompt_files.write_npy(
           storage.absolute(storage.join(export_dir, FINAL_PROMPTS, f'{name}.npy')), prompt_PxD)

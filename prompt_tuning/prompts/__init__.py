@@ -9,9 +9,9 @@ initializers in prompt_init.py, prompt files in prompt_files.py; `prompts.Prompt
 from prompt_tuning.models.prompt import (PLACEMENTS, PROMPT_AXES, PROMPT_PATH, Prompt,
                                          PromptConfig, PromptParameter, get_prompt, merge_params,
                                          prefix_prompt, prompt_tree, split_params, suffix_prompt)
-from prompt_tuning.prompt_files import (DEFAULT_VARIABLE, NUMPY_MAGIC, PEFT_CONFIG, PEFT_TENSOR,
+from prompt_tuning.prompts.files import (DEFAULT_VARIABLE, NUMPY_MAGIC, PEFT_CONFIG, PEFT_TENSOR,
                                         PEFT_WEIGHTS, load_prompt_file)
-from prompt_tuning.prompt_init import (INITIALIZERS, Initializer, class_labels, from_array,
+from prompt_tuning.prompts.init import (INITIALIZERS, Initializer, class_labels, from_array,
                                        from_file, from_string, initializer_by_name,
                                        random_uniform, sampled_vocab)
-from prompt_tuning.vocab import PAD_ID
+from prompt_tuning.data.vocab import PAD_ID

@@ -29,10 +29,12 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
-from prompt_tuning import batching, decoding, storage
-from prompt_tuning import prompt_library as library_lib
-from prompt_tuning.serve_config import ServeConfig  # noqa: F401  (serve's config, re-exported)
-from prompt_tuning.vocab import EOS_ID
+from prompt_tuning.data import batching
+from prompt_tuning.inference import decoding
+from prompt_tuning import storage
+from prompt_tuning.prompts import library as library_lib
+from prompt_tuning.serve.config import ServeConfig  # noqa: F401  (serve's config, re-exported)
+from prompt_tuning.data.vocab import EOS_ID
 
 log = logging.getLogger('prompt_tuning')
 
@@ -602,7 +604,7 @@ def _load_data_layer(wanted: Optional[bool]) -> Any:
     log.info('no data layer (data_layer=False): inputs are the model\'s text; rank needs '
              '"labels".')
     return None
-  from prompt_tuning import serve_requests
+  from prompt_tuning.serve import requests as serve_requests
   start = time.monotonic()
   try:
     data = serve_requests.DataLayer()
@@ -639,8 +641,9 @@ def serve(*, initial_checkpoint_path: str, model: Any = None, prompt: Any = None
   import jax
   import uvicorn
 
-  from prompt_tuning import checkpoints, serve_api
-  from prompt_tuning.vocab import SentencePieceVocab
+  from prompt_tuning import checkpoints
+  from prompt_tuning.serve import app as serve_api
+  from prompt_tuning.data.vocab import SentencePieceVocab
   vocab_path = vocab or os.environ.get('PROMPT_TUNING_VOCAB')
   if not vocab_path:
     raise ValueError('serve needs the SentencePiece vocabulary: --vocab=PATH or '

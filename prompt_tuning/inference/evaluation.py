@@ -14,10 +14,12 @@ from typing import Any, Literal, Mapping, Optional, Sequence, get_args
 import jax
 import numpy as np
 
-from prompt_tuning import batching, decoding, storage
-from prompt_tuning import model_dir as model_dir_lib
+from prompt_tuning.data import batching
+from prompt_tuning.inference import decoding
+from prompt_tuning import storage
+from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.train import preemption
-from prompt_tuning.vocab import PAD_ID
+from prompt_tuning.data.vocab import PAD_ID
 
 log = logging.getLogger('prompt_tuning')
 EvalMethod = Literal['generate', 'rank']
@@ -163,7 +165,7 @@ class Evaluator:
     if self.output_dir is None or jax.process_index() != 0:
       return
     name = f'{self.task_name}-{method}{"-" + tag if tag else ""}-step{step}.jsonl'
-    model_dir_lib.atomic_write(storage.join(self.output_dir, name), ''.join(
+    storage.write_atomic(storage.join(self.output_dir, name), ''.join(
         json.dumps({'input': example.get('inputs_pretokenized'),
                     'target': example.get('targets_pretokenized'),
                     'prediction': prediction}) + '\n'
@@ -180,7 +182,7 @@ def evaluate_ensemble(evaluator: Evaluator, model, params, names: Sequence[str],
   Returns '<method>/members' (each member's metrics), '<method>/member_mean' and
   '<method>/ensemble' (metrics dicts), and writes each member's and the ensemble's predictions.
   """
-  from prompt_tuning import ensemble
+  from prompt_tuning.prompts import ensembles as ensemble
   from prompt_tuning.data import pipeline
 
   n = len(names)

@@ -1,0 +1,1 @@
+"""Running prompted models: decoding, the runner, evaluation."""
