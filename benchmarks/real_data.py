@@ -677,6 +677,13 @@ def _swap_pairs(modes: list[str]) -> list[str]:
 # The eval benchmark (ours only; Evaluator needs SeqIO to tokenize, so TF is loaded here).
 
 
+def _eval_batches(ev):
+  """The batches an Evaluator runs (the runner's, at its batch size and buckets)."""
+  from prompt_tuning.inference import runner
+  return runner.batches(ev.inputs, ev.batch_size,
+                        buckets=None if ev.buckets is None else ev.buckets['inputs'])
+
+
 def run_eval(args: argparse.Namespace) -> dict:
   started = common.cpu_snapshot()
   users_xla_flags = os.environ.get('XLA_FLAGS')  # for the 'before' child
@@ -687,7 +694,7 @@ def run_eval(args: argparse.Namespace) -> dict:
     xla_cpu.apply()
   import jax
   from prompt_tuning.data import batching
-  from prompt_tuning.inference import decoding, evaluation
+  from prompt_tuning.inference import decoding, evaluation, runner
   from prompt_tuning.models import prompt as prompt_lib
   from prompt_tuning.models import t5
 
@@ -707,15 +714,16 @@ def run_eval(args: argparse.Namespace) -> dict:
   frozen = common.random_frozen_params(config, prompt_config, args.frozen_dtype, args.seed)
   prompt = common.random_prompt(args.prompt, config.d_model, args.seed)
   params = prompt_lib.merge_params(frozen, prompt_lib.prompt_tree(prompt))
+  runner_model = runner.PromptedModel.of(model, params)
 
   # What the Evaluator calls per batch, wrapped to time each call (synced: the results come
   # back to the host) and to keep rank's scores: its labels alone say little when a random
   # model prefers one label everywhere.
   score_candidates, calls = decoding.score_candidates, []
 
-  def timed_scores(model_, params_, rows, candidates):
+  def timed_scores(model_, params_, rows, candidates, prompt_ids=None):
     start = time.perf_counter()
-    out = np.asarray(score_candidates(model_, params_, rows, candidates))
+    out = np.asarray(score_candidates(model_, params_, rows, candidates, prompt_ids=prompt_ids))
     calls.append((rows.shape[1], time.perf_counter() - start, out))
     return out
 
@@ -723,9 +731,9 @@ def run_eval(args: argparse.Namespace) -> dict:
     def __init__(self, config_):
       self.config = config_
 
-    def generate(self, model_, params_, rows, length):
+    def generate(self, model_, params_, rows, length, prompt_ids=None):
       start = time.perf_counter()
-      out = self.config.generate(model_, params_, rows, length)
+      out = self.config.generate(model_, params_, rows, length, prompt_ids=prompt_ids)
       calls.append((rows.shape[1], time.perf_counter() - start, None))
       return out
 
@@ -743,7 +751,7 @@ def run_eval(args: argparse.Namespace) -> dict:
   # Before timing: every distinct shape once (its compile and first run).
   result_ways = {}
   for way, ev in evaluators.items():
-    batches = list(ev._batches())  # noqa: SLF001 - the shapes the Evaluator will run
+    batches = [(i, rows) for i, rows, _ in _eval_batches(ev)]  # the shapes the Evaluator runs
     widths = sorted({rows.shape[1] for _, rows in batches})
     first_of = {rows.shape[1]: rows for _, rows in reversed(batches)}
     info = {'batches': len(batches), 'distinct_shapes': len(widths), 'widths': widths,
@@ -766,7 +774,7 @@ def run_eval(args: argparse.Namespace) -> dict:
           calls.clear()
           snapshot = common.cpu_snapshot()
           start = time.perf_counter()
-          preds = ev.generate(model, params) if method == 'generate' else ev.rank(model, params)
+          preds = ev.generate(runner_model) if method == 'generate' else ev.rank(runner_model)
           seconds = time.perf_counter() - start
           timing = result_ways[way][method]
           timing.setdefault('seconds_all', []).append(seconds)
@@ -777,7 +785,7 @@ def run_eval(args: argparse.Namespace) -> dict:
           predictions[(way, method)] = preds
           if method == 'rank':
             per_example = np.zeros((len(ev.examples), len(ev.info.labels)), np.float64)
-            for (indices, _), (_, _, batch_scores) in zip(ev._batches(), calls):  # noqa: SLF001
+            for (indices, _, _), (_, _, batch_scores) in zip(_eval_batches(ev), calls):
               per_example[indices] = batch_scores[:len(indices)]
             scores[way] = per_example
           print(f'[real_data eval] {method} {way}: {seconds:.1f} s', file=sys.stderr, flush=True)

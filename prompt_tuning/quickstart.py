@@ -26,10 +26,12 @@ import jax
 import optax
 
 from prompt_tuning import checkpoints, runs
+from prompt_tuning.data import batching
 from prompt_tuning.inference import evaluation
-from prompt_tuning.prompts import init as prompt_init
+from prompt_tuning.inference.runner import PromptedModel, text
 from prompt_tuning.models import t5
 from prompt_tuning.models.prompt import PromptConfig
+from prompt_tuning.prompts import init as prompt_init
 from prompt_tuning.train import losses
 
 log = logging.getLogger('prompt_tuning')
@@ -107,7 +109,7 @@ def quickstart(*, model_dir: str = os.path.join('runs', 'quickstart'),
   _, frozen = checkpoints.load_params(base_path, config)
   prefixed = evaluation.Evaluator(prefixed_task, 'validation', lengths, methods=('generate',),
                                   max_examples=eval_max_examples)
-  with_prefix = prefixed.evaluate(t5.EncoderDecoder(config), frozen, step=0)
+  with_prefix = prefixed.evaluate(PromptedModel.of(t5.EncoderDecoder(config), frozen), step=0)
 
   log.info('Stage 2: prompt tuning on %s (the same task with its prefix removed).', prompt_task)
   prompt_dir = os.path.join(model_dir, 'prompt')
@@ -169,16 +171,18 @@ def _multi_task(model_dir, mixture, lengths, base_path, config, prompt_length, s
   names = summary['prompt_names']
   # One batch mixing the tasks: the same digits asked of every prompt.
   library = prompt_library.load_library(multi_dir, config.d_model)
-  model = prompt_library.MultiPromptModel(config, frozen, library)
+  model = PromptedModel.with_library(config, frozen, library)
   vocab = tasks.get_vocabulary(mixture)
   digits = [d for d, _ in tasks.quickstart_examples('max', 'validation', 4)]
   rows = [list(vocab.encode(d)) + [vocab.eos_id] for d in digits for _ in names]
   asked = [n for _ in digits for n in names]
-  answers = model.generate(rows, asked, decoding=decoding.DecodingConfig(),
-                           max_decode_length=lengths['targets'], batch_size=len(rows),
-                           max_input_length=lengths['inputs'])
+  width = lengths['inputs']
+  answers = model.generate_rows(batching.pad_rows(rows, width=width), decoding.DecodingConfig(),
+                                lengths['targets'], batch_size=len(rows),
+                                buckets=batching.auto_buckets(width),
+                                prompt_ids_N=model.prompt_ids(asked))
   ops = {n: n.split('_')[1] for n in names}
-  batch = [{'inputs': d, 'prompt': ops[n], 'answer': vocab.decode(a),
+  batch = [{'inputs': d, 'prompt': ops[n], 'answer': text(vocab, a),
             'expected': tasks.QUICKSTART_OPS[ops[n]](d)}
            for d, n, a in zip([d for d in digits for _ in names], asked, answers)]
   return {'mixture': mixture, 'model_dir': multi_dir,

@@ -460,5 +460,5 @@ def test_deep_run_exports_and_evaluates_from_its_model_dir(tmp_path):
     export.export(str(model_dir), 'peft', str(tmp_path / 'peft'))
   metrics = runs.evaluate(model_dir=str(model_dir), mixture_or_task_name='quickstart_max_taskless',
                           task_feature_lengths=lengths, initial_checkpoint_path=base,
-                          model=config, eval_max_examples=8, output_dir=str(tmp_path / 'ev'))
+                          model=config, max_examples=8, output_dir=str(tmp_path / 'ev'))
   assert metrics['generate/accuracy'] == summary['final_eval']['generate/accuracy']

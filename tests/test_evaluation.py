@@ -9,7 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from prompt_tuning.inference import evaluation
+from prompt_tuning.inference import evaluation, runner
+from prompt_tuning.inference.runner import PromptedModel
 from prompt_tuning.models import prompt as prompt_lib
 from tests.conftest import shared_path
 
@@ -59,9 +60,8 @@ def rte():
 
 @pytest.fixture(scope='module')
 def model(rte):
-  """(module, params) of the tiny T5X fixture with a 5-token prefix prompt."""
+  """The tiny T5X fixture with a 5-token prefix prompt."""
   from prompt_tuning import checkpoints
-  from prompt_tuning.models import t5
   from test_t5x_checkpoint import FIXTURE, FIXTURE_CONFIG
   path = shared_path(*FIXTURE)
   if not os.path.isdir(path):
@@ -69,8 +69,7 @@ def model(rte):
   config, params = checkpoints.load_params(path, FIXTURE_CONFIG.replace(dtype='float32'))
   frozen, _ = prompt_lib.split_params(params)
   prompt = np.random.RandomState(0).uniform(-0.5, 0.5, (5, config.d_model)).astype(np.float32)
-  return (t5.EncoderDecoder(config, prompt_lib.PromptConfig(5)),
-          prompt_lib.merge_params(frozen, prompt_lib.prompt_tree(prompt)))
+  return PromptedModel(config, frozen, prompt)
 
 
 @pytest.fixture(scope='module')
@@ -79,7 +78,7 @@ def evaluated(model, tmp_path_factory):
   out = str(tmp_path_factory.mktemp('inference_eval'))
   evaluator = evaluation.Evaluator(TASK, 'validation', LENGTHS, methods=('generate', 'rank'),
                                    batch_size=2, max_examples=3, output_dir=out)
-  results = evaluator.evaluate(*model, step=7)
+  results = evaluator.evaluate(model, step=7)
   return evaluator, results, out
 
 
@@ -133,8 +132,8 @@ def test_padding_the_last_batch_changes_nothing_and_tags_name_the_files(evaluate
   evaluator = evaluation.Evaluator(TASK, 'validation', LENGTHS, methods=('rank',), batch_size=2,
                                    max_examples=4, output_dir=str(tmp_path))
   padded = [r['prediction'] for r in read_jsonl(os.path.join(out, f'{TASK}-rank-step7.jsonl'))]
-  assert evaluator.rank(*model)[:3] == padded
-  results = evaluator.evaluate(*model, step=9, tag='eval')
+  assert evaluator.rank(model)[:3] == padded
+  results = evaluator.evaluate(model, step=9, tag='eval')
   assert sorted(os.listdir(tmp_path)) == [f'{TASK}-metrics.jsonl', f'{TASK}-rank-eval-step9.jsonl']
   assert len(read_jsonl(tmp_path / f'{TASK}-rank-eval-step9.jsonl')) == 4
   assert [(r['step'], r['tag'], r['accuracy']) for r in read_jsonl(
@@ -155,11 +154,11 @@ def test_prediction_files_are_replaced_whole_or_not_at_all(model, tmp_path, monk
 
   monkeypatch.setattr(os, 'replace', killed_before_rename)
   with pytest.raises(OSError, match='killed'):
-    evaluator.evaluate(*model, step=4)
+    evaluator.evaluate(model, step=4)
   assert predictions.read_text() == '{"prediction": "from an earlier evaluation"}\n'
   assert not (tmp_path / f'{TASK}-metrics.jsonl').exists()  # no record for unwritten predictions
   monkeypatch.setattr(os, 'replace', rename)
-  evaluator.evaluate(*model, step=4)
+  evaluator.evaluate(model, step=4)
   rows = read_jsonl(predictions)
   assert len(rows) == 3 and all(r['prediction'] in LABELS for r in rows)
 
@@ -179,14 +178,14 @@ def test_length_buckets_give_the_same_predictions(model):
   """Examples sorted by length, each batch padded to its bucket, results back in order: the
   same predictions as every batch padded to TASK_FEATURE_LENGTHS."""
   from prompt_tuning.data import batching
-  module, params = model
   lengths = {'inputs': 512, 'targets': 8}
   kw = dict(methods=('generate', 'rank'), batch_size=8, max_examples=24)
   fixed = evaluation.Evaluator(TASK, 'validation', lengths, **kw)
   bucketed = evaluation.Evaluator(TASK, 'validation', lengths,
                                   buckets=batching.resolve('auto', lengths), **kw)
-  widths = [rows.shape[1] for _, rows in bucketed._batches()]
+  widths = [rows.shape[1] for _, rows, _ in runner.batches(bucketed.inputs, 8,
+                                                           buckets=bucketed.buckets['inputs'])]
   assert max(widths) < 512 and len(set(widths)) > 1, widths
   assert bucketed.label_targets.shape[1] <= 8
-  assert fixed.generate(module, params) == bucketed.generate(module, params)
-  assert fixed.rank(module, params) == bucketed.rank(module, params)
+  assert fixed.generate(model) == bucketed.generate(model)
+  assert fixed.rank(model) == bucketed.rank(model)

@@ -143,8 +143,8 @@ def test_eval_reads_a_multi_task_model_dir(multi_run, base):
   model_dir, summary = multi_run
   names = pipeline.prompt_names(MIXTURE)
   common = dict(model_dir=str(model_dir), task_feature_lengths=LENGTHS,
-                initial_checkpoint_path=base[0], model=CONFIG, eval_max_examples=8,
-                eval_methods=('generate',), output_dir=str(model_dir / 'eval_out'))
+                initial_checkpoint_path=base[0], model=CONFIG, max_examples=8,
+                methods=('generate',), output_dir=str(model_dir / 'eval_out'))
   mixed = runs.evaluate(mixture_or_task_name=MIXTURE, **common)
   assert mixed['generate/accuracy'] == summary['final_eval']['generate/accuracy']
   alone = runs.evaluate(mixture_or_task_name=names[2], **common)
@@ -269,8 +269,8 @@ def test_ensemble_run_evaluates_members_and_ensemble(base, tmp_path):
   # Evaluated again from its MODEL_DIR (ENSEMBLE_PROMPTS): the same numbers.
   again = runs.evaluate(model_dir=None, mixture_or_task_name='quickstart_max_taskless',
                         task_feature_lengths=LENGTHS, initial_checkpoint_path=base[0],
-                        model=CONFIG, prompt=PromptConfig(3), eval_max_examples=8,
-                        eval_methods=('generate', 'rank'), output_dir=str(tmp_path / 'ev'),
+                        model=CONFIG, prompt=PromptConfig(3), max_examples=8,
+                        methods=('generate', 'rank'), output_dir=str(tmp_path / 'ev'),
                         ensemble_prompts=str(tmp_path / 'run'))
   assert again['generate/ensemble'] == {k.split('/')[-1]: v for k, v in final.items()
                                         if k.startswith('generate/ensemble/')}

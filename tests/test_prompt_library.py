@@ -12,7 +12,9 @@ from prompt_tuning.inference import decoding
 from prompt_tuning.prompts import files as prompt_files
 from prompt_tuning.models import t5
 from prompt_tuning.models.prompt import PromptConfig
-from prompt_tuning.prompts.library import (LibraryError, MultiPromptModel, load_library)
+from prompt_tuning.data import batching
+from prompt_tuning.inference.runner import PromptedModel
+from prompt_tuning.prompts.library import LibraryError, load_library
 
 CONFIG = t5.T5Config(vocab_size=384, d_model=16, d_ff=32, num_heads=2, head_dim=8,
                      num_encoder_layers=1, num_decoder_layers=1, dtype='float32')
@@ -82,24 +84,24 @@ def test_mixed_batch_equals_each_prompt_alone(library_dir, frozen, placement):
   rng = np.random.RandomState(0)
   rows = [list(rng.randint(3, 300, size=rng.randint(2, 14))) + [1] for _ in range(10)]
   names = [['first', 'max', 'min'][i % 3] for i in range(10)]
-  mixed = MultiPromptModel(CONFIG, frozen, library, placement)
+  inputs = batching.pad_rows(rows, width=16)
+  buckets = batching.auto_buckets(16)
+  mixed = PromptedModel.with_library(CONFIG, frozen, library, placement=placement)
+  ids = mixed.prompt_ids(names)
   greedy = decoding.DecodingConfig()
-  together = mixed.generate(rows, names, decoding=greedy, max_decode_length=4, batch_size=4,
-                            max_input_length=16)
+  together = mixed.generate_rows(inputs, greedy, 4, batch_size=4, buckets=buckets, prompt_ids_N=ids)
   candidates = np.array([[5, 1, 0], [7, 8, 1]], np.int32)
-  scores = mixed.score(rows, names, candidates, batch_size=4, max_input_length=16)
+  scores = mixed.score_rows(inputs, candidates, batch_size=4, buckets=buckets, prompt_ids_N=ids)
   for name in ('first', 'max', 'min'):
-    alone = MultiPromptModel(CONFIG, frozen, {name: library[name]}, placement)
-    assert not alone.prompt_config.is_table  # the plain single-prompt model
+    alone = PromptedModel.with_library(CONFIG, frozen, library, placement=placement, names=[name])
+    assert not alone.is_table  # the plain single-prompt model
     picked = [i for i, n in enumerate(names) if n == name]
-    outputs = alone.generate([rows[i] for i in picked], [name] * len(picked), decoding=greedy,
-                             max_decode_length=4, batch_size=4, max_input_length=16)
-    assert outputs == [together[i] for i in picked]
-    np.testing.assert_allclose(
-        alone.score([rows[i] for i in picked], [name] * len(picked), candidates, batch_size=4,
-                    max_input_length=16), scores[picked], atol=1e-5, rtol=0)
+    outputs = alone.generate_rows(inputs[picked], greedy, 4, batch_size=4, buckets=buckets)
+    np.testing.assert_array_equal(outputs, together[picked])
+    np.testing.assert_allclose(alone.score_rows(inputs[picked], candidates, batch_size=4,
+                                                buckets=buckets), scores[picked], atol=1e-5, rtol=0)
   with pytest.raises(LibraryError, match="no prompt named 'rte'"):
-    mixed.generate(rows[:1], ['rte'], decoding=greedy, max_decode_length=4)
+    mixed.prompt_ids(['rte'])
 
 
 @pytest.fixture(scope='module')

@@ -31,7 +31,7 @@ import re
 import shutil
 import tempfile
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 import numpy as np
 
@@ -64,6 +64,22 @@ _ORBAX_TMP = '.orbax-checkpoint-tmp'
 # On object storage orbax writes a step in place and commits it with this file (no rename).
 ORBAX_COMMIT_FILE = 'commit_success.txt'
 _PREDICTIONS_STEP = re.compile(r'-step(\d+)\.jsonl$')
+COMMAND_TAG = 'eval'  # predictions of `prompt-tuning eval`, kept through a run's repairs
+
+
+def predictions_file(task: str, method: str, step: int, tag: str = '') -> str:
+  """An evaluation's predictions under inference_eval/ (parsed back by `repair`)."""
+  return f'{task}-{method}{"-" + tag if tag else ""}-step{step}.jsonl'
+
+
+def eval_metrics_file(task: str) -> str:
+  """The metrics of a task's evaluations under inference_eval/, one record a line."""
+  return f'{task}-metrics.jsonl'
+
+
+def inference_file(task: str, split: str, step: int) -> str:
+  """`prompt-tuning infer`'s predictions of a split under inference/."""
+  return f'{task}-{split}-step{step}.jsonl'
 
 
 class ModelDirError(ValueError):
@@ -333,53 +349,10 @@ def _readable_step(model_dir: str, step: Optional[int]) -> int:
 # Records and repair.
 
 
-def read_jsonl(path: str) -> list[dict]:
-  """The whole records of a JSONL file (a line a kill cut short is left out)."""
-  if not storage.exists(path):
-    return []
-  records = []
-  for line in storage.read_bytes(path).decode('utf-8', errors='replace').split('\n'):
-    try:
-      record = json.loads(line)
-    except ValueError:
-      continue
-    if isinstance(record, dict):
-      records.append(record)
-  return records
-
-
-def append_jsonl(path: str, record: dict) -> None:
-  """Appends one line; after a line a kill cut short, on a line of its own. Object storage
-  has no append: the file is written again whole, as one object (it stays small)."""
-  if storage.is_remote(path):
-    old = storage.read_bytes(path) if storage.exists(path) else b''
-    cut = bool(old) and not old.endswith(b'\n')
-    storage.write_atomic(path, old + (('\n' if cut else '') + json.dumps(record) + '\n').encode())
-    return
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  with open(path, 'a+b') as f:
-    cut = False
-    if f.seek(0, os.SEEK_END) > 0:
-      f.seek(-1, os.SEEK_END)
-      cut = f.read(1) != b'\n'
-    f.write((('\n' if cut else '') + json.dumps(record) + '\n').encode())
-
-
-def _rewrite_jsonl(path: str, keep: Callable[[dict], bool]) -> None:
-  if not storage.exists(path):
-    return
-  records = read_jsonl(path)
-  kept = [r for r in records if keep(r)]
-  original = storage.read_bytes(path)
-  data = ''.join(json.dumps(r) + '\n' for r in kept).encode()
-  if data != original:
-    write_atomic(path, data)
-
-
 def eval_done(model_dir: str, step: int) -> bool:
   """An evaluation's record in metrics.jsonl is written last: it marks the evaluation whole."""
   return any(r.get('kind') == 'eval' and r.get('step') == step
-             for r in read_jsonl(storage.join(model_dir, METRICS)))
+             for r in storage.read_jsonl(storage.join(model_dir, METRICS)))
 
 
 def _remove_temporaries(root: str) -> list[str]:
@@ -440,16 +413,16 @@ def repair(model_dir: str, keep: Optional[int] = None) -> Optional[int]:
     write_numpy_prompt(model_dir, step, prompt_PxD, deep_LxPxD)
     log.info('Rewrote the numpy prompt of step %d in %s.', step, model_dir)
 
-  _rewrite_jsonl(storage.join(model_dir, METRICS), lambda r: r.get('step', 0) <= limit)
+  storage.rewrite_jsonl(storage.join(model_dir, METRICS), lambda r: r.get('step', 0) <= limit)
   whole = latest is not None and eval_done(model_dir, latest)
   eval_dir = storage.join(model_dir, INFERENCE_EVAL)
   for name in storage.listdir(eval_dir):
     path = storage.join(eval_dir, name)
     m = _PREDICTIONS_STEP.search(name)
-    if name.endswith('-metrics.jsonl'):
-      _rewrite_jsonl(path, lambda r: _command_record(r) or r.get('step', 0) < limit or (
+    if name.endswith(eval_metrics_file('')):
+      storage.rewrite_jsonl(path, lambda r: _command_record(r) or r.get('step', 0) < limit or (
           r.get('step') == limit and whole))
-    elif m and '-eval-' not in name and (int(m.group(1)) > limit or (
+    elif m and f'-{COMMAND_TAG}-' not in name and (int(m.group(1)) > limit or (
         int(m.group(1)) == limit and not whole)):
       storage.remove(path)
   if removed:

@@ -97,7 +97,7 @@ class Reporter:
     if self._started or not self.enabled:
       return
     self._started = True
-    for record in model_dir_lib.read_jsonl(storage.join(self.model_dir, model_dir_lib.METRICS)):
+    for record in storage.read_jsonl(storage.join(self.model_dir, model_dir_lib.METRICS)):
       if record.get('kind') == 'train' and 'loss_per_token' in record:
         self.train_history.append((record['step'], record['loss_per_token']))
       elif record.get('kind') == 'eval':
@@ -148,7 +148,7 @@ class Reporter:
       os.remove(path)
 
   def _append_jsonl(self, record: dict) -> None:
-    model_dir_lib.append_jsonl(storage.join(self.model_dir, model_dir_lib.METRICS), record)
+    storage.append_jsonl(storage.join(self.model_dir, model_dir_lib.METRICS), record)
 
   def train_metrics(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:

@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from prompt_tuning.inference import runner
 from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import losses
@@ -112,7 +113,7 @@ class PromptTrainer:
                learning_rate_fn: Optional[Callable[[Any], Any]] = None):
     self.model_config = model_config
     self.prompt_config = prompt_config
-    self.model = t5.EncoderDecoder(model_config, prompt_config)
+    self.model = runner.assemble(model_config, prompt_config)
     self.optimizer = (table_optimizer(optimizer, prompt_config.shared is not None)
                       if prompt_config.is_table else optimizer)
     self.loss = loss

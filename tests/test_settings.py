@@ -1,21 +1,16 @@
-"""Helpers of the gin-configured runs (prompt_tuning/runs.py) that need no full run: launch
-settings named by their macro, the Adafactor step offset, and where eval/infer find a prompt.
+"""A training launch's settings (train/settings.py): numbers named by their macro and the
+Adafactor step offset."""
 
-(The best-prompt tracker and the summary printout moved to reporting.py: tests/test_reporting.py.)
-"""
-
-import numpy as np
 import pytest
 
-from prompt_tuning.train import model_dir as model_dir_lib
-from prompt_tuning import runs
+from prompt_tuning.train import settings
 
 GOOD = dict(train_steps=10, batch_size=4, eval_period=5, save_period=None, keep=1,
             eval_batch_size=8, task_feature_lengths={'inputs': 64, 'targets': 8})
 
 
 def check(**changes):
-  runs._check_settings(**{**GOOD, **changes})
+  settings.check_settings(**{**GOOD, **changes})
 
 
 def test_good_settings_pass():
@@ -62,42 +57,24 @@ def test_extra_feature_lengths_are_allowed():
 @pytest.mark.parametrize('setting,expected', [
     (None, 0), (0, 0), ('zero', 0), ('checkpoint', 1_100_000), (5000, 5000), (1, 1)])
 def test_adafactor_offset(setting, expected):
-  assert runs._adafactor_offset(setting, 1_100_000) == expected
+  assert settings.adafactor_offset(setting, 1_100_000) == expected
 
 
 def test_adafactor_offset_of_a_checkpoint_is_its_step():
-  assert runs._adafactor_offset('checkpoint', 0) == 0
-  assert runs._adafactor_offset('checkpoint', 3) == 3
+  assert settings.adafactor_offset('checkpoint', 0) == 0
+  assert settings.adafactor_offset('checkpoint', 3) == 3
 
 
 @pytest.mark.parametrize('setting', [-1, 'checkpoints', 'step', 2.5, [100]])
 def test_bad_adafactor_offset_is_named(setting):
   with pytest.raises(ValueError, match=r"adafactor_step_offset must be 'zero', 'checkpoint' or a "
                                        r"step count, got") as info:
-    runs._adafactor_offset(setting, 7)
+    settings.adafactor_offset(setting, 7)
   assert repr(setting) in str(info.value)
 
 
-def test_prompt_for_eval_from_a_file_or_model_dir(tmp_path):
-  value = np.arange(12, dtype=np.float32).reshape(3, 4)
-  path = tmp_path / 'prompt.npy'
-  np.save(path, value)
-  prompt, step, names = runs._find_prompt(None, str(path), None)
-  assert step == 0 and np.array_equal(prompt, value) and names is None
-  assert runs._find_prompt(None, str(path), 7)[1] == 7
-  # MODEL_DIR: the latest committed step's numpy prompt.
-  model_dir = str(tmp_path / 'run')
-  for step in (2, 4):
-    model_dir_lib.write_numpy_prompt(model_dir, step, value + step)
-  (tmp_path / 'run' / 'checkpoints' / '2').mkdir(parents=True)
-  prompt, step, _ = runs._find_prompt(model_dir, None, None)
-  assert step == 2 and np.array_equal(prompt, value + 2)  # step 4 was never committed
-  with pytest.raises(ValueError, match='Nothing to evaluate: set PROMPT_FILE or MODEL_DIR'):
-    runs._find_prompt(None, None, None)
-
-
 def test_adafactor_offset_refuses_true():
-  # `ADAFACTOR_STEP_OFFSET = True` is no step count (_check_settings refuses bools as counts
+  # `ADAFACTOR_STEP_OFFSET = True` is no step count (check_settings refuses bools as counts
   # too); taken as one, it would silently offset Adafactor's step by 1.
   with pytest.raises(ValueError, match=r"adafactor_step_offset must be .* got True"):
-    runs._adafactor_offset(True, 7)
+    settings.adafactor_offset(True, 7)
