@@ -94,8 +94,9 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--api_key_file', help='a file holding the bearer token to require')
   limits = parser.add_argument_group('batching and limits (ServeConfig)')
   hints = typing.get_type_hints(ServeConfig)
+  defaults = ServeConfig()  # every field has a default: the flag's
   for field in dataclasses.fields(ServeConfig):
-    kind, default = hints[field.name], field.default
+    kind, default = hints[field.name], getattr(defaults, field.name)
     text = f"{field.metadata.get('help', '')} (default: %(default)s)"
     if kind == Optional[bool]:
       limits.add_argument(f'--{field.name}', choices=tuple(_AUTO_BOOL), help=text,
@@ -360,57 +361,10 @@ def _convert(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-  import json
-
-  from prompt_tuning.prompts import inspection, files as prompt_files
-  from prompt_tuning.train import model_dir as model_dir_lib
-  from prompt_tuning.storage import write_atomic
-  from prompt_tuning.data.vocab import SentencePieceVocab
-  if bool(args.prompt) == bool(args.model_dir):
-    raise ValueError('inspect needs one prompt: --prompt=FILE (.npy, PEFT adapter, T5X '
-                     'checkpoint) or --model_dir=MODEL_DIR [--step=N]' +
-                     (', not both.' if args.prompt else '.'))
-  if args.step is not None and not args.model_dir:
-    raise ValueError('inspect: --step picks a step of --model_dir; a --prompt file has one prompt.')
-  from prompt_tuning import storage
-  if args.json and storage.isdir(args.json):
-    raise ValueError(f'--json={args.json} is a directory; name the file to write.')
-  if args.prompt:
-    prompt = prompt_files.load_prompt_file(args.prompt, args.variable)
-    prompt_source = args.prompt
-  else:
-    prompt, step = model_dir_lib.load_prompt(args.model_dir, args.step)
-    prompt_source = f'{args.model_dir} (step {step})'
-  checkpoint = args.checkpoint
-  if not checkpoint and args.model_dir:
-    checkpoint = (model_dir_lib.read_run_info(args.model_dir) or {}).get('initial_checkpoint')
-  if not checkpoint:
-    raise ValueError('inspect needs --checkpoint=PATH: the model whose token embedding the prompt '
-                     'is compared with (a T5X checkpoint, an HF T5 directory or a [V, D] .npy).')
-  embedding, embedding_source = inspection.load_embedding(checkpoint)
-  if prompt.shape[-1] != embedding.shape[-1]:
-    raise ValueError(f'the prompt {prompt_source} has shape {list(prompt.shape)} (width '
-                     f'{prompt.shape[-1]}) but the embedding {embedding_source} has shape '
-                     f'{list(embedding.shape)} (width {embedding.shape[-1]}): the prompt was '
-                     f'trained for another model.')
-  vocab_path = args.vocab or os.environ.get(VOCAB_ENV)
-  vocab = SentencePieceVocab(vocab_path) if vocab_path else None
-  if vocab is not None and vocab.vocab_size > embedding.shape[0]:
-    raise ValueError(f'the vocabulary {vocab_path} has {vocab.vocab_size} ids but the embedding '
-                     f'{embedding_source} has {embedding.shape[0]} rows: they belong to different '
-                     f'models.')
-  if vocab is None:
-    print(f'prompt-tuning inspect: no vocabulary (--vocab or ${VOCAB_ENV}); tokens are shown as '
-          f'ids.', file=sys.stderr)
-  report = inspection.inspect_prompt(prompt, embedding, args.top_k, vocab,
-                                     num_tokens=vocab.vocab_size if vocab else None)
-  report = {'prompt_source': prompt_source, 'embedding_source': embedding_source,
-            'vocab': vocab_path, **report}
-  if args.json:
-    write_atomic(storage.absolute(args.json), json.dumps(report, indent=1, ensure_ascii=False))
-  print(inspection.format_table(report, prompt_source, embedding_source))
-  if args.json:
-    print(f'wrote {storage.absolute(args.json)}')
+  from prompt_tuning.prompts import inspection
+  inspection.inspect_command(prompt=args.prompt, variable=args.variable, model_dir=args.model_dir,
+                             step=args.step, checkpoint=args.checkpoint, vocab=args.vocab,
+                             top_k=args.top_k, json_file=args.json)
   return 0
 
 

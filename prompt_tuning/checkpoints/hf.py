@@ -126,7 +126,8 @@ def read_tensors(path: str) -> dict[str, np.ndarray]:
 
 def _read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
   """(tensors, the file each came from); a tensor stored twice is an error, not a silent pick."""
-  tensors, files = {}, {}
+  tensors: dict[str, np.ndarray] = {}
+  files: dict[str, str] = {}
   for file in _weight_files(path):
     if not storage.isfile(file):
       raise CheckpointError(f'{file}: listed in {INDEX_FILE} but missing.')
@@ -253,7 +254,9 @@ def save(directory: str, config: t5.T5Config, params: Mapping[str, Any],
     tensors[hf_name] = np.ascontiguousarray(flat[key].T if transpose else flat[key])
   storage.check_writable(directory, 'output')
   storage.makedirs(directory)
-  shards, current, size = [], {}, 0
+  shards: list[dict[str, np.ndarray]] = []
+  current: dict[str, np.ndarray] = {}
+  size = 0
   for name, value in tensors.items():
     if current and size + value.nbytes > max_shard_bytes:
       shards.append(current)

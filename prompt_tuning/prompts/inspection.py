@@ -3,7 +3,8 @@
 For each position of a learned prompt, the vocabulary tokens whose input embeddings are nearest
 by cosine similarity, and the position's L2 norm beside the embedding table's. The numbers are
 pure numpy (`nearest_tokens`, `inspect_prompt`); `load_embedding` reads only the token embedding
-of a checkpoint (or a saved [V, D] .npy table); `format_table` is what the command prints.
+of a checkpoint (or a saved [V, D] .npy table); `format_table` is what the command prints;
+`inspect_command` is the command.
 
 Ties are broken deterministically: among equally similar rows the lower id comes first. A row or
 a prompt position of norm 0 has similarity 0 with everything.
@@ -19,6 +20,7 @@ import numpy as np
 from prompt_tuning import storage
 
 DEFAULT_TOP_K = 5
+VOCAB_ENV = 'PROMPT_TUNING_VOCAB'  # as data/vocabularies.py (which needs SeqIO) reads it
 
 
 def _unit_rows(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -172,3 +174,62 @@ def load_embedding(path: str) -> tuple[np.ndarray, str]:
   if not (value.dtype.kind == 'f' or value.dtype.name == 'bfloat16'):
     raise ValueError(f'{source}: an embedding table holds floats; this one is {value.dtype}.')
   return value.astype(np.float32), source
+
+
+def inspect_command(prompt: Optional[str] = None, variable: Optional[str] = None,
+                    model_dir: Optional[str] = None, step: Optional[int] = None,
+                    checkpoint: Optional[str] = None, vocab: Optional[str] = None,
+                    top_k: int = DEFAULT_TOP_K, json_file: Optional[str] = None) -> None:
+  """`prompt-tuning inspect` (its flags by name): prints the table of one prompt, a `prompt` file
+  (read at `variable` of a T5X checkpoint) or the prompt of a `model_dir` at `step` (default the
+  latest), against the token embedding of `checkpoint` (default: the run's base checkpoint);
+  `vocab` (default $PROMPT_TUNING_VOCAB) decodes the ids. `json_file` also gets the report."""
+  import json
+  import sys
+
+  from prompt_tuning.data.vocab import SentencePieceVocab
+  from prompt_tuning.prompts import files as prompt_files
+  from prompt_tuning.train import model_dir as model_dir_lib
+  if bool(prompt) == bool(model_dir):
+    raise ValueError('inspect needs one prompt: --prompt=FILE (.npy, PEFT adapter, T5X '
+                     'checkpoint) or --model_dir=MODEL_DIR [--step=N]' +
+                     (', not both.' if prompt else '.'))
+  if step is not None and not model_dir:
+    raise ValueError('inspect: --step picks a step of --model_dir; a --prompt file has one prompt.')
+  if json_file and storage.isdir(json_file):
+    raise ValueError(f'--json={json_file} is a directory; name the file to write.')
+  if model_dir:
+    value, step = model_dir_lib.load_prompt(model_dir, step)
+    prompt_source = f'{model_dir} (step {step})'
+  else:
+    value, prompt_source = prompt_files.load_prompt_file(prompt, variable), str(prompt)
+  if not checkpoint and model_dir:
+    checkpoint = (model_dir_lib.read_run_info(model_dir) or {}).get('initial_checkpoint')
+  if not checkpoint:
+    raise ValueError('inspect needs --checkpoint=PATH: the model whose token embedding the prompt '
+                     'is compared with (a T5X checkpoint, an HF T5 directory or a [V, D] .npy).')
+  embedding, embedding_source = load_embedding(checkpoint)
+  if value.shape[-1] != embedding.shape[-1]:
+    raise ValueError(f'the prompt {prompt_source} has shape {list(value.shape)} (width '
+                     f'{value.shape[-1]}) but the embedding {embedding_source} has shape '
+                     f'{list(embedding.shape)} (width {embedding.shape[-1]}): the prompt was '
+                     f'trained for another model.')
+  vocab_path = vocab or os.environ.get(VOCAB_ENV)
+  pieces = SentencePieceVocab(vocab_path) if vocab_path else None
+  if pieces is not None and pieces.vocab_size > embedding.shape[0]:
+    raise ValueError(f'the vocabulary {vocab_path} has {pieces.vocab_size} ids but the embedding '
+                     f'{embedding_source} has {embedding.shape[0]} rows: they belong to different '
+                     f'models.')
+  if pieces is None:
+    print(f'prompt-tuning inspect: no vocabulary (--vocab or ${VOCAB_ENV}); tokens are shown as '
+          f'ids.', file=sys.stderr)
+  report = inspect_prompt(value, embedding, top_k, pieces,
+                          num_tokens=pieces.vocab_size if pieces else None)
+  report = {'prompt_source': prompt_source, 'embedding_source': embedding_source,
+            'vocab': vocab_path, **report}
+  if json_file:
+    storage.write_atomic(storage.absolute(json_file),
+                         json.dumps(report, indent=1, ensure_ascii=False))
+  print(format_table(report, prompt_source, embedding_source))
+  if json_file:
+    print(f'wrote {storage.absolute(json_file)}')

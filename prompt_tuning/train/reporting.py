@@ -33,7 +33,7 @@ class HeldLogs(logging.Filter):
   """Holds back log lines while a run checks its inputs: a run stopped by bad input prints its
   one error line alone; one that starts prints the held lines (`release`) before it writes."""
 
-  def __init__(self):
+  def __init__(self) -> None:
     super().__init__()
     self.records: list[logging.LogRecord] = []
     self.handlers: list[logging.Handler] = []
@@ -61,9 +61,8 @@ class HeldLogs(logging.Filter):
     for handler in self.handlers:
       handler.removeFilter(self)
 
-  def __exit__(self, *exc) -> bool:
+  def __exit__(self, *exc) -> None:  # the error goes on
     self._detach()  # not released: the run stopped before writing, its error says why
-    return False
 
 
 class Reporter:
