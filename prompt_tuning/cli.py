@@ -20,6 +20,7 @@ import typing
 from typing import Callable, Optional, Sequence
 
 from prompt_tuning import gin_utils
+from prompt_tuning.storage import one_line
 from prompt_tuning.train import xla_cpu
 from prompt_tuning.gin_utils import UsageError, package_gin_dirs  # noqa: F401  (the CLI's API)
 
@@ -254,13 +255,6 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
       raise
     print(f'prompt-tuning {args.command}: error: {error_line(e)}', file=sys.stderr)
     return 2 if isinstance(e, _BAD_INPUT) else 1
-
-
-def one_line(e: BaseException) -> str:
-  """The message on one line, without gin's "In call to configurable" trailer."""
-  text = str(e).split('\n  In call to configurable')[0]
-  parts = [p.strip() for p in text.splitlines() if p.strip() and set(p.strip()) != {'^'}]
-  return ' '.join(parts) or type(e).__name__
 
 
 def error_line(e: BaseException) -> str:

@@ -141,13 +141,19 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
                          keep=keep, initial_checkpoint=initial_checkpoint_path,
                          prompt_names=names, on_metrics=reporter.train_metrics, periodic=periodic,
                          periodic_at_start=eval_at_start,
-                         before_write=lambda: (held.release(), _write_gin_config(model_dir)),
+                         before_write=lambda: _start_writing(held, model_dir),
                          before_save=lambda _: reporter.flush())
     except preemption.Preempted:
       reporter.close()
       raise
     return _finish(model_dir, mixture_or_task_name, train_steps, trainer, state, reporter, best,
                    names, export_formats)
+
+
+def _start_writing(held: reporting.HeldLogs, model_dir: str) -> None:
+  """Just before the run first writes: the held log lines, then config.gin."""
+  held.release()
+  _write_gin_config(model_dir)
 
 
 def _check_fits(trainer: PromptTrainer, vocab_size: int, task: str, batch_size: int) -> None:

@@ -462,3 +462,12 @@ def rewrite_jsonl(path: str, keep: Callable[[dict], bool]) -> None:
   data = ''.join(json.dumps(r) + '\n' for r in kept).encode()
   if data != original:
     write_atomic(path, data)
+
+
+def one_line(e: BaseException) -> str:
+  """An error's message as the one line a user sees (the CLI's, and inside MODEL_DIR's errors):
+  gin's "In call to configurable" trailer and tensorstore's spec dumps cut, caret lines dropped,
+  the remaining lines joined."""
+  text = str(e).split('\n  In call to configurable')[0].split(' [tensorstore_spec')[0]
+  parts = [p.strip() for p in text.splitlines() if p.strip() and set(p.strip()) != {'^'}]
+  return ' '.join(parts) or type(e).__name__

@@ -94,12 +94,13 @@ class Evaluator:
 
   def _run(self, model: runner.PromptedModel, method: str, members: int = 0) -> np.ndarray:
     """Generated ids [N, T] or rank scores [N, C] per example ([M, N, ...] with `members`)."""
-    kw = dict(batch_size=self.batch_size, members=members,
-              buckets=None if self.buckets is None else self.buckets['inputs'],
-              prompt_ids_N=self.prompt_ids)
+    buckets = None if self.buckets is None else self.buckets['inputs']
     if method == 'generate':
-      return model.generate_rows(self.inputs, self.decoding_config, self.target_length, **kw)
-    return model.score_rows(self.inputs, self.label_targets, **kw)
+      return model.generate_rows(self.inputs, self.decoding_config, self.target_length,
+                                 batch_size=self.batch_size, buckets=buckets,
+                                 prompt_ids_N=self.prompt_ids, members=members)
+    return model.score_rows(self.inputs, self.label_targets, batch_size=self.batch_size,
+                            buckets=buckets, prompt_ids_N=self.prompt_ids, members=members)
 
   def _answers(self, method: str, outputs: np.ndarray) -> list[str]:
     """Each example's answer: its generated text, or the label of its best-scoring verbalizer."""

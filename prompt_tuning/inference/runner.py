@@ -130,7 +130,7 @@ class PromptedModel:
     self.config = config
     self.names = list(names) if names is not None else None
     self.module = assemble(config, prompt)
-    self.params = merge_params(frozen, prompt_tree(prompts, deep))
+    self.params = merge_params(dict(frozen), prompt_tree(prompts, deep))
 
   @classmethod
   def from_run(cls, initial_checkpoint_path: Optional[str], model: Optional[t5.T5Config], *,
@@ -153,7 +153,8 @@ class PromptedModel:
       else:
         ids = {n: k for k, n in enumerate(names)}
     # A deep run's per-layer prompts come with its MODEL_DIR (a prompt file holds the input prompt).
-    deep = model_dir_lib.load_deep_prompt(model_dir, step) if not prompt_file else None
+    deep = (model_dir_lib.load_deep_prompt(model_dir, step) if model_dir and not prompt_file
+            else None)
     return cls(config, frozen, value, placement=placement, names=names, deep=deep), step, ids
 
   @classmethod

@@ -107,7 +107,7 @@ def _directory_entries(directory: str) -> list[tuple[Optional[str], str]]:
     base = (storage.basename(directory) if storage.is_remote(directory)
             else os.path.basename(os.path.normpath(directory)))
     return [(None if names else base, directory)]
-  entries = []
+  entries: list[tuple[Optional[str], str]] = []
   for entry in sorted(storage.listdir(directory)):
     path = storage.join(directory, entry)
     if entry.startswith('.'):

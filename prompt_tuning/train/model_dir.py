@@ -37,7 +37,7 @@ import numpy as np
 
 from prompt_tuning.prompts import files as prompt_files
 from prompt_tuning import storage
-from prompt_tuning.storage import TMP_MARK, tmp_name, write_atomic
+from prompt_tuning.storage import TMP_MARK, one_line, tmp_name, write_atomic
 from prompt_tuning.models.prompt import DEEP_PATH, PROMPT_PATH, effective_prompts
 
 log = logging.getLogger('prompt_tuning')
@@ -443,10 +443,3 @@ def _command_record(record: dict) -> bool:
   run's in-training ensemble evaluations are tagged 'train-...')."""
   tag = record.get('tag')
   return bool(tag) and not str(tag).startswith('train-')
-
-
-def one_line(e: BaseException) -> str:
-  """An exception's first line, without tensorstore's long spec dumps."""
-  text = str(e).strip()
-  text = text.splitlines()[0] if text else type(e).__name__
-  return text.split(' [tensorstore_spec')[0]

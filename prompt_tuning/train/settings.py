@@ -41,7 +41,7 @@ def build_trainer(*, model: Optional[t5.T5Config], prompt: PromptConfig,
                   frozen_dtype: Optional[str] = None) -> tuple[PromptTrainer, int]:
   """(trainer, base checkpoint step) from the base checkpoint and the gin-bound settings."""
   config, frozen = checkpoints.load_base(initial_checkpoint_path, model)
-  base_step = checkpoints.read_step(initial_checkpoint_path)
+  base_step = checkpoints.read_step(initial_checkpoint_path) if initial_checkpoint_path else 0
   offset = adafactor_offset(adafactor_step_offset, base_step)
   tx = optimizer(learning_rate=learning_rate, step_offset=offset) if offset else optimizer(
       learning_rate=learning_rate)

@@ -69,7 +69,7 @@ class PromptCheckpointer:
           state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
     except Exception as e:  # orbax/tensorstore raise many unrelated types on damaged files
       raise model_dir_lib.ModelDirError(
-          f'{path}: cannot restore step {step} ({model_dir_lib.one_line(e)}). The checkpoint '
+          f'{path}: cannot restore step {step} ({storage.one_line(e)}). The checkpoint '
           f'is damaged: delete {path} to resume from an earlier kept step (or from the start), '
           f'or use a new MODEL_DIR.') from e
     return restored.state, dict(restored.meta)
