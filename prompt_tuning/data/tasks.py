@@ -181,7 +181,7 @@ def _shuffled(ds: tf.data.Dataset, size: int, shuffle: bool, seed: Optional[int]
 
 def _columns(examples: Sequence[dict]) -> dict:
   """Rows (TFDS schema) -> columns for from_tensor_slices; nested dicts stay nested."""
-  columns = {}
+  columns: dict[str, Any] = {}
   for key, first in examples[0].items():
     values = [ex[key] for ex in examples]
     if isinstance(first, dict):
@@ -535,8 +535,8 @@ def _glue_reader(task: str, text_features: dict[str, str], label_column: str,
           dropped += 1
           continue
         check = _Row(path, rows.line_num, needs)
-        ex = {feature: _cell(row, columns, column, check)
-              for feature, column in text_features.items()}
+        ex: dict[str, Any] = {feature: _cell(row, columns, column, check)
+                              for feature, column in text_features.items()}
         ex['idx'] = n
         if label_column not in columns:
           ex['label'] = -1  # a test file: no label column
@@ -639,6 +639,14 @@ _GLUE_TFDS_SPLITS = {'mnli': {'train': 'train', 'validation': 'validation_matche
                      'mnli_mismatched': {'validation': 'validation'}}
 
 
+def _superglue_classes(task: str) -> tuple[str, ...]:
+  """The label words of a SuperGLUE classification task (ReCoRD and WSC have none)."""
+  labels = _SUPERGLUE_LABELS[task]
+  if labels is None:
+    raise ValueError(f'super_glue_{task} has no label classes.')
+  return labels
+
+
 def _classification(labels: Sequence[str]):
   return functools.partial(postprocessors.string_label_to_class_id, label_classes=tuple(labels))
 
@@ -646,7 +654,7 @@ def _classification(labels: Sequence[str]):
 def _superglue_eval(task: str):
   """(postprocess_fn, metric_fns, main metric) as T5's glue_utils for SuperGLUE."""
   if task == 'cb':
-    return (_classification(_SUPERGLUE_LABELS[task]),
+    return (_classification(_superglue_classes(task)),
             [metrics.mean_multiclass_f1(3), metrics.accuracy], 'mean_3class_f1')
   if task == 'multirc':
     return (postprocessors.multirc,
@@ -655,7 +663,7 @@ def _superglue_eval(task: str):
     return postprocessors.record, [metrics.record], 'em'
   if task == 'wsc':
     return postprocessors.wsc_simple, [metrics.accuracy], 'accuracy'
-  return _classification(_SUPERGLUE_LABELS[task]), [metrics.accuracy], 'accuracy'
+  return _classification(_superglue_classes(task)), [metrics.accuracy], 'accuracy'
 
 
 def _glue_eval(task: str, labels):
@@ -678,7 +686,7 @@ def _superglue_text_preprocessor(task: str):
   feature_names = {'multirc': ('question', 'answer', 'paragraph'),
                    'wic': ('sentence1', 'sentence2', 'word')}.get(task)  # T5's orders
   return functools.partial(preprocessors.glue, benchmark_name=task,
-                           label_names=_SUPERGLUE_LABELS[task], feature_names=feature_names)
+                           label_names=_superglue_classes(task), feature_names=feature_names)
 
 
 def _superglue_formatter(task: str) -> Callable[[dict], list[dict]]:
@@ -688,7 +696,8 @@ def _superglue_formatter(task: str) -> Callable[[dict], list[dict]]:
     return lambda ex: [preprocessors.wsc_simple_text(ex)]
   feature_names = {'multirc': ('question', 'answer', 'paragraph'),
                    'wic': ('sentence1', 'sentence2', 'word')}.get(task)
-  return lambda ex: [preprocessors.glue_text(ex, task, _SUPERGLUE_LABELS[task], feature_names)]
+  labels = _superglue_classes(task)
+  return lambda ex: [preprocessors.glue_text(ex, task, labels, feature_names)]
 
 
 def _glue_formatter(task: str, labels) -> Callable[[dict], list[dict]]:
@@ -756,8 +765,8 @@ def _register_super_glue() -> None:
     name = f'super_glue_{task}'
     tfds_name = f'super_glue/{"wsc.fixed" if task == "wsc" else task}:1.0.2'
     splits = {'train': 'train', 'validation': 'validation'}
-    files = {'train': (folder, 'train.jsonl'), 'validation': (folder, 'val.jsonl')}
-    files = {s: ('superglue',) + f for s, f in files.items()}
+    files = {'train': ('superglue', folder, 'train.jsonl'),
+             'validation': ('superglue', folder, 'val.jsonl')}
     is_wsc = task == 'wsc'
     tfds = (tfds_name, splits, _wsc_train_filter_tf if is_wsc else None)
     local = (files, _superglue_reader(task, _SUPERGLUE_LABELS[task] or ()),
