@@ -22,9 +22,9 @@ QUICK = {'inputs': 16, 'targets': 4}
 @pytest.fixture
 def settings():
   """Restores the data folder and vocabulary settings after the test."""
-  saved = dict(tasks._settings)
+  saved = tasks.get_settings()
   yield tasks
-  tasks._settings.update(saved)
+  tasks.restore_settings(saved)
 
 
 @pytest.fixture

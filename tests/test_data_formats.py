@@ -28,9 +28,9 @@ def shared_data():
 @pytest.fixture
 def local_dir():
   """Sets the local data folder for one test, then restores the previous one."""
-  previous = tasks._settings['local_data_dir']
+  previous = tasks.get_settings()
   yield tasks.set_local_data_dir
-  tasks.set_local_data_dir(previous)
+  tasks.restore_settings(previous)
 
 
 def text_examples(name, split, batched=True):

@@ -24,11 +24,11 @@ def real():
   vocab, data = shared_path('fixtures', 't5_vocab', 'sentencepiece.model'), shared_path('data')
   if not (os.path.isfile(vocab) and os.path.isdir(data)):
     pytest.skip('shared vocabulary/data not present (set PROMPT_TUNING_SHARED)')
-  saved = dict(tasks._settings)
+  saved = tasks.get_settings()
   tasks.set_vocabulary_path(vocab)
   tasks.set_local_data_dir(data)
   yield SentencePieceVocab(vocab)
-  tasks._settings.update(saved)
+  tasks.restore_settings(saved)
 
 
 @pytest.fixture(scope='module')
@@ -61,10 +61,10 @@ def handwritten_files(tmp_path_factory, real):
 
 @pytest.fixture
 def handwritten(handwritten_files):
-  saved = tasks._settings['local_data_dir']
+  saved = tasks.get_settings()
   tasks.set_local_data_dir(handwritten_files)
   yield handwritten_files
-  tasks.set_local_data_dir(saved)
+  tasks.restore_settings(saved)
 
 
 def take(iterator, n):
@@ -284,14 +284,17 @@ def test_registered_names_and_task_info():
 
 
 def test_reimport_is_idempotent():
-  names = set(tasks.TASK_INFO)
-  saved = dict(tasks._settings)
+  from prompt_tuning.data import glue, quickstart_tasks, super_glue
+  names, registered = list(tasks.TASK_INFO), list(seqio.TaskRegistry.names())
+  saved = tasks.get_settings()
   try:
-    importlib.reload(tasks)
-    importlib.reload(tasks)
+    for _ in range(2):
+      for module in (super_glue, glue, quickstart_tasks, tasks):  # each registers on import
+        importlib.reload(module)
   finally:
-    tasks._settings.update(saved)
-  assert set(tasks.TASK_INFO) == names and len(names) == 82  # + quickstart_taskless_mixture
+    tasks.restore_settings(saved)
+  assert list(tasks.TASK_INFO) == names and len(names) == 82  # + quickstart_taskless_mixture
+  assert list(seqio.TaskRegistry.names()) == registered
 
 
 def test_vocabularies(real):
@@ -324,7 +327,7 @@ def test_unknown_name_lists_close_names():
 
 
 def test_local_missing_file_names_path_and_variable(tmp_path, monkeypatch):
-  saved = tasks._settings['local_data_dir']
+  saved = tasks.get_settings()
   try:
     tasks.set_local_data_dir(tmp_path)
     expected = os.path.join(str(tmp_path), 'glue', 'QQP', 'train.tsv')
@@ -340,7 +343,7 @@ def test_local_missing_file_names_path_and_variable(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match='PROMPT_TUNING_DATA_DIR'):
       tasks.read_local_examples('glue_rte_local', 'validation')
   finally:
-    tasks.set_local_data_dir(saved)
+    tasks.restore_settings(saved)
 
 
 def test_tfds_offline_error_names_the_local_variant(tmp_path, monkeypatch):

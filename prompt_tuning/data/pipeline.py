@@ -264,7 +264,8 @@ def evaluate_predictions(name: str, examples: Sequence[dict],
   # The benchmarks' average: the mean over tasks of each task's main metric.
   mains = [r.get(tasks.TASK_INFO[t].main_metric) if t in tasks.TASK_INFO else None
            for t, r in zip(by_task, per_task)]
-  if mains and all(m is not None for m in mains):
-    results[AVERAGE] = float(np.mean(mains))
+  main_values = [m for m in mains if m is not None]
+  if mains and len(main_values) == len(mains):
+    results[AVERAGE] = float(np.mean(main_values))
   results['invalid'] = invalid
   return results

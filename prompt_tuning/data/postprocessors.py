@@ -21,6 +21,13 @@ def _text(value: Any) -> str:
   return value.decode('utf-8') if isinstance(value, bytes) else str(value)
 
 
+def _features(example: Optional[Mapping[str, Any]]) -> Mapping[str, Any]:
+  """The eval example's features, which targets (and WSC predictions) are scored against."""
+  if example is None:  # a TypeError, as indexing None was; SeqIO always passes the example
+    raise TypeError('this postprocessor needs the eval example\'s features (example=...).')
+  return example
+
+
 def string_label_to_class_id(text, label_classes: Sequence[str], default: int = INVALID,
                              **unused_kwargs) -> int:
   """Index of the exact string in `label_classes` (no stripping, like T5), else `default`."""
@@ -39,15 +46,16 @@ def multirc(text, example: Optional[Mapping[str, Any]] = None, is_target: bool =
   """{'value': 0/1/-1} and, for targets, the question id that groups the answers."""
   result = {'value': string_label_to_class_id(text, ('False', 'True'))}
   if is_target:
-    result['group'] = int(example['idx/question'])
+    result['group'] = int(_features(example)['idx/question'])
   return result
 
 
 def record(text, example: Optional[Mapping[str, Any]] = None, is_target: bool = False):
   """Prediction: {'value': text}; target: every gold answer + the (passage, query) group."""
   if is_target:
-    return {'value': [_text(a) for a in example['answers']],
-            'group': (int(example['idx/passage']), int(example['idx/query']))}
+    features = _features(example)
+    return {'value': [_text(a) for a in features['answers']],
+            'group': (int(features['idx/passage']), int(features['idx/query']))}
   return {'value': _text(text)}
 
 
@@ -61,11 +69,11 @@ def wsc_simple(text, example: Optional[Mapping[str, Any]] = None, is_target: boo
   The target is the example's label: whether the candidate is the pronoun's true referent.
   """
   if is_target:
-    return int(example['label'])
+    return int(_features(example)['label'])
   prediction = _wsc_clean(_text(text))
   if not prediction:  # an empty answer must not spuriously match label 0
     return INVALID
-  referent = _wsc_clean(_text(example['targets_pretokenized']))
+  referent = _wsc_clean(_text(_features(example)['targets_pretokenized']))
   if ("'" in prediction) != ("'" in referent):
     # "Bob" does not name "Bob's hat".
     return 0

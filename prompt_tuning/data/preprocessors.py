@@ -3,8 +3,8 @@
 Every format reproduces T5's (google-research/text-to-text-transfer-transformer,
 t5/data/preprocessors.py and t5/data/glue_utils.py) character for character. The input examples
 use TFDS's schema (`glue/*:2.0.0`, `super_glue/*:1.0.2`): class labels are integer ids, MultiRC
-and ReCoRD carry nested `idx` dicts. Local files are converted to that schema first (tasks.py),
-so one preprocessor serves both sources.
+and ReCoRD carry nested `idx` dicts. Local files are converted to that schema first (the readers
+in super_glue.py and glue.py), so one preprocessor serves both sources.
 
 The `*_text` functions are pure-Python versions of the tf.data ones, for tests and for callers
 without TensorFlow; tests check that both agree on the real data.

@@ -12,7 +12,7 @@ model's vocabulary (32100 for T5; the embedding is padded to 32128) is larger th
 from __future__ import annotations
 
 import os
-from typing import Any, Iterable
+from typing import Any, Iterable, Optional
 
 from prompt_tuning import storage
 
@@ -51,7 +51,8 @@ class SentencePieceVocab:
       raise ValueError(f'{path}: not a valid SentencePiece model ({e}).') from e
     self.path = path
     self.extra_ids = extra_ids
-    self._proto, self._t5 = proto, None  # _t5: the model with its sentinels, built for `text`
+    self._proto = proto
+    self._t5: Optional[Any] = None  # the model with its sentinels, built for `text`
     self.sp_size = self._sp.get_piece_size()
     # T5 relies on pad=0 and eos=1; a model with other ids would silently shift every target.
     if self._sp.pad_id() not in (PAD_ID, -1) or self._sp.eos_id() != EOS_ID:
@@ -82,9 +83,10 @@ class SentencePieceVocab:
     vocabulary (the tasks' own, data/vocabularies.py) applies. Text up to the first EOS; pad
     shows as nothing, sentinel k as '<extra_id_k>', an id past the vocabulary as the unknown
     piece ' ⁇ '. (`decode` drops sentinels and unknown ids, for readers of label words.)"""
-    if self._t5 is None:
-      self._t5 = _with_sentinels(self._proto, self.extra_ids)
-    size, unk = self._t5.get_piece_size(), self._t5.unk_id()
+    t5 = self._t5
+    if t5 is None:
+      t5 = self._t5 = _with_sentinels(self._proto, self.extra_ids)
+    size, unk = t5.get_piece_size(), t5.unk_id()
     kept = []
     for i in ids:
       i = int(i)
@@ -92,7 +94,7 @@ class SentencePieceVocab:
         break
       if i > PAD_ID:
         kept.append(i if i < size else unk)
-    return self._t5.decode(kept)
+    return t5.decode(kept)
 
   def piece(self, token_id: int) -> str:
     """One id as its vocabulary entry: the SentencePiece piece ('▁the', '</s>', '<pad>'), or
@@ -116,8 +118,10 @@ def _with_sentinels(proto: bytes, extra_ids: int) -> Any:
   vocabulary builds from the same file, so both render ids alike."""
   import sentencepiece as spm
   from sentencepiece import sentencepiece_model_pb2 as model_pb2  # protobuf: a core dependency's
-  model = model_pb2.ModelProto.FromString(proto)
+  # ModelProto is made at import by protobuf's builder (globals()), which mypy cannot see.
+  model_proto = model_pb2.ModelProto  # type: ignore[attr-defined]
+  model = model_proto.FromString(proto)
   for k in reversed(range(extra_ids)):
     model.pieces.add(piece=f'\u2581<extra_id_{k}>', score=0.0,
-                     type=model_pb2.ModelProto.SentencePiece.USER_DEFINED)
+                     type=model_proto.SentencePiece.USER_DEFINED)
   return spm.SentencePieceProcessor(model_proto=model.SerializeToString())
