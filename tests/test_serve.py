@@ -539,9 +539,10 @@ def test_serve_runs_without_tensorflow():
   code = ('import sys\n'
           'sys.modules.update(tensorflow=None, seqio=None)\n'
           'from prompt_tuning import serve, serve_api, serve_requests\n'
-          'assert serve._load_data_layer(None) is None\n'
+          'from prompt_tuning.serve import command\n'
+          'assert command.load_data_layer(None) is None\n'
           'try:\n'
-          '  serve._load_data_layer(True)\n'
+          '  command.load_data_layer(True)\n'
           'except ValueError as e:\n'
           '  print(e)\n')
   proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
@@ -613,9 +614,9 @@ def test_served_text_follows_the_rule_eval_and_infer_use(shared, formatted):
   """Generated ids become text by one rule: the SeqIO vocabulary's (eval and infer decode with
   it) and SentencePieceVocab.text (serve's) agree on sentinels (<extra_id_k>), ids past the
   vocabulary and the unknown id (' ⁇ '), pad and EOS; the engine's answers use it."""
-  from prompt_tuning import serve
   from prompt_tuning.data import tasks
   from prompt_tuning.data.vocab import SentencePieceVocab
+  from prompt_tuning.serve import engine
   path = shared('fixtures', 't5_vocab', 'sentencepiece.model')
   tasks.set_vocabulary_path(path)
   seqio_vocab = tasks.get_vocabulary('super_glue_rte_local')
@@ -629,9 +630,9 @@ def test_served_text_follows_the_rule_eval_and_infer_use(shared, formatted):
     eval_text = seqio_vocab.decode([int(t) for t in ids if t > 0])  # evaluation.py's call
     assert ours.text(np.asarray(ids)) == eval_text, ids
   assert ours.text([32045, 8]) == '<extra_id_54> the' and ours.text([2]) == ' ⁇ '
-  answer = serve._generated(ours, np.array([32099, 8, 1, 0], np.int32))
+  answer = engine.generated_answer(ours, np.array([32099, 8, 1, 0], np.int32))
   assert answer == {'prediction': '<extra_id_0> the', 'tokens': 3, 'finished': True}
-  assert serve._generated(ours, np.array([8, 8], np.int32))['finished'] is False
+  assert engine.generated_answer(ours, np.array([8, 8], np.int32))['finished'] is False
 
 
 def test_a_full_queue_answers_503_with_retry_after():
