@@ -1,7 +1,8 @@
 """The served prompts: `PromptStore` (a prompt library changed at run time) and `Snapshot` (the
-table one batch runs with). A prompt by path stays inside the library folder, a name is added
-once, and the table's capacity grows in powers of two, so adding a prompt rarely changes a
-shape."""
+table one batch runs with). Names, widths, lengths and the table are the prompt library's checks
+(prompts/library.py); the store adds the rules of a library changed over HTTP: a prompt by path
+stays inside the library folder, a name is added once, and the table's capacity grows in powers
+of two, so adding a prompt rarely changes a shape."""
 
 import dataclasses
 import os
@@ -47,27 +48,30 @@ class PromptStore:
     self._prompts: dict[str, library_lib.LibraryPrompt] = {}
     self._version = 0
     for prompt in library.values():
-      self._check(prompt.name, prompt.value)
+      self._check(prompt)
       self._prompts[prompt.name] = prompt
     self._snapshot = self._build()
 
-  def _check(self, name: str, value: np.ndarray, param: Optional[str] = None) -> None:
-    if value.ndim != 2 or value.shape[1] != self.d_model:
-      raise RequestError(400, f'prompt {name!r} has shape {list(value.shape)} but the model '
-                              f'takes [length, {self.d_model}] prompts (d_model {self.d_model}).',
-                         param=param)
-    if value.shape[0] != self.length:
-      raise RequestError(400, f'prompt {name!r} has length {value.shape[0]} but the served '
-                              f'prompts have length {self.length}.', param=param)
+  def _check(self, prompt: library_lib.LibraryPrompt, param: Optional[str] = None) -> None:
+    """The prompt fits the table: the model's width, the served length (400 otherwise)."""
+    if prompt.value.ndim != 2:
+      raise RequestError(400, f'prompt {prompt.name!r} has shape {list(prompt.value.shape)} but '
+                              f'the model takes [length, {self.d_model}] prompts (d_model '
+                              f'{self.d_model}).', param=param)
+    try:
+      library_lib.check_shapes({prompt.name: prompt}, self.d_model, self.length)
+    except library_lib.LibraryError as e:
+      raise RequestError(400, str(e), param=param) from None
 
   def _build(self) -> Snapshot:
-    names = list(self._prompts)
     capacity = 2
-    while capacity < len(names):
+    while capacity < len(self._prompts):
       capacity *= 2
     table = np.zeros((capacity, self.length, self.d_model), np.float32)
-    for k, name in enumerate(names):
-      table[k] = self._prompts[name].value
+    names: list[str] = []
+    if self._prompts:
+      names, stacked = library_lib.table(self._prompts)
+      table[:len(names)] = stacked
     self._version += 1
     return Snapshot(self._version, {n: k for k, n in enumerate(names)}, table)
 
@@ -100,12 +104,13 @@ class PromptStore:
         raise RequestError(400, f'prompt {name!r}: "values" holds non-finite numbers.',
                            param='values')
       source, kind = 'request', 'values'
-    self._check(name, value, 'path' if path is not None else 'values')
+    prompt = library_lib.LibraryPrompt(name, value, source, kind)
+    self._check(prompt, 'path' if path is not None else 'values')
     with self._lock:
       if name in self._prompts:
         raise RequestError(409, f'a prompt named {name!r} exists; DELETE it first.',
                            param='name')
-      self._prompts[name] = library_lib.LibraryPrompt(name, value, source, kind)
+      self._prompts[name] = prompt
       self._snapshot = self._build()
     return {'name': name, 'length': int(value.shape[0]), 'source': source, 'kind': kind}
 
