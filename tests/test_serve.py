@@ -550,6 +550,23 @@ def test_serve_runs_without_tensorflow():
   assert 'data_layer=True but the data layer is not installed' in proc.stdout, proc.stdout
 
 
+def test_serve_package_names_and_a_light_config():
+  """The serve flags' ServeConfig imports without JAX (the CLI builds its parser from it); every
+  name the package re-exports is its part's own object."""
+  code = ('import sys\n'
+          'from prompt_tuning.serve import config\n'
+          'assert "jax" not in sys.modules\n'
+          'from prompt_tuning import serve\n'
+          'from prompt_tuning.serve import command, engine, errors, store\n'
+          'assert [n for n in serve.__all__ if getattr(serve, n) is None] == []\n'
+          'assert serve.serve is command.serve and serve.Engine is engine.Engine\n'
+          'assert serve.RequestError is errors.RequestError\n'
+          'assert serve.PromptStore is store.PromptStore\n'
+          'assert serve.ServeConfig is config.ServeConfig\n')
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+
+
 def test_decoding_fields_are_decoding_configs():
   """The request model checks every field DecodingConfig has (a new one cannot slip through
   unchecked) and builds the same config."""
