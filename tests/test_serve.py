@@ -539,14 +539,32 @@ def test_serve_runs_without_tensorflow():
   code = ('import sys\n'
           'sys.modules.update(tensorflow=None, seqio=None)\n'
           'from prompt_tuning import serve, serve_api, serve_requests\n'
-          'assert serve._load_data_layer(None) is None\n'
+          'from prompt_tuning.serve import command\n'
+          'assert command.load_data_layer(None) is None\n'
           'try:\n'
-          '  serve._load_data_layer(True)\n'
+          '  command.load_data_layer(True)\n'
           'except ValueError as e:\n'
           '  print(e)\n')
   proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'data_layer=True but the data layer is not installed' in proc.stdout, proc.stdout
+
+
+def test_serve_package_names_and_a_light_config():
+  """The serve flags' ServeConfig imports without JAX (the CLI builds its parser from it); every
+  name the package re-exports is its part's own object."""
+  code = ('import sys\n'
+          'from prompt_tuning.serve import config\n'
+          'assert "jax" not in sys.modules\n'
+          'from prompt_tuning import serve\n'
+          'from prompt_tuning.serve import command, engine, errors, store\n'
+          'assert [n for n in serve.__all__ if getattr(serve, n) is None] == []\n'
+          'assert serve.serve is command.serve and serve.Engine is engine.Engine\n'
+          'assert serve.RequestError is errors.RequestError\n'
+          'assert serve.PromptStore is store.PromptStore\n'
+          'assert serve.ServeConfig is config.ServeConfig\n')
+  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
+  assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 def test_decoding_fields_are_decoding_configs():
@@ -613,9 +631,9 @@ def test_served_text_follows_the_rule_eval_and_infer_use(shared, formatted):
   """Generated ids become text by one rule: the SeqIO vocabulary's (eval and infer decode with
   it) and SentencePieceVocab.text (serve's) agree on sentinels (<extra_id_k>), ids past the
   vocabulary and the unknown id (' ⁇ '), pad and EOS; the engine's answers use it."""
-  from prompt_tuning import serve
   from prompt_tuning.data import tasks
   from prompt_tuning.data.vocab import SentencePieceVocab
+  from prompt_tuning.serve import engine
   path = shared('fixtures', 't5_vocab', 'sentencepiece.model')
   tasks.set_vocabulary_path(path)
   seqio_vocab = tasks.get_vocabulary('super_glue_rte_local')
@@ -629,9 +647,9 @@ def test_served_text_follows_the_rule_eval_and_infer_use(shared, formatted):
     eval_text = seqio_vocab.decode([int(t) for t in ids if t > 0])  # evaluation.py's call
     assert ours.text(np.asarray(ids)) == eval_text, ids
   assert ours.text([32045, 8]) == '<extra_id_54> the' and ours.text([2]) == ' ⁇ '
-  answer = serve._generated(ours, np.array([32099, 8, 1, 0], np.int32))
+  answer = engine.generated_answer(ours, np.array([32099, 8, 1, 0], np.int32))
   assert answer == {'prediction': '<extra_id_0> the', 'tokens': 3, 'finished': True}
-  assert serve._generated(ours, np.array([8, 8], np.int32))['finished'] is False
+  assert engine.generated_answer(ours, np.array([8, 8], np.int32))['finished'] is False
 
 
 def test_a_full_queue_answers_503_with_retry_after():

@@ -117,7 +117,7 @@ def test_connections_waiting_while_the_event_loop_stalls_are_answered():
   when SIGTERM comes. They are accepted and answered before listening stops, not reset."""
   import uvicorn
 
-  from prompt_tuning import serve
+  from prompt_tuning.serve import graceful
   stalled = threading.Event()
 
   async def app(scope, receive, send):
@@ -134,7 +134,7 @@ def test_connections_waiting_while_the_event_loop_stalls_are_answered():
 
   port = free_port()
   config = uvicorn.Config(app, host='127.0.0.1', port=port, lifespan='off', log_level='error')
-  server = serve._graceful_server_class()(config, lambda: (0, 0))
+  server = graceful.GracefulServer(config, lambda: (0, 0))
   thread = threading.Thread(target=server.run, daemon=True)
   thread.start()
   deadline = time.monotonic() + 30

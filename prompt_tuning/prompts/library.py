@@ -156,22 +156,28 @@ def load_library(spec: Spec, d_model: Optional[int] = None) -> dict[str, Library
         raise LibraryError(f'prompt name {prompt.name!r} appears twice in the library: '
                            f'{library[prompt.name].source} and {prompt.source}; rename one.')
       library[prompt.name] = prompt
-  _check_shapes(library, d_model)
+  check_shapes(library, d_model)
   return library
 
 
-def _check_shapes(library: Mapping[str, LibraryPrompt], d_model: Optional[int]) -> None:
+def check_shapes(library: Mapping[str, LibraryPrompt], d_model: Optional[int] = None,
+                 length: Optional[int] = None) -> None:
+  """Every prompt [P, D] fits one table: width `d_model` (when given; else the first prompt's)
+  and length `length` (when given; else the first prompt's)."""
   first = next(iter(library.values()))
   for p in library.values():
-    length, width = p.value.shape
+    p_length, width = p.value.shape
     if d_model is not None and width != d_model:
       raise LibraryError(f'prompt {p.name!r} ({p.source}) has width {width} but the model\'s '
                          f'd_model is {d_model}: it was tuned for another model.')
     if width != first.value.shape[1]:
       raise LibraryError(f'prompt {p.name!r} ({p.source}) has width {width} but {first.name!r} '
                          f'has {first.value.shape[1]}: one library serves one model.')
-    if length != first.value.shape[0]:
-      raise LibraryError(f'prompt {p.name!r} ({p.source}) has length {length} but '
+    if length is not None and p_length != length:
+      raise LibraryError(f'prompt {p.name!r} ({p.source}) has length {p_length} but the served '
+                         f'prompts have length {length}.')
+    if p_length != first.value.shape[0]:
+      raise LibraryError(f'prompt {p.name!r} ({p.source}) has length {p_length} but '
                          f'{first.name!r} has {first.value.shape[0]}: a mixed batch needs '
                          f'prompts of one length; keep prompts of one length per library.')
 

@@ -1,4 +1,4 @@
-"""The HTTP API of `prompt-tuning serve` (FastAPI, run by serve.serve on uvicorn).
+"""The HTTP API of `prompt-tuning serve` (FastAPI, run by command.serve on uvicorn).
 
   POST /v1/predict            {"task", "inputs", "method", "labels", "decoding"}: the native API
   POST /v1/completions        OpenAI's completions; "model" names a prompt
@@ -8,19 +8,23 @@
 
 Every error, of any status and path, is one shape (OpenAI's, so its clients raise their typed
 exceptions): {"error": {"message": ..., "type": ..., "param": <the field or null>, "code":
-<status>}}. Requests are checked whole before anything is queued (serve_requests.py); a 500 is
+<status>}}. Requests are checked whole before anything is queued (requests.py); a 500 is
 a server fault, and its traceback is logged. Nothing slow runs on the event loop: raw examples
 are formatted in a worker thread, batches run in the batcher's.
 """
 
 import asyncio
 import dataclasses
+import logging
 import time
 import uuid
 from typing import Any, Mapping, Optional
 
 from prompt_tuning.serve import requests
-from prompt_tuning.serve import RequestError, Server, log
+from prompt_tuning.serve.errors import RequestError
+from prompt_tuning.serve.server import Server
+
+log = logging.getLogger('prompt_tuning')
 
 ERROR_TYPES = {400: 'invalid_request_error', 401: 'authentication_error',
                403: 'permission_error', 404: 'not_found_error', 405: 'invalid_request_error',
