@@ -85,8 +85,9 @@ _AUTO_BOOL = {'auto': None, 'true': True, 'false': False}
 
 def _serve_flags(parser: argparse.ArgumentParser) -> None:
   from prompt_tuning.serve.config import ServeConfig
-  parser.add_argument('--prompts', help='the prompt library folder (.npy, PEFT adapters, '
-                      'MODEL_DIRs)')
+  parser.add_argument('--prompt_library', '--prompts', dest='prompt_library',
+                      help='the prompt library folder (.npy, PEFT adapters, MODEL_DIRs), as '
+                      "eval/infer's PROMPT_LIBRARY")
   parser.add_argument('--checkpoint', help='without gin files: the model to serve (a T5X '
                       'checkpoint or an HF T5 directory; its architecture is read from it)')
   parser.add_argument('--vocab', help=f'the SentencePiece model (default ${VOCAB_ENV})')
@@ -374,18 +375,18 @@ def _serve(args: argparse.Namespace) -> int:
   config = serve_config(args)
   if not 0 <= args.port < 65536:
     raise ValueError(f'--port={args.port}: choose a port in [0, 65535].')
-  if args.prompts and not storage.isdir(args.prompts):
-    raise ValueError(f'--prompts={args.prompts}: not a folder of prompts.')
+  if args.prompt_library and not storage.isdir(args.prompt_library):
+    raise ValueError(f'--prompt_library={args.prompt_library}: not a folder of prompts.')
   if args.checkpoint and not args.gin_file and not args.gin_bindings:
     # Without gin (GPU machines lack it): the architecture is read from the checkpoint.
-    return serve.serve(initial_checkpoint_path=args.checkpoint, prompts=args.prompts,
+    return serve.serve(initial_checkpoint_path=args.checkpoint, prompt_library=args.prompt_library,
                        vocab=args.vocab, host=args.host, port=args.port,
                        api_key_file=args.api_key_file, config=config)
   args.gin_file = ['runs/serve.gin'] + list(args.gin_file)
   gin_utils.setup(args)
   import gin
   return gin.get_configurable(serve.serve)(
-      prompts=args.prompts, vocab=args.vocab, host=args.host, port=args.port,
+      prompt_library=args.prompt_library, vocab=args.vocab, host=args.host, port=args.port,
       api_key_file=args.api_key_file, config=config)
 
 

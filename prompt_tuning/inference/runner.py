@@ -73,9 +73,12 @@ def text(vocab: Any, ids: Any) -> str:
   return vocab.decode([int(t) for t in ids if t > PAD_ID])
 
 
-def input_row(vocab: Any, text_: str, max_length: int) -> list[int]:
-  """A model input: the text's ids cut to leave room for EOS, then EOS (as the tasks do)."""
-  return list(vocab.encode(text_))[:max_length - 1] + [vocab.eos_id]
+def input_row(vocab: Any, text_or_ids: str | Sequence[int], max_length: int) -> list[int]:
+  """A model input: the text's ids (or the ids as given) cut to leave room for EOS, then EOS
+  (as the tasks do)."""
+  ids = (list(vocab.encode(text_or_ids)) if isinstance(text_or_ids, str)
+         else list(text_or_ids))
+  return ids[:max_length - 1] + [vocab.eos_id]
 
 
 def label_targets(vocab: Any, labels: Sequence[str], width: Optional[int] = None) -> np.ndarray:

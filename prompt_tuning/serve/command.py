@@ -60,8 +60,8 @@ def load_data_layer(wanted: Optional[bool]) -> Any:
 
 
 def serve(*, initial_checkpoint_path: str, model: Any = None, prompt: Any = None,
-          prompts: Optional[str] = None, vocab: Optional[str] = None, host: str = '127.0.0.1',
-          port: int = 8000, api_key_file: Optional[str] = None,
+          prompt_library: Optional[str] = None, vocab: Optional[str] = None,
+          host: str = '127.0.0.1', port: int = 8000, api_key_file: Optional[str] = None,
           config: ServeConfig = ServeConfig(), frozen_dtype: Optional[str] = 'auto',
           prompt_length: Optional[int] = None, data_layer: Optional[bool] = None) -> int:
   """Loads the frozen model (T5X or HF checkpoint) and the prompt library; serves until
@@ -75,7 +75,7 @@ def serve(*, initial_checkpoint_path: str, model: Any = None, prompt: Any = None
   import jax
   import uvicorn
 
-  from prompt_tuning import checkpoints
+  from prompt_tuning.inference import runner
   from prompt_tuning.serve import app as serve_api
   from prompt_tuning.serve import graceful
   from prompt_tuning.data.vocab import SentencePieceVocab
@@ -85,13 +85,11 @@ def serve(*, initial_checkpoint_path: str, model: Any = None, prompt: Any = None
                      '$PROMPT_TUNING_VOCAB.')
   api_key = load_api_key(api_key_file)
   data = load_data_layer(data_layer)  # before the model: a missing one fails fast
-  model_config, frozen = checkpoints.load_base(initial_checkpoint_path, model)
-  library = library_lib.load_library(prompts, model_config.d_model) if prompts else {}
-  store = PromptStore(library, model_config.d_model, prompts, prompt_length)
-  if frozen_dtype == 'auto':  # halve the frozen weights on accelerators; CPUs keep float32
-    frozen_dtype = 'bfloat16' if jax.default_backend() in ('gpu', 'tpu') else None
-  if frozen_dtype:
-    frozen = jax.tree_util.tree_map(lambda x: jax.numpy.asarray(x, dtype=frozen_dtype), frozen)
+  # 'auto' halves the frozen weights on accelerators; CPUs keep float32.
+  model_config, frozen = runner.load_frozen(initial_checkpoint_path, model, frozen_dtype)
+  library = (library_lib.load_library(prompt_library, model_config.d_model) if prompt_library
+             else {})
+  store = PromptStore(library, model_config.d_model, prompt_library, prompt_length)
   frozen = jax.device_put(frozen)
   placement: Placement = prompt.placement if hasattr(prompt, 'placement') else 'prefix'
   tokenizer = SentencePieceVocab(vocab_path)

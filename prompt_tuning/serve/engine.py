@@ -16,7 +16,7 @@ import numpy as np
 
 from prompt_tuning.data import batching
 from prompt_tuning.data.vocab import EOS_ID
-from prompt_tuning.inference import decoding
+from prompt_tuning.inference import decoding, runner
 from prompt_tuning.serve.config import ServeConfig
 from prompt_tuning.serve.errors import RequestError
 from prompt_tuning.serve.store import PromptStore, Snapshot
@@ -42,14 +42,10 @@ class Engine:
                config: ServeConfig, placement: Placement = 'prefix', freeze_heap: bool = False):
     """freeze_heap: after a batch that compiled, move the heap out of the garbage collector's
     reach (see the function freeze_heap; for a server process, not for a library caller's)."""
-    from prompt_tuning.models import t5
-    from prompt_tuning.models.prompt import PromptConfig
     self.model_config, self.frozen, self.store = model_config, frozen, store
     self.vocab, self.config = vocab, config
     self.placement, self.freeze_heap = placement, freeze_heap
-    self._modules: dict[int, Any] = {}
-    self._params: tuple[int, Any] = (-1, None)  # (snapshot version, frozen + its table)
-    self._t5, self._prompt_config = t5, PromptConfig
+    self._model: tuple[int, Any] = (-1, None)  # (snapshot version, the model with its table)
     # Few shapes, each compiled once: widths in powers of two; rows see ServeConfig.fine_shapes.
     import jax
     self.fine = (jax.default_backend() == 'cpu' if config.fine_shapes is None
@@ -59,11 +55,14 @@ class Engine:
     self.buckets = tuple(sorted({min(2 ** i, config.max_input_length) for i in range(3, 16)}))
     self.shapes: set[tuple] = set()  # (kind, program, rows, width, capacity): each compiles once
 
-  def module(self, capacity: int):
-    if capacity not in self._modules:
-      self._modules[capacity] = self._t5.EncoderDecoder(
-          self.model_config, self._prompt_config(self.store.length, self.placement, capacity))
-    return self._modules[capacity]
+  def model(self, snap: Snapshot) -> runner.PromptedModel:
+    """The frozen model with the snapshot's table, made again when the table changed (a model
+    of the same capacity is equal to the last one: its compiled programs are reused)."""
+    if self._model[0] != snap.version:  # only the worker thread runs batches: no lock needed
+      import jax
+      self._model = (snap.version, runner.PromptedModel(
+          self.model_config, self.frozen, jax.device_put(snap.table), placement=self.placement))
+    return self._model[1]
 
   def warm_up(self) -> int:
     """Compiles greedy decoding for every batch shape (row sizes x widths) at each of
@@ -102,30 +101,21 @@ class Engine:
 
   def _run(self, key: tuple, rows: Sequence[Row], width: int, snap: Snapshot) -> list[dict]:
     """One batch: rows padded to `width` and to the next of `row_sizes`."""
-    import jax
-
-    from prompt_tuning.models.prompt import merge_params, prompt_tree
     size = next(n for n in self.row_sizes if n >= len(rows))
     tokens = batching.pad_rows([row.tokens for row in rows], size, width)
     ids = np.zeros((size,), np.int32)
     ids[:len(rows)] = [snap.index[row.prompt] for row in rows]
     capacity = snap.table.shape[0]
-    model = self.module(capacity)
-    if self._params[0] != snap.version:  # only the worker thread runs batches: no lock needed
-      self._params = (snap.version, merge_params(self.frozen,
-                                                 prompt_tree(jax.device_put(snap.table))))
-    params = self._params[1]
+    model = self.model(snap)
     if key[0] == 'generate':
       config, length = key[1], key[2]
-      out = np.asarray(config.generate(model, params, tokens, length, prompt_ids=ids))
+      out = model.generate(tokens, config, length, ids)
       answers = [generated_answer(self.vocab, out[j]) for j in range(len(rows))]
       program: tuple = (config, length)
     else:
       labels = key[1]
-      candidates = batching.pad_rows([list(self.vocab.encode(label)) + [EOS_ID]
-                                      for label in labels])
-      scores = np.asarray(jax.block_until_ready(decoding.score_candidates(
-          model, params, tokens, candidates, prompt_ids=ids)))
+      candidates = runner.label_targets(self.vocab, labels)
+      scores = model.score(tokens, candidates, ids)
       answers = [{'prediction': labels[int(scores[j].argmax())],
                   'scores': [float(s) for s in scores[j]]} for j in range(len(rows))]
       program = candidates.shape
@@ -134,11 +124,11 @@ class Engine:
 
 
 def generated_answer(vocab: Any, ids: np.ndarray) -> dict:
-  """A generated row: its text (vocab.text: the rule eval and infer use), how many tokens it
+  """A generated row: its text (runner.text: the rule eval and infer use), how many tokens it
   took (its EOS counted) and whether it ended by itself (EOS) rather than at the length."""
   ends = np.flatnonzero(ids == EOS_ID)
-  return {'prediction': vocab.text(ids), 'tokens': int(ends[0]) + 1 if len(ends) else len(ids),
-          'finished': bool(len(ends))}
+  return {'prediction': runner.text(vocab, ids),
+          'tokens': int(ends[0]) + 1 if len(ends) else len(ids), 'finished': bool(len(ends))}
 
 
 def freeze_heap() -> None:

@@ -6,7 +6,7 @@ import hmac
 import time
 from typing import Any, Optional, Sequence
 
-from prompt_tuning.data.vocab import EOS_ID
+from prompt_tuning.inference import runner
 from prompt_tuning.serve.batcher import Batcher, Metrics
 from prompt_tuning.serve.config import ServeConfig
 from prompt_tuning.serve.engine import Engine, Row
@@ -41,9 +41,7 @@ class Server:
 
   def tokens(self, text_or_ids: str | list[int]) -> list[int]:
     """Encoder input ids: the text's tokens (or the ids as given), cut to leave room for EOS."""
-    ids = (list(self.engine.vocab.encode(text_or_ids)) if isinstance(text_or_ids, str)
-           else list(text_or_ids))
-    return ids[:self.config.max_input_length - 1] + [EOS_ID]
+    return runner.input_row(self.engine.vocab, text_or_ids, self.config.max_input_length)
 
   def rows(self, prompt: str, inputs: Sequence[str | list[int]], key: tuple) -> list[Row]:
     return [Row(key, self.tokens(x), prompt, concurrent.futures.Future()) for x in inputs]
