@@ -20,7 +20,6 @@ tensorstore; errors that will not go away become a `StorageError` naming the URL
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import posixpath
@@ -418,50 +417,6 @@ def _first_line(e: BaseException) -> str:
 def _emulator_hint() -> str:
   host = os.environ.get('STORAGE_EMULATOR_HOST')
   return f' (STORAGE_EMULATOR_HOST={host})' if host else ''
-
-
-def read_jsonl(path: str) -> list[dict]:
-  """The whole records of a JSONL file (a line a kill cut short is left out)."""
-  if not exists(path):
-    return []
-  records = []
-  for line in read_bytes(path).decode('utf-8', errors='replace').split('\n'):
-    try:
-      record = json.loads(line)
-    except ValueError:
-      continue
-    if isinstance(record, dict):
-      records.append(record)
-  return records
-
-
-def append_jsonl(path: str, record: dict) -> None:
-  """Appends one line; after a line a kill cut short, on a line of its own. Object storage
-  has no append: the file is written again whole, as one object (it stays small)."""
-  if is_remote(path):
-    old = read_bytes(path) if exists(path) else b''
-    cut = bool(old) and not old.endswith(b'\n')
-    write_atomic(path, old + (('\n' if cut else '') + json.dumps(record) + '\n').encode())
-    return
-  os.makedirs(os.path.dirname(path) or '.', exist_ok=True)
-  with open(path, 'a+b') as f:
-    cut = False
-    if f.seek(0, os.SEEK_END) > 0:
-      f.seek(-1, os.SEEK_END)
-      cut = f.read(1) != b'\n'
-    f.write((('\n' if cut else '') + json.dumps(record) + '\n').encode())
-
-
-def rewrite_jsonl(path: str, keep: Callable[[dict], bool]) -> None:
-  """Keeps the records `keep` accepts (the file is rewritten atomically, only if it changes)."""
-  if not exists(path):
-    return
-  records = read_jsonl(path)
-  kept = [r for r in records if keep(r)]
-  original = read_bytes(path)
-  data = ''.join(json.dumps(r) + '\n' for r in kept).encode()
-  if data != original:
-    write_atomic(path, data)
 
 
 def one_line(e: BaseException) -> str:

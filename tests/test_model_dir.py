@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from prompt_tuning import storage
+from prompt_tuning.train import records
 from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import loop
@@ -117,23 +117,23 @@ def test_records_past_the_committed_step_and_a_cut_evaluation_are_dropped(run):
   metrics, eval_dir = _write_records(run)
   assert not model_dir_lib.eval_done(run, 4)
   model_dir_lib.repair(run, keep=2)
-  assert [(r['kind'], r['step']) for r in storage.read_jsonl(metrics)] == [
+  assert [(r['kind'], r['step']) for r in records.read_jsonl(metrics)] == [
       ('train', 2), ('eval', 2), ('train', 4)]
   # Step 4's evaluation has no final record: its files go, it is rerun. The `eval` command's
   # files and records (tag 'eval') are not the training run's to remove.
   assert sorted(os.listdir(eval_dir)) == ['rte-metrics.jsonl', 'rte-rank-eval-step4.jsonl',
                                           'rte-rank-step2.jsonl']
-  assert [(r['step'], r['tag']) for r in storage.read_jsonl(
+  assert [(r['step'], r['tag']) for r in records.read_jsonl(
       os.path.join(eval_dir, 'rte-metrics.jsonl'))] == [(2, ''), (4, 'eval')]
 
 
 def test_a_complete_evaluation_of_the_committed_step_is_kept(run):
   metrics, eval_dir = _write_records(run)
-  storage.append_jsonl(metrics, {'kind': 'eval', 'step': 4})
+  records.append_jsonl(metrics, {'kind': 'eval', 'step': 4})
   assert model_dir_lib.eval_done(run, 4)
   model_dir_lib.repair(run, keep=2)
   assert 'rte-rank-step4.jsonl' in os.listdir(eval_dir)
-  steps = [r['step'] for r in storage.read_jsonl(os.path.join(eval_dir,
+  steps = [r['step'] for r in records.read_jsonl(os.path.join(eval_dir,
                                                                     'rte-metrics.jsonl'))]
   assert steps == [2, 4, 4]
 

@@ -76,14 +76,14 @@ def test_per_task_gradients_equal_single_task_runs(base):
   ids = np.array([2, 0, 1, 0, 2, 2], np.int32)
   multi = train_fixtures.make_trainer(CONFIG, frozen, prompt_length=4, num_prompts=3)
   state = multi.init_state(table)
-  grads = jax.jit(jax.grad(lambda p: multi._loss(p, multi.frozen, {**batch, 'prompt_ids': ids},
+  grads = jax.jit(jax.grad(lambda p: multi.batch_loss(p, multi.frozen, {**batch, 'prompt_ids': ids},
                                                  jax.random.PRNGKey(0), False)[0]))(state.params)
   table_grad = np.asarray(grads['encoder']['prompt']['prompt']['prompt'])
   single = train_fixtures.make_trainer(CONFIG, frozen, prompt_length=4)
   for k in range(3):
     rows = {key: value[ids == k] for key, value in batch.items()}
     one = single.init_state(table[k])
-    grad = jax.jit(jax.grad(lambda p, rows=rows: single._loss(
+    grad = jax.jit(jax.grad(lambda p, rows=rows: single.batch_loss(
         p, single.frozen, rows, jax.random.PRNGKey(0), False)[0]))(one.params)
     np.testing.assert_allclose(table_grad[k], grad['encoder']['prompt']['prompt']['prompt'],
                                atol=1e-5, rtol=0)
@@ -237,11 +237,11 @@ def test_a_prompt_table_step_costs_what_one_prompt_costs():
 def test_ensemble_members_train_as_their_own_runs(base):
   """PROMPT_ENSEMBLE: a batch tiled once per member (member n's rows ask prompt n) updates
   each member exactly as a one-prompt run on that batch would (Adafactor per prompt)."""
-  from prompt_tuning import runs as runs_lib
+  from prompt_tuning.train import settings
   _, frozen = base
   table = np.random.RandomState(2).normal(size=(3, 4, CONFIG.d_model)).astype(np.float32)
   batch = train_fixtures.make_batch(1, batch=4, vocab=CONFIG.vocab_size)
-  tiled = next(runs_lib._per_member(iter([batch]), 3))
+  tiled = next(settings.per_member(iter([batch]), 3))
   assert tiled['encoder_input_tokens'].shape[0] == 12
   assert tiled['prompt_ids'].tolist() == [0] * 4 + [1] * 4 + [2] * 4
   ensemble = train_fixtures.make_trainer(CONFIG, frozen, prompt_length=4, num_prompts=3)

@@ -9,7 +9,7 @@ import struct
 import numpy as np
 import pytest
 
-from prompt_tuning import storage
+from prompt_tuning.train import records as records_lib
 from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.train import reporting
 
@@ -53,7 +53,7 @@ def train_record(step):
 
 
 def records(model_dir):
-  return storage.read_jsonl(os.path.join(model_dir, 'metrics.jsonl'))
+  return records_lib.read_jsonl(os.path.join(model_dir, 'metrics.jsonl'))
 
 
 # ----------------------------------------------------------------------------------------------

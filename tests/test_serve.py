@@ -719,8 +719,8 @@ def test_fine_and_coarse_batch_shapes_answer_alike(shared, formatted, tmp_path):
     engine = _engine(shared, store, serve.ServeConfig(fine_shapes=fine))
     vocab = engine.vocab
     widths = set()
-    real_run = engine._run
-    engine._run = lambda key, rows, width, snap: widths.add(width) or real_run(  # noqa: B023
+    real_run = engine.run_batch
+    engine.run_batch = lambda key, rows, width, snap: widths.add(width) or real_run(  # noqa: B023
         key, rows, width, snap)
     rows = [serve.Row(None, list(vocab.encode(x)) + [EOS_ID], t, concurrent.futures.Future())
             for t, x in texts]

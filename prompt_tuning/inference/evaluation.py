@@ -18,6 +18,7 @@ from prompt_tuning import storage
 from prompt_tuning.data import batching
 from prompt_tuning.inference import decoding, runner
 from prompt_tuning.train import model_dir as model_dir_lib
+from prompt_tuning.train import records
 
 log = logging.getLogger('prompt_tuning')
 EvalMethod = Literal['generate', 'rank']
@@ -168,7 +169,7 @@ class Evaluator:
                     'target': example.get('targets_pretokenized'),
                     'prediction': prediction}) + '\n'
         for example, prediction in zip(self.examples, predictions)))
-    storage.append_jsonl(
+    records.append_jsonl(
         storage.join(self.output_dir, model_dir_lib.eval_metrics_file(self.task_name)),
         {'step': step, 'method': method, 'tag': tag, **metrics})
 

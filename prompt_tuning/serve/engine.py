@@ -76,7 +76,7 @@ class Engine:
       for width in self.buckets:
         for size in self.row_sizes:
           rows = [Row(key, [EOS_ID], name, concurrent.futures.Future()) for _ in range(size)]
-          self._run(key, rows, width, snap)
+          self.run_batch(key, rows, width, snap)
     return len(self.shapes) - before
 
   def run(self, key: tuple, rows: Sequence[Row]) -> list[Any]:
@@ -93,13 +93,13 @@ class Engine:
       by_width = {max(by_width): sorted(i for live in by_width.values() for i in live)}
     compiled = len(self.shapes)
     for width, live in sorted(by_width.items()):
-      for i, answer in zip(live, self._run(key, [rows[i] for i in live], width, snap)):
+      for i, answer in zip(live, self.run_batch(key, [rows[i] for i in live], width, snap)):
         answers[i] = answer
     if self.freeze_heap and len(self.shapes) > compiled:  # what a compile made stays
       freeze_heap()
     return answers
 
-  def _run(self, key: tuple, rows: Sequence[Row], width: int, snap: Snapshot) -> list[dict]:
+  def run_batch(self, key: tuple, rows: Sequence[Row], width: int, snap: Snapshot) -> list[dict]:
     """One batch: rows padded to `width` and to the next of `row_sizes`."""
     size = next(n for n in self.row_sizes if n >= len(rows))
     tokens = batching.pad_rows([row.tokens for row in rows], size, width)

@@ -37,6 +37,7 @@ import numpy as np
 
 from prompt_tuning.prompts import files as prompt_files
 from prompt_tuning import storage
+from prompt_tuning.train import records
 from prompt_tuning.storage import TMP_MARK, one_line, tmp_name, write_atomic
 from prompt_tuning.models.prompt import DEEP_PATH, PROMPT_PATH, effective_prompts
 
@@ -352,7 +353,7 @@ def _readable_step(model_dir: str, step: Optional[int]) -> int:
 def eval_done(model_dir: str, step: int) -> bool:
   """An evaluation's record in metrics.jsonl is written last: it marks the evaluation whole."""
   return any(r.get('kind') == 'eval' and r.get('step') == step
-             for r in storage.read_jsonl(storage.join(model_dir, METRICS)))
+             for r in records.read_jsonl(storage.join(model_dir, METRICS)))
 
 
 def _remove_temporaries(root: str) -> list[str]:
@@ -413,14 +414,14 @@ def repair(model_dir: str, keep: Optional[int] = None) -> Optional[int]:
     write_numpy_prompt(model_dir, step, prompt_PxD, deep_LxPxD)
     log.info('Rewrote the numpy prompt of step %d in %s.', step, model_dir)
 
-  storage.rewrite_jsonl(storage.join(model_dir, METRICS), lambda r: r.get('step', 0) <= limit)
+  records.rewrite_jsonl(storage.join(model_dir, METRICS), lambda r: r.get('step', 0) <= limit)
   whole = latest is not None and eval_done(model_dir, latest)
   eval_dir = storage.join(model_dir, INFERENCE_EVAL)
   for name in storage.listdir(eval_dir):
     path = storage.join(eval_dir, name)
     m = _PREDICTIONS_STEP.search(name)
     if name.endswith(eval_metrics_file('')):
-      storage.rewrite_jsonl(path, lambda r: _command_record(r) or r.get('step', 0) < limit or (
+      records.rewrite_jsonl(path, lambda r: _command_record(r) or r.get('step', 0) < limit or (
           r.get('step') == limit and whole))
     elif m and f'-{COMMAND_TAG}-' not in name and (int(m.group(1)) > limit or (
         int(m.group(1)) == limit and not whole)):

@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from prompt_tuning.train import model_dir as model_dir_lib
+from prompt_tuning.train import records
 from prompt_tuning.prompts import files as prompt_files
 from prompt_tuning import storage
 from prompt_tuning.storage import save_atomic, write_atomic
@@ -96,7 +97,7 @@ class Reporter:
     if self._started or not self.enabled:
       return
     self._started = True
-    for record in storage.read_jsonl(storage.join(self.model_dir, model_dir_lib.METRICS)):
+    for record in records.read_jsonl(storage.join(self.model_dir, model_dir_lib.METRICS)):
       if record.get('kind') == 'train' and 'loss_per_token' in record:
         self.train_history.append((record['step'], record['loss_per_token']))
       elif record.get('kind') == 'eval':
@@ -147,7 +148,7 @@ class Reporter:
       os.remove(path)
 
   def _append_jsonl(self, record: dict) -> None:
-    storage.append_jsonl(storage.join(self.model_dir, model_dir_lib.METRICS), record)
+    records.append_jsonl(storage.join(self.model_dir, model_dir_lib.METRICS), record)
 
   def train_metrics(self, step: int, metrics: dict[str, float]) -> None:
     if not self.enabled:

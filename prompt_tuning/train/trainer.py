@@ -242,7 +242,7 @@ class PromptTrainer:
 
   # -- steps ------------------------------------------------------------------------------------
 
-  def _loss(self, trainable, frozen, batch, rng, enable_dropout):
+  def batch_loss(self, trainable, frozen, batch, rng, enable_dropout):
     params = prompt_lib.merge_params(frozen, trainable)
     logits = self.model.apply(
         {'params': params}, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
@@ -263,7 +263,7 @@ class PromptTrainer:
              batch['encoder_input_tokens'].shape[1], batch['decoder_target_tokens'].shape[1],
              batch['encoder_input_tokens'].shape[0], self.trace_count)
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-    grad_fn = jax.value_and_grad(self._loss, has_aux=True)
+    grad_fn = jax.value_and_grad(self.batch_loss, has_aux=True)
     (loss, aux), grads = grad_fn(state.params, frozen, batch, rng,
                                  self.model_config.dropout_rate > 0)
     updates, opt_state = self.optimizer.update(grads, state.opt_state, state.params)
@@ -284,7 +284,7 @@ class PromptTrainer:
     return new_state, metrics
 
   def _eval(self, trainable, frozen, batch):
-    loss, aux = self._loss(trainable, frozen, batch, jax.random.PRNGKey(0), False)
+    loss, aux = self.batch_loss(trainable, frozen, batch, jax.random.PRNGKey(0), False)
     return {'loss': loss, 'weight_sum': aux['weight_sum'], 'correct': aux['correct']}
 
   def train_step(self, state: TrainState, batch: dict) -> tuple[TrainState, dict]:
