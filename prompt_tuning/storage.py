@@ -419,6 +419,17 @@ def _emulator_hint() -> str:
   return f' (STORAGE_EMULATOR_HOST={host})' if host else ''
 
 
+def checkpoint_steps(directory: str, marker: str) -> list[int]:
+  """N of every `checkpoint_N` folder in `directory` that holds the file `marker` (T5X's
+  checkpoint folders, MODEL_DIR's numpy prompts), sorted; none for a missing folder."""
+  steps = []
+  for name in listdir(directory):
+    m = re.fullmatch(r'checkpoint_(\d+)', name)
+    if m and isfile(join(directory, name, marker)):
+      steps.append(int(m.group(1)))
+  return sorted(steps)
+
+
 def one_line(e: BaseException) -> str:
   """An error's message as the one line a user sees (the CLI's, and inside MODEL_DIR's errors):
   gin's "In call to configurable" trailer and tensorstore's spec dumps cut, caret lines dropped,

@@ -538,15 +538,14 @@ def test_serve_runs_without_tensorflow():
   the data layer is then left out rather than failing the start."""
   code = ('import sys\n'
           'sys.modules.update(tensorflow=None, seqio=None)\n'
-          'from prompt_tuning import serve, serve_api, serve_requests\n'
+          'from prompt_tuning.serve import app, requests\n'
           'from prompt_tuning.serve import command\n'
           'assert command.load_data_layer(None) is None\n'
           'try:\n'
           '  command.load_data_layer(True)\n'
           'except ValueError as e:\n'
           '  print(e)\n')
-  proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
-  assert proc.returncode == 0, proc.stderr[-3000:]
+  proc = _python(code)
   assert 'data_layer=True but the data layer is not installed' in proc.stdout, proc.stdout
 
 
@@ -563,8 +562,14 @@ def test_serve_package_names_and_a_light_config():
           'assert serve.RequestError is errors.RequestError\n'
           'assert serve.PromptStore is store.PromptStore\n'
           'assert serve.ServeConfig is config.ServeConfig\n')
+  _python(code)
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+  """`code` run in a fresh interpreter (what it imports is its own); it must exit 0."""
   proc = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=120)
   assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc
 
 
 def test_decoding_fields_are_decoding_configs():

@@ -14,7 +14,6 @@ tensorstore (t5x_arrays.py).
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 from typing import Any, Mapping, Optional, Sequence
@@ -69,12 +68,7 @@ def _absolute(path: str) -> str:
 
 @storage_errors
 def all_steps(model_dir: str) -> list[int]:
-  steps = []
-  for name in storage.listdir(model_dir):
-    m = re.fullmatch(r'checkpoint_(\d+)', name)
-    if m and storage.isfile(storage.join(model_dir, name, CHECKPOINT_FILE)):
-      steps.append(int(m.group(1)))
-  return sorted(steps)
+  return storage.checkpoint_steps(model_dir, CHECKPOINT_FILE)
 
 
 def _read_contents(ckpt_dir: str) -> dict:

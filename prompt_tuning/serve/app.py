@@ -153,12 +153,16 @@ def create_app(server: Server):
                                 f'{config.max_chars_per_input}.', param=f'inputs[{i}]')
     return texts
 
+  async def parsed(request: Request, kind: Any, prompt_field: str) -> tuple[float, Any]:
+    """(when it arrived, the request checked whole, naming a prompt the store has)."""
+    start = time.monotonic()
+    req = requests.parse(kind, await requests.read_json(request, limit), context)
+    server.check_prompt(getattr(req, prompt_field), prompt_field)
+    return start, req
+
   @app.post('/v1/predict')
   async def predict(request: Request):
-    start = time.monotonic()
-    req = requests.parse(requests.PredictRequest, await requests.read_json(request, limit),
-                         context)
-    server.check_prompt(req.task, 'task')
+    start, req = await parsed(request, requests.PredictRequest, 'task')
     texts = await inputs_of(req)
     labels = None
     if req.method == 'rank':
@@ -185,10 +189,7 @@ def create_app(server: Server):
 
   @app.post('/v1/completions')
   async def completions(request: Request):
-    start = time.monotonic()
-    req = requests.parse(requests.CompletionRequest, await requests.read_json(request, limit),
-                         context)
-    server.check_prompt(req.model, 'model')
+    start, req = await parsed(request, requests.CompletionRequest, 'model')
     plan = requests.completion_plan(req, config, engine.vocab.vocab_size)
     for i, p in enumerate(plan.prompts):
       if isinstance(p, str) and len(p) > config.max_chars_per_input:

@@ -204,13 +204,7 @@ def numpy_deep_path(model_dir: str, step: int) -> str:
 
 def numpy_steps(model_dir: str) -> list[int]:
   """Steps with a complete numpy prompt file (committed or not)."""
-  directory = storage.join(model_dir, NUMPY_CHECKPOINTS)
-  steps = []
-  for name in storage.listdir(directory):
-    m = re.fullmatch(r'checkpoint_(\d+)', name)
-    if m and storage.isfile(storage.join(directory, name, NUMPY_NAME)):
-      steps.append(int(m.group(1)))
-  return sorted(steps)
+  return storage.checkpoint_steps(storage.join(model_dir, NUMPY_CHECKPOINTS), NUMPY_NAME)
 
 
 def prompt_steps(model_dir: str) -> list[int]:
