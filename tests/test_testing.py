@@ -1,5 +1,9 @@
-"""prompt_tuning.testing, the fixtures shared by tests and benchmarks."""
+"""prompt_tuning.testing, the fixtures shared by tests and benchmarks; and the rule that keeps them
+in one place: no test file imports a test module (test_*) or conftest (tests/ helper modules,
+conftest's fixtures and prompt_tuning.testing are what test files share)."""
 
+import ast
+import glob
 import os
 import subprocess
 import sys
@@ -9,7 +13,58 @@ import pytest
 
 from prompt_tuning import testing
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+HERE = os.path.dirname(os.path.abspath(__file__))
+REPO = os.path.dirname(HERE)
+
+
+def _test_module_imports(source: str) -> list[str]:
+  """'line: module' for each import of a test module (test_*) or conftest in `source`, at any
+  depth (imports inside functions included)."""
+  def forbidden(dotted: str) -> bool:
+    return any(part.startswith('test_') or part == 'conftest' for part in dotted.split('.'))
+
+  found = []
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.Import):
+      names = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom):
+      module = node.module or ''
+      names = [module]
+      if node.level or module in ('', 'tests'):  # `from tests import x`, `from . import x`
+        names += [f'{module}.{alias.name}' for alias in node.names]
+    else:
+      continue
+    found += [f'{node.lineno}: {name.strip(".")}' for name in names if forbidden(name)]
+  return found
+
+
+def test_no_test_file_imports_a_test_module_or_conftest():
+  files = sorted(glob.glob(os.path.join(HERE, '*.py')))
+  assert len(files) > 40 and os.path.join(HERE, 'conftest.py') in files
+  bad = {}
+  for path in files:
+    with open(path) as f:
+      found = _test_module_imports(f.read())
+    if found:
+      bad[os.path.basename(path)] = found
+  assert not bad, (f'{bad}: share fixtures through prompt_tuning.testing, a conftest fixture or '
+                   'a helper module in tests/, not by importing a test module or conftest')
+
+
+@pytest.mark.parametrize('source', [
+    'from test_t5x_checkpoint import FIXTURE', 'import test_serve', 'import tests.test_serve',
+    'from tests.conftest import shared_path', 'from tests import conftest', 'import conftest',
+    'from . import test_serve', 'def f():\n  from test_serve import call'])
+def test_the_rule_finds_each_form_of_such_an_import(source):
+  assert len(_test_module_imports(source)) == 1, source
+
+
+def test_the_rule_allows_helpers_and_the_testing_module():
+  assert _test_module_imports('\n'.join([
+      'from prompt_tuning import testing', 'from prompt_tuning.testing import FIXTURE',
+      'import prompt_tuning.testing.gcs_emulator', 'from cli_helpers import run_cli',
+      'from train_fixtures import make_trainer', 'from benchmarks import common',
+      'from prompt_tuning.testing import testing_helper'])) == []
 
 
 def test_importing_it_loads_no_tensorflow_jax_or_pytest():
