@@ -1,5 +1,6 @@
-"""Pieces shared by the benchmarks: arguments, synthetic batches, analytic model FLOPs, the measured
-matmul peak, timing, machine description, and JSON / markdown reporting.
+"""Pieces shared by the benchmarks: arguments, synthetic weights and prompts (batches:
+prompt_tuning.testing.synthetic_batch), analytic model FLOPs, the measured matmul peak, timing,
+machine description, and JSON / markdown reporting.
 
 jax and torch are imported inside functions: the PEFT side runs in a child process that must not
 start a JAX backend (on a GPU, JAX would preallocate most of the card's memory).
@@ -100,19 +101,8 @@ def hf_dims(config) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------
-# Synthetic data: full-length rows (no padding), so both sides do exactly the same work.
-
-
-def random_batch(batch: int, inputs: int, targets: int, vocab: int, seed: int) -> dict:
-  """Random tokens in [2, vocab) ending with EOS; decoder inputs are the shifted targets."""
-  rng = np.random.RandomState(seed)
-  enc = rng.randint(2, vocab, size=(batch, inputs)).astype(np.int32)
-  enc[:, -1] = EOS_ID
-  tgt = rng.randint(2, vocab, size=(batch, targets)).astype(np.int32)
-  tgt[:, -1] = EOS_ID
-  dec_in = np.concatenate([np.zeros((batch, 1), np.int32), tgt[:, :-1]], axis=1)
-  return {'encoder_input_tokens': enc, 'decoder_input_tokens': dec_in,
-          'decoder_target_tokens': tgt}
+# Synthetic data. Batches are prompt_tuning.testing.synthetic_batch(..., padding=False): full-length
+# rows (no padding), so both sides do exactly the same work.
 
 
 def save_batch(arrays: dict, directory: str) -> str:

@@ -25,6 +25,7 @@ if __package__ in (None, ''):  # `python benchmarks/inference.py` as well as `-m
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
+from prompt_tuning.testing import synthetic_batch  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -120,8 +121,8 @@ def run(args: argparse.Namespace) -> dict:
   args.decode_length = args.decode_length or args.targets
   dtype = common.setup_backend(args)
   config = common.model_config(args, dtype)
-  arrays = common.random_batch(args.batch, args.inputs, args.targets, config.vocab_size,
-                               args.seed)
+  arrays = synthetic_batch(args.seed, args.batch, args.inputs, args.targets, config.vocab_size,
+                           padding=False)
   arrays['candidates'] = candidates(args.num_candidates, args.candidate_length,
                                     config.vocab_size, args.seed)
   args.peak_n = args.peak_n or common.default_peak_n()

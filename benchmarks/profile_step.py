@@ -22,6 +22,7 @@ if __package__ in (None, ''):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
+from prompt_tuning.testing import synthetic_batch  # noqa: E402
 from benchmarks import train_step  # noqa: E402
 
 # First match wins: the more specific names come first.
@@ -74,8 +75,8 @@ def profile(args: argparse.Namespace, steps: int = 3) -> dict:
   import jax
   dtype = common.setup_backend(args)
   config = common.model_config(args, dtype, args.remat)
-  arrays = common.random_batch(args.batch, args.inputs, args.targets, config.vocab_size,
-                               args.seed)
+  arrays = synthetic_batch(args.seed, args.batch, args.inputs, args.targets, config.vocab_size,
+                           padding=False)
   built = train_step.build_ours(args, config, arrays)
   step = train_step.stepper(built)
   for _ in range(max(args.warmup, 1)):

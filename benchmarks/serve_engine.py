@@ -13,6 +13,7 @@ import time
 
 from benchmarks import common
 from benchmarks import serve_load
+from prompt_tuning import testing
 
 
 def main(argv=None) -> int:
@@ -29,16 +30,15 @@ def main(argv=None) -> int:
 
   from prompt_tuning import checkpoints, serve
   from prompt_tuning.inference import decoding
-  from prompt_tuning.models import t5
   from prompt_tuning.data.vocab import EOS_ID, SentencePieceVocab
-  vocab = SentencePieceVocab(serve_load.shared_path('fixtures', 't5_vocab', 'sentencepiece.model'))
-  dims = serve_load.MINI if args.model == 'mini' else serve_load.FIXTURE_DIMS
+  vocab = SentencePieceVocab(testing.shared_path(*testing.VOCAB))
+  config = serve_load.model_config(args.model)
   with tempfile.TemporaryDirectory() as base:
     path = (serve_load.mini_checkpoint(base) if args.model == 'mini' else
-            serve_load.shared_path('fixtures', 't5x_tiny', 'checkpoint_3'))
-    model_config, frozen = checkpoints.load_base(path, t5.T5Config(**dims))
-  store = serve.PromptStore({}, dims['d_model'], None, serve_load.PROMPT_LENGTH)
-  for name, value in serve_load.task_prompts(dims['d_model']).items():
+            testing.shared_path(*testing.FIXTURE))
+    model_config, frozen = checkpoints.load_base(path, config)
+  store = serve.PromptStore({}, config.d_model, None, serve_load.PROMPT_LENGTH)
+  for name, value in serve_load.task_prompts(config.d_model).items():
     store.add(name, values=value.tolist())
   engine = serve.Engine(model_config, jax.device_put(frozen), store, vocab, serve.ServeConfig())
   key = ('generate', decoding.DecodingConfig(), args.decode_length)

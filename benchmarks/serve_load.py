@@ -20,7 +20,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,11 +32,9 @@ from typing import Optional
 import numpy as np
 
 from benchmarks import common
+from prompt_tuning import testing
 
-# T5Config fields of the two models (the fixture's relpos_max_distance is not in its checkpoint).
-FIXTURE_DIMS = dict(vocab_size=32128, d_model=4, d_ff=8, num_heads=2, head_dim=2,
-                    num_encoder_layers=2, num_decoder_layers=2, relpos_buckets=4,
-                    relpos_max_distance=8, dtype='float32')
+# T5Config fields of the 'mini' model (the fixture's: prompt_tuning.testing.FIXTURE_CONFIG).
 MINI = dict(vocab_size=32128, d_model=256, d_ff=1024, num_heads=4, head_dim=64,
             num_encoder_layers=4, num_decoder_layers=4, dtype='float32')
 TASKS = ('super_glue_rte_local', 'super_glue_cb_local', 'super_glue_boolq_local')
@@ -45,28 +42,23 @@ PROMPT_LENGTH = 20
 VOCAB = FIXTURE = ''  # set by main
 
 
-def shared_path(*parts: str) -> str:
-  return os.path.join(os.environ.get('PROMPT_TUNING_SHARED', '../shared'), *parts)
-
-
-def gin_bindings(dims: dict) -> list[str]:
-  """The server's gin bindings for a model of these T5Config fields."""
-  return ([f't5.T5Config.{k} = {v!r}' for k, v in dims.items() if k != 'dtype'] +
-          [f"ACTIVATION_DTYPE = {dims['dtype']!r}"])
+def model_config(name: str):
+  """The t5.T5Config of `--model` `name` ('mini' or 'fixture'), with float32 activations."""
+  from prompt_tuning.models import t5
+  return t5.T5Config(**MINI) if name == 'mini' else testing.FIXTURE_CONFIG.replace(dtype='float32')
 
 
 def task_inputs() -> dict[str, list[str]]:
   """{task: its first 50 validation inputs, formatted as the task formats them}."""
   from prompt_tuning.data import tasks
-  tasks.set_local_data_dir(shared_path('data'))
+  tasks.set_local_data_dir(testing.shared_path('data'))
   return {t: [tasks.format_example(t, raw)[0]['inputs']
               for raw in tasks.read_local_examples(t, 'validation')[:50]] for t in TASKS}
 
 
 def task_prompts(d_model: int) -> dict[str, np.ndarray]:
   """A random prompt per task (seeded): what the server's library holds."""
-  return {name: np.random.RandomState(seed).normal(size=(PROMPT_LENGTH, d_model)).astype(
-      np.float32) for seed, name in enumerate(TASKS)}
+  return testing.random_prompts(TASKS, PROMPT_LENGTH, d_model)
 
 
 class Client:
@@ -151,8 +143,7 @@ def mini_checkpoint(directory: str) -> str:
 
   from prompt_tuning import checkpoints
   from prompt_tuning.models import t5
-  config = t5.T5Config(**MINI)
-  checkpoints.save_t5x(directory, t5.init_params(config, jax.random.PRNGKey(0)), 0)
+  checkpoints.save_t5x(directory, t5.init_params(model_config('mini'), jax.random.PRNGKey(0)), 0)
   return os.path.join(directory, 'checkpoint_0')
 
 
@@ -163,24 +154,12 @@ def server_metrics(port: int) -> dict:
 
 def start_server(port: int, library: str, extra: list[str], checkpoint: str,
                  model_bindings: list[str]) -> subprocess.Popen:
-  bindings = model_bindings + [f"INITIAL_CHECKPOINT_PATH = '{checkpoint}'"]
-  args = [sys.executable, '-m', 'prompt_tuning', 'serve', '--gin_file=models/t5_1_1_prompt.gin',
-          '--gin_file=models/sizes/small.gin', f'--prompts={library}', f'--port={port}',
-          f'--vocab={VOCAB}', *extra]
-  args += [f'--gin_bindings={b}' for b in bindings]
-  proc = subprocess.Popen(args, env={**os.environ, 'PROMPT_TUNING_DATA_DIR': shared_path('data')},
+  args = testing.serve_command(library, port, VOCAB, checkpoint, model_bindings, extra)
+  proc = subprocess.Popen(args, env={**os.environ,
+                                     'PROMPT_TUNING_DATA_DIR': testing.shared_path('data')},
                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 400  # it compiles every batch shape before it listens
-  while time.time() < deadline:
-    if proc.poll() is not None:
-      raise RuntimeError(f'the server exited: {proc.stderr.read()[-2000:]}')
-    try:
-      with urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2):
-        return proc
-    except (urllib.error.URLError, OSError):
-      time.sleep(0.3)
-  proc.kill()
-  raise RuntimeError('the server did not start in 400 s')
+  testing.wait_until_up(proc, port, 400)  # it compiles every batch shape before it listens
+  return proc
 
 
 def main(argv=None) -> int:
@@ -204,8 +183,8 @@ def main(argv=None) -> int:
   parser.add_argument('--vocab', default=None)
   args = parser.parse_args(argv)
   global VOCAB, FIXTURE
-  VOCAB = args.vocab or shared_path('fixtures', 't5_vocab', 'sentencepiece.model')
-  FIXTURE = args.fixture or shared_path('fixtures', 't5x_tiny', 'checkpoint_3')
+  VOCAB = args.vocab or testing.shared_path(*testing.VOCAB)
+  FIXTURE = args.fixture or testing.shared_path(*testing.FIXTURE)
 
   from prompt_tuning.prompts import files as prompt_files
   if args.inputs_json:
@@ -213,18 +192,16 @@ def main(argv=None) -> int:
       inputs = json.load(f)
   else:
     inputs = task_inputs()
-  dims = MINI if args.model == 'mini' else FIXTURE_DIMS
+  config = model_config(args.model)
   with tempfile.TemporaryDirectory() as library, tempfile.TemporaryDirectory() as base:
     checkpoint = mini_checkpoint(base) if args.model == 'mini' else FIXTURE
-    for name, value in task_prompts(dims['d_model']).items():
+    for name, value in task_prompts(config.d_model).items():
       prompt_files.write_npy(os.path.join(library, f'{name}.npy'), value)
-    with socket.socket() as s:
-      s.bind(('127.0.0.1', 0))
-      port = s.getsockname()[1]
+    port = testing.free_port()
     proc = start_server(port, library, [f'--max_batch_size={args.max_batch_size}',
                                         f'--max_wait_ms={args.max_wait_ms}',
                                         f'--warmup_decode_lengths={args.decode_length}'],
-                        checkpoint, gin_bindings(dims))
+                        checkpoint, testing.model_bindings(config))
     try:
       bodies = requests_for(args.requests, TASKS, inputs, args.decode_length)
       # Untimed warm-up, a pass of each: the shapes each phase meets compile here.

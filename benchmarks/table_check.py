@@ -13,6 +13,7 @@ import sys
 import numpy as np
 
 from benchmarks import common
+from prompt_tuning.testing import synthetic_batch
 
 
 def check(size: str, dtype: str, k: int, batch: int, inputs: int, prompt: int,
@@ -33,7 +34,7 @@ def _check(size: str, dtype: str, k: int, batch: int, inputs: int, prompt: int) 
   config = t5.T5Config.preset(size, dtype=dtype, dropout_rate=0.0)
   frozen = common.random_frozen_params(config, PromptConfig(prompt), 'float32', 0)
   table = np.stack([common.random_prompt(prompt, config.d_model, i) for i in range(k)])
-  arrays = common.random_batch(batch, inputs, 8, config.vocab_size, 1)
+  arrays = synthetic_batch(1, batch, inputs, 8, config.vocab_size, padding=False)
   ids = (np.arange(batch) % k).astype(np.int32)
   mixed_model = t5.EncoderDecoder(config, PromptConfig(prompt, num_prompts=k))
   args = (arrays['encoder_input_tokens'], arrays['decoder_input_tokens'],

@@ -24,6 +24,7 @@ if __package__ in (None, ''):  # `python benchmarks/train_step.py` as well as `-
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
+from prompt_tuning.testing import synthetic_batch  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -122,8 +123,8 @@ def run(args: argparse.Namespace) -> dict:
   started = common.cpu_snapshot()
   dtype = common.setup_backend(args)
   config = common.model_config(args, dtype, args.remat)
-  arrays = common.random_batch(args.batch, args.inputs, args.targets, config.vocab_size,
-                               args.seed)
+  arrays = synthetic_batch(args.seed, args.batch, args.inputs, args.targets, config.vocab_size,
+                           padding=False)
   enc_len, tokens = args.inputs + args.prompt, args.inputs + args.prompt + args.targets
   flops = common.train_step_flops(config, args.batch, enc_len, args.targets)
   args.peak_n = args.peak_n or common.default_peak_n()

@@ -4,28 +4,24 @@ import os
 import subprocess
 import sys
 
-FIXTURE_MODEL = [  # the T5X fixture's architecture, bound over the paper preset's size
-    't5.T5Config.d_model = 4', 't5.T5Config.d_ff = 8', 't5.T5Config.num_heads = 2',
-    't5.T5Config.head_dim = 2', 't5.T5Config.num_encoder_layers = 2',
-    't5.T5Config.num_decoder_layers = 2', 't5.T5Config.relpos_buckets = 4',
-    't5.T5Config.relpos_max_distance = 8', "ACTIVATION_DTYPE = 'float32'",
-]
+from prompt_tuning import testing
+from prompt_tuning.testing import FIXTURE, VOCAB
 
 
 def rte_env(shared, **extra) -> dict:
   return {'PROMPT_TUNING_DATA_DIR': shared('data'),
-          'PROMPT_TUNING_VOCAB': shared('fixtures', 't5_vocab', 'sentencepiece.model'), **extra}
+          'PROMPT_TUNING_VOCAB': shared(*VOCAB), **extra}
 
 
 def rte_train_args(shared, model_dir, **macros) -> list:
   """`train` with the paper's RTE preset on the tiny T5X fixture; `macros` override bindings."""
   settings = {'MODEL_DIR': f"'{model_dir}'",
-              'INITIAL_CHECKPOINT_PATH': f"'{shared('fixtures', 't5x_tiny', 'checkpoint_3')}'",
+              'INITIAL_CHECKPOINT_PATH': f"'{shared(*FIXTURE)}'",
               'MIXTURE_OR_TASK_NAME': "'super_glue_rte_local'", 'TRAIN_STEPS': '3',
               'BATCH_SIZE': '4', 'TASK_FEATURE_LENGTHS': "{'inputs': 64, 'targets': 8}",
               'PROMPT_LENGTH': '5', 'EVAL_PERIOD': '3', 'EVAL_MAX_EXAMPLES': '8',
               **{k: str(v) for k, v in macros.items()}}
-  bindings = FIXTURE_MODEL + [f'{k} = {v}' for k, v in settings.items()]
+  bindings = testing.FIXTURE_BINDINGS + [f'{k} = {v}' for k, v in settings.items()]
   return (['train', '--gin_file=configs/paper/t5_1_1_base_rte.gin'] +
           [f'--gin_bindings={b}' for b in bindings])
 

@@ -1,4 +1,5 @@
-"""Test helpers: locate ../shared (PROMPT_TUNING_SHARED) and build small reference models."""
+"""Test fixtures: paths under ../shared (PROMPT_TUNING_SHARED; prompt_tuning.testing), skipping
+when absent, and small reference models."""
 
 import atexit
 import os
@@ -6,6 +7,8 @@ import shutil
 import tempfile
 
 import pytest
+
+from prompt_tuning import testing
 
 os.environ.setdefault('JAX_PLATFORMS', 'cpu')
 # One XLA compilation cache for the session, this process and every CLI process a test starts:
@@ -22,23 +25,30 @@ if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
 # when a test's GCS client looks for credentials; read when google.auth is first imported.
 os.environ.setdefault('NO_GCE_CHECK', 'true')
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def shared_path(*parts: str) -> str:
-  root = os.environ.get('PROMPT_TUNING_SHARED', os.path.join(REPO, '..', 'shared'))
-  return os.path.join(root, *parts)
-
 
 @pytest.fixture(scope='session')
 def shared():
   """Returns a function mapping relative parts to a path under shared/, skipping if absent."""
   def get(*parts):
-    path = shared_path(*parts)
+    path = testing.shared_path(*parts)
     if not os.path.exists(path):
       pytest.skip(f'shared fixture {path} not present (set PROMPT_TUNING_SHARED)')
     return path
   return get
+
+
+@pytest.fixture
+def fixture_copy(shared, tmp_path):
+  """A writable copy (shared/ may be read-only) of the T5X fixture checkpoint, at
+  tmp_path/checkpoint_3."""
+  src, dst = shared(*testing.FIXTURE), str(tmp_path / 'checkpoint_3')
+  for root, _, files in os.walk(src):
+    out = os.path.join(dst, os.path.relpath(root, src))
+    os.makedirs(out, exist_ok=True)
+    for name in files:
+      with open(os.path.join(root, name), 'rb') as f, open(os.path.join(out, name), 'wb') as g:
+        g.write(f.read())
+  return dst
 
 
 @pytest.fixture(scope='session')

@@ -16,11 +16,12 @@ from prompt_tuning.inference import decoding
 from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import partitioning
-from train_fixtures import make_batch, make_trainer
+from prompt_tuning.testing import synthetic_batch
+from train_fixtures import make_trainer
 
 MESHES = {'1x1': (1, 1), '8x1': (8, 1), '4x2': (4, 2), '2x4': (2, 4)}
 TABLE_MESHES = ('1x1', '4x2')
-PROMPT_IDS = np.array([2, 0, 1, 1, 0, 2, 2, 1], np.int32)  # one per row of make_batch's 8
+PROMPT_IDS = np.array([2, 0, 1, 1, 0, 2, 2, 1], np.int32)  # one per row of synthetic_batch's 8
 
 
 def main():
@@ -36,7 +37,7 @@ def main():
     state = trainer.init_state(prompt)
     losses = []
     for i in range(3):
-      state, metrics = trainer.train_step(state, make_batch(i))
+      state, metrics = trainer.train_step(state, synthetic_batch(i))
       losses.append(float(metrics['loss']))
     final = np.asarray(jax.device_get(state.params['encoder']['prompt']['prompt']['prompt']))
     embedding = trainer.frozen['token_embedder']['embedding']
@@ -53,7 +54,7 @@ def train_table(config, frozen, mesh):
   table = np.random.RandomState(1).uniform(-0.5, 0.5, trainer.prompt_shape).astype(np.float32)
   state, losses = trainer.init_state(table), []
   for i in range(2):
-    state, metrics = trainer.train_step(state, {**make_batch(i), 'prompt_ids': PROMPT_IDS})
+    state, metrics = trainer.train_step(state, {**synthetic_batch(i), 'prompt_ids': PROMPT_IDS})
     losses.append(float(metrics['loss']))
   shard = state.params['encoder']['prompt']['prompt']['prompt'].addressable_shards[0].data
   out = {'losses': losses, 'table': trainer.prompt(state).tolist(),
@@ -67,7 +68,7 @@ def train_table(config, frozen, mesh):
 def mixed_vs_alone(config, frozen, table, placement):
   """Largest logit gap and whether greedy tokens agree, mixed batch vs each prompt's rows alone
   (frozen weights sharded on the mesh the caller trained on)."""
-  batch = make_batch(7)
+  batch = synthetic_batch(7)
   enc, dec = batch['encoder_input_tokens'], batch['decoder_input_tokens']
   mixed = t5.EncoderDecoder(config, prompt_lib.PromptConfig(5, placement, 3))
   single = t5.EncoderDecoder(config, prompt_lib.PromptConfig(5, placement))

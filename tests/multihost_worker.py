@@ -26,7 +26,8 @@ from prompt_tuning.prompts import init as prompt_init
 from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import loop, partitioning
-from train_fixtures import make_batch, make_trainer
+from prompt_tuning.testing import synthetic_batch
+from train_fixtures import make_trainer
 
 MESHES = {'8x1': (8, 1), '4x2': (4, 2)}
 GLOBAL_BATCH = 8
@@ -59,7 +60,7 @@ def local_rows(batch: dict) -> dict:
 def local_batches(start: int):
   position = start
   while True:
-    yield local_rows(make_batch(position, batch=GLOBAL_BATCH))
+    yield local_rows(synthetic_batch(position, batch=GLOBAL_BATCH))
     position += 1
 
 
@@ -90,7 +91,8 @@ def train_mesh(trainer, prompt: np.ndarray) -> dict:
   state = trainer.init_state(prompt, seed=0)
   losses = []
   for step in range(STEPS):
-    state, metrics = trainer.train_step(state, local_rows(make_batch(step, batch=GLOBAL_BATCH)))
+    batch = local_rows(synthetic_batch(step, batch=GLOBAL_BATCH))
+    state, metrics = trainer.train_step(state, batch)
     losses.append(float(metrics['loss']))
   final = host_prompt(state)
   check_processes_agree(state, final)

@@ -16,6 +16,7 @@ import pytest
 
 from cli_helpers import rte_env, rte_train_args, run_cli
 from prompt_tuning import cli
+from prompt_tuning.testing import FIXTURE
 
 FAST = dict(TRAIN_STEPS=2, EVAL_PERIOD=0)
 
@@ -55,7 +56,7 @@ class Ctx:
 
   def checkpoint_copy(self) -> str:
     path = str(self.tmp / 'checkpoint_3')
-    shutil.copytree(self.shared('fixtures', 't5x_tiny', 'checkpoint_3'), path)
+    shutil.copytree(self.shared(*FIXTURE), path)
     return path
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning.data import batching
+from prompt_tuning.testing import FIXTURE, VOCAB
 
 LENGTHS = {'inputs': 64, 'targets': 8}
 
@@ -158,10 +159,10 @@ def test_bucketed_batches_train_like_fixed_ones(shared, monkeypatch, task, split
   trimmed to their bucket they give the loss, gradient norm and prompt of the same batches at
   512."""
   monkeypatch.setenv('PROMPT_TUNING_DATA_DIR', shared('data'))
-  monkeypatch.setenv('PROMPT_TUNING_VOCAB', shared('fixtures', 't5_vocab', 'sentencepiece.model'))
+  monkeypatch.setenv('PROMPT_TUNING_VOCAB', shared(*VOCAB))
   from prompt_tuning import checkpoints
   from prompt_tuning.data import pipeline
-  from test_t5x_checkpoint import FIXTURE, FIXTURE_CONFIG
+  from prompt_tuning.testing import FIXTURE_CONFIG
   from train_fixtures import make_trainer
 
   lengths = {'inputs': 512, 'targets': 8}

@@ -16,12 +16,7 @@ from safetensors.numpy import load_file, save_file
 from hf_reference import make_hf_t5
 from prompt_tuning import checkpoints
 from prompt_tuning.checkpoints import CheckpointError, t5x
-from test_t5x_checkpoint import FIXTURE, FIXTURE_CONFIG, copy_tree
-
-
-@pytest.fixture
-def fixture_copy(shared, tmp_path):
-  return copy_tree(shared(*FIXTURE), str(tmp_path / 'checkpoint_3'))
+from prompt_tuning.testing import FIXTURE_CONFIG
 
 
 @pytest.fixture(scope='module')
@@ -32,7 +27,7 @@ def hf_dir(tmp_path_factory):
 
 
 def writable_hf_copy(hf_dir, tmp_path):
-  return copy_tree(hf_dir, str(tmp_path / 'hf'))
+  return shutil.copytree(hf_dir, str(tmp_path / 'hf'))
 
 
 def one_line_error(fn, *args, **kwargs) -> str:

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning import checkpoints, cli
+from prompt_tuning.testing import FIXTURE
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -71,7 +72,7 @@ def test_missing_gin_file_is_named(tmp_path):
 
 
 def test_convert_t5x_to_hf_and_back(shared, tmp_path):
-  src = shared('fixtures', 't5x_tiny', 'checkpoint_3')
+  src = shared(*FIXTURE)
   assert cli.main(['convert', f'--input={src}', f'--output={tmp_path / "hf"}', '--to=hf']) == 0
   assert cli.main(['convert', f'--input={tmp_path / "hf"}', f'--output={tmp_path / "t5x"}',
                    '--to=t5x']) == 0

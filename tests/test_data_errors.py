@@ -15,6 +15,7 @@ import pytest
 seqio = pytest.importorskip('seqio')
 
 from prompt_tuning.data import pipeline, tasks, vocabularies  # noqa: E402
+from prompt_tuning.testing import VOCAB  # noqa: E402
 
 QUICK = {'inputs': 16, 'targets': 4}
 
@@ -29,7 +30,7 @@ def settings():
 
 @pytest.fixture
 def real_vocab(shared, settings):
-  tasks.set_vocabulary_path(shared('fixtures', 't5_vocab', 'sentencepiece.model'))
+  tasks.set_vocabulary_path(shared(*VOCAB))
 
 
 def bad_copy(shared, root, relative, edit, keep=40):

@@ -14,15 +14,11 @@ import pytest
 seqio = pytest.importorskip('seqio')
 
 from prompt_tuning.data import preprocessors, tasks  # noqa: E402
-from tests.conftest import shared_path  # noqa: E402
 
 
 @pytest.fixture(scope='module')
-def shared_data():
-  path = shared_path('data')
-  if not os.path.isdir(path):
-    pytest.skip(f'shared data {path} not present (set PROMPT_TUNING_SHARED)')
-  return path
+def shared_data(shared):
+  return shared('data')
 
 
 @pytest.fixture

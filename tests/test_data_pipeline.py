@@ -13,17 +13,15 @@ seqio = pytest.importorskip('seqio')
 
 from prompt_tuning.data import pipeline, tasks, vocabularies  # noqa: E402
 from prompt_tuning.data.vocab import SentencePieceVocab  # noqa: E402
-from tests.conftest import shared_path  # noqa: E402
+from prompt_tuning.testing import VOCAB  # noqa: E402
 
 QUICK = {'inputs': 16, 'targets': 4}
 
 
 @pytest.fixture(scope='module')
-def real():
+def real(shared):
   """Points the text tasks at shared/'s T5 vocabulary and data for this module."""
-  vocab, data = shared_path('fixtures', 't5_vocab', 'sentencepiece.model'), shared_path('data')
-  if not (os.path.isfile(vocab) and os.path.isdir(data)):
-    pytest.skip('shared vocabulary/data not present (set PROMPT_TUNING_SHARED)')
+  vocab, data = shared(*VOCAB), shared('data')
   saved = tasks.get_settings()
   tasks.set_vocabulary_path(vocab)
   tasks.set_local_data_dir(data)
@@ -297,10 +295,10 @@ def test_reimport_is_idempotent():
   assert list(seqio.TaskRegistry.names()) == registered
 
 
-def test_vocabularies(real):
+def test_vocabularies(real, shared):
   assert vocabularies.DEFAULT_T5_VOCAB == (
       'gs://t5-data/vocabs/cc_all.32000.100extra/sentencepiece.model')
-  path = shared_path('fixtures', 't5_vocab', 'sentencepiece.model')
+  path = shared(*VOCAB)
   assert vocabularies.t5_vocabulary(path).vocab_size == 32100
   assert vocabularies.byte_vocabulary().vocab_size == 259
   assert tasks.get_vocabulary('glue_sst2').vocab_size == 32100

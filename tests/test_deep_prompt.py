@@ -21,7 +21,8 @@ from prompt_tuning.models import t5
 from prompt_tuning.train import loop, optim, partitioning
 from prompt_tuning.train import state as state_lib
 from prompt_tuning.train.trainer import PromptTrainer
-from train_fixtures import batches, make_batch
+from prompt_tuning.testing import synthetic_batch
+from train_fixtures import batches
 
 P, D, LAYERS = 3, 32, 3  # deep prompts [LAYERS - 1, P, D]
 CONFIG = t5.T5Config.preset('tiny', dtype='float32', vocab_size=256, num_encoder_layers=LAYERS)
@@ -270,7 +271,7 @@ def test_two_steps_save_restore_resume_bit_exactly(frozen, tmp_path):
   state = trainer.init_state(prompt, seed=3)
   deep0 = trainer.deep_prompt(state)
   for i in range(2):
-    state, _ = trainer.train_step(state, make_batch(i))
+    state, _ = trainer.train_step(state, synthetic_batch(i))
   deep2 = trainer.deep_prompt(state)
   assert not np.array_equal(deep2, deep0)  # the deep prompts trained,
   assert not np.array_equal(deep2[0], deep2[1])  # each layer's its own way
@@ -282,7 +283,7 @@ def test_two_steps_save_restore_resume_bit_exactly(frozen, tmp_path):
     ckpt.close()
   straight = state
   for i in (2, 3):
-    straight, _ = trainer.train_step(straight, make_batch(i))
+    straight, _ = trainer.train_step(straight, synthetic_batch(i))
 
   fresh = deep_trainer(frozen)
   reader = state_lib.PromptCheckpointer(model_dir, read_only=True)
@@ -293,7 +294,7 @@ def test_two_steps_save_restore_resume_bit_exactly(frozen, tmp_path):
   assert meta['data_position'] == 2
   assert fresh.deep_prompt(resumed).tobytes() == deep2.tobytes()
   for i in (2, 3):
-    resumed, _ = fresh.train_step(resumed, make_batch(i))
+    resumed, _ = fresh.train_step(resumed, synthetic_batch(i))
   assert fresh.deep_prompt(resumed).tobytes() == trainer.deep_prompt(straight).tobytes()
   assert fresh.prompt(resumed).tobytes() == trainer.prompt(straight).tobytes()
   # The step's numpy checkpoint holds both arrays, float32.

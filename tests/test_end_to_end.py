@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from prompt_tuning.prompts import files as prompt_files
+from prompt_tuning.testing import FIXTURE, FIXTURE_BINDINGS, VOCAB
 
-from cli_helpers import FIXTURE_MODEL, run_cli as run
+from cli_helpers import run_cli as run
 
 
 @pytest.fixture(scope='module')
@@ -19,10 +20,10 @@ def rte_run(shared, tmp_path_factory):
   tmp = tmp_path_factory.mktemp('rte')
   model_dir = tmp / 'model'
   env = {'PROMPT_TUNING_DATA_DIR': shared('data'),
-         'PROMPT_TUNING_VOCAB': shared('fixtures', 't5_vocab', 'sentencepiece.model')}
-  bindings = FIXTURE_MODEL + [
+         'PROMPT_TUNING_VOCAB': shared(*VOCAB)}
+  bindings = FIXTURE_BINDINGS + [
       f"MODEL_DIR = '{model_dir}'",
-      f"INITIAL_CHECKPOINT_PATH = '{shared('fixtures', 't5x_tiny', 'checkpoint_3')}'",
+      f"INITIAL_CHECKPOINT_PATH = '{shared(*FIXTURE)}'",
       "MIXTURE_OR_TASK_NAME = 'super_glue_rte_local'", 'TRAIN_STEPS = 3', 'BATCH_SIZE = 4',
       "TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 8}", 'PROMPT_LENGTH = 5',
       'EVAL_PERIOD = 3', 'EVAL_MAX_EXAMPLES = 8']
@@ -71,9 +72,9 @@ def test_export_command(rte_run):
 
 def test_eval_command_on_a_saved_prompt(rte_run, shared):
   model_dir, env, tmp, _ = rte_run
-  bindings = FIXTURE_MODEL + [
+  bindings = FIXTURE_BINDINGS + [
       f"MODEL_DIR = '{model_dir}'", 'PROMPT_LENGTH = 5',
-      f"INITIAL_CHECKPOINT_PATH = '{shared('fixtures', 't5x_tiny', 'checkpoint_3')}'",
+      f"INITIAL_CHECKPOINT_PATH = '{shared(*FIXTURE)}'",
       "MIXTURE_OR_TASK_NAME = 'super_glue_rte_local'", 'EVAL_MAX_EXAMPLES = 8',
       "TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 8}"]
   args = ['eval', '--gin_file=runs/prompt_eval.gin', '--gin_file=models/t5_1_1_prompt.gin',
@@ -85,9 +86,9 @@ def test_eval_command_on_a_saved_prompt(rte_run, shared):
 
 def test_unknown_task_lists_close_names(shared, tmp_path):
   env = {**os.environ, 'PROMPT_TUNING_DATA_DIR': shared('data')}
-  bindings = FIXTURE_MODEL + [
+  bindings = FIXTURE_BINDINGS + [
       f"MODEL_DIR = '{tmp_path / 'm'}'", 'TRAIN_STEPS = 1',
-      f"INITIAL_CHECKPOINT_PATH = '{shared('fixtures', 't5x_tiny', 'checkpoint_3')}'",
+      f"INITIAL_CHECKPOINT_PATH = '{shared(*FIXTURE)}'",
       "MIXTURE_OR_TASK_NAME = 'super_glue_rtee'"]
   proc = subprocess.run([sys.executable, '-m', 'prompt_tuning', 'train',
                          '--gin_file=configs/paper/t5_1_1_base_rte.gin'] +
@@ -131,7 +132,7 @@ def test_vocabulary_larger_than_the_model_is_refused(shared, tmp_path):
       f"MODEL_DIR = '{tmp_path / 'm'}'", 'TRAIN_STEPS = 1', f"INITIAL_CHECKPOINT_PATH = '{base}'",
       "MIXTURE_OR_TASK_NAME = 'super_glue_rte_local'", 'MODEL = None']
   env = {**os.environ, 'PROMPT_TUNING_DATA_DIR': shared('data'),
-         'PROMPT_TUNING_VOCAB': shared('fixtures', 't5_vocab', 'sentencepiece.model')}
+         'PROMPT_TUNING_VOCAB': shared(*VOCAB)}
   proc = subprocess.run([sys.executable, '-m', 'prompt_tuning', 'train',
                          '--gin_file=configs/paper/t5_1_1_base_rte.gin'] +
                         [f'--gin_bindings={b}' for b in bindings], env=env, cwd=str(tmp_path),

@@ -12,7 +12,7 @@ import pytest
 from prompt_tuning.inference import evaluation, runner
 from prompt_tuning.inference.runner import PromptedModel
 from prompt_tuning.models import prompt as prompt_lib
-from tests.conftest import shared_path
+from prompt_tuning.testing import FIXTURE, FIXTURE_CONFIG, VOCAB
 
 TASK = 'super_glue_rte_local'
 LENGTHS = {'inputs': 32, 'targets': 8}
@@ -44,14 +44,11 @@ def test_check_methods_names_the_bad_setting(methods, shown):
 
 
 @pytest.fixture(scope='module')
-def rte():
+def rte(shared):
   """Points the local tasks at shared/'s RTE files and T5 vocabulary; skips without them."""
   pytest.importorskip('tensorflow', reason='the SeqIO tasks need TensorFlow')
   pytest.importorskip('seqio', reason='the evaluation tasks are SeqIO tasks')
-  data = shared_path('data')
-  vocab = shared_path('fixtures', 't5_vocab', 'sentencepiece.model')
-  if not (os.path.isdir(data) and os.path.isfile(vocab)):
-    pytest.skip('shared data/vocabulary not present (set PROMPT_TUNING_SHARED)')
+  data, vocab = shared('data'), shared(*VOCAB)
   with pytest.MonkeyPatch.context() as mp:
     mp.setenv('PROMPT_TUNING_DATA_DIR', data)
     mp.setenv('PROMPT_TUNING_VOCAB', vocab)
@@ -59,14 +56,11 @@ def rte():
 
 
 @pytest.fixture(scope='module')
-def model(rte):
+def model(rte, shared):
   """The tiny T5X fixture with a 5-token prefix prompt."""
   from prompt_tuning import checkpoints
-  from test_t5x_checkpoint import FIXTURE, FIXTURE_CONFIG
-  path = shared_path(*FIXTURE)
-  if not os.path.isdir(path):
-    pytest.skip(f'shared fixture {path} not present (set PROMPT_TUNING_SHARED)')
-  config, params = checkpoints.load_params(path, FIXTURE_CONFIG.replace(dtype='float32'))
+  config, params = checkpoints.load_params(shared(*FIXTURE),
+                                           FIXTURE_CONFIG.replace(dtype='float32'))
   frozen, _ = prompt_lib.split_params(params)
   prompt = np.random.RandomState(0).uniform(-0.5, 0.5, (5, config.d_model)).astype(np.float32)
   return PromptedModel(config, frozen, prompt)

@@ -11,7 +11,7 @@ from prompt_tuning import checkpoints
 from prompt_tuning.prompts import export, files as prompt_files
 from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.models import t5
-from test_t5x_checkpoint import FIXTURE_CONFIG
+from prompt_tuning.testing import FIXTURE, FIXTURE_CONFIG
 
 
 def committed_dir(tmp_path, base, step=3, model_config=True):
@@ -32,7 +32,7 @@ def committed_dir(tmp_path, base, step=3, model_config=True):
 
 @pytest.fixture
 def base(shared):
-  return shared('fixtures', 't5x_tiny', 'checkpoint_3')
+  return shared(*FIXTURE)
 
 
 def test_each_format_holds_the_committed_prompt(tmp_path, base):

@@ -13,8 +13,8 @@ from prompt_tuning import checkpoints, cli
 from prompt_tuning.prompts import inspection, files as prompt_files
 from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.data.vocab import SentencePieceVocab
+from prompt_tuning.testing import FIXTURE, VOCAB
 
-VOCAB = ('fixtures', 't5_vocab', 'sentencepiece.model')
 EMBEDDING = np.random.RandomState(0).randn(12, 4).astype(np.float32)
 EMBEDDING[7] = 2.0 * EMBEDDING[2]  # same direction as row 2 (exactly: a power of 2): a tie
 
@@ -231,7 +231,7 @@ def test_vocab_pieces(shared):
 
 
 def test_cli_on_the_t5x_fixture_with_the_real_vocabulary(shared, tmp_path, capsys):
-  ckpt, vocab_file = shared('fixtures', 't5x_tiny', 'checkpoint_3'), shared(*VOCAB)
+  ckpt, vocab_file = shared(*FIXTURE), shared(*VOCAB)
   reference = np.load(shared('fixtures', 't5x_tiny', 'embedding_32128x4.npy'))
   vocab = SentencePieceVocab(vocab_file)
   planted = vocab.encode('entailment contradiction')
@@ -257,7 +257,7 @@ def test_cli_on_the_t5x_fixture_with_the_real_vocabulary(shared, tmp_path, capsy
 
 def test_released_prompt_against_the_fixture_is_a_width_error(shared, tmp_path, capsys):
   released = shared('fixtures', 'released_prompts', 't5_1_1_lm100k_base', 'rte.npy')
-  ckpt = shared('fixtures', 't5x_tiny', 'checkpoint_3')
+  ckpt = shared(*FIXTURE)
   rc, out, err = _inspect([f'--prompt={released}', f'--checkpoint={ckpt}',
                            f'--json={tmp_path / "r.json"}'], capsys)
   assert rc == 2 and not out and not os.listdir(tmp_path)

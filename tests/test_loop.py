@@ -14,7 +14,8 @@ from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import loop, preemption
 from prompt_tuning.train import state as state_lib
-from train_fixtures import make_batch, make_trainer
+from prompt_tuning.testing import synthetic_batch
+from train_fixtures import make_trainer
 
 VOCAB = 64
 
@@ -50,7 +51,7 @@ class Data:
         if self.on_draw is not None:
           self.on_draw(position)
         self.drawn.append(position)
-        yield make_batch(position, batch=2, enc_len=6, dec_len=3, vocab=VOCAB)
+        yield synthetic_batch(position, batch=2, inputs=6, targets=3, vocab=VOCAB)
         position += 1
     return gen(position)
 

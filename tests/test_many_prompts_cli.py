@@ -8,8 +8,9 @@ import json
 import numpy as np
 
 from prompt_tuning.prompts import ensembles as ensemble, files as prompt_files
+from prompt_tuning.testing import FIXTURE, FIXTURE_BINDINGS
 
-from cli_helpers import FIXTURE_MODEL, rte_env, run_cli
+from cli_helpers import rte_env, run_cli
 
 
 def test_ensemble_eval_on_rte(shared, tmp_path):
@@ -18,8 +19,8 @@ def test_ensemble_eval_on_rte(shared, tmp_path):
     value = np.random.RandomState(seed).normal(scale=2.0, size=(5, 4)).astype(np.float32)
     paths.append(prompt_files.write_npy(str(tmp_path / f'member{seed}.npy'), value))
   out = tmp_path / 'out'
-  bindings = FIXTURE_MODEL + [
-      f"INITIAL_CHECKPOINT_PATH = '{shared('fixtures', 't5x_tiny', 'checkpoint_3')}'",
+  bindings = FIXTURE_BINDINGS + [
+      f"INITIAL_CHECKPOINT_PATH = '{shared(*FIXTURE)}'",
       "MIXTURE_OR_TASK_NAME = 'super_glue_rte_local'", 'EVAL_MAX_EXAMPLES = 24',
       "TASK_FEATURE_LENGTHS = {'inputs': 64, 'targets': 8}", f'ENSEMBLE_PROMPTS = {paths!r}',
       f"EVAL_OUTPUT_DIR = '{out}'"]
@@ -47,7 +48,7 @@ def test_ensemble_eval_on_rte(shared, tmp_path):
   assert len(votes) == 24
 
   # The same eval with a single member as PROMPT_FILE gives that member's score.
-  single = FIXTURE_MODEL + [b for b in bindings if not b.startswith('ENSEMBLE')] + [
+  single = FIXTURE_BINDINGS + [b for b in bindings if not b.startswith('ENSEMBLE')] + [
       f"PROMPT_FILE = '{paths[1]}'", 'PROMPT_LENGTH = 5', "EVAL_METHODS = ('rank',)"]
   proc = run_cli(['eval', '--gin_file=configs/paper/t5_1_1_base_rte.gin',
                   '--gin_file=runs/prompt_eval.gin'] + [f'--gin_bindings={b}' for b in single],
@@ -58,8 +59,8 @@ def test_ensemble_eval_on_rte(shared, tmp_path):
 
 def test_multi_task_train_export_and_mixed_infer(shared, tmp_path):
   model_dir = tmp_path / 'multi'
-  fixture = shared('fixtures', 't5x_tiny', 'checkpoint_3')
-  bindings = FIXTURE_MODEL + [
+  fixture = shared(*FIXTURE)
+  bindings = FIXTURE_BINDINGS + [
       f"MODEL_DIR = '{model_dir}'", f"INITIAL_CHECKPOINT_PATH = '{fixture}'",
       "MIXTURE_OR_TASK_NAME = 'quickstart_mixture'", 'TRAIN_STEPS = 2', 'BATCH_SIZE = 8',
       "TASK_FEATURE_LENGTHS = {'inputs': 16, 'targets': 4}", 'PROMPT_LENGTH = 3',
@@ -81,7 +82,7 @@ def test_multi_task_train_export_and_mixed_infer(shared, tmp_path):
   inputs = tmp_path / 'mixed.jsonl'
   inputs.write_text('{"prompt": "quickstart_max", "inputs": "3825"}\n'
                     '{"prompt": "quickstart_first", "inputs": "907"}\n')
-  infer = FIXTURE_MODEL + [
+  infer = FIXTURE_BINDINGS + [
       f"INITIAL_CHECKPOINT_PATH = '{fixture}'", f"PROMPT_LIBRARY = '{model_dir}'",
       f"INFER_INPUT_FILE = '{inputs}'", f"INFER_OUTPUT_DIR = '{tmp_path / 'out'}'",
       "MIXTURE_OR_TASK_NAME = 'quickstart_max'",

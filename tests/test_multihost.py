@@ -11,7 +11,6 @@ import io
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -23,20 +22,13 @@ import numpy as np
 
 from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.train import model_dir as model_dir_lib
-from prompt_tuning import storage
+from prompt_tuning import storage, testing
 from prompt_tuning.train import state as state_lib
 from train_fixtures import make_trainer
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, 'multihost_worker.py')
 DEADLINE_S = 240  # all three workers together; a healthy run takes well under half of it
-
-
-def free_port() -> int:
-  # Port 0 lets the OS pick a free one; the tiny race until the coordinator binds it is fine.
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def launch(args: list, device_count: int, log_path: str) -> subprocess.Popen:
@@ -77,7 +69,8 @@ def kill(procs: dict) -> None:
 
 def run_workers(tmp: str, params_path: str, model_dir: str) -> tuple[dict, dict, str]:
   """(process 0's output, process 1's, the 1-process reference's) and the shared MODEL_DIR."""
-  port = free_port()
+  # The coordinator's port; the tiny race until it binds the port is fine.
+  port = testing.free_port()
   jobs = {'process0': ([model_dir, params_path, str(port), '0'], 4),
           'process1': ([model_dir, params_path, str(port), '1'], 4),
           'reference': ([os.path.join(tmp, 'reference_dir'), params_path], 8)}

@@ -21,6 +21,7 @@ from prompt_tuning.models import t5
 from prompt_tuning.models.prompt import PromptConfig, combine_shared, prompt_tree, merge_params
 from prompt_tuning.train import optim
 from prompt_tuning.train.trainer import PromptTrainer
+from prompt_tuning.testing import synthetic_batch
 
 import train_fixtures
 
@@ -72,7 +73,7 @@ def test_per_task_gradients_equal_single_task_runs(base):
   _, frozen = base
   rng = np.random.RandomState(0)
   table = rng.normal(size=(3, 4, CONFIG.d_model)).astype(np.float32)
-  batch = train_fixtures.make_batch(0, batch=6, vocab=CONFIG.vocab_size)
+  batch = synthetic_batch(0, batch=6, vocab=CONFIG.vocab_size)
   ids = np.array([2, 0, 1, 0, 2, 2], np.int32)
   multi = train_fixtures.make_trainer(CONFIG, frozen, prompt_length=4, num_prompts=3)
   state = multi.init_state(table)
@@ -160,7 +161,7 @@ def test_shared_prompt_is_the_effective_table(mode, base):
   shared = rng.normal(size=(3, CONFIG.d_model)).astype(np.float32)
   config = PromptConfig(3, num_prompts=2, shared=mode)
   assert config.combined_length == (6 if mode == 'concat' else 3)
-  batch = train_fixtures.make_batch(0, batch=4, vocab=CONFIG.vocab_size)
+  batch = synthetic_batch(0, batch=4, vocab=CONFIG.vocab_size)
   ids = np.array([1, 0, 0, 1], np.int32)
   tree = prompt_tree(table)
   tree['encoder']['prompt']['shared'] = {'prompt': shared}
@@ -240,7 +241,7 @@ def test_ensemble_members_train_as_their_own_runs(base):
   from prompt_tuning.train import settings
   _, frozen = base
   table = np.random.RandomState(2).normal(size=(3, 4, CONFIG.d_model)).astype(np.float32)
-  batch = train_fixtures.make_batch(1, batch=4, vocab=CONFIG.vocab_size)
+  batch = synthetic_batch(1, batch=4, vocab=CONFIG.vocab_size)
   tiled = next(settings.per_member(iter([batch]), 3))
   assert tiled['encoder_input_tokens'].shape[0] == 12
   assert tiled['prompt_ids'].tolist() == [0] * 4 + [1] * 4 + [2] * 4

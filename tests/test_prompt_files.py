@@ -18,7 +18,8 @@ from prompt_tuning.checkpoints import t5x
 from prompt_tuning.checkpoints.common import flatten
 from prompt_tuning.models import t5
 from prompt_tuning.models.prompt import PromptConfig, get_prompt, merge_params, prompt_tree
-from train_fixtures import make_batch, make_trainer
+from prompt_tuning.testing import FIXTURE, synthetic_batch
+from train_fixtures import make_trainer
 
 RNG = jax.random.PRNGKey(0)
 RELEASED = ('fixtures', 'released_prompts', 't5_1_1_lm100k_base')
@@ -40,7 +41,7 @@ def trained(tmp_path_factory):
   trainer = make_trainer(config, frozen, prompt_length=4)
   state = trainer.init_state(np.random.RandomState(0).uniform(-0.5, 0.5, (4, config.d_model)))
   for i in range(3):
-    state, _ = trainer.train_step(state, make_batch(i))
+    state, _ = trainer.train_step(state, synthetic_batch(i))
   prompt = np.asarray(jax.device_get(get_prompt(state.params)))
   return hf_model, config, frozen, trainer, prompt
 
@@ -209,7 +210,7 @@ def test_t5x_missing_variable_lists_prompt_keys(t5x_prompt_ckpt):
 
 def test_t5x_checkpoint_without_prompt(shared):
   """The real model-only checkpoint: the error says there is no prompt to read."""
-  fixture = shared('fixtures', 't5x_tiny', 'checkpoint_3')
+  fixture = shared(*FIXTURE)
   with pytest.raises(checkpoints.CheckpointError, match=r'checkpoint_3.*no parameter'):
     prompt_files.load_prompt_file(fixture)
 

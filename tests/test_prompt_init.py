@@ -9,9 +9,9 @@ import pytest
 
 from prompt_tuning.prompts import init as prompt_init
 from prompt_tuning.data.vocab import SentencePieceVocab
+from prompt_tuning.testing import VOCAB
 
 RNG = jax.random.PRNGKey(0)
-VOCAB = ('fixtures', 't5_vocab', 'sentencepiece.model')
 RELEASED = ('fixtures', 'released_prompts', 't5_1_1_lm100k_base')
 
 

@@ -15,6 +15,7 @@ from prompt_tuning import checkpoints, runs
 from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.train import plan
 from prompt_tuning.data.vocab import SentencePieceVocab
+from prompt_tuning.testing import FIXTURE, VOCAB
 
 OLD_CONFIG = os.path.join(os.path.dirname(__file__), 'data', 'config_before_split.gin')
 
@@ -50,7 +51,7 @@ def test_config_written_before_the_split_trains(shared, tmp_path, monkeypatch):
   for key, value in rte_env(shared).items():
     monkeypatch.setenv(key, value)
   out = tmp_path / 'm'
-  base = shared('fixtures', 't5x_tiny', 'checkpoint_3')
+  base = shared(*FIXTURE)
   code = cli.main(['train', f'--gin_file={OLD_CONFIG}', f'--gin.MODEL_DIR={out}',
                    f'--gin.INITIAL_CHECKPOINT_PATH={base}', '--gin.TRAIN_STEPS=1',
                    '--gin.EVAL_PERIOD=0'])
@@ -63,7 +64,6 @@ def test_config_written_before_the_split_trains(shared, tmp_path, monkeypatch):
   # first row is the mean embedding of 'entailment', not a uniform draw.
   start, _ = model_dir.load_prompt(str(out), 0)
   _, params = checkpoints.load_params(base)
-  ids = SentencePieceVocab(shared('fixtures', 't5_vocab', 'sentencepiece.model')).encode(
-      'entailment')
+  ids = SentencePieceVocab(shared(*VOCAB)).encode('entailment')
   expected = np.asarray(params['token_embedder']['embedding'], np.float32)[ids].mean(0)
   np.testing.assert_allclose(start[0], expected, rtol=1e-6)

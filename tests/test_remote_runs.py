@@ -13,9 +13,11 @@ import uuid
 import numpy as np
 import pytest
 
-from cli_helpers import FIXTURE_MODEL, rte_env, rte_train_args, run_cli
+from cli_helpers import rte_env, rte_train_args, run_cli
 from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning import storage
+from prompt_tuning import testing
+from prompt_tuning.testing import FIXTURE, FIXTURE_BINDINGS, FIXTURE_CONFIG, VOCAB
 
 STEPS = dict(TRAIN_STEPS=6, SAVE_PERIOD=2, EVAL_PERIOD=4)
 # (fault, what the kill cuts), in the order the restarted runs reach them.
@@ -70,8 +72,8 @@ def _train_scalars(root, tmp):
 def remote(gcs, shared, tmp_path_factory):
   """The inputs on gs:// (checkpoint, vocabulary, RTE files); the env of local and remote runs."""
   root = f'gs://bkt/{uuid.uuid4().hex[:8]}'
-  checkpoint = shared('fixtures', 't5x_tiny', 'checkpoint_3')
-  vocab = shared('fixtures', 't5_vocab', 'sentencepiece.model')
+  checkpoint = shared(*FIXTURE)
+  vocab = shared(*VOCAB)
   storage.copy_tree(checkpoint, f'{root}/base/checkpoint_3')
   storage.write_atomic(f'{root}/vocab/sentencepiece.model', storage.read_bytes(vocab))
   for name in ('train.jsonl', 'val.jsonl'):
@@ -87,7 +89,7 @@ def remote(gcs, shared, tmp_path_factory):
 
 def _remote_train_args(shared, remote, model_dir):
   args = rte_train_args(shared, model_dir, **STEPS)
-  local = shared('fixtures', 't5x_tiny', 'checkpoint_3')
+  local = shared(*FIXTURE)
   return [a.replace(local, remote['checkpoint']) for a in args]
 
 
@@ -153,9 +155,8 @@ def test_export_eval_infer_from_gs_equal_local(shared, remote, runs):
     else:
       export.export(source, 'npy', f'{dest}/p.npy')
       export.export(source, 'peft', f'{dest}/peft')
-    checkpoint = (shared('fixtures', 't5x_tiny', 'checkpoint_3') if source == str(straight)
-                  else remote['checkpoint'])
-    bindings = FIXTURE_MODEL + [
+    checkpoint = shared(*FIXTURE) if source == str(straight) else remote['checkpoint']
+    bindings = FIXTURE_BINDINGS + [
         f"MODEL_DIR = '{source}'", 'PROMPT_LENGTH = 5', f"INITIAL_CHECKPOINT_PATH = '{checkpoint}'",
         "MIXTURE_OR_TASK_NAME = 'super_glue_rte_local'", "TASK_FEATURE_LENGTHS = {'inputs': 64, "
         "'targets': 8}"]
@@ -173,18 +174,11 @@ def test_export_eval_infer_from_gs_equal_local(shared, remote, runs):
   assert sorted(local) == sorted(remote_files) and len(local) >= 5, sorted(remote_files)
   # The PEFT config names the base checkpoint where each run read it; all else is equal.
   configs = [json.loads(files.pop('peft/adapter_config.json')) for files in (local, remote_files)]
-  assert configs[0].pop('base_model_name_or_path') == shared('fixtures', 't5x_tiny', 'checkpoint_3')
+  assert configs[0].pop('base_model_name_or_path') == shared(*FIXTURE)
   assert configs[1].pop('base_model_name_or_path') == remote['checkpoint']
   assert configs[0] == configs[1]
   assert [n for n in local if local[n] != remote_files[n]] == []
   assert not any(p.name.startswith('gs:') for p in tmp.rglob('*'))
-
-
-def _free_port() -> int:
-  import socket
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
 
 
 def _post(port, path, body):
@@ -202,40 +196,23 @@ def _post(port, path, body):
 def test_serve_from_a_gs_library_answers_as_offline_infer(shared, remote, runs, tmp_path,
                                                           monkeypatch):
   """`serve` with the base checkpoint, the prompt library and the vocabulary all on gs://."""
-  monkeypatch.setenv('PROMPT_TUNING_VOCAB', shared('fixtures', 't5_vocab', 'sentencepiece.model'))
+  monkeypatch.setenv('PROMPT_TUNING_VOCAB', shared(*VOCAB))
   import subprocess
-  import sys
-  import time
-  import urllib.error
-  import urllib.request
 
   from prompt_tuning import runs as runs_lib
   from prompt_tuning.inference.decoding import DecodingConfig
-  from prompt_tuning.models import t5
   from prompt_tuning.models.prompt import PromptConfig
   task = 'super_glue_rte_local'
   library = f"{remote['root']}/library"
   final = storage.read_bytes(model_dir_lib.numpy_prompt_path(runs['cut'], 6))
   storage.write_atomic(f'{library}/{task}.npy', final)
-  port = _free_port()
-  bindings = FIXTURE_MODEL + [f"INITIAL_CHECKPOINT_PATH = '{remote['checkpoint']}'"]
-  args = [sys.executable, '-m', 'prompt_tuning', 'serve', '--gin_file=models/t5_1_1_prompt.gin',
-          '--gin_file=models/sizes/small.gin', f'--prompts={library}', f'--port={port}',
-          f"--vocab={remote['remote_env']['PROMPT_TUNING_VOCAB']}"]
-  args += [f'--gin_bindings={b}' for b in bindings]
+  port = testing.free_port()
+  args = testing.serve_command(library, port, remote['remote_env']['PROMPT_TUNING_VOCAB'],
+                               remote['checkpoint'], FIXTURE_BINDINGS)
   proc = subprocess.Popen(args, env={**os.environ, **remote['remote_env']}, cwd=str(tmp_path),
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
   try:
-    deadline = time.time() + 180
-    while True:
-      assert proc.poll() is None, proc.stderr.read()[-3000:]
-      assert time.time() < deadline, 'the server did not start in 180 s'
-      try:
-        with urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2) as r:
-          if r.status == 200:
-            break
-      except (urllib.error.URLError, OSError):
-        time.sleep(0.3)
+    testing.wait_until_up(proc, port)
     from prompt_tuning.data import tasks
     tasks.set_local_data_dir(shared('data'))
     texts = [tasks.format_example(task, raw)[0]['inputs']
@@ -249,12 +226,10 @@ def test_serve_from_a_gs_library_answers_as_offline_infer(shared, remote, runs, 
   local_prompt.write_bytes(final)
   rows = tmp_path / 'rows.jsonl'
   rows.write_text(''.join(json.dumps({'prompt': task, 'inputs': t}) + '\n' for t in texts))
-  model = t5.T5Config(d_model=4, d_ff=8, num_heads=2, head_dim=2, num_encoder_layers=2,
-                      num_decoder_layers=2, relpos_buckets=4, relpos_max_distance=8,
-                      dtype='float32')
+  model = FIXTURE_CONFIG.replace(dtype='float32')
   path = runs_lib.infer(model_dir=None, mixture_or_task_name=task,
                         task_feature_lengths={'inputs': 512, 'targets': 64},
-                        initial_checkpoint_path=shared('fixtures', 't5x_tiny', 'checkpoint_3'),
+                        initial_checkpoint_path=shared(*FIXTURE),
                         model=model, prompt=PromptConfig(5), decoding=DecodingConfig(),
                         prompt_library={task: str(local_prompt)}, input_file=str(rows),
                         output_dir=str(tmp_path / 'out'))
@@ -280,7 +255,7 @@ def test_bad_remote_paths_are_one_line_errors_and_write_nothing(shared, remote, 
     named = model_dir.replace('gs://', 'foo://')
     args = [a.replace(model_dir, named) for a in args]
   else:  # the storage endpoint does not answer (a port nothing listens on)
-    env['STORAGE_EMULATOR_HOST'] = env['TENSORSTORE_GCS_HTTP_URL'] = f'http://127.0.0.1:{_free_port()}'
+    env['STORAGE_EMULATOR_HOST'] = env['TENSORSTORE_GCS_HTTP_URL'] = f'http://127.0.0.1:{testing.free_port()}'
     named = '127.0.0.1'
   proc = run_cli(args, env, str(tmp_path), check=False, timeout=300)
   assert proc.returncode == 2, proc.stderr[-3000:]

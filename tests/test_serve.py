@@ -9,94 +9,23 @@ queue, the request models and the token-to-text rule. (Shutdown: test_serve_shut
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.error
-import urllib.request
 
 import numpy as np
 import pytest
 
-from prompt_tuning.prompts import files as prompt_files
+from prompt_tuning import testing
+from prompt_tuning.testing import FIXTURE, FIXTURE_CONFIG, VOCAB
 
-from cli_helpers import FIXTURE_MODEL
-from test_t5x_checkpoint import FIXTURE, FIXTURE_CONFIG
+from serve_helpers import GOOD, KEY, PLAIN, TASKS, call, start_server, write_library
 
-TASKS = ('super_glue_rte_local', 'super_glue_cb_local', 'super_glue_boolq_local')
 RELEASE_FILES = {'super_glue_rte_local': ('data', 'superglue', 'RTE', 'val.jsonl'),
                  'super_glue_cb_local': ('data', 'superglue', 'CB', 'val.jsonl'),
                  'super_glue_boolq_local': ('data', 'superglue', 'BoolQ', 'val.jsonl')}
-PLAIN = 'plain'  # a prompt named as no task: no raw examples, no label words
-KEY = 'test-token-123'
-MODEL = FIXTURE_CONFIG.replace(dtype='float32')  # as FIXTURE_MODEL binds the server's
-GOOD = {'task': 'super_glue_rte_local', 'inputs': ['rte hypothesis: a']}
-
-
-def free_port() -> int:
-  with socket.socket() as s:
-    s.bind(('127.0.0.1', 0))
-    return s.getsockname()[1]
-
-
-def call(port, method, path, body=None, token=KEY, raw=None, timeout=120):
-  """(status, JSON answer, headers) of one request to the local server."""
-  data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
-  request = urllib.request.Request(f'http://127.0.0.1:{port}{path}', data=data, method=method,
-                                   headers={'Content-Type': 'application/json'})
-  if token:
-    request.add_header('Authorization', f'Bearer {token}')
-  try:
-    with urllib.request.urlopen(request, timeout=timeout) as response:
-      return response.status, json.loads(response.read()), dict(response.headers)
-  except urllib.error.HTTPError as e:
-    return e.code, json.loads(e.read()), dict(e.headers)
-
-
-def start_server(shared, tmp, library, extra=(), bindings=(), name='server'):
-  """`prompt-tuning serve` on a free port, its stderr to tmp/<name>.log; (process, port, log)."""
-  port = free_port()
-  key_file = tmp / 'key'
-  key_file.write_text(KEY + '\n')
-  args = [sys.executable, '-m', 'prompt_tuning', 'serve', '--gin_file=models/t5_1_1_prompt.gin',
-          '--gin_file=models/sizes/small.gin', f'--prompts={library}', f'--port={port}',
-          f'--api_key_file={key_file}', '--max_inputs_per_request=16',
-          f"--vocab={shared('fixtures', 't5_vocab', 'sentencepiece.model')}", *extra]
-  args += [f'--gin_bindings={b}' for b in FIXTURE_MODEL + [
-      f"INITIAL_CHECKPOINT_PATH = '{shared(*FIXTURE)}'", *bindings]]
-  env = {**os.environ, 'PROMPT_TUNING_DATA_DIR': shared('data')}
-  log = tmp / f'{name}.log'
-  with open(log, 'w') as err:
-    proc = subprocess.Popen(args, env=env, cwd=str(tmp), stdout=subprocess.DEVNULL, stderr=err,
-                            text=True)
-  return proc, port, log
-
-
-def wait_until_up(proc, port, log, limit_s=180):
-  deadline = time.time() + limit_s
-  while time.time() < deadline:
-    if proc.poll() is not None:
-      raise AssertionError(f'server exited {proc.returncode}: {log.read_text()[-3000:]}')
-    try:
-      if call(port, 'GET', '/healthz', timeout=2)[0] == 200:
-        return
-    except (urllib.error.URLError, ConnectionError, OSError):
-      pass
-    time.sleep(0.2)
-  proc.kill()
-  raise AssertionError(f'server did not start in {limit_s} s')
-
-
-def write_library(tmp):
-  library = tmp / 'library'
-  for seed, name in enumerate(TASKS + (PLAIN,)):
-    value = np.random.RandomState(seed).normal(scale=2.0, size=(5, 4)).astype(np.float32)
-    prompt_files.write_npy(str(library / f'{name}.npy'), value)
-  prompt_files.write_npy(str(library / 'extra' / 'wide.npy'), np.zeros((5, 8), np.float32))
-  prompt_files.write_npy(str(library / 'extra' / 'ok.npy'), np.ones((5, 4), np.float32))
-  return library
+MODEL = FIXTURE_CONFIG.replace(dtype='float32')  # as FIXTURE_BINDINGS bind the server's
 
 
 @pytest.fixture(scope='module')
@@ -105,7 +34,7 @@ def server(shared, tmp_path_factory):
   library = write_library(tmp)
   # One call per batch at rows 1/4/16 (the accelerator policy): the fewest shapes to compile.
   proc, port, log = start_server(shared, tmp, library, ['--fine_shapes=false'])
-  wait_until_up(proc, port, log)
+  testing.wait_until_up(proc, port, log=log)
   yield port, tmp, library
   proc.terminate()
   assert proc.wait(60) == 0, log.read_text()[-3000:]
@@ -213,7 +142,7 @@ def test_raw_release_rows_answer_as_their_formatted_text(server, rows, formatted
 
 def test_answers_equal_offline_infer(server, formatted, shared, tmp_path, monkeypatch):
   from prompt_tuning import runs
-  monkeypatch.setenv('PROMPT_TUNING_VOCAB', shared('fixtures', 't5_vocab', 'sentencepiece.model'))
+  monkeypatch.setenv('PROMPT_TUNING_VOCAB', shared(*VOCAB))
   from prompt_tuning.inference.decoding import DecodingConfig
   from prompt_tuning.models.prompt import PromptConfig
   port, _, library = server
@@ -639,7 +568,7 @@ def test_served_text_follows_the_rule_eval_and_infer_use(shared, formatted):
   from prompt_tuning.data import tasks
   from prompt_tuning.data.vocab import SentencePieceVocab
   from prompt_tuning.serve import engine
-  path = shared('fixtures', 't5_vocab', 'sentencepiece.model')
+  path = shared(*VOCAB)
   tasks.set_vocabulary_path(path)
   seqio_vocab = tasks.get_vocabulary('super_glue_rte_local')
   ours = SentencePieceVocab(path)
@@ -701,7 +630,7 @@ def _engine(shared, store, config):
   from prompt_tuning.data.vocab import SentencePieceVocab
   model_config, frozen = checkpoints.load_base(shared(*FIXTURE), MODEL)
   return serve.Engine(model_config, jax.device_put(frozen), store,
-                      SentencePieceVocab(shared('fixtures', 't5_vocab', 'sentencepiece.model')),
+                      SentencePieceVocab(shared(*VOCAB)),
                       config)
 
 

@@ -17,7 +17,9 @@ import time
 
 import pytest
 
-from test_serve import GOOD, KEY, call, free_port, start_server, wait_until_up, write_library
+from prompt_tuning import testing
+
+from serve_helpers import GOOD, KEY, call, start_server, write_library
 
 DELAYS = (0.1, 0.3, 1.0)
 HEADERS = {'Authorization': f'Bearer {KEY}', 'Content-Type': 'application/json'}
@@ -61,7 +63,7 @@ def _case(shared, tmp, name, delay, warm, second_signal=False):
   proc, port, log = start_server(shared, tmp, library, name=name,
                                  bindings=['serve.serve.data_layer = False'])
   try:
-    wait_until_up(proc, port, log)
+    testing.wait_until_up(proc, port, log=log)
     # Without the data layer, text is served and a raw example is refused naming it.
     status, answer, _ = call(port, 'POST', '/v1/predict', {**GOOD, 'inputs': [{'premise': 'a'}]})
     assert status == 400 and answer['error']['param'] == 'inputs[0]', answer
@@ -132,7 +134,7 @@ def test_connections_waiting_while_the_event_loop_stalls_are_answered():
                 'headers': [(b'content-type', b'text/plain')]})
     await send({'type': 'http.response.body', 'body': scope['path'].encode()})
 
-  port = free_port()
+  port = testing.free_port()
   config = uvicorn.Config(app, host='127.0.0.1', port=port, lifespan='off', log_level='error')
   server = graceful.GracefulServer(config, lambda: (0, 0))
   thread = threading.Thread(target=server.run, daemon=True)

@@ -13,8 +13,8 @@ from prompt_tuning import checkpoints, cli, storage
 from prompt_tuning.prompts import export, inspection, files as prompt_files
 from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.checkpoints import CheckpointError
+from prompt_tuning.testing import FIXTURE
 
-FIXTURE = ('fixtures', 't5x_tiny', 'checkpoint_3')
 
 
 def unique(name: str = '') -> str:

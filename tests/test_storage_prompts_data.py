@@ -12,9 +12,9 @@ import pytest
 from prompt_tuning.prompts import files as prompt_files
 from prompt_tuning import storage
 from prompt_tuning.prompts import library as library_lib
+from prompt_tuning.testing import FIXTURE, VOCAB
 
 RTE = ('fixtures', 'released_prompts', 't5_1_1_lm100k_base', 'rte.npy')
-VOCAB = ('fixtures', 't5_vocab', 'sentencepiece.model')
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_prompt_file_from_gs_equals_local(shared, prefix):
 
 
 def test_t5x_checkpoint_variable_from_gs_equals_local(shared, prefix):
-  local = shared('fixtures', 't5x_tiny', 'checkpoint_3')
+  local = shared(*FIXTURE)
   storage.copy_tree(local, f'{prefix}/t5x/checkpoint_3')
   variable = 'target/token_embedder/embedding'
   want = prompt_files.load_prompt_file(local, variable)

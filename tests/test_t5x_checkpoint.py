@@ -12,23 +12,7 @@ from prompt_tuning import checkpoints
 from prompt_tuning.checkpoints import t5x
 from prompt_tuning.checkpoints.common import flatten
 from prompt_tuning.models import t5
-
-FIXTURE = ('fixtures', 't5x_tiny', 'checkpoint_3')
-# What the T5X format cannot carry: the fixture was built with max distance 8.
-FIXTURE_CONFIG = t5.T5Config(d_model=4, d_ff=8, num_heads=2, head_dim=2, num_encoder_layers=2,
-                             num_decoder_layers=2, relpos_buckets=4, relpos_max_distance=8,
-                             param_dtype='float32')
-
-
-def copy_tree(src, dst):
-  """Writable copy of a (read-only) shared directory."""
-  for root, _, files in os.walk(src):
-    out = os.path.join(dst, os.path.relpath(root, src))
-    os.makedirs(out, exist_ok=True)
-    for name in files:
-      with open(os.path.join(root, name), 'rb') as f, open(os.path.join(out, name), 'wb') as g:
-        g.write(f.read())
-  return dst
+from prompt_tuning.testing import FIXTURE, FIXTURE_CONFIG
 
 
 def test_fixture_loads_with_exact_embedding_and_shapes(shared):
@@ -129,9 +113,9 @@ def test_bfloat16_t5x_round_trip(shared, tmp_path, assert_identical):
   assert_identical(params, params2)
 
 
-def test_optimizer_state_arrays_are_never_opened(shared, tmp_path):
+def test_optimizer_state_arrays_are_never_opened(fixture_copy):
   """A zarr-backed optimizer state whose files are absent must not matter for params."""
-  ckpt = copy_tree(shared(*FIXTURE), str(tmp_path / 'checkpoint_3'))
+  ckpt = fixture_copy
   file = os.path.join(ckpt, 'checkpoint')
   with open(file, 'rb') as f:
     tree = serialization.msgpack_restore(f.read())

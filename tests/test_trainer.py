@@ -17,7 +17,8 @@ from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import losses, loop, optim, state as state_lib
-from train_fixtures import batches, make_batch, make_trainer
+from prompt_tuning.testing import synthetic_batch
+from train_fixtures import batches, make_trainer
 
 
 @pytest.fixture(scope='module')
@@ -37,7 +38,7 @@ def test_only_the_prompt_changes(model):
   state = trainer.init_state(np.random.RandomState(0).uniform(-0.5, 0.5, (5, 32)))
   prompt0 = np.array(prompt_lib.get_prompt(state.params))
   for i in range(2):
-    state, metrics = trainer.train_step(state, make_batch(i))
+    state, metrics = trainer.train_step(state, synthetic_batch(i))
   assert not np.array_equal(prompt0, np.asarray(prompt_lib.get_prompt(state.params)))
   for tree in (frozen, trainer.frozen):
     for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(before),
@@ -59,8 +60,8 @@ def test_each_new_batch_shape_compiles_once_and_is_logged(tiny, caplog):
   trainer = make_trainer(config, frozen)
   state = trainer.init_state(np.zeros(trainer.prompt_shape))
   with caplog.at_level(logging.INFO, logger='prompt_tuning'):
-    for enc_len in (12, 16, 12, 16):  # two buckets, each seen twice
-      state, _ = trainer.train_step(state, make_batch(0, enc_len=enc_len))
+    for inputs in (12, 16, 12, 16):  # two buckets, each seen twice
+      state, _ = trainer.train_step(state, synthetic_batch(0, inputs=inputs))
   assert trainer.trace_count == 2
   compiles = [r.getMessage() for r in caplog.records if 'Compiling the train step' in r.message]
   assert compiles == ['Compiling the train step for inputs 12, targets 4 (batch 8; compilation 1).',
@@ -197,7 +198,7 @@ def test_packed_batches_are_refused(model):
   config, frozen = model
   trainer = make_trainer(config, frozen)
   state = trainer.init_state(np.zeros((5, 32)))
-  batch = {**make_batch(0), 'encoder_segment_ids': np.ones((8, 12), np.int32)}
+  batch = {**synthetic_batch(0), 'encoder_segment_ids': np.ones((8, 12), np.int32)}
   with pytest.raises(ValueError, match='Packed examples .*encoder_segment_ids.* not supported'):
     trainer.train_step(state, batch)
 
@@ -207,7 +208,7 @@ def test_frozen_weights_can_be_bfloat16(model):
   trainer = make_trainer(config, frozen, frozen_dtype='bfloat16')
   assert all(x.dtype == jnp.bfloat16 for x in jax.tree_util.tree_leaves(trainer.frozen))
   state = trainer.init_state(np.zeros((5, 32)))
-  state, metrics = trainer.train_step(state, make_batch(0))
+  state, metrics = trainer.train_step(state, synthetic_batch(0))
   assert np.isfinite(float(metrics['loss']))
   assert prompt_lib.get_prompt(state.params).dtype == jnp.float32
 
@@ -249,7 +250,7 @@ def test_table_step_gradients_equal_single_prompt_steps(tiny):
   """
   config, frozen = tiny
   table = np.random.RandomState(0).uniform(-0.5, 0.5, (4, 5, 32)).astype(np.float32)
-  batch = make_batch(0, batch=6)
+  batch = synthetic_batch(0, batch=6)
   ids = np.array([0, 1, 2, 0, 1, 2], np.int32)  # prompt 3 steers no row
   single = make_trainer(config, frozen, optimizer=optax.sgd(1.0))
   grads, losses_alone = [], []
@@ -277,7 +278,7 @@ def test_one_prompt_step_is_unchanged_by_zero_prompt_ids(tiny):
   config, frozen = tiny
   trainer = make_trainer(config, frozen)
   prompt = np.random.RandomState(1).uniform(-0.5, 0.5, (5, 32))
-  batch = make_batch(0)
+  batch = synthetic_batch(0)
   plain, plain_metrics = trainer.train_step(trainer.init_state(prompt), batch)
   with_ids, metrics = trainer.train_step(trainer.init_state(prompt),
                                          {**batch, 'prompt_ids': np.zeros(8, np.int32)})
@@ -311,7 +312,7 @@ def test_prompt_table_bad_input_is_named_before_compiling(tiny):
                                          r'\(3, 5, 32\) \(num_prompts, prompt length, d_model\)'):
       trainer.init_state(np.zeros(shape))
   state = trainer.init_state(np.zeros((3, 5, 32)))
-  batch = make_batch(0)
+  batch = synthetic_batch(0)
   with pytest.raises(ValueError, match=r'table of 3 prompts .*prompt_ids'):
     trainer.train_step(state, batch)
   bad = {**batch, 'prompt_ids': np.array([0, 1, 2, 3, 0, 1, 2, 0], np.int32)}

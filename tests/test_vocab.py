@@ -5,8 +5,8 @@ import pytest
 
 from prompt_tuning.data import vocab as vocab_lib
 from prompt_tuning.data.vocab import SentencePieceVocab
+from prompt_tuning.testing import VOCAB
 
-VOCAB = ('fixtures', 't5_vocab', 'sentencepiece.model')
 
 
 def test_token_mask_marks_real_tokens():

@@ -1,0 +1,59 @@
+"""`prompt-tuning serve` on the real T5X fixture for the serving tests (test_serve.py,
+test_serve_shutdown.py): a library of random prompts, a server behind an API key, requests."""
+
+import json
+import os
+import subprocess
+import urllib.error
+import urllib.request
+
+import numpy as np
+
+from prompt_tuning import testing
+from prompt_tuning.prompts import files as prompt_files
+
+TASKS = ('super_glue_rte_local', 'super_glue_cb_local', 'super_glue_boolq_local')
+PLAIN = 'plain'  # a prompt named as no task: no raw examples, no label words
+KEY = 'test-token-123'
+GOOD = {'task': 'super_glue_rte_local', 'inputs': ['rte hypothesis: a']}
+
+
+def call(port, method, path, body=None, token=KEY, raw=None, timeout=120):
+  """(status, JSON answer, headers) of one request to the local server."""
+  data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+  request = urllib.request.Request(f'http://127.0.0.1:{port}{path}', data=data, method=method,
+                                   headers={'Content-Type': 'application/json'})
+  if token:
+    request.add_header('Authorization', f'Bearer {token}')
+  try:
+    with urllib.request.urlopen(request, timeout=timeout) as response:
+      return response.status, json.loads(response.read()), dict(response.headers)
+  except urllib.error.HTTPError as e:
+    return e.code, json.loads(e.read()), dict(e.headers)
+
+
+def start_server(shared, tmp, library, extra=(), bindings=(), name='server'):
+  """`prompt-tuning serve` on a free port, its stderr to tmp/<name>.log; (process, port, log)."""
+  port = testing.free_port()
+  key_file = tmp / 'key'
+  key_file.write_text(KEY + '\n')
+  args = testing.serve_command(
+      str(library), port, shared(*testing.VOCAB), shared(*testing.FIXTURE),
+      testing.FIXTURE_BINDINGS + list(bindings),
+      [f'--api_key_file={key_file}', '--max_inputs_per_request=16', *extra])
+  env = {**os.environ, 'PROMPT_TUNING_DATA_DIR': shared('data')}
+  log = tmp / f'{name}.log'
+  with open(log, 'w') as err:
+    proc = subprocess.Popen(args, env=env, cwd=str(tmp), stdout=subprocess.DEVNULL, stderr=err,
+                            text=True)
+  return proc, port, log
+
+
+def write_library(tmp):
+  """tmp/library: a prompt of 5 x 4 per task and PLAIN, and two under extra/ (one too wide)."""
+  library = tmp / 'library'
+  for name, value in testing.random_prompts(TASKS + (PLAIN,), 5, 4, scale=2.0).items():
+    prompt_files.write_npy(str(library / f'{name}.npy'), value)
+  prompt_files.write_npy(str(library / 'extra' / 'wide.npy'), np.zeros((5, 8), np.float32))
+  prompt_files.write_npy(str(library / 'extra' / 'ok.npy'), np.ones((5, 4), np.float32))
+  return library
