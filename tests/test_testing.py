@@ -51,6 +51,45 @@ def test_no_test_file_imports_a_test_module_or_conftest():
                    'a helper module in tests/, not by importing a test module or conftest')
 
 
+def _private_names(source: str) -> list[str]:
+  """'line: name' for each private name (`_x`) of prompt_tuning that `source` imports or reads
+  off a module it imported from prompt_tuning."""
+  tree = ast.parse(source)
+  modules, found = set(), []
+  for node in ast.walk(tree):
+    if isinstance(node, ast.ImportFrom) and (node.module or '').startswith('prompt_tuning'):
+      for alias in node.names:
+        modules.add(alias.asname or alias.name)
+        if alias.name.startswith('_') and not alias.name.startswith('__'):
+          found.append(f'{node.lineno}: {alias.name}')
+    elif isinstance(node, ast.Import):
+      modules |= {a.asname or a.name.split('.')[0] for a in node.names
+                  if a.name.startswith('prompt_tuning')}
+  for node in ast.walk(tree):
+    if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+        and node.value.id in modules and node.attr.startswith('_')
+        and not node.attr.startswith('__')):
+      found.append(f'{node.lineno}: {node.value.id}.{node.attr}')
+  return found
+
+
+def test_no_test_file_uses_a_private_name_of_the_package():
+  bad = {}
+  for path in sorted(glob.glob(os.path.join(HERE, '*.py'))):
+    with open(path) as f:
+      found = _private_names(f.read())
+    if found:
+      bad[os.path.basename(path)] = found
+  assert not bad, f'{bad}: test the public API (give what a test needs a public name)'
+
+
+@pytest.mark.parametrize('source', ['from prompt_tuning import runs\nruns._flat({})',
+                                    'from prompt_tuning.data.tasks import _settings',
+                                    'import prompt_tuning.runs as r\nr._x'])
+def test_the_private_rule_finds_each_form(source):
+  assert len(_private_names(source)) == 1, source
+
+
 @pytest.mark.parametrize('source', [
     'from test_t5x_checkpoint import FIXTURE', 'import test_serve', 'import tests.test_serve',
     'from tests.conftest import shared_path', 'from tests import conftest', 'import conftest',
