@@ -1,4 +1,4 @@
-"""GLUE / SuperGLUE metrics in NumPy, with T5's names and scale (t5/evaluation/metrics.py).
+"""GLUE / SuperGLUE / MRQA metrics in NumPy, with T5's names and scale (t5/evaluation/metrics.py).
 
 Every metric has SeqIO's signature `fn(targets, predictions) -> {name: value}` and reports
 percentages (x100) like T5. Inputs are the postprocessed values (class ids, floats, dicts).
@@ -181,3 +181,33 @@ def deduplicate_metric(metric_fn: MetricFn, group_key: str = 'group',
 
 
 record = deduplicate_metric(squad)
+
+
+# ============ MRQA: the official evaluation (mrqa_official_eval.py, as SQuAD v1.1's) ============
+
+def exact_match_score(prediction: str, ground_truth: str) -> float:
+  """1.0 if the two answers are equal after `normalize_squad`, else 0.0."""
+  return float(normalize_squad(prediction) == normalize_squad(ground_truth))
+
+
+def f1_score(prediction: str, ground_truth: str) -> float:
+  """Token F1 of the normalised answers (bags of words); 0.0 when they share no token, so an
+  empty prediction scores 0 (and so does one whose reference normalises to nothing)."""
+  return _token_f1(normalize_squad(ground_truth), normalize_squad(prediction))
+
+
+def mrqa(targets: Sequence[Sequence[str]], predictions: Sequence[str]) -> dict[str, float]:
+  """The MRQA shared task's EM and F1 (x100): per question the best score over its reference
+  answers, averaged over the questions (a missing prediction would count 0 there; here every
+  question has one)."""
+  if len(targets) != len(predictions):
+    raise ValueError(f'{len(targets)} targets but {len(predictions)} predictions.')
+  if not targets:
+    raise ValueError('no questions to score.')
+  em, f1 = [], []
+  for answers, prediction in zip(targets, predictions):
+    if not answers:
+      raise ValueError(f'a question without reference answers (prediction {prediction!r}).')
+    em.append(max(exact_match_score(prediction, a) for a in answers))
+    f1.append(max(f1_score(prediction, a) for a in answers))
+  return {'em': 100 * float(np.mean(em)), 'f1': 100 * float(np.mean(f1))}

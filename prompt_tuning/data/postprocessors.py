@@ -59,6 +59,13 @@ def record(text, example: Optional[Mapping[str, Any]] = None, is_target: bool = 
   return {'value': _text(text)}
 
 
+def qa(text, example: Optional[Mapping[str, Any]] = None, is_target: bool = False):
+  """T5's `qa`: a prediction is its text; a target is every reference answer of the example."""
+  if is_target:
+    return [_text(a) for a in _features(example)['answers']]
+  return _text(text)
+
+
 def _wsc_clean(text: str) -> str:
   return ' '.join(w for w in text.strip().lower().split(' ') if w not in _WSC_DETERMINERS)
 

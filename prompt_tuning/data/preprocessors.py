@@ -1,10 +1,12 @@
-"""T5's text-to-text formats for GLUE and SuperGLUE, as tf.data preprocessors and in pure Python.
+"""T5's text-to-text formats for GLUE, SuperGLUE and MRQA, as tf.data preprocessors and in Python.
 
 Every format reproduces T5's (google-research/text-to-text-transfer-transformer,
-t5/data/preprocessors.py and t5/data/glue_utils.py) character for character. The input examples
-use TFDS's schema (`glue/*:2.0.0`, `super_glue/*:1.0.2`): class labels are integer ids, MultiRC
-and ReCoRD carry nested `idx` dicts. Local files are converted to that schema first (the readers
-in super_glue.py and glue.py), so one preprocessor serves both sources.
+t5/data/preprocessors.py and t5/data/glue_utils.py) character for character; MRQA gets T5's
+SQuAD format (`question: ... context: ...`) as google-research/prompt-tuning gives it. The input
+examples use TFDS's schema (`glue/*:2.0.0`, `super_glue/*:1.0.2`, `mrqa/*:1.0.0`): class labels
+are integer ids, MultiRC and ReCoRD carry nested `idx` dicts. Local files are converted to that
+schema first (the readers in super_glue.py, glue.py and mrqa.py), so one preprocessor serves both
+sources.
 
 The `*_text` functions are pure-Python versions of the tf.data ones, for tests and for callers
 without TensorFlow; tests check that both agree on the real data.
@@ -13,6 +15,7 @@ without TensorFlow; tests check that both agree on the real data.
 from __future__ import annotations
 
 import re
+import string
 from typing import Any, Mapping, Optional, Sequence
 
 import numpy as np
@@ -26,6 +29,9 @@ UNK_LABEL = '<unk>'  # T5's target for unlabeled (test) examples, label == -1
 _HIGHLIGHT_AFTER_PUNCT = r'(\.|\?|\!|\"|\')\n@highlight\n'
 _HIGHLIGHT = r'\n@highlight\n'
 _FIRST_TOKEN = r'^[^ ]* '
+# T5's `_pad_punctuation` in RE2 terms: [[:punct:]] and \s are ASCII-only there.
+_PUNCTUATION = '([' + re.escape(string.punctuation) + '])'
+_SPACES = '[\t\n\f\r ]+'
 
 # The two WSC texts where T5 writes the blanked input by hand (a pronoun glued to punctuation,
 # and a span2_index that points at the wrong word).
@@ -132,6 +138,24 @@ def record_text(example: Mapping[str, Any]) -> list[dict[str, Any]]:
           for target in (answers or [UNK_LABEL])]
 
 
+def pad_punctuation_text(text: str) -> str:
+  """T5's `_pad_punctuation`: spaces around each ASCII punctuation mark, then each run of
+  whitespace (tab, newline, form feed, carriage return, space) as one space."""
+  return re.sub(_SPACES, ' ', re.sub(_PUNCTUATION, r' \1 ', text))
+
+
+def mrqa_text(example: Mapping[str, Any]) -> dict[str, Any]:
+  """`'question: <question> context: <context>'` -> the first answer, all punctuation-padded;
+  `answers`: every answer padded alike (the metrics' references). T5's `squad` format, as
+  google-research/prompt-tuning's `mrqa` preprocessor (prompt_tuning/data/preprocessors.py)
+  applies it to TFDS's mrqa examples; '<unk>' when an (unlabeled) question has no answer."""
+  answers = [pad_punctuation_text(_text(a)) for a in example['answers']]
+  inputs = ' '.join(['question:', pad_punctuation_text(_text(example['question'])), 'context:',
+                     pad_punctuation_text(_text(example['context']))])
+  return {'qid': _text(example['qid']), 'inputs': re.sub(_SPACES, ' ', inputs),
+          'targets': answers[0] if answers else UNK_LABEL, 'answers': answers}
+
+
 def remove_first_token_text(text: str) -> str:
   """The paper's "taskless" inputs: drop the leading task-name token."""
   return re.sub(_FIRST_TOKEN, '', text, count=1)
@@ -218,6 +242,21 @@ def record(dataset: tf.data.Dataset) -> tf.data.Dataset:
             'inputs': repeat(inputs), 'targets': targets, 'answers': repeat(x['answers'])}
 
   return dataset.map(one_row_per_answer, num_parallel_calls=AUTOTUNE).unbatch()
+
+
+def _pad_punctuation(text):
+  text = tf.strings.regex_replace(text, r'([[:punct:]])', r' \1 ')
+  return tf.strings.regex_replace(text, r'\s+', ' ')
+
+
+@seqio.map_over_dataset
+def mrqa(x):
+  answers = _pad_punctuation(x['answers'])
+  inputs = tf.strings.join(['question:', _pad_punctuation(x['question']), 'context:',
+                            _pad_punctuation(x['context'])], separator=' ')
+  targets = tf.cond(tf.size(answers) > 0, lambda: answers[0], lambda: tf.constant(UNK_LABEL))
+  return {'qid': x['qid'], 'inputs': tf.strings.regex_replace(inputs, r'\s+', ' '),
+          'targets': targets, 'answers': answers}
 
 
 @seqio.map_over_dataset

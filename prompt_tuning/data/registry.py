@@ -1,6 +1,6 @@
 """Adding SeqIO tasks: TaskInfo/TASK_INFO, a task and its variants (TFDS, local, taskless).
 
-The benchmark modules (super_glue.py, glue.py, quickstart_tasks.py) register their tasks here;
+The benchmark modules (super_glue.py, glue.py, quickstart_tasks.py, mrqa.py) register their tasks;
 tasks.py's lookups answer from what is recorded: TASK_INFO, each task's pure-Python formatter
 (FORMATTERS) and the release files each `*_local` task reads (LOCAL_TASKS, which
 `set_local_file` repoints).
@@ -21,7 +21,7 @@ from prompt_tuning.data import postprocessors, preprocessors, sources, vocabular
 class TaskInfo:
   labels: Optional[tuple[str, ...]]  # verbalizers in class-id order; None for free text
   main_metric: str  # the metric key used to pick the best checkpoint
-  benchmark: str  # 'super_glue' | 'glue' | 'quickstart'
+  benchmark: str  # 'super_glue' | 'glue' | 'quickstart' | 'mrqa'
 
 
 TASK_INFO: dict[str, TaskInfo] = {}
@@ -80,13 +80,16 @@ def _taskless_formatter(formatter: Callable[[dict], list[dict]]) -> Callable[[di
 
 
 def add_variants(name: str, tfds: tuple, local: tuple, text_preprocessor, formatter,
-                 postprocess_fn, metric_fns, info: TaskInfo) -> None:
-  """name, name_local, taskless_name, taskless_name_local."""
+                 postprocess_fn, metric_fns, info: TaskInfo, taskless: bool = True) -> None:
+  """name, name_local, and (with `taskless`) taskless_name, taskless_name_local."""
   tfds_name, tfds_splits, tfds_train_filter = tfds
   files, reader, train_filter = local
   local_source = sources.Source(
       functools.partial(sources.local_dataset, files, reader, train_filter), splits=tuple(files))
-  for prefix, extra in (('', []), ('taskless_', [preprocessors.remove_first_text_token])):
+  prefixes: list[tuple[str, list]] = [('', [])]
+  if taskless:
+    prefixes.append(('taskless_', [preprocessors.remove_first_text_token]))
+  for prefix, extra in prefixes:
     # Each TFDS variant's offline error names its own local variant.
     tfds_source = sources.Source(functools.partial(sources.tfds_dataset, tfds_name, tfds_splits,
                                                    f'{prefix}{name}_local', tfds_train_filter),

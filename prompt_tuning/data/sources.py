@@ -5,15 +5,17 @@ tasks or its file, the local data folder of the `*_local` tasks ($PROMPT_TUNING_
 TFDS's data folder; `get_settings`/`restore_settings` save and put them back. The sources build
 a split's tf.data.Dataset from TFDS or from a release file read eagerly in Python; `Row` checks
 one row of such a file so that a bad row is a one-line DataFileError naming its file and line.
-The benchmark modules (super_glue.py, glue.py) hold the readers of their release files.
+The benchmark modules (super_glue.py, glue.py, mrqa.py) hold the readers of their release files.
 """
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import os
-from typing import Any, Callable, Optional, Sequence
+import zlib
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
 import seqio
@@ -27,6 +29,7 @@ VOCAB_ENV = vocabularies.VOCAB_ENV  # 'PROMPT_TUNING_VOCAB'
 TFDS_DOWNLOAD_ENV = 'PROMPT_TUNING_TFDS_DOWNLOAD'
 
 _MAX_SHUFFLE_BUFFER = 100_000
+_GZIP_MAGIC = b'\x1f\x8b'
 
 _settings: dict[str, Any] = {'vocabulary': None, 'vocabulary_path': None,
                              'local_data_dir': None, 'tfds_data_dir': None}
@@ -221,7 +224,10 @@ def local_dataset(relative_paths: dict[str, tuple[str, ...]],
 # ============================ local readers (TFDS schema) ============================
 
 def text_lines(path: str, first_encoding: str = 'utf-8'):
-  """Yields (1-based line number, decoded line); a line that is not UTF-8 is a DataFileError."""
+  """Yields (1-based line number, decoded line); a line that is not UTF-8 is a DataFileError.
+
+  A gzipped file (MRQA's `.jsonl.gz`) is decompressed as it is read; corrupt or truncated gzip
+  data is a DataFileError naming the line where it broke."""
   try:
     # A URL's object is read whole (task files are small) and parsed as a local file is.
     f = io.BytesIO(storage.read_bytes(path)) if storage.is_remote(path) else open(path, 'rb')
@@ -231,30 +237,45 @@ def text_lines(path: str, first_encoding: str = 'utf-8'):
     raise DataFileError(f'{path}: cannot read it: {e.strerror or e} (check the file and its '
                         f'permissions).') from e
   with f:
-    for n, raw in enumerate(f, 1):
-      try:
-        yield n, raw.decode(first_encoding if n == 1 else 'utf-8')
-      except UnicodeDecodeError as e:
-        raise DataFileError(f'{path}:{n}: not UTF-8 text (byte {e.start + 1} of the line); '
-                            f'fix or remove this line (the release files are UTF-8).') from e
+    gzipped = f.read(2) == _GZIP_MAGIC  # by content: a gunzipped copy keeps working too
+    f.seek(0)
+    lines = gzip.GzipFile(fileobj=f) if gzipped else f
+    n = 0
+    try:
+      for n, raw in enumerate(lines, 1):
+        try:
+          yield n, raw.decode(first_encoding if n == 1 else 'utf-8')
+        except UnicodeDecodeError as e:
+          raise DataFileError(f'{path}:{n}: not UTF-8 text (byte {e.start + 1} of the line); '
+                              f'fix or remove this line (the release files are UTF-8).') from e
+    except (OSError, EOFError, zlib.error) as e:
+      if not gzipped:
+        raise
+      raise DataFileError(f'{path}:{n + 1}: the gzip data is corrupt or cut short ({e}); '
+                          f'download the file again.') from e
 
 
-def read_jsonl(path: str) -> list[tuple[int, Any]]:
-  """(line number, parsed value) of each non-blank line; bad JSON names the file's line."""
-  out = []
+def iter_jsonl(path: str) -> Iterator[tuple[int, Any]]:
+  """(line number, parsed value) of each non-blank line, one at a time (a gzipped file is read
+  through gzip); bad JSON names the file's line."""
   # utf-8-sig on line 1: a BOM there is an editor's artefact, not a JSON error.
   for n, line in text_lines(path, 'utf-8-sig'):
     if not line.strip():
       continue
     try:
       # Without the newline, a line cut short reads 'Unterminated string', not a control char.
-      out.append((n, json.loads(line.rstrip('\r\n'))))
+      value = json.loads(line.rstrip('\r\n'))
     except json.JSONDecodeError as e:
       msg = e.msg[:-3] if e.msg.endswith(' at') else e.msg
       raise DataFileError(f'{path}:{n}: invalid JSON: {msg} at column {e.colno} (each line '
                           f'must hold one complete JSON object; fix or remove this line, e.g. '
                           f'one cut short by an interrupted copy).') from e
-  return out
+    yield n, value
+
+
+def read_jsonl(path: str) -> list[tuple[int, Any]]:
+  """iter_jsonl's (line number, parsed value) pairs, as a list."""
+  return list(iter_jsonl(path))
 
 
 _KINDS = {str: 'a string', int: 'an integer', list: 'a list', dict: 'an object'}
@@ -294,11 +315,13 @@ class Row:
   def get(self, obj: dict, key: str, kind: type, prefix: str = '') -> Any:
     if key not in obj:
       raise self.error(f'missing field {prefix + key!r}')
-    value = obj[key]
+    return self.value(obj[key], kind, f'field {prefix + key!r}')
+
+  def value(self, value: Any, kind: type, name: str) -> Any:
+    """`value` if it is a `kind` (str, int, list, dict), else an error calling it `name`."""
     # bool is an int in Python, but a JSON true is no index or text.
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-      raise self.error(f'field {prefix + key!r} is {_kind_of(value)} {short_repr(value)}, not '
-                       f'{_KINDS[kind]}')
+      raise self.error(f'{name} is {_kind_of(value)} {short_repr(value)}, not {_KINDS[kind]}')
     return value
 
   def label(self, obj: dict, labeled: bool, classes: Sequence[Any], prefix: str = '') -> int:

@@ -1,4 +1,4 @@
-"""SeqIO tasks' public API: registers GLUE, SuperGLUE and quickstart; looks tasks up.
+"""SeqIO tasks' public API: registers GLUE, SuperGLUE, quickstart and MRQA; looks tasks up.
 
 Importing this module registers (idempotently):
 
@@ -9,9 +9,12 @@ Importing this module registers (idempotently):
   taskless_<each of the above>                                   without the leading task name
   quickstart_{first,last,max,min}, quickstart_<op>_taskless, quickstart_mixture,
   quickstart_taskless_mixture (first + max without prefixes: multi-task prompt tuning)
+  mrqa_{squad,textbook_qa,bio_asq,relation_extraction,duo_rc,race,drop}   TFDS mrqa/<set>:1.0.0
+  mrqa_<set>_local, mrqa_out_of_domain{,_local}   (no taskless_ variants; mrqa.py says more)
 
 Splits are 'train' and 'validation'. `glue_mnli` also has 'validation_matched' and
-'validation_mismatched' ('validation' is the matched one).
+'validation_mismatched' ('validation' is the matched one). MRQA's six out-of-domain sets have
+'validation' only (the paper trains on `mrqa_squad` and scores them zero-shot).
 
 `super_glue_wsc` is T5's "simple" WSC: the model names the pronoun's referent. Its 'train' split
 is T5's `super_glue_wsc_v102_simple_train` (only examples whose candidate is the true referent),
@@ -20,7 +23,8 @@ whether the named referent is the candidate, compared with the label).
 
 Local files (folder from `set_local_data_dir` or $PROMPT_TUNING_DATA_DIR, read when a dataset
 is built): `superglue/<Task>/{train,val}.jsonl` with SuperGLUE's folder names and
-`glue/<Task>/{train,dev}.tsv` (MNLI: dev_matched.tsv / dev_mismatched.tsv) as GLUE ships them.
+`glue/<Task>/{train,dev}.tsv` (MNLI: dev_matched.tsv / dev_mismatched.tsv) as GLUE ships them,
+`mrqa/{train,dev}/<Set>.jsonl.gz` as MRQA ships them.
 The folder may be a URL (gs://bucket/prefix): the files are read through prompt_tuning.storage.
 They are converted to the TFDS schema, so both sources give the same text
 (`set_local_file` points a split at another file, e.g. MRPC's tokenized copy). Every field a
@@ -29,8 +33,8 @@ task reads is checked as the file is read: a bad row raises a one-line DataFileE
 column; here it is an error too). `validate_task_data` and `check_vocabulary` raise these
 errors (and VocabularyError) up front, before a run writes anything.
 
-Where things live: super_glue.py, glue.py and quickstart_tasks.py define and register their
-tasks (imported here in that order); registry.py adds tasks and records TaskInfo; sources.py
+Where things live: super_glue.py, glue.py, quickstart_tasks.py and mrqa.py define and register
+their tasks (imported here in that order); registry.py adds tasks and records TaskInfo; sources.py
 holds the settings, the errors and the TFDS and local-file sources. This module re-exports what
 callers use (`tasks.set_local_data_dir`, `tasks.DataFileError`, `tasks.TASK_INFO`, ...) and
 answers lookups: get_task_or_mixture, read_local_examples, release_file_reader,
@@ -49,6 +53,7 @@ from prompt_tuning.data import registry, sources, vocabularies
 from prompt_tuning.data import super_glue  # noqa: F401
 from prompt_tuning.data import glue  # noqa: F401
 from prompt_tuning.data import quickstart_tasks  # noqa: F401
+from prompt_tuning.data import mrqa  # noqa: F401
 from prompt_tuning.data.quickstart_tasks import (QUICKSTART_LABELS, QUICKSTART_OPS,
                                                  QUICKSTART_SIZES, QUICKSTART_TASKLESS_MIXTURE,
                                                  quickstart_examples)
@@ -163,7 +168,7 @@ def format_example(name: str, example: dict) -> list[dict]:
   example(s) (ReCoRD gives one per answer), with `inputs`, `targets` and the metadata."""
   if name not in registry.FORMATTERS:
     get_task_or_mixture(name)
-    raise ValueError(f'{name!r} has no Python formatter (GLUE/SuperGLUE tasks do).')
+    raise ValueError(f'{name!r} has no Python formatter (GLUE/SuperGLUE/MRQA tasks do).')
   return registry.FORMATTERS[name](example)
 
 
