@@ -9,6 +9,8 @@ Importing this module registers (idempotently):
   taskless_<each of the above>                                   without the leading task name
   quickstart_{first,last,max,min}, quickstart_<op>_taskless, quickstart_mixture,
   quickstart_taskless_mixture (first + max without prefixes: multi-task prompt tuning)
+  glue_mrpc_from_qqp, glue_qqp_from_mrpc (+ _local, taskless_)   zero-shot transfer, validation
+  glue_<target>_from_<source>_zeroshot (+ _local, taskless_)      mixtures: train on the source
 
 Splits are 'train' and 'validation'. `glue_mnli` also has 'validation_matched' and
 'validation_mismatched' ('validation' is the matched one).
@@ -29,12 +31,12 @@ task reads is checked as the file is read: a bad row raises a one-line DataFileE
 column; here it is an error too). `validate_task_data` and `check_vocabulary` raise these
 errors (and VocabularyError) up front, before a run writes anything.
 
-Where things live: super_glue.py, glue.py and quickstart_tasks.py define and register their
-tasks (imported here in that order); registry.py adds tasks and records TaskInfo; sources.py
-holds the settings, the errors and the TFDS and local-file sources. This module re-exports what
-callers use (`tasks.set_local_data_dir`, `tasks.DataFileError`, `tasks.TASK_INFO`, ...) and
-answers lookups: get_task_or_mixture, read_local_examples, release_file_reader,
-validate_task_data, check_vocabulary, format_example, get_vocabulary.
+Where things live: super_glue.py, glue.py, quickstart_tasks.py and glue_transfer.py define and
+register their tasks (imported here in that order); registry.py adds tasks and records TaskInfo;
+sources.py holds the settings, the errors and the TFDS and local-file sources. This module
+re-exports what callers use (`tasks.set_local_data_dir`, `tasks.DataFileError`,
+`tasks.TASK_INFO`, ...) and answers lookups: get_task_or_mixture, read_local_examples,
+release_file_reader, validate_task_data, check_vocabulary, format_example, get_vocabulary.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from prompt_tuning.data import registry, sources, vocabularies
 from prompt_tuning.data import super_glue  # noqa: F401
 from prompt_tuning.data import glue  # noqa: F401
 from prompt_tuning.data import quickstart_tasks  # noqa: F401
+from prompt_tuning.data import glue_transfer  # noqa: F401
 from prompt_tuning.data.quickstart_tasks import (QUICKSTART_LABELS, QUICKSTART_OPS,
                                                  QUICKSTART_SIZES, QUICKSTART_TASKLESS_MIXTURE,
                                                  quickstart_examples)
