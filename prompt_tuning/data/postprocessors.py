@@ -45,6 +45,15 @@ def translate_label(text, translation: Mapping[str, str], **unused_kwargs) -> st
   return translation.get(text, text)
 
 
+def remove_sentinel(text, sentinel: str = '<extra_id_0>', **unused_kwargs) -> str:
+  """Drops a leading `sentinel`, then leading whitespace, as google-research/prompt-tuning's
+  `remove_extra_id_0` (prompt_tuning/data/postprocessors.py) does for sentinel targets."""
+  text = _text(text)
+  if text.startswith(sentinel):
+    text = text[len(sentinel):]
+  return text.lstrip()
+
+
 def string_to_float(text, default: float = -1., **unused_kwargs) -> float:
   try:
     return float(_text(text))
