@@ -68,7 +68,8 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
           mixture_or_task_module: Optional[str] = None, shuffle: bool = True,
           length_buckets: batching.BucketSetting = 'auto', group_by_length: int = 32,
           export_formats: Sequence[str] = export.FINAL_FORMATS,
-          prompt_per_task: bool = False, prompt_ensemble: int = 1) -> dict:
+          prompt_per_task: bool = False, prompt_ensemble: int = 1,
+          sentinel_targets: bool = False) -> dict:
   """Prompt-tunes on a SeqIO task, evaluating every `eval_period` steps; returns a summary.
 
   Every input is checked before MODEL_DIR is created or changed; a kill at any moment leaves it
@@ -87,11 +88,16 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
   seeds (prompt n starts from fold_in(seed, n)); every batch runs once per member (N x
   BATCH_SIZE rows, member n's rows ask prompt n), so each member trains as its own run would
   on the same batches. Evaluation scores each member, their mean and the ensemble (one pass).
+
+  `sentinel_targets` (gin/runs/sentinel_targets.gin): trains and evaluates the task's
+  `<name>_sentinel` variant, whose targets start with `<extra_id_0>` (data/sentinel.py).
   """
   # Log lines of the checks wait until the run starts: bad input prints its one error line alone.
   with reporting.HeldLogs() as held:
     tasks = _import_tasks(mixture_or_task_module)
     tasks.get_task_or_mixture(mixture_or_task_name)  # unknown names fail here, with close names
+    if sentinel_targets:
+      mixture_or_task_name = tasks.sentinel_task(mixture_or_task_name)
     settings.check_settings(
         train_steps=train_steps, batch_size=batch_size, eval_period=eval_period,
         save_period=save_period, keep=keep, eval_batch_size=eval_batch_size,
@@ -268,16 +274,18 @@ def evaluate(*, model_dir: Optional[str], mixture_or_task_name: str,
              length_buckets: batching.BucketSetting = 'auto',
              prompt_library: Optional[library_lib.Spec] = None,
              ensemble_prompts: Optional[library_lib.Spec] = None,
-             frozen_dtype: Optional[str] = None) -> dict:
+             frozen_dtype: Optional[str] = None, sentinel_targets: bool = False) -> dict:
   """Evaluates a prompt (PROMPT_FILE, or MODEL_DIR's latest/`step` checkpoint) on a task.
 
   `prompt_library` (PROMPT_LIBRARY; prompts/library.py): named prompts; a mixture's tasks are
   answered in mixed batches, each by the prompt named like the task. `ensemble_prompts`
   (ENSEMBLE_PROMPTS): N prompts of the task evaluated in one pass as an ensemble (each member,
-  their mean and the ensemble; Evaluator.evaluate_ensemble).
+  their mean and the ensemble; Evaluator.evaluate_ensemble). `sentinel_targets`: as train's.
   """
   buckets = batching.resolve(length_buckets, task_feature_lengths)
-  _import_tasks(mixture_or_task_module)
+  tasks = _import_tasks(mixture_or_task_module)
+  if sentinel_targets:
+    mixture_or_task_name = tasks.sentinel_task(mixture_or_task_name)
   if prompt_library is not None and ensemble_prompts is not None:
     raise ValueError('Set PROMPT_LIBRARY (a prompt per task) or ENSEMBLE_PROMPTS (N prompts of '
                      'one task), not both.')

@@ -282,17 +282,19 @@ def test_registered_names_and_task_info():
 
 
 def test_reimport_is_idempotent():
-  from prompt_tuning.data import glue, mrqa, quickstart_tasks, super_glue
+  from prompt_tuning.data import glue, glue_transfer, mrqa, quickstart_tasks, super_glue
   names, registered = list(tasks.TASK_INFO), list(seqio.TaskRegistry.names())
   saved = tasks.get_settings()
   try:
     for _ in range(2):
-      for module in (super_glue, glue, quickstart_tasks, mrqa, tasks):  # each registers on import
+      # each registers on import
+      for module in (super_glue, glue, quickstart_tasks, mrqa, glue_transfer, tasks):
         importlib.reload(module)
   finally:
     tasks.restore_settings(saved)
-  # 82 (+ quickstart_taskless_mixture), then MRQA's 14 tasks and 2 mixtures.
-  assert list(tasks.TASK_INFO) == names and len(names) == 98
+  # 82 (+ quickstart_taskless_mixture), then MRQA's 14 tasks and 2 mixtures, then
+  # glue_transfer's 8 tasks and 8 mixtures.
+  assert list(tasks.TASK_INFO) == names and len(names) == 114
   assert list(seqio.TaskRegistry.names()) == registered
 
 

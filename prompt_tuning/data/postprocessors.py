@@ -35,6 +35,25 @@ def string_label_to_class_id(text, label_classes: Sequence[str], default: int = 
   return list(label_classes).index(text) if text in label_classes else default
 
 
+def translate_label(text, translation: Mapping[str, str], **unused_kwargs) -> str:
+  """Another task's label word as this task's (`translation`: word -> word); else unchanged.
+
+  Zero-shot transfer (glue_transfer.py): a prompt tuned on QQP answers an MRPC example with
+  QQP's words, read as MRPC's class of the same id before T5's postprocessor.
+  """
+  text = _text(text)
+  return translation.get(text, text)
+
+
+def remove_sentinel(text, sentinel: str = '<extra_id_0>', **unused_kwargs) -> str:
+  """Drops a leading `sentinel`, then leading whitespace, as google-research/prompt-tuning's
+  `remove_extra_id_0` (prompt_tuning/data/postprocessors.py) does for sentinel targets."""
+  text = _text(text)
+  if text.startswith(sentinel):
+    text = text[len(sentinel):]
+  return text.lstrip()
+
+
 def string_to_float(text, default: float = -1., **unused_kwargs) -> float:
   try:
     return float(_text(text))

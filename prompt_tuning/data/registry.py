@@ -22,6 +22,9 @@ class TaskInfo:
   labels: Optional[tuple[str, ...]]  # verbalizers in class-id order; None for free text
   main_metric: str  # the metric key used to pick the best checkpoint
   benchmark: str  # 'super_glue' | 'glue' | 'quickstart' | 'mrqa'
+  # Targets start with T5's first sentinel `<extra_id_0>` (the `<task>_sentinel` variants of
+  # sentinel.py); rank classification prefixes its candidates with it too.
+  sentinel_targets: bool = False
 
 
 TASK_INFO: dict[str, TaskInfo] = {}

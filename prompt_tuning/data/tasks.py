@@ -11,6 +11,13 @@ Importing this module registers (idempotently):
   quickstart_taskless_mixture (first + max without prefixes: multi-task prompt tuning)
   mrqa_{squad,textbook_qa,bio_asq,relation_extraction,duo_rc,race,drop}   TFDS mrqa/<set>:1.0.0
   mrqa_<set>_local, mrqa_out_of_domain{,_local}   (no taskless_ variants; mrqa.py says more)
+  glue_mrpc_from_qqp, glue_qqp_from_mrpc (+ _local, taskless_)   zero-shot transfer, validation
+  glue_<target>_from_<source>_zeroshot (+ _local, taskless_)      mixtures: train on the source
+
+`<name>_sentinel` (any task or mixture but the quickstart's, registered on first use:
+`sentinel_task`, or a lookup of that name) is `name` with every target starting with T5's first
+sentinel `<extra_id_0>`, removed again before the metrics (sentinel.py; the paper's "span
+corruption + sentinel" ablation).
 
 Splits are 'train' and 'validation'. `glue_mnli` also has 'validation_matched' and
 'validation_mismatched' ('validation' is the matched one). MRQA's six out-of-domain sets have
@@ -33,12 +40,13 @@ task reads is checked as the file is read: a bad row raises a one-line DataFileE
 column; here it is an error too). `validate_task_data` and `check_vocabulary` raise these
 errors (and VocabularyError) up front, before a run writes anything.
 
-Where things live: super_glue.py, glue.py, quickstart_tasks.py and mrqa.py define and register
-their tasks (imported here in that order); registry.py adds tasks and records TaskInfo; sources.py
-holds the settings, the errors and the TFDS and local-file sources. This module re-exports what
-callers use (`tasks.set_local_data_dir`, `tasks.DataFileError`, `tasks.TASK_INFO`, ...) and
-answers lookups: get_task_or_mixture, read_local_examples, release_file_reader,
-validate_task_data, check_vocabulary, format_example, get_vocabulary.
+Where things live: super_glue.py, glue.py, quickstart_tasks.py, mrqa.py and glue_transfer.py
+define and register their tasks (imported here in that order); sentinel.py makes the sentinel
+variants; registry.py adds tasks and records TaskInfo; sources.py holds the settings, the errors
+and the TFDS and local-file sources. This module re-exports what callers use
+(`tasks.set_local_data_dir`, `tasks.DataFileError`, `tasks.TASK_INFO`, ...) and answers lookups:
+get_task_or_mixture, read_local_examples, release_file_reader, validate_task_data,
+check_vocabulary, format_example, get_vocabulary, sentinel_task, target_prefix.
 """
 
 from __future__ import annotations
@@ -48,12 +56,13 @@ from typing import Callable, Optional, Sequence
 
 import seqio
 
-from prompt_tuning.data import registry, sources, vocabularies
+from prompt_tuning.data import registry, sentinel, sources, vocabularies
 # Imported for their registrations, in this order (the order of TASK_INFO and of the registry).
 from prompt_tuning.data import super_glue  # noqa: F401
 from prompt_tuning.data import glue  # noqa: F401
 from prompt_tuning.data import quickstart_tasks  # noqa: F401
 from prompt_tuning.data import mrqa  # noqa: F401
+from prompt_tuning.data import glue_transfer  # noqa: F401
 from prompt_tuning.data.quickstart_tasks import (QUICKSTART_LABELS, QUICKSTART_OPS,
                                                  QUICKSTART_SIZES, QUICKSTART_TASKLESS_MIXTURE,
                                                  quickstart_examples)
@@ -78,7 +87,8 @@ __all__ = [
     'quickstart_examples',
     # lookups (here)
     'check_vocabulary', 'format_example', 'get_task_or_mixture', 'get_vocabulary',
-    'read_local_examples', 'release_file_reader', 'validate_task_data',
+    'read_local_examples', 'release_file_reader', 'sentinel_task', 'target_prefix',
+    'validate_task_data',
 ]
 
 
@@ -90,11 +100,30 @@ def get_task_or_mixture(name: str) -> seqio.Task | seqio.Mixture:
     return seqio.TaskRegistry.get(name)
   if name in seqio.MixtureRegistry.names():
     return seqio.MixtureRegistry.get(name)
+  base = sentinel.base_name(name)
+  if base is not None and base in (set(seqio.TaskRegistry.names()) |
+                                   set(seqio.MixtureRegistry.names())):
+    return get_task_or_mixture(sentinel.register(get_task_or_mixture(base)))
   known = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
   close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
   hint = f' Did you mean: {", ".join(close)}?' if close else ''
   raise ValueError(f'Unknown task or mixture {name!r}.{hint} ({len(TASK_INFO)} registered '
                    f'here; see prompt_tuning.data.tasks.TASK_INFO.)')
+
+
+def sentinel_task(name: str) -> str:
+  """The name of task or mixture `name`'s sentinel variant, `<name>_sentinel`, registered now
+  if it is not yet (sentinel.py); a variant's own name is returned as it is."""
+  return sentinel.register(get_task_or_mixture(name))
+
+
+def target_prefix(name: str) -> tuple[int, ...]:
+  """The ids every target of `name` starts with (rank classification's candidates too):
+  (`<extra_id_0>`'s id,) for a sentinel variant, else ()."""
+  info = TASK_INFO.get(name)
+  if info is None or not info.sentinel_targets:
+    return ()
+  return (sentinel.sentinel_id(get_vocabulary(name)),)
 
 
 def read_local_examples(name: str, split: str) -> list[dict]:

@@ -80,7 +80,8 @@ class Evaluator:
       if not self.labels:
         raise ValueError(f'Rank classification needs the label verbalizers of {task_name!r}; '
                          f'it has none (use the generate method).')
-      self.label_targets = runner.label_targets(self.vocab, self.labels, self.target_length)
+      self.label_targets = runner.label_targets(self.vocab, self.labels, self.target_length,
+                                                prefix=tasks.target_prefix(task_name))
       if buckets is not None:  # the verbalizers' own bucket, not the task's target length
         longest = int(batching.row_lengths(self.label_targets).max())
         self.label_targets = self.label_targets[:, :batching.bucket_for(longest,

@@ -81,11 +81,13 @@ def input_row(vocab: Any, text_or_ids: str | Sequence[int], max_length: int) -> 
   return ids[:max_length - 1] + [vocab.eos_id]
 
 
-def label_targets(vocab: Any, labels: Sequence[str], width: Optional[int] = None) -> np.ndarray:
-  """Rank classification's candidates [C, T]: each label's ids and EOS, padded to `width`
-  (default: the longest)."""
-  return batching.pad_rows([list(vocab.encode(label)) + [vocab.eos_id] for label in labels],
-                           width=width)
+def label_targets(vocab: Any, labels: Sequence[str], width: Optional[int] = None,
+                  prefix: Sequence[int] = ()) -> np.ndarray:
+  """Rank classification's candidates [C, T]: `prefix` (the ids a task's targets start with,
+  e.g. a sentinel), each label's ids and EOS, padded to `width` (default: the longest)."""
+  return batching.pad_rows(
+      [list(prefix) + list(vocab.encode(label)) + [vocab.eos_id] for label in labels],
+      width=width)
 
 
 def batches(inputs_NxL: np.ndarray, batch_size: int, *, buckets: Optional[Sequence[int]] = None,
