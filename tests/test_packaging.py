@@ -57,7 +57,8 @@ def test_readme_fresh_machine_has_exactly_the_two_commands():
   commands = [block.split('```', 1)[0].strip() for block in blocks]
   assert commands == [
       "pip install -e '.[data]' && python -m prompt_tuning",
-      "pip install -q 'torch==2.13.0' -e '.[data,test]' && python -m pytest -q tests",
+      "pip install -q 'torch==2.13.0' -e '.[data,test]' && "
+      "python -m pytest -q -n 2 --dist loadfile tests",
   ]
   ci = _read('.ci', 'run').splitlines()  # CI runs the README's test command
   install, test = commands[1].split(' && ')
