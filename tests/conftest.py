@@ -95,3 +95,24 @@ def assert_identical():
       assert x.dtype == y.dtype and x.shape == y.shape, key
       assert x.tobytes() == y.tobytes(), key
   return check
+
+
+@pytest.fixture
+def offline_tfds(tmp_path, monkeypatch):
+  """TFDS with no network and an empty data folder (returned): a task whose data is not
+  prepared must fail, naming its _local variant, rather than download."""
+  import socket
+
+  import tensorflow_datasets as tfds
+
+  from prompt_tuning.data import tasks
+
+  def no_network(*args, **kwargs):
+    raise AssertionError('the test tried to reach the network')
+
+  monkeypatch.setattr(socket.socket, 'connect', no_network)
+  monkeypatch.setattr(socket, 'create_connection', no_network)
+  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', no_network)
+  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
+  monkeypatch.delenv(tasks.TFDS_DOWNLOAD_ENV, raising=False)
+  return tmp_path

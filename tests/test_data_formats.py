@@ -13,6 +13,7 @@ import pytest
 
 seqio = pytest.importorskip('seqio')
 
+from prompt_tuning import testing  # noqa: E402
 from prompt_tuning.data import preprocessors, tasks  # noqa: E402
 
 
@@ -31,12 +32,7 @@ def local_dir():
 
 def text_examples(name, split, batched=True):
   """The task's text preprocessing only (no tokenization), in file order, as str dicts."""
-  task = seqio.get_mixture_or_task(name)
-  ds = task.source.get_dataset(split=split, shuffle=False)
-  for preprocessor in task.preprocessors:
-    if preprocessor is seqio.preprocessors.tokenize:
-      break
-    ds = preprocessor(ds)
+  ds = testing.text_dataset(name, split)
   if batched:  # iterating element by element costs ~0.5 ms each; batch, then split
     ds = ds.map(lambda x: {k: v for k, v in x.items() if k != 'answers'}).batch(4096)
   else:

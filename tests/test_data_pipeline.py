@@ -4,7 +4,6 @@ import importlib
 import json
 import logging
 import os
-import socket
 
 import numpy as np
 import pytest
@@ -347,17 +346,8 @@ def test_local_missing_file_names_path_and_variable(tmp_path, monkeypatch):
     tasks.restore_settings(saved)
 
 
-def test_tfds_offline_error_names_the_local_variant(tmp_path, monkeypatch):
-  import tensorflow_datasets as tfds
-
-  def no_network(*args, **kwargs):
-    raise AssertionError('the test tried to reach the network')
-
-  monkeypatch.setattr(socket.socket, 'connect', no_network)
-  monkeypatch.setattr(socket, 'create_connection', no_network)
-  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', no_network)
-  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
-  monkeypatch.delenv(tasks.TFDS_DOWNLOAD_ENV, raising=False)
+def test_tfds_offline_error_names_the_local_variant(offline_tfds):
+  tmp_path = offline_tfds
   for name in ('super_glue_rte', 'glue_sst2', 'taskless_super_glue_wsc'):
     with pytest.raises(tasks.TfdsDataMissingError, match=f"'{name}_local'") as error:
       pipeline.get_batches(name, 'train', QUICK, 2)

@@ -11,7 +11,6 @@ before EM and token F1, taking the best over a question's answers.
 import gzip
 import json
 import os
-import socket
 
 import pytest
 
@@ -21,6 +20,7 @@ seqio = pytest.importorskip('seqio')
 from prompt_tuning.data import tasks  # noqa: E402
 from prompt_tuning.data import metrics, mrqa, pipeline, postprocessors  # noqa: E402
 from prompt_tuning.data import vocabularies  # noqa: E402
+from prompt_tuning import testing  # noqa: E402
 
 OOD_FILES = {'textbook_qa': 'TextbookQA', 'bio_asq': 'BioASQ',
              'relation_extraction': 'RelationExtraction', 'duo_rc': 'DuoRC.ParaphraseRC',
@@ -90,12 +90,7 @@ def formatted(name, split):
 
 def tf_text(name, split):
   """The task's text preprocessing in tf.data (up to tokenization), in file order."""
-  task = seqio.get_mixture_or_task(name)
-  ds = task.source.get_dataset(split=split, shuffle=False)
-  for preprocessor in task.preprocessors:
-    if preprocessor is seqio.preprocessors.tokenize:
-      break
-    ds = preprocessor(ds)
+  ds = testing.text_dataset(name, split)
   return [{'qid': ex['qid'].decode(), 'inputs': ex['inputs'].decode(),
            'targets': ex['targets'].decode(), 'answers': [a.decode() for a in ex['answers']]}
           for ex in ds.as_numpy_iterator()]
@@ -216,17 +211,9 @@ def test_out_of_domain_mixture_scores_each_set(data_dir):
   assert result['invalid'] == 3  # RACE's empty answers
 
 
-def test_tfds_names_and_splits(tmp_path, monkeypatch):
+def test_tfds_names_and_splits(offline_tfds):
   import tensorflow_datasets as tfds
-
-  def no_network(*args, **kwargs):
-    raise AssertionError('the test tried to reach the network')
-
-  monkeypatch.setattr(socket.socket, 'connect', no_network)
-  monkeypatch.setattr(socket, 'create_connection', no_network)
-  monkeypatch.setattr(tfds.core.DatasetBuilder, 'download_and_prepare', no_network)
-  monkeypatch.setenv('TFDS_DATA_DIR', str(tmp_path))
-  monkeypatch.delenv(tasks.TFDS_DOWNLOAD_ENV, raising=False)
+  tmp_path = offline_tfds
   configs = {'squad': 'squad', **{name: name for name in mrqa.OUT_OF_DOMAIN}}
   for name, config in configs.items():
     task = seqio.get_mixture_or_task(f'mrqa_{name}')

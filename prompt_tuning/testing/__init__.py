@@ -88,6 +88,19 @@ def synthetic_batch(seed: int, batch: int = 8, inputs: int = 12, targets: int = 
           'decoder_target_tokens': tgt.astype(np.int32)}
 
 
+def text_dataset(name: str, split: str) -> Any:
+  """A task's examples after its text preprocessors, before tokenization (tf.data, file order):
+  what tests compare with the pure-Python formatters. Imports SeqIO."""
+  import seqio
+  task = seqio.get_mixture_or_task(name)
+  ds = task.source.get_dataset(split=split, shuffle=False)
+  for preprocessor in task.preprocessors:
+    if preprocessor is seqio.preprocessors.tokenize:
+      break
+    ds = preprocessor(ds)
+  return ds
+
+
 def random_prompts(names: Iterable[str], length: int, d_model: int,
                    scale: float = 1.0) -> dict[str, np.ndarray]:
   """{name: a float32 [length, d_model] prompt drawn from N(0, scale²), seeded by its position}."""
