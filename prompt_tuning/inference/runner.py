@@ -25,7 +25,7 @@ from prompt_tuning.data import batching
 from prompt_tuning.data.vocab import PAD_ID
 from prompt_tuning.inference import decoding as decoding_lib
 from prompt_tuning.models import t5
-from prompt_tuning.models.prompt import PromptConfig, merge_params, prompt_tree
+from prompt_tuning.models.prompt import Placement, PromptConfig, merge_params, prompt_tree
 from prompt_tuning.prompts import files as prompt_files
 from prompt_tuning.prompts import library as library_lib
 from prompt_tuning.train import model_dir as model_dir_lib
@@ -118,19 +118,15 @@ class PromptedModel:
   """A frozen T5 with one prompt [P, D] (optionally a deep run's per-layer prompts) or a table of
   K named prompts [K, P, D] (`names` in table order)."""
 
-  def __init__(self, config: t5.T5Config, frozen: Mapping, prompts: np.ndarray, *,
-               placement: str = 'prefix', names: Optional[Sequence[str]] = None,
-               deep: Optional[np.ndarray] = None, capacity: Optional[int] = None):
-    """`capacity`: the table rows the model is built for (>= K); a server whose table grows
-    keeps one compiled model per capacity."""
-    prompts = np.asarray(prompts) if not hasattr(prompts, 'sharding') else prompts
-    if prompts.shape[-1] != config.d_model:
-      raise ValueError(f'the prompts have width {prompts.shape[-1]} but the model\'s d_model is '
+  def __init__(self, config: t5.T5Config, frozen: Mapping, prompts: Any, *,
+               placement: Placement = 'prefix', names: Optional[Sequence[str]] = None,
+               deep: Optional[np.ndarray] = None):
+    """`prompts`: [P, D] or [K, P, D], numpy or already on the devices (the server's table)."""
+    shape = np.shape(prompts)
+    if shape[-1] != config.d_model:
+      raise ValueError(f'the prompts have width {shape[-1]} but the model\'s d_model is '
                        f'{config.d_model}.')
-    table = prompts.ndim == 3
-    k = prompts.shape[0] if table else 1
-    length = prompts.shape[-2]
-    prompt = PromptConfig(length, placement, capacity or k,  # type: ignore[arg-type]
+    prompt = PromptConfig(shape[-2], placement, shape[0] if len(shape) == 3 else 1,
                           deep=deep is not None)
     self.config = config
     self.names = list(names) if names is not None else None
@@ -139,7 +135,7 @@ class PromptedModel:
 
   @classmethod
   def from_run(cls, initial_checkpoint_path: Optional[str], model: Optional[t5.T5Config], *,
-               placement: str = 'prefix', model_dir: Optional[str] = None,
+               placement: Placement = 'prefix', model_dir: Optional[str] = None,
                prompt_file: Optional[str] = None, step: Optional[int] = None,
                task: Optional[str] = None, frozen_dtype: Optional[str] = None
                ) -> tuple['PromptedModel', int, Optional[dict[str, int]]]:
@@ -164,7 +160,7 @@ class PromptedModel:
 
   @classmethod
   def from_library(cls, initial_checkpoint_path: Optional[str], model: Optional[t5.T5Config],
-                   spec: library_lib.Spec, *, placement: str = 'prefix',
+                   spec: library_lib.Spec, *, placement: Placement = 'prefix',
                    names: Optional[Sequence[str]] = None,
                    frozen_dtype: Optional[str] = None) -> 'PromptedModel':
     """A prompt library's prompts `names` (default: all, in library order) as one table (a
@@ -176,7 +172,7 @@ class PromptedModel:
   @classmethod
   def with_library(cls, config: t5.T5Config, frozen: Mapping,
                    library: Mapping[str, library_lib.LibraryPrompt], *,
-                   placement: str = 'prefix',
+                   placement: Placement = 'prefix',
                    names: Optional[Sequence[str]] = None) -> 'PromptedModel':
     """As from_library, for a library and frozen params at hand."""
     names, table_KxPxD = library_lib.table(library, names)
