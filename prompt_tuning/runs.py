@@ -11,17 +11,15 @@ from __future__ import annotations
 import importlib
 import json
 import logging
-import os
 from typing import Any, Callable, Optional, Sequence
 
 import jax
 
 from prompt_tuning import storage
 from prompt_tuning.data import batching
-from prompt_tuning.inference import evaluation
+from prompt_tuning.inference import evaluation, mixed
 from prompt_tuning.inference.decoding import DecodingConfig
-from prompt_tuning.inference.runner import PromptedModel, input_row, load_frozen
-from prompt_tuning.inference.runner import text as runner_text
+from prompt_tuning.inference.runner import PromptedModel, load_frozen
 from prompt_tuning.models import t5
 from prompt_tuning.models.prompt import PromptConfig
 from prompt_tuning.prompts import export
@@ -32,6 +30,7 @@ from prompt_tuning.train import loop, optim, partitioning, preemption, reporting
 from prompt_tuning.train import model_dir as model_dir_lib
 from prompt_tuning.train.plan import plan  # noqa: F401  (gin files written before name runs.plan)
 from prompt_tuning.train.settings import AdafactorStepOffset
+from prompt_tuning.train.model_tuning import ModelTrainer
 from prompt_tuning.train.trainer import LossConfig, PromptTrainer
 
 log = logging.getLogger('prompt_tuning')
@@ -69,8 +68,9 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
           length_buckets: batching.BucketSetting = 'auto', group_by_length: int = 32,
           export_formats: Sequence[str] = export.FINAL_FORMATS,
           prompt_per_task: bool = False, prompt_ensemble: int = 1,
-          sentinel_targets: bool = False) -> dict:
-  """Prompt-tunes on a SeqIO task, evaluating every `eval_period` steps; returns a summary.
+          sentinel_targets: bool = False, trainable: str = settings.PROMPT) -> dict:
+  """Prompt-tunes (or model-tunes) on a SeqIO task, evaluating every `eval_period` steps;
+  returns a summary.
 
   Every input is checked before MODEL_DIR is created or changed; a kill at any moment leaves it
   consistent, and the same command resumes it (see train/model_dir.py). Batches are padded
@@ -91,6 +91,10 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
 
   `sentinel_targets` (gin/runs/sentinel_targets.gin): trains and evaluates the task's
   `<name>_sentinel` variant, whose targets start with `<extra_id_0>` (data/sentinel.py).
+
+  `trainable` (gin TRAINABLE; runs/model_tuning.gin): 'prompt' (prompt tuning); 'all' or a
+  parameter subtree ('decoder', 'encoder/layers_0', ...) model-tunes those weights instead, with
+  no prompt (train/model_tuning.py); a mixture then trains one multi-task model.
   """
   # Log lines of the checks wait until the run starts: bad input prints its one error line alone.
   with reporting.HeldLogs() as held:
@@ -106,6 +110,8 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
     evaluation.check_methods(eval_methods)  # a typo is named even when nothing evaluates
     export.check_final_formats(export_formats)
     settings.adafactor_offset(adafactor_step_offset, 0)
+    settings.check_model_tuning(trainable, prompt_per_task, prompt_ensemble)
+    model_tuning = trainable != settings.PROMPT
     prompt, names = settings.task_prompts(prompt, mixture_or_task_name, prompt_per_task,
                                           prompt_ensemble)
     members = prompt_ensemble if prompt_ensemble > 1 else 0
@@ -120,7 +126,7 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
         model=model, prompt=prompt, initial_checkpoint_path=initial_checkpoint_path,
         learning_rate=learning_rate, optimizer=optimizer,
         adafactor_step_offset=adafactor_step_offset, loss=loss, mesh_shape=mesh_shape,
-        frozen_dtype=frozen_dtype)
+        frozen_dtype=frozen_dtype, trainable=trainable)
     _check_fits(trainer, vocab.vocab_size, mixture_or_task_name, batch_size)
     batches = _train_batches(mixture_or_task_name, task_feature_lengths, batch_size, buckets,
                              shuffle=shuffle, seed=random_seed, group_by_length=group_by_length,
@@ -142,7 +148,8 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
     _note_step_count(train_steps, base_step)
     try:
       state = loop.train(trainer, batches, model_dir, train_steps,
-                         prompt_init=prompt_init(embedding_VxD=trainer.embedding(), vocab=vocab),
+                         prompt_init=None if model_tuning else prompt_init(
+                             embedding_VxD=trainer.embedding(), vocab=vocab),
                          seed=random_seed, save_every=save_period or eval_period or train_steps,
                          keep=keep, initial_checkpoint=initial_checkpoint_path,
                          prompt_names=names, on_metrics=reporter.train_metrics, periodic=periodic,
@@ -207,7 +214,7 @@ def _eval_hook(evaluator: evaluation.Evaluator, trainer: PromptTrainer,
     else:
       metrics = evaluator.evaluate(model, step)
     preemption.crash_point('mid_eval', step)
-    best.update(step, metrics, trainer.prompt(state))
+    best.update(step, metrics, None if isinstance(trainer, ModelTrainer) else trainer.prompt(state))
     reporter.eval_metrics(step, metrics)  # last: its record marks this evaluation complete
   return on_eval
 
@@ -227,10 +234,14 @@ def _finish(model_dir: str, task: str, train_steps: int, trainer: PromptTrainer,
   host = jax.process_index()
   best.load()  # a restarted run's best prompt may come from before the restart
   plot_path = reporter.close()
-  written = (export.export_final(model_dir, trainer.prompt(state), trainer.model_config,
-                                 export_formats, prompt_names=names,
-                                 deep_LxPxD=trainer.deep_prompt(state)) if host == 0 else {})
+  if isinstance(trainer, ModelTrainer):  # its weights: the T5X checkpoint of the last step
+    written = {'t5x': model_dir_lib.model_checkpoint_path(model_dir, train_steps)}
+  else:
+    written = (export.export_final(model_dir, trainer.prompt(state), trainer.model_config,
+                                   export_formats, prompt_names=names,
+                                   deep_LxPxD=trainer.deep_prompt(state)) if host == 0 else {})
   summary = {'model_dir': model_dir, 'task': task, 'steps': train_steps,
+             **({'tuning': 'model'} if isinstance(trainer, ModelTrainer) else {}),
              **({'prompt_names': names} if names is not None else {}),
              'first_eval': reporter.eval_history[0] if reporter.eval_history else None,
              'final_eval': reporter.eval_history[-1][1] if reporter.eval_history else None,
@@ -357,7 +368,7 @@ def infer(*, model_dir: Optional[str], mixture_or_task_name: str, task_feature_l
   _import_tasks(mixture_or_task_module)
   out_dir = output_dir or storage.join(model_dir or '.', model_dir_lib.INFERENCE)
   if prompt_library is not None or input_file is not None:
-    return _infer_mixed(
+    return mixed.infer_mixed(
         prompt_library=prompt_library, input_file=input_file, task=mixture_or_task_name,
         task_feature_lengths=task_feature_lengths, model=model, prompt=prompt,
         initial_checkpoint_path=initial_checkpoint_path, batch_size=batch_size,
@@ -376,68 +387,3 @@ def infer(*, model_dir: Optional[str], mixture_or_task_name: str, task_feature_l
       for example, text in zip(evaluator.examples, texts)))
   print(f'wrote {len(texts)} predictions to {path}')
   return path
-
-
-def read_mixed_inputs(path: str) -> list[tuple[str, str]]:
-  """(prompt name, input text) of each row of a mixed input file; bad rows named by line."""
-  rows = []
-  try:
-    lines = storage.read_text(path).splitlines()
-  except storage.StorageError as e:
-    raise ValueError(f'INFER_INPUT_FILE {e}') from None
-  except OSError as e:
-    raise ValueError(f'INFER_INPUT_FILE {path}: cannot read it ({e.strerror}).') from e
-  for number, line in enumerate(lines, 1):
-    if not line.strip():
-      continue
-    try:
-      row = json.loads(line)
-    except ValueError:
-      raise ValueError(f'{path}:{number}: not a JSON object; each line is {{"prompt": name, '
-                       f'"inputs": text}}.') from None
-    name = row.get('prompt', row.get('task')) if isinstance(row, dict) else None
-    text = row.get('inputs') if isinstance(row, dict) else None
-    if not isinstance(name, str) or not isinstance(text, str):
-      raise ValueError(f'{path}:{number}: each line needs a string "prompt" (or "task") and a '
-                       f'string "inputs".')
-    rows.append((name, text))
-  if not rows:
-    raise ValueError(f'INFER_INPUT_FILE {path}: no rows.')
-  return rows
-
-
-def _infer_mixed(*, prompt_library, input_file, task, task_feature_lengths, model, prompt,
-                 initial_checkpoint_path, batch_size, decoding, output_dir, frozen_dtype) -> str:
-  if prompt_library is None or input_file is None:
-    raise ValueError('Mixed-task inference needs both PROMPT_LIBRARY (the named prompts) and '
-                     'INFER_INPUT_FILE (JSONL rows {"prompt": name, "inputs": text}).')
-  rows = read_mixed_inputs(input_file)
-  config, frozen = load_frozen(initial_checkpoint_path, model, frozen_dtype)
-  library = library_lib.load_library(prompt_library, config.d_model)
-  unknown = sorted({n for n, _ in rows} - set(library))
-  if unknown:
-    line = next(i for i, (n, _) in enumerate(rows, 1) if n == unknown[0])
-    raise ValueError(f'{input_file}: row {line} asks for prompt {unknown[0]!r}, which the '
-                     f'library does not have ({sorted(library)}).')
-  vocab = _vocabulary(task)
-  runner = PromptedModel.with_library(config, frozen, library, placement=prompt.placement)
-  length = task_feature_lengths['inputs']
-  inputs = batching.pad_rows([input_row(vocab, text, length) for _, text in rows], width=length)
-  outputs = runner.generate_rows(inputs, decoding, task_feature_lengths['targets'],
-                                 batch_size=batch_size, buckets=batching.auto_buckets(length),
-                                 prompt_ids_N=runner.prompt_ids([n for n, _ in rows]))
-  path = storage.join(output_dir, os.path.splitext(storage.basename(input_file))[0] +
-                      '-predictions.jsonl')
-  write_atomic(path, ''.join(
-      json.dumps({'prompt': n, 'inputs': text, 'prediction': runner_text(vocab, out)}) + '\n'
-      for (n, text), out in zip(rows, outputs)))
-  print(f'wrote {len(rows)} predictions ({len(set(n for n, _ in rows))} prompts, mixed '
-        f'batches) to {path}')
-  return path
-
-
-def _vocabulary(task: Optional[str]):
-  from prompt_tuning.data import tasks, vocabularies
-  if task:
-    return tasks.get_vocabulary(task)
-  return vocabularies.t5_vocabulary()

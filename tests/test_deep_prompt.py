@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from prompt_tuning.train import model_dir as model_dir_lib
+from prompt_tuning.train import repair as repair_lib
 from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import loop, optim, partitioning
@@ -360,7 +361,7 @@ def test_repair_rewrites_a_missing_deep_file(frozen, tmp_path):
   prompt2, deep2 = _save(trainer, model_dir, 2, seed=2)
   os.remove(model_dir_lib.numpy_deep_path(model_dir, 1))  # the prompt file stays
   shutil.rmtree(os.path.dirname(model_dir_lib.numpy_prompt_path(model_dir, 2)))  # both gone
-  assert model_dir_lib.repair(model_dir) == 2
+  assert repair_lib.repair(model_dir) == 2
   for step, prompt, deep in ((1, prompt1, deep1), (2, prompt2, deep2)):
     assert np.load(model_dir_lib.numpy_deep_path(model_dir, step)).tobytes() == deep.tobytes()
     assert np.load(model_dir_lib.numpy_prompt_path(model_dir, step)).tobytes() == prompt.tobytes()

@@ -10,6 +10,7 @@ import pytest
 
 from prompt_tuning.train import records
 from prompt_tuning.train import model_dir as model_dir_lib
+from prompt_tuning.train import repair as repair_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import loop
 from train_fixtures import batches, make_trainer
@@ -46,7 +47,7 @@ def test_layout_of_a_finished_run(run):
   assert model_dir_lib.prompt_steps(run) == [0, 2, 4]
   value, step = model_dir_lib.load_prompt(run)
   assert step == 4 and value.tobytes() == _numpy(run, 4).tobytes()
-  assert model_dir_lib.repair(run, keep=2) == 4
+  assert repair_lib.repair(run, keep=2) == 4
   assert model_dir_lib.numpy_steps(run) == [0, 2, 4]
 
 
@@ -58,7 +59,7 @@ def test_numpy_prompt_past_the_committed_step_is_never_read_and_is_removed(run):
   with pytest.raises(model_dir_lib.ModelDirError, match=r'no prompt for step 6; available: '
                                                         r'\[0, 2, 4\]'):
     model_dir_lib.load_prompt(run, 6)
-  model_dir_lib.repair(run, keep=2)
+  repair_lib.repair(run, keep=2)
   assert model_dir_lib.numpy_steps(run) == [0, 2, 4]
 
 
@@ -67,7 +68,7 @@ def test_committed_step_without_numpy_prompt_is_read_from_orbax_and_rewritten(ru
   shutil.rmtree(os.path.dirname(model_dir_lib.numpy_prompt_path(run, 4)))
   value, step = model_dir_lib.load_prompt(run)
   assert step == 4 and value.tobytes() == expected.tobytes()
-  model_dir_lib.repair(run, keep=2)
+  repair_lib.repair(run, keep=2)
   assert _numpy(run, 4).tobytes() == expected.tobytes()
 
 
@@ -82,7 +83,7 @@ def test_temporaries_are_ignored_then_removed(run):
   os.makedirs(orbax_tmp)
   open(os.path.join(run, 'summary.json.tmp-5'), 'w').close()
   assert model_dir_lib.prompt_steps(run) == [0, 2, 4]
-  model_dir_lib.repair(run, keep=2)
+  repair_lib.repair(run, keep=2)
   leftovers = [os.path.join(d, n) for d, dirs, files in os.walk(run) for n in dirs + files
                if '.tmp-' in n or 'orbax-checkpoint-tmp' in n or n == 'checkpoint_8']
   assert leftovers == []
@@ -90,7 +91,7 @@ def test_temporaries_are_ignored_then_removed(run):
 
 def test_steps_beyond_keep_are_pruned(run):
   # orbax commits the new step, then deletes the old one: a kill in between leaves both.
-  model_dir_lib.repair(run, keep=1)
+  repair_lib.repair(run, keep=1)
   assert model_dir_lib.committed_steps(run) == [4]
   assert model_dir_lib.numpy_steps(run) == [0, 2, 4]  # numpy prompts are all kept, as T5X does
 
@@ -116,7 +117,7 @@ def _write_records(run):
 def test_records_past_the_committed_step_and_a_cut_evaluation_are_dropped(run):
   metrics, eval_dir = _write_records(run)
   assert not model_dir_lib.eval_done(run, 4)
-  model_dir_lib.repair(run, keep=2)
+  repair_lib.repair(run, keep=2)
   assert [(r['kind'], r['step']) for r in records.read_jsonl(metrics)] == [
       ('train', 2), ('eval', 2), ('train', 4)]
   # Step 4's evaluation has no final record: its files go, it is rerun. The `eval` command's
@@ -131,7 +132,7 @@ def test_a_complete_evaluation_of_the_committed_step_is_kept(run):
   metrics, eval_dir = _write_records(run)
   records.append_jsonl(metrics, {'kind': 'eval', 'step': 4})
   assert model_dir_lib.eval_done(run, 4)
-  model_dir_lib.repair(run, keep=2)
+  repair_lib.repair(run, keep=2)
   assert 'rte-rank-step4.jsonl' in os.listdir(eval_dir)
   steps = [r['step'] for r in records.read_jsonl(os.path.join(eval_dir,
                                                                     'rte-metrics.jsonl'))]

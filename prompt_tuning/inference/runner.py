@@ -142,6 +142,8 @@ class PromptedModel:
     """(model, step, {task: prompt id} or None) for eval/infer (find_prompt). A multi-task
     MODEL_DIR asked for one of its tasks gives that task's prompt; for a mixture, its whole
     table, each task's rows to be answered by their own prompt (the returned ids)."""
+    if model_dir and not prompt_file and model_dir_lib.is_model_tuning(model_dir):
+      return cls.from_model_tuning(model_dir, model, step=step, frozen_dtype=frozen_dtype)
     config, frozen = load_frozen(initial_checkpoint_path, model, frozen_dtype)
     value, step, names = find_prompt(model_dir, prompt_file, step)
     if value.shape[-1] != config.d_model:
@@ -157,6 +159,17 @@ class PromptedModel:
     deep = (model_dir_lib.load_deep_prompt(model_dir, step) if model_dir and not prompt_file
             else None)
     return cls(config, frozen, value, placement=placement, names=names, deep=deep), step, ids
+
+  @classmethod
+  def from_model_tuning(cls, model_dir: str, model: Optional[t5.T5Config], *,
+                        step: Optional[int] = None, frozen_dtype: Optional[str] = None
+                        ) -> tuple['PromptedModel', int, None]:
+    """(the model a model-tuning MODEL_DIR trained, at `step` or its latest committed step, that
+    step, no ids): its T5X checkpoint, no prompt."""
+    from prompt_tuning.train import model_tuning  # (it builds on the trainer, which uses this)
+    path, step = model_tuning.model_checkpoint(model_dir, step)
+    config, params = load_frozen(path, model, frozen_dtype)
+    return cls.of(assemble(config, None), params), step, None
 
   @classmethod
   def from_library(cls, initial_checkpoint_path: Optional[str], model: Optional[t5.T5Config],

@@ -6,7 +6,6 @@ from the exact batch it stopped at (the position is saved with each checkpoint).
 
 from __future__ import annotations
 
-import dataclasses
 import itertools
 import logging
 import math
@@ -16,6 +15,7 @@ import jax
 import numpy as np
 
 from prompt_tuning.train import model_dir as model_dir_lib
+from prompt_tuning.train import repair as repair_lib
 from prompt_tuning.train import preemption
 from prompt_tuning.train import state as state_lib
 from prompt_tuning.train.trainer import PromptTrainer, TrainState
@@ -29,20 +29,8 @@ class TrainingDivergedError(RuntimeError):
 
 def run_info(trainer: PromptTrainer, initial_checkpoint: Optional[str] = None,
              prompt_names: Optional[Sequence[str]] = None) -> dict:
-  """run_info.json. A table adds num_prompts, the prompts' names (a multi-task run: its tasks)
-  and the shared mode; a single prompt's stays as it always was (plus `deep`)."""
-  c = trainer.prompt_config
-  info: dict[str, Any] = {'prompt_length': c.length,
-                          'd_model': trainer.model_config.d_model,
-                          'placement': c.placement,
-                          'deep': c.deep,
-                          'initial_checkpoint': initial_checkpoint,
-                          'model_config': dataclasses.asdict(trainer.model_config)}
-  if c.is_table:
-    info.update(num_prompts=c.num_prompts, prompt_shared=c.shared,
-                prompt_names=list(prompt_names) if prompt_names is not None else
-                [str(k) for k in range(c.num_prompts)])
-  return info
+  """run_info.json of the trainer's run (PromptTrainer.run_info)."""
+  return trainer.run_info(initial_checkpoint, prompt_names)
 
 
 class Periodic(NamedTuple):
@@ -53,20 +41,9 @@ class Periodic(NamedTuple):
   done: Optional[Callable[[int], bool]] = None
 
 
-def initial_prompt(prompt_init: Callable[[Any, tuple[int, ...]], Any], rng: Any,
-                   shape: tuple[int, ...]) -> np.ndarray:
-  """`prompt_init`'s [P, D] prompt; for a table [K, P, D], K of them, prompt k drawn with
-  fold_in(rng, k) (K seeds of one ensemble differ; a deterministic initializer gives K equal
-  starts)."""
-  if len(shape) == 2:
-    return np.asarray(prompt_init(rng, shape), np.float32)
-  k, rest = shape[0], tuple(shape[1:])
-  return np.stack([np.asarray(prompt_init(jax.random.fold_in(rng, i), rest), np.float32)
-                   for i in range(k)])
-
-
 def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], model_dir: str,
-          num_steps: int, *, prompt_init: Callable[[Any, tuple[int, ...]], Any],
+          num_steps: int, *,
+          prompt_init: Optional[Callable[[Any, tuple[int, ...]], Any]],
           seed: int = 0, save_every: int = 1000, keep: Optional[int] = 1,
           initial_checkpoint: Optional[str] = None,
           prompt_names: Optional[Sequence[str]] = None,
@@ -93,12 +70,7 @@ def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], mode
   model_dir_lib.check_run_info(model_dir, info, write=False)
   latest = model_dir_lib.latest_step(model_dir)
   if latest is None:
-    rng = jax.random.PRNGKey(seed)
-    shared = None
-    if trainer.prompt_config.shared == 'concat':  # 'add' starts from zeros: shared + task = task
-      shared = initial_prompt(prompt_init, jax.random.fold_in(rng, 2), trainer.prompt_shape[1:])
-    state = trainer.init_state(initial_prompt(prompt_init, jax.random.fold_in(rng, 1),
-                                              trainer.prompt_shape), seed=seed, shared_PxD=shared)
+    state = trainer.start_state(prompt_init, seed)
     position = 0
   else:
     reader = state_lib.PromptCheckpointer(model_dir, keep=None, read_only=True)
@@ -121,9 +93,10 @@ def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], mode
     # One writer on a MODEL_DIR shared by all hosts; the others only check.
     model_dir_lib.check_run_info(model_dir, info, write=writer)
     if writer:
-      model_dir_lib.repair(model_dir, keep)
+      repair_lib.repair(model_dir, keep)
     _sync('repair')
-    ckpt = state_lib.PromptCheckpointer(model_dir, keep=keep, shared=trainer.prompt_config.shared)
+    ckpt = state_lib.PromptCheckpointer(model_dir, keep=keep, copy=trainer.write_copy,
+                                        prune=trainer.prune_copies)
     try:
       if latest is None:
         if before_save is not None:
@@ -147,7 +120,7 @@ def train(trainer: PromptTrainer, batches: Callable[[int], Iterator[dict]], mode
         due_save = step % save_every == 0 or step == num_steps
         stop = preemption.agreed(check=len(pending) >= check_every or due_save)
         if len(pending) >= check_every or due_save or stop:
-          _check_finite(pending, ckpt, model_dir)
+          _check_finite(pending, ckpt, model_dir, trainer.NORM_METRIC)
           if on_metrics is not None:
             for s, m in pending:
               on_metrics(s, {k: float(v) for k, v in jax.device_get(m).items()})
@@ -192,13 +165,15 @@ def _sync(name: str) -> None:
     multihost_utils.sync_global_devices(name)
 
 
-def _check_finite(pending: list, ckpt: state_lib.PromptCheckpointer, model_dir: str) -> None:
-  # The loss is computed before the step's update, the prompt norm after it: both must be finite.
-  values = jax.device_get([(m['loss'], m['prompt_norm']) for _, m in pending])
-  for (step, _), (loss, norm) in zip(pending, values):
-    loss, norm = float(np.asarray(loss)), float(np.asarray(norm))
-    if not (math.isfinite(loss) and math.isfinite(norm)):
+def _check_finite(pending: list, ckpt: state_lib.PromptCheckpointer, model_dir: str,
+                  norm: str = 'prompt_norm') -> None:
+  # The loss is computed before the step's update, the trained norm after it: both must be finite.
+  values = jax.device_get([(m['loss'], m[norm]) for _, m in pending])
+  name = norm.replace('_', ' ')  # 'prompt norm'
+  for (step, _), (loss, value) in zip(pending, values):
+    loss, value = float(np.asarray(loss)), float(np.asarray(value))
+    if not (math.isfinite(loss) and math.isfinite(value)):
       raise TrainingDivergedError(
-          f'Non-finite training (loss {loss}, prompt norm {norm}) at step {step}; stopped '
+          f'Non-finite training (loss {loss}, {name} {value}) at step {step}; stopped '
           f'without saving. The last good checkpoint is step {ckpt.latest_step()} in '
           f'{model_dir} (resume from it with a lower learning rate or different data).')

@@ -8,6 +8,8 @@ here where things are and which steps exist.
   checkpoints/<step>/                   orbax: TrainState + {'step', 'data_position'}
   numpy_checkpoints/checkpoint_<step>/encoder.prompt.prompt.prompt   (the anchor's float32 .npy)
                                     /encoder.prompt.deep.prompt     (deep prompts [L-1, P, D])
+  checkpoint_<step>/                    model tuning (run_info "tuning": "model"): the whole
+                                        model in T5X's format, for each kept orbax step
   metrics.jsonl                         train and eval records, one JSON object a line
   inference_eval/                       predictions and metrics of each evaluation
   inference/                            predictions of `infer`
@@ -38,7 +40,7 @@ import numpy as np
 from prompt_tuning.prompts import files as prompt_files
 from prompt_tuning import storage
 from prompt_tuning.train import records
-from prompt_tuning.storage import TMP_MARK, one_line, tmp_name, write_atomic
+from prompt_tuning.storage import one_line, tmp_name, write_atomic
 from prompt_tuning.models.prompt import DEEP_PATH, PROMPT_PATH, effective_prompts
 
 log = logging.getLogger('prompt_tuning')
@@ -60,11 +62,14 @@ SUMMARY = 'summary.json'
 # Fields that must agree for a MODEL_DIR to be resumed, with their value when run_info.json
 # does not say (one written before the field existed; a single prompt's has no table fields).
 IDENTITY_FIELDS = {'prompt_length': None, 'd_model': None, 'placement': None, 'deep': False,
-                   'num_prompts': 1, 'prompt_names': None, 'prompt_shared': None}
-_ORBAX_TMP = '.orbax-checkpoint-tmp'
+                   'num_prompts': 1, 'prompt_names': None, 'prompt_shared': None,
+                   'tuning': 'prompt', 'trainable': None}
+MODEL_TUNING = 'model'  # run_info.json's "tuning" of a model-tuning run (absent: 'prompt')
+T5X_CHECKPOINT_FILE = 'checkpoint'  # what makes a checkpoint_<step> folder a T5X checkpoint
+ORBAX_TMP = '.orbax-checkpoint-tmp'
 # On object storage orbax writes a step in place and commits it with this file (no rename).
 ORBAX_COMMIT_FILE = 'commit_success.txt'
-_PREDICTIONS_STEP = re.compile(r'-step(\d+)\.jsonl$')
+PREDICTIONS_STEP = re.compile(r'-step(\d+)\.jsonl$')
 COMMAND_TAG = 'eval'  # predictions of `prompt-tuning eval`, kept through a run's repairs
 
 
@@ -299,7 +304,7 @@ def load_deep_prompt(model_dir: str, step: Optional[int] = None) -> Optional[np.
   path = numpy_deep_path(model_dir, step)
   if storage.isfile(path):
     return _load_deep_file(path)
-  if _run_is_deep(model_dir) is False or step not in committed_steps(model_dir):
+  if run_is_deep(model_dir) is False or step not in committed_steps(model_dir):
     return None  # saves write both files together: a step kept as numpy alone had none
   return read_orbax_prompts(model_dir, step)[1]
 
@@ -316,7 +321,7 @@ def _load_deep_file(path: str) -> np.ndarray:
   return np.asarray(deep, np.float32)
 
 
-def _run_is_deep(model_dir: str) -> Optional[bool]:
+def run_is_deep(model_dir: str) -> Optional[bool]:
   """Whether run_info.json says the run has deep prompts (one written before they existed: no);
   None without a readable run_info.json."""
   try:
@@ -330,6 +335,11 @@ def _readable_step(model_dir: str, step: Optional[int]) -> int:
   """`step`, or the latest committed step, checked to have a readable prompt."""
   if not storage.isdir(model_dir):
     raise ModelDirError(f'MODEL_DIR {model_dir}: no such directory.')
+  if is_model_tuning(model_dir):
+    raise ModelDirError(f'{model_dir} is a model-tuning run: it has no prompt. Its weights are '
+                        f'T5X checkpoints ({model_checkpoint_path(model_dir, 0)[:-1]}<step>); '
+                        f'evaluate it with `prompt-tuning eval --gin.MODEL_DIR=...`, or convert '
+                        f'one with `prompt-tuning convert --to hf`.')
   available = prompt_steps(model_dir)
   if not available:
     raise ModelDirError(f'{model_dir}: no committed checkpoint (checkpoints/<step>/); nothing to '
@@ -341,6 +351,34 @@ def _readable_step(model_dir: str, step: Optional[int]) -> int:
 
 
 # ----------------------------------------------------------------------------------------------
+# Model tuning: each kept step's whole model as a T5X checkpoint (readers: train/model_tuning.py).
+
+
+def is_model_tuning(model_dir: str) -> bool:
+  """Whether run_info.json says MODEL_DIR is a model-tuning run."""
+  try:
+    info = read_run_info(model_dir)
+  except ModelDirError:
+    return False
+  return info is not None and info.get('tuning') == MODEL_TUNING
+
+
+def model_checkpoint_path(model_dir: str, step: int) -> str:
+  return storage.join(model_dir, f'checkpoint_{step}')
+
+
+def prune_model_checkpoints(model_dir: str, keep_steps: Any) -> list[str]:
+  """Removes T5X checkpoints (whole or cut short) of steps not in `keep_steps`; their names."""
+  removed = []
+  for name in storage.listdir(model_dir):
+    m = re.fullmatch(r'checkpoint_(\d+)(\.old-\d+)?', name)
+    if m and (m.group(2) or int(m.group(1)) not in keep_steps):
+      storage.rmtree(storage.join(model_dir, name))
+      removed.append(name)
+  return removed
+
+
+# ----------------------------------------------------------------------------------------------
 # Records and repair.
 
 
@@ -348,93 +386,3 @@ def eval_done(model_dir: str, step: int) -> bool:
   """An evaluation's record in metrics.jsonl is written last: it marks the evaluation whole."""
   return any(r.get('kind') == 'eval' and r.get('step') == step
              for r in records.read_jsonl(storage.join(model_dir, METRICS)))
-
-
-def _remove_temporaries(root: str) -> list[str]:
-  removed = []
-  for dirpath, dirnames, filenames in storage.walk(root):
-    for name in list(dirnames):
-      if TMP_MARK in name or _ORBAX_TMP in name:
-        storage.rmtree(storage.join(dirpath, name))
-        dirnames.remove(name)
-        removed.append(storage.join(dirpath, name))
-    for name in filenames:
-      if TMP_MARK in name:
-        storage.remove(storage.join(dirpath, name))
-        removed.append(storage.join(dirpath, name))
-  return removed
-
-
-def repair(model_dir: str, keep: Optional[int] = None) -> Optional[int]:
-  """Brings MODEL_DIR back to its latest committed step after a kill; returns that step.
-
-  Removes temporaries (on object storage: step folders orbax did not commit), orbax steps past
-  `keep`, numpy prompts and records of steps after the latest committed one (they are redone),
-  writes the numpy prompt of a kept step that lacks it (or, in a run_info.json's deep run, its
-  deep prompts), and drops the predictions/metrics of an evaluation whose final record is
-  missing (it is rerun).
-  """
-  if not storage.isdir(model_dir):
-    return None
-  removed = _remove_temporaries(model_dir)
-  for step in uncommitted_steps(model_dir):
-    storage.rmtree(storage.join(checkpoints_dir(model_dir), str(step)))
-    removed.append(storage.join(CHECKPOINTS, str(step)))
-  steps = committed_steps(model_dir)
-  if keep and len(steps) > keep:
-    for step in steps[:-keep]:
-      storage.rmtree(storage.join(checkpoints_dir(model_dir), str(step)))
-      removed.append(storage.join(CHECKPOINTS, str(step)))
-    steps = steps[-keep:]
-  latest = steps[-1] if steps else None
-  limit = -1 if latest is None else latest
-  numpy_dir = storage.join(model_dir, NUMPY_CHECKPOINTS)
-  for name in storage.listdir(numpy_dir):
-    if not storage.isfile(storage.join(numpy_dir, name, NUMPY_NAME)):
-      storage.rmtree(storage.join(numpy_dir, name))  # a folder a kill left without its file
-      removed.append(f'{NUMPY_CHECKPOINTS}/{name}')
-  for step in numpy_steps(model_dir):
-    if step > limit:
-      storage.rmtree(storage.dirname(numpy_prompt_path(model_dir, step)))
-      removed.append(f'{NUMPY_CHECKPOINTS}/checkpoint_{step}')
-  deep = _run_is_deep(model_dir)
-  for step in steps:
-    has_prompt = storage.isfile(numpy_prompt_path(model_dir, step))
-    if has_prompt and not (deep and not storage.isfile(numpy_deep_path(model_dir, step))):
-      continue
-    prompt_PxD, deep_LxPxD = read_orbax_prompts(model_dir, step)
-    if has_prompt and deep_LxPxD is None:
-      continue  # the orbax step has no deep prompts either: nothing is missing
-    write_numpy_prompt(model_dir, step, prompt_PxD, deep_LxPxD)
-    log.info('Rewrote the numpy prompt of step %d in %s.', step, model_dir)
-
-  records.rewrite_jsonl(storage.join(model_dir, METRICS), lambda r: r.get('step', 0) <= limit)
-  whole = latest is not None and eval_done(model_dir, latest)
-  eval_dir = storage.join(model_dir, INFERENCE_EVAL)
-  for name in storage.listdir(eval_dir):
-    path = storage.join(eval_dir, name)
-    m = _PREDICTIONS_STEP.search(name)
-    if name.endswith(eval_metrics_file('')):
-      records.rewrite_jsonl(path, lambda r: _command_record(r) or r.get('step', 0) < limit or (
-          r.get('step') == limit and whole))
-    elif m and f'-{COMMAND_TAG}-' not in name and (int(m.group(1)) > limit or (
-        int(m.group(1)) == limit and not whole)):
-      storage.remove(path)
-  if removed:
-    log.info('Repaired %s: removed what a stopped run left unfinished (%s).', model_dir,
-             ', '.join(_shown(p, model_dir) for p in removed[:6]) +
-             (' …' if len(removed) > 6 else ''))
-  return latest
-
-
-def _shown(path: str, model_dir: str) -> str:
-  if storage.is_remote(path) or os.path.isabs(path):
-    return storage.relpath(path, model_dir)
-  return path
-
-
-def _command_record(record: dict) -> bool:
-  """A record of `prompt-tuning eval` (tagged, kept through repairs), not of the run itself (a
-  run's in-training ensemble evaluations are tagged 'train-...')."""
-  tag = record.get('tag')
-  return bool(tag) and not str(tag).startswith('train-')

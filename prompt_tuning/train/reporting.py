@@ -166,9 +166,10 @@ class Reporter:
       self._append_jsonl({'kind': 'train', 'step': step, **metrics})
       if self._bar is None:
         rate = (step - self._start_step) / max(time.time() - self._start, 1e-9)
-        log.info('step %d/%d  loss/token %.4f  token acc %.3f  prompt norm %.2f  (%.1f steps/s)',
+        norm = 'prompt_norm' if 'prompt_norm' in metrics else 'param_norm'  # model tuning's
+        log.info('step %d/%d  loss/token %.4f  token acc %.3f  %s %.2f  (%.1f steps/s)',
                  step, self.total_steps, metrics['loss_per_token'], metrics['accuracy'],
-                 metrics['prompt_norm'], rate)
+                 norm.replace('_', ' '), metrics[norm], rate)
 
   def eval_metrics(self, step: int, metrics: dict[str, float], tag: str = 'eval') -> None:
     """Records an evaluation; its metrics.jsonl line is written last and marks it complete."""
@@ -257,15 +258,18 @@ class BestPrompt:
       return
     record = {'step': step, 'metric': self.metric, 'value': value, 'metrics': metrics}
     # The prompt first: a kill between the two writes leaves a metric that a rerun beats again.
-    prompt_files.write_npy(storage.join(self.dir, model_dir_lib.NUMPY_NAME),
-                           np.asarray(jax.device_get(prompt_value)))
+    if prompt_value is not None:  # (model tuning: the metric and step only)
+      prompt_files.write_npy(storage.join(self.dir, model_dir_lib.NUMPY_NAME),
+                             np.asarray(jax.device_get(prompt_value)))
     write_atomic(storage.join(self.dir, model_dir_lib.BEST_METRICS),
                  json.dumps(record, indent=2, default=float))
     self.record = record
 
 
 def print_summary(summary: dict) -> None:
-  lines = [f"Prompt tuning of {summary['task']} finished ({summary['steps']} steps)."]
+  model = summary.get('tuning') == 'model'
+  lines = [f"{'Model' if model else 'Prompt'} tuning of {summary['task']} finished "
+           f"({summary['steps']} steps)."]
   if summary.get('final_eval'):
     lines.append('  final eval: ' + ', '.join(
         f'{k} {v:.4f}' if isinstance(v, float) else f'{k} {v}'
@@ -274,8 +278,9 @@ def print_summary(summary: dict) -> None:
     b = summary['best']
     lines.append(f"  best {b['metric']} {b['value']:.4f} at step {b['step']}: "
                  f"{storage.join(summary['model_dir'], model_dir_lib.BEST)}")
-  lines.append(f"  prompt checkpoints (orbax): {summary['checkpoints']}")
-  lines.append(f"  numpy prompts:              {summary['numpy_checkpoints']}")
+  lines.append(f"  {'model' if model else 'prompt'} checkpoints (orbax): {summary['checkpoints']}")
+  if not model:
+    lines.append(f"  numpy prompts:              {summary['numpy_checkpoints']}")
   for fmt, path in summary.get('exports', {}).items():
     lines.append(f'  export ({fmt}):{" " * (18 - len(fmt))}{path}')
   if summary.get('plot'):

@@ -13,10 +13,11 @@ import numpy as np
 from prompt_tuning import checkpoints
 from prompt_tuning.models import t5
 from prompt_tuning.models.prompt import PromptConfig
-from prompt_tuning.train import partitioning
+from prompt_tuning.train import model_tuning, partitioning
 from prompt_tuning.train.trainer import LossConfig, PromptTrainer
 
 AdafactorStepOffset = Literal['zero', 'checkpoint'] | int | None
+PROMPT = 'prompt'  # TRAINABLE of prompt tuning; 'all' or a subtree: model tuning
 
 
 def adafactor_offset(setting: AdafactorStepOffset, checkpoint_step: int) -> int:
@@ -38,18 +39,36 @@ def build_trainer(*, model: Optional[t5.T5Config], prompt: PromptConfig,
                   optimizer: Callable[..., Any],
                   adafactor_step_offset: AdafactorStepOffset = 'zero',
                   loss: LossConfig = LossConfig(), mesh_shape: Optional[Sequence[int]] = None,
-                  frozen_dtype: Optional[str] = None) -> tuple[PromptTrainer, int]:
-  """(trainer, base checkpoint step) from the base checkpoint and the gin-bound settings."""
+                  frozen_dtype: Optional[str] = None,
+                  trainable: str = PROMPT) -> tuple[PromptTrainer, int]:
+  """(trainer, base checkpoint step) from the base checkpoint and the gin-bound settings;
+  `trainable` other than 'prompt' builds a model-tuning trainer (train/model_tuning.py)."""
   config, frozen = checkpoints.load_base(initial_checkpoint_path, model)
+  if trainable != PROMPT:
+    model_tuning.check_trainable(trainable, frozen)  # before the mesh and the optimizer
   base_step = checkpoints.read_step(initial_checkpoint_path) if initial_checkpoint_path else 0
   offset = adafactor_offset(adafactor_step_offset, base_step)
   tx = optimizer(learning_rate=learning_rate, step_offset=offset) if offset else optimizer(
       learning_rate=learning_rate)
   mesh = partitioning.make_mesh(mesh_shape)
   schedule = learning_rate if callable(learning_rate) else (lambda _: learning_rate)
+  if trainable != PROMPT:
+    return model_tuning.ModelTrainer(config, frozen, tx, trainable=trainable, mesh=mesh,
+                                     loss=loss, frozen_dtype=frozen_dtype,
+                                     learning_rate_fn=schedule), base_step
   trainer = PromptTrainer(config, prompt, frozen, tx, mesh=mesh, loss=loss,
                           frozen_dtype=frozen_dtype, learning_rate_fn=schedule)
   return trainer, base_step
+
+
+def check_model_tuning(trainable: str, prompt_per_task: bool, prompt_ensemble: int) -> None:
+  """Model tuning trains one model: no prompt tables."""
+  if trainable == PROMPT:
+    return
+  if prompt_per_task or prompt_ensemble != 1:
+    raise ValueError(f'TRAINABLE = {trainable!r} tunes the model, which has no prompts: set '
+                     f'PROMPT_PER_TASK = False and PROMPT_ENSEMBLE = 1 (a mixture is then '
+                     f'model-tuned as one multi-task model).')
 
 
 def task_prompts(prompt: PromptConfig, name: str, prompt_per_task: bool,

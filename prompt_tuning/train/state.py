@@ -1,14 +1,17 @@
-"""Prompt-sized, resumable orbax checkpoints under MODEL_DIR (layout: model_dir.py).
+"""Resumable orbax checkpoints under MODEL_DIR (layout: model_dir.py): prompt-sized for prompt
+tuning, the trained weights and their optimizer state for model tuning.
 
-The frozen model is never written: resuming = base checkpoint + this small state. Each save
-writes the step's numpy prompt (with the deep prompts, if any) first, atomically, then the orbax
-step, whose rename (on object storage: its commit file) commits it: a kill anywhere leaves the
-previous committed step as the latest, and nothing names a step that was not committed.
+The frozen model is never written: resuming = base checkpoint + this state. Each save writes
+the step's readable copy first (the numpy prompt with the deep prompts, if any; model tuning:
+the T5X checkpoint), atomically, then the orbax step, whose rename (on object storage: its
+commit file) commits it: a kill anywhere leaves the previous committed step as the latest, and
+nothing names a step that was not committed.
 """
 
 from __future__ import annotations
 
-from typing import Any, Optional
+import functools
+from typing import Any, Callable, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -24,13 +27,29 @@ def has_checkpoint(model_dir: str) -> bool:
   return model_dir_lib.latest_step(model_dir) is not None
 
 
+def write_prompt_copy(model_dir: str, state: Any, step: int, shared: SharedMode = None) -> None:
+  """The step's numpy prompt (and deep prompts), written by process 0."""
+  if jax.process_index() == 0:
+    deep = get_deep_prompt(state.params)
+    model_dir_lib.write_numpy_prompt(model_dir, step,
+                                     effective_prompts(jax.device_get(state.params), shared),
+                                     None if deep is None else jax.device_get(deep))
+
+
 class PromptCheckpointer:
   """Saves/restores the TrainState with orbax, keeping the last `keep` steps."""
 
   def __init__(self, model_dir: str, keep: Optional[int] = 1, read_only: bool = False,
-               shared: SharedMode = None):
+               shared: SharedMode = None,
+               copy: Optional[Callable[[str, Any, int], None]] = None,
+               prune: Optional[Callable[[str, set[int]], Any]] = None):
+    """`copy(model_dir, state, step)` writes the step's readable copy before its commit, on
+    every process (default: the numpy prompt, written by process 0; `shared`: the numpy prompt
+    of a shared + task table is the combined one). `prune(model_dir, kept steps)`, if given,
+    runs on process 0 after each save (copies that follow orbax's retention)."""
     self.model_dir = model_dir
-    self.shared = shared  # the numpy prompt of a shared + task table is the combined one
+    self.copy = copy or functools.partial(write_prompt_copy, shared=shared)
+    self.prune = prune  # after a save: prune(model_dir, kept steps) drops other steps' copies
     self.directory = model_dir_lib.checkpoints_dir(model_dir)
     options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
                                            read_only=read_only,
@@ -46,17 +65,14 @@ class PromptCheckpointer:
 
   def save(self, state: Any, data_position: int) -> int:
     step = int(jax.device_get(state.step))
-    if jax.process_index() == 0:
-      deep = get_deep_prompt(state.params)
-      model_dir_lib.write_numpy_prompt(self.model_dir, step,
-                                       effective_prompts(jax.device_get(state.params),
-                                                         self.shared),
-                                       None if deep is None else jax.device_get(deep))
+    self.copy(self.model_dir, state, step)
     preemption.crash_point('numpy_written', step)
     self.manager.save(step, args=ocp.args.Composite(
         state=ocp.args.StandardSave(state),
         meta=ocp.args.JsonSave({'step': step, 'data_position': int(data_position)})))
     self.manager.wait_until_finished()
+    if self.prune is not None and jax.process_index() == 0:
+      self.prune(self.model_dir, set(self.all_steps()))
     return step
 
   def restore(self, abstract_state: Any, step: Optional[int] = None) -> tuple[Any, dict]:

@@ -33,6 +33,7 @@ from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
 from prompt_tuning.train import losses
 from prompt_tuning.train import partitioning
+from prompt_tuning.train import state as state_lib
 from prompt_tuning.data.vocab import token_mask
 
 log = logging.getLogger('prompt_tuning')
@@ -102,6 +103,18 @@ def table_optimizer(optimizer: optax.GradientTransformation,
   return optax.multi_transform({'table': per_prompt(optimizer), 'shared': optimizer}, labels)
 
 
+def initial_prompt(prompt_init: Callable[[Any, tuple[int, ...]], Any], rng: Any,
+                   shape: tuple[int, ...]) -> np.ndarray:
+  """`prompt_init`'s [P, D] prompt; for a table [K, P, D], K of them, prompt k drawn with
+  fold_in(rng, k) (K seeds of one ensemble differ; a deterministic initializer gives K equal
+  starts)."""
+  if len(shape) == 2:
+    return np.asarray(prompt_init(rng, shape), np.float32)
+  k, rest = shape[0], tuple(shape[1:])
+  return np.stack([np.asarray(prompt_init(jax.random.fold_in(rng, i), rest), np.float32)
+                   for i in range(k)])
+
+
 class PromptTrainer:
   """Builds the sharded train/eval steps for one model, prompt, optimizer and mesh. With a
   prompt table (num_prompts > 1) the optimizer runs `per_prompt`."""
@@ -116,14 +129,22 @@ class PromptTrainer:
     self.model = runner.assemble(model_config, prompt_config)
     self.optimizer = (table_optimizer(optimizer, prompt_config.shared is not None)
                       if prompt_config.is_table else optimizer)
+    self._compile(frozen_params, mesh=mesh, rules=rules, loss=loss, frozen_dtype=frozen_dtype,
+                  learning_rate_fn=learning_rate_fn)
+
+  def _compile(self, frozen_params: dict, *, mesh: Optional[jax.sharding.Mesh],
+               rules: Optional[list], loss: LossConfig, frozen_dtype: Optional[str],
+               learning_rate_fn: Optional[Callable[[Any], Any]]) -> None:
+    """Shardings of the frozen and trainable trees (`split`), the frozen weights placed on the
+    mesh, and the jitted steps: what every trainer shares, whatever it trains."""
     self.loss = loss
     self.learning_rate_fn = learning_rate_fn
     self.mesh = partitioning.make_mesh() if mesh is None else mesh
     self.rules = partitioning.standard_logical_axis_rules() if rules is None else rules
     self.trace_count = 0  # how many times the train step was traced (= compiled)
 
-    axes = t5.logical_axes(model_config, prompt_config)
-    frozen_axes, trainable_axes = prompt_lib.split_params(axes)
+    axes = t5.logical_axes(self.model_config, self.prompt_config)
+    frozen_axes, trainable_axes = self.split(axes)
     self.frozen_shardings = partitioning.logical_to_sharding(frozen_axes, self.mesh, self.rules)
     self.trainable_shardings = partitioning.logical_to_sharding(trainable_axes, self.mesh,
                                                                 self.rules)
@@ -142,7 +163,8 @@ class PromptTrainer:
     self.replicated = partitioning.replicated(self.mesh)
     self.batch_sharding = partitioning.batch_sharding(self.mesh)
     self.state_shardings = TrainState(step=self.replicated, params=self.trainable_shardings,
-                                      opt_state=self.replicated, rng=self.replicated)
+                                      opt_state=self.opt_state_shardings(),
+                                      rng=self.replicated)
     self._train_step = jax.jit(self._step, donate_argnums=(0,),
                                in_shardings=(self.state_shardings, self.frozen_shardings,
                                              self.batch_sharding),
@@ -151,6 +173,67 @@ class PromptTrainer:
                                                         self.frozen_shardings,
                                                         self.batch_sharding),
                               out_shardings=self.replicated)
+
+  # -- what a trainer trains: the prompt here (train/model_tuning.py: the model's weights) -------
+
+  # The norm of the trained tree after each step, a train metric (the loop checks it is finite).
+  NORM_METRIC = 'prompt_norm'
+
+  def split(self, tree: dict) -> tuple[dict, dict]:
+    """(frozen, trainable) parts of a parameter tree (or of its axes or shardings)."""
+    return prompt_lib.split_params(tree)
+
+  def merge(self, frozen: dict, trainable: dict) -> dict:
+    """Inverse of `split`."""
+    return prompt_lib.merge_params(frozen, trainable)
+
+  def opt_state_shardings(self) -> Any:
+    """The optimizer state's sharding: replicated (kilobytes for a prompt)."""
+    return self.replicated
+
+  def trained_norm(self, trainable: dict) -> jax.Array:
+    return jnp.linalg.norm(prompt_lib.get_prompt(trainable))
+
+  @property
+  def num_prompts(self) -> int:
+    return self.prompt_config.num_prompts
+
+  def run_info(self, initial_checkpoint: Optional[str] = None,
+               prompt_names: Optional[Sequence[str]] = None) -> dict:
+    """run_info.json. A table adds num_prompts, the prompts' names (a multi-task run: its
+    tasks) and the shared mode; a single prompt's stays as it always was (plus `deep`)."""
+    c = self.prompt_config
+    info: dict[str, Any] = {'prompt_length': c.length,
+                            'd_model': self.model_config.d_model,
+                            'placement': c.placement,
+                            'deep': c.deep,
+                            'initial_checkpoint': initial_checkpoint,
+                            'model_config': dataclasses.asdict(self.model_config)}
+    if c.is_table:
+      info.update(num_prompts=c.num_prompts, prompt_shared=c.shared,
+                  prompt_names=list(prompt_names) if prompt_names is not None else
+                  [str(k) for k in range(c.num_prompts)])
+    return info
+
+  def write_copy(self, model_dir: str, state: TrainState, step: int) -> None:
+    """A step's readable copy, written before its commit: the numpy prompt."""
+    state_lib.write_prompt_copy(model_dir, state, step, self.prompt_config.shared)
+
+  def prune_copies(self, model_dir: str, kept_steps: set[int]) -> None:
+    """After a save: nothing (every step's numpy prompt is kept, as the anchor keeps them)."""
+
+  def start_state(self, prompt_init: Optional[Callable[[Any, tuple[int, ...]], Any]],
+                  seed: int = 0) -> TrainState:
+    """A new run's state: the prompt (each prompt of a table, the shared prompt) drawn by
+    `prompt_init` from `seed`."""
+    if prompt_init is None:
+      raise ValueError('Prompt tuning needs a prompt initializer (gin PROMPT_INIT).')
+    rng = jax.random.PRNGKey(seed)
+    shared = None
+    if self.prompt_config.shared == 'concat':  # 'add' starts from zeros: shared + task = task
+      shared = initial_prompt(prompt_init, jax.random.fold_in(rng, 2), self.prompt_shape[1:])
+    return self.init_state(initial_prompt(prompt_init, jax.random.fold_in(rng, 1),
+                                          self.prompt_shape), seed=seed, shared_PxD=shared)
 
   # -- state ------------------------------------------------------------------------------------
 
@@ -214,10 +297,11 @@ class PromptTrainer:
         self._full_state_shardings(shapes))
 
   def _full_state_shardings(self, shapes: TrainState) -> TrainState:
-    return TrainState(
-        step=self.replicated, params=self.trainable_shardings,
-        opt_state=jax.tree_util.tree_map(lambda _: self.replicated, shapes.opt_state),
-        rng=self.replicated)
+    opt = self.state_shardings.opt_state
+    if isinstance(opt, jax.sharding.Sharding):  # one sharding for the whole state
+      opt = jax.tree_util.tree_map(lambda _: opt, shapes.opt_state)
+    return TrainState(step=self.replicated, params=self.trainable_shardings, opt_state=opt,
+                      rng=self.replicated)
 
   # -- what callers read: no caller indexes the parameter trees ---------------------------------
 
@@ -226,8 +310,8 @@ class PromptTrainer:
     return np.asarray(jax.device_get(self.frozen['token_embedder']['embedding']))
 
   def full_params(self, state: TrainState) -> dict:
-    """Frozen weights + the state's prompt: the tree `self.model.apply` takes."""
-    return prompt_lib.merge_params(self.frozen, state.params)
+    """Frozen weights + the state's trained tree: the tree `self.model.apply` takes."""
+    return self.merge(self.frozen, state.params)
 
   def prompt(self, state: TrainState) -> np.ndarray:
     """The state's prompt [P, D] (or table [K, P, D]) on the host, float32; with a shared
@@ -243,7 +327,7 @@ class PromptTrainer:
   # -- steps ------------------------------------------------------------------------------------
 
   def batch_loss(self, trainable, frozen, batch, rng, enable_dropout):
-    params = prompt_lib.merge_params(frozen, trainable)
+    params = self.merge(frozen, trainable)
     logits = self.model.apply(
         {'params': params}, batch['encoder_input_tokens'], batch['decoder_input_tokens'],
         batch['decoder_target_tokens'], enable_dropout=enable_dropout,
@@ -274,7 +358,7 @@ class PromptTrainer:
         'loss_per_token': loss / weight_sum,
         'z_loss': aux['z_loss'],
         'accuracy': aux['correct'] / weight_sum,
-        'prompt_norm': jnp.linalg.norm(prompt_lib.get_prompt(params)),
+        self.NORM_METRIC: self.trained_norm(params),
         'grad_norm': jnp.sqrt(sum(jnp.sum(jnp.square(g))
                                   for g in jax.tree_util.tree_leaves(grads))),
     }
@@ -296,8 +380,8 @@ class PromptTrainer:
   def _step_features(self, batch: dict) -> dict:
     """The checked features a step takes. With one prompt, prompt ids (all 0, as checked) are
     dropped: the single prompt's step stays exactly today's."""
-    check_batch(batch, self.prompt_config.num_prompts)
-    dropped = () if self.prompt_config.is_table else ('prompt_ids',)
+    check_batch(batch, self.num_prompts)
+    dropped = () if self.num_prompts > 1 else ('prompt_ids',)
     return {k: batch[k] for k in FEATURES + OPTIONAL_FEATURES if k in batch and k not in dropped}
 
   def _global(self, batch):
