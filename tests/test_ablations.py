@@ -95,6 +95,48 @@ def test_sentinel_block_turns_the_variant_on_for_train_and_eval(order):
     gin.clear_config()
 
 
+@pytest.mark.parametrize('preset', ['configs/paper/t5_1_1_base_mrpc.gin',
+                                    'configs/paper/t5_1_1_xxl_squad.gin'])
+def test_model_tuning_block_over_a_preset_sets_the_baseline(preset):
+  """runs/model_tuning.gin after a preset: every weight trains, with T5X's fine-tuning settings
+  over the preset's prompt-tuning ones."""
+  gin = pytest.importorskip('gin')
+  from prompt_tuning import runs
+  from prompt_tuning.train import optim
+  try:
+    parsed(preset, 'runs/model_tuning.gin')
+    assert resolved(gin.get_bindings(runs.train)['trainable']) == 'all'
+    assert gin.query_parameter('%LEARNING_RATE') == 0.001
+    assert gin.query_parameter('%BATCH_SIZE') == 128
+    assert gin.query_parameter('%DROPOUT_RATE') == 0.1
+    assert gin.query_parameter('%ADAFACTOR_STEP_OFFSET') == 'checkpoint'
+    assert gin.get_bindings(optim.make_optimizer) == {
+        'name': 'adafactor', 'factored': True, 'multiply_by_parameter_scale': True,
+        'weight_decay': 0.0}
+  finally:
+    gin.clear_config()
+
+
+@pytest.mark.parametrize('size, d_model', [('small', 512), ('base', 768), ('large', 1024),
+                                           ('xl', 2048), ('xxl', 4096)])
+def test_squad_presets_train_on_mrqa_squad(size, d_model):
+  gin = pytest.importorskip('gin')
+  from prompt_tuning.data import tasks
+  try:
+    gin.clear_config()
+    args = cli.parse_args(['train', f'--gin_file=configs/paper/t5_1_1_{size}_squad.gin',
+                           *[f'--gin_bindings={b}' for b in REQUIRED[:2]]])
+    gin_utils.setup(args)
+    assert gin.query_parameter('%MIXTURE_OR_TASK_NAME') == 'mrqa_squad'
+    assert gin.query_parameter('%TASK_FEATURE_LENGTHS') == {'inputs': 512, 'targets': 32}
+    assert gin.query_parameter('%MODEL').scoped_configurable_fn().d_model == d_model
+    assert resolved(gin.query_parameter('prompt_init.initializer_by_name.name')) == (
+        'sampled_vocab')
+    assert tasks.get_task_or_mixture('mrqa_out_of_domain')  # what the preset says to evaluate
+  finally:
+    gin.clear_config()
+
+
 # ================================ sentinel targets ================================
 
 @pytest.fixture(scope='module')
