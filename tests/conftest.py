@@ -2,8 +2,11 @@
 when absent, and small reference models."""
 
 import atexit
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -49,6 +52,23 @@ def fixture_copy(shared, tmp_path):
       with open(os.path.join(root, name), 'rb') as f, open(os.path.join(out, name), 'wb') as g:
         g.write(f.read())
   return dst
+
+
+@pytest.fixture(scope='session')
+def eight_devices():
+  """`run(worker)`: runs tests/<worker> in a process with 8 CPU devices (meshes up to 8) and
+  returns the JSON it prints."""
+  here = os.path.dirname(os.path.abspath(__file__))
+
+  def run(worker: str):
+    env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
+           'JAX_PLATFORMS': 'cpu',
+           'PYTHONPATH': here + os.pathsep + os.environ.get('PYTHONPATH', '')}
+    proc = subprocess.run([sys.executable, os.path.join(here, worker)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return json.loads(proc.stdout)
+  return run
 
 
 @pytest.fixture(scope='session')

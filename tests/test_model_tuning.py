@@ -168,15 +168,10 @@ def test_readers_take_committed_steps_only_and_repair_removes_the_rest(tiny, tmp
     model_dir_lib.load_prompt(run)
 
 
-def test_meshes_agree_with_one_device():
+def test_meshes_agree_with_one_device(eight_devices):
   """A (4, 2) mesh gives one device's losses and weights; weights and their Adafactor
   statistics are really split over 'model'."""
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
-         'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': HERE + os.pathsep + os.environ.get('PYTHONPATH', '')}
-  proc = subprocess.run([sys.executable, os.path.join(HERE, 'model_tuning_worker.py')], env=env,
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  out = json.loads(proc.stdout)
+  out = eight_devices('model_tuning_worker.py')
   ref = out['1x1']
   for name in ('4x2',):
     np.testing.assert_allclose(out[name]['losses'], ref['losses'], rtol=1e-5, err_msg=name)

@@ -2,23 +2,11 @@
 table trained on mixed batches over (4,2), and decoding a batch that mixes the table's prompts
 there gives each prompt's rows alone."""
 
-import json
-import os
-import subprocess
-import sys
-
 import numpy as np
 
-HERE = os.path.dirname(os.path.abspath(__file__))
 
-
-def test_meshes_agree_with_one_device():
-  env = {**os.environ, 'XLA_FLAGS': '--xla_force_host_platform_device_count=8',
-         'JAX_PLATFORMS': 'cpu', 'PYTHONPATH': HERE + os.pathsep + os.environ.get('PYTHONPATH', '')}
-  proc = subprocess.run([sys.executable, os.path.join(HERE, 'mesh_worker.py')], env=env,
-                        capture_output=True, text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  out = json.loads(proc.stdout)
+def test_meshes_agree_with_one_device(eight_devices):
+  out = eight_devices('mesh_worker.py')
   ref = out['1x1']
   for name in ('8x1', '4x2', '2x4'):
     np.testing.assert_allclose(out[name]['losses'], ref['losses'], rtol=1e-5, err_msg=name)
