@@ -261,6 +261,19 @@ def test_variant_names_the_initialiser_and_the_sentinel_targets(quick, tmp_path)
   assert report.variant == 'P=4, init=class_labels, sentinel, deep'
 
 
+def test_runs_on_gs_report_as_local_ones_into_gs(quick, gcs, tmp_path, capsys):
+  from prompt_tuning import storage
+  url = 'gs://bkt/report-runs/d16_p2'
+  storage.copy_tree(quick[16, 2], url)
+  _report(capsys, tmp_path / 'local', quick[16, 2])
+  code, _, err = _report(capsys, 'gs://bkt/report-out', url, 'gs://bkt/report-runs/missing')
+  assert code == 0
+  assert err == ['prompt-tuning report: skipped gs://bkt/report-runs/missing: no such folder']
+  local = (tmp_path / 'local' / 'runs.csv').read_text()
+  assert storage.read_text('gs://bkt/report-out/runs.csv') == local
+  assert storage.read_bytes('gs://bkt/report-out/scale_quickstart_max.png').startswith(PNG)
+
+
 # =================================== bad folders ===================================
 
 def _bad_folders(quick, root):
