@@ -352,6 +352,10 @@ def test_mrqa_table_puts_the_papers_f1_beside_ours(transfer, tmp_path, capsys):
               '0.00 | 0.00', f"{ood['mrqa_drop_local/f1']:.2f} | {ood['mrqa_drop_local/em']:.2f}"
           ) in markdown
   assert 'the paper reports no EM' in markdown
+  seed = shutil.copytree(squad, tmp_path / 'squad_seed2')  # same label: told apart by folder
+  _report(capsys, tmp_path / 'r2', squad, seed)
+  header = _csv(tmp_path / 'r2' / 'mrqa.csv')[0]
+  assert f'{ours} (squad) F1' in header and f'{ours} (squad_seed2) EM' in header
 
 
 def test_transfer_table_puts_the_papers_row_beside_ours(transfer, tmp_path, capsys):

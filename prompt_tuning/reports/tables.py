@@ -66,8 +66,10 @@ def mrqa_table(runs: Sequence[Run]) -> Optional[Table]:
   if not chosen:
     return None
   columns = ['dataset', 'domain', 'task']
-  for r in chosen:
-    columns += [f'{r.label} F1', f'{r.label} EM']
+  labels = [r.label for r in chosen]
+  for r, label in zip(chosen, labels):
+    label += f' ({r.name})' if labels.count(label) > 1 else ''  # seeds: one column pair each
+    columns += [f'{label} F1', f'{label} EM']
   columns += [f'{published.PAPER} {published.MODEL_TUNING} F1',
               f'{published.PAPER} {published.PROMPT_TUNING} F1', f'{published.PAPER} Δ', 'source']
   rows: list[list[Cell]] = []
