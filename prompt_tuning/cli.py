@@ -80,6 +80,13 @@ def _inspect_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--json', help='also write the report as JSON to this file')
 
 
+def _report_flags(parser: argparse.ArgumentParser) -> None:
+  parser.add_argument('run_dirs', nargs='+', metavar='RUN_DIR',
+                      help='finished MODEL_DIRs (local folders or gs:// URLs)')
+  parser.add_argument('--output', default='report',
+                      help='folder for report.md, the CSV tables and the plots (./report)')
+
+
 _AUTO_BOOL = {'auto': None, 'true': True, 'false': False}
 
 
@@ -141,6 +148,8 @@ COMMANDS: dict[str, tuple[str, tuple[Callable, ...], bool]] = {
     'convert': ('convert a base checkpoint between T5X and HF formats', (_convert_flags,), False),
     'inspect': ('nearest vocabulary tokens of each prompt position', (_inspect_flags,), False),
     'serve': ('serve a frozen model and a prompt library over HTTP', (_serve_flags,), True),
+    'report': ("the paper's tables and plots (Markdown, CSV, PNG) from finished MODEL_DIRs",
+               (_report_flags,), False),
 }
 
 
@@ -390,6 +399,11 @@ def _serve(args: argparse.Namespace) -> int:
       api_key_file=args.api_key_file, config=config)
 
 
+def _report(args: argparse.Namespace) -> int:
+  from prompt_tuning.reports import command
+  return command.report(args.run_dirs, args.output)
+
+
 _HANDLERS = {
     'train': _gin_run((), 'prompt_tuning.runs.train'),
     'eval': _gin_run((), 'prompt_tuning.runs.evaluate'),
@@ -400,4 +414,5 @@ _HANDLERS = {
     'convert': _convert,
     'inspect': _inspect,
     'serve': _serve,
+    'report': _report,
 }

@@ -192,6 +192,7 @@ OWN_FLAGS = {
                     '--fine_shapes', '--warmup_decode_lengths'},
 }
 OWN_FLAGS['eval'] = OWN_FLAGS['infer'] = OWN_FLAGS['train']
+OWN_FLAGS['report'] = {'--output'}
 
 
 @pytest.mark.parametrize('command', sorted(OWN_FLAGS))
@@ -209,6 +210,8 @@ def test_each_command_help_lists_its_own_flags_only(command, capsys):
     (['serve', '--top_k=3'], '--top_k'),
     (['convert', '--gin_file=a.gin'], '--gin_file'),
     (['train', '--prompts=lib'], '--prompts'),
+    (['report', 'runs/a', '--top_k=3'], '--top_k'),
+    (['report', 'runs/a', '--gin_file=a.gin'], '--gin_file'),
 ])
 def test_a_flag_of_another_command_is_refused_in_one_line(argv, flag, capsys):
   with pytest.raises(SystemExit) as e:

@@ -89,6 +89,16 @@ class T5Config:
     return dataclasses.replace(self, **changes)
 
   @property
+  def size_name(self) -> Optional[str]:
+    """The T5 1.1 size (small ... xxl) with this shape, as gin/models/sizes/*.gin set it; None
+    for any other shape (vocabulary and numerics aside)."""
+    for name, (d_model, d_ff, heads, n_layers) in _SIZES.items():
+      if (self.d_model, self.d_ff, self.num_heads, self.head_dim, self.num_encoder_layers,
+          self.num_decoder_layers) == (d_model, d_ff, heads, 64, n_layers, n_layers):
+        return name
+    return None
+
+  @property
   def activation_dtype(self) -> jnp.dtype:
     return jnp.dtype(self.dtype)
 
