@@ -3,9 +3,8 @@
 Runs are trained here with runs.train, a few steps each: prompt tuning of two random models
 (d_model 16 and 32) at two prompt lengths on quickstart_max; and, on the T5X fixture with T5's
 vocabulary, a SQuAD run scored by `eval` on MRQA's out-of-domain sets and a QQP -> MRPC
-zero-shot run (both on small release files written here). Model tuning is not in the package
-yet: its run is a stand-in, a copied prompt-tuning run whose run_info.json says
-`"tuning": "model"`, until the model-tuning trainer lands.
+zero-shot run (both on small release files written here). Model tuning of both models is a
+real run too (runs.train with TRAINABLE 'all').
 """
 
 import csv
@@ -42,8 +41,8 @@ def _init():
 
 @pytest.fixture(scope='module')
 def quick(tmp_path_factory):
-  """{(d_model, prompt length): MODEL_DIR} of four finished runs (rank accuracy at steps 0, 2
-  and 4)."""
+  """{(d_model, prompt length or 'model'): MODEL_DIR} of six finished runs, four prompt-tuned
+  and two model-tuned (rank accuracy at steps 0, 2 and 4)."""
   import jax
 
   from prompt_tuning import checkpoints
@@ -68,6 +67,13 @@ def quick(tmp_path_factory):
                  eval_period=2, eval_methods=('rank',), eval_max_examples=48,
                  group_by_length=0, export_formats=(), prompt_init=_init(), random_seed=length)
       out[d_model, length] = str(model_dir)
+    model_dir = root / f'model_d{d_model}'
+    runs.train(model_dir=str(model_dir), mixture_or_task_name='quickstart_max',
+               task_feature_lengths={'inputs': 16, 'targets': 4}, batch_size=8, train_steps=4,
+               initial_checkpoint_path=base, model=config, learning_rate=1e-3,
+               eval_period=2, eval_methods=('rank',), eval_max_examples=48,
+               group_by_length=0, export_formats=(), trainable='all')
+    out[d_model, 'model'] = str(model_dir)
   return out
 
 
@@ -160,14 +166,17 @@ def _copy(src, dst, **run_info):
 def test_task_table_gives_each_runs_best_and_final_score_as_recorded(quick, tmp_path, capsys):
   code, out, err = _report(capsys, tmp_path / 'r', *quick.values())
   assert code == 0 and err == [], err
-  assert 'Reported 4 run(s) of 1 task(s)' in out
-  rows = {(int(r['parameters']), r['variant']): r for r in _csv(tmp_path / 'r' / 'runs.csv')}
-  assert len(rows) == 4
+  assert 'Reported 6 run(s) of 1 task(s)' in out
+  rows = {(int(r['parameters']), r['method'], r['variant']): r
+          for r in _csv(tmp_path / 'r' / 'runs.csv')}
+  assert len(rows) == 6
   for (d_model, length), model_dir in quick.items():
-    row = rows[t5.count_params(_config(d_model)), f'P={length}']
+    method, variant = ('model tuning', '') if length == 'model' else ('prompt tuning',
+                                                                      f'P={length}')
+    row = rows[t5.count_params(_config(d_model)), method, variant]
     history = _evals(model_dir, 'rank/accuracy')
     best = max(v for _, v in history)
-    assert row['task'] == 'quickstart_max' and row['method'] == 'prompt tuning'
+    assert row['task'] == 'quickstart_max'
     assert row['size'] == f'd{d_model}' and row['metric'] == 'rank/accuracy'
     assert float(row['best']) == best
     assert int(row['best step']) == next(s for s, v in history if v == best)
@@ -182,8 +191,9 @@ def test_task_table_gives_each_runs_best_and_final_score_as_recorded(quick, tmp_
     history = _evals(model_dir, 'rank/accuracy')
     best = max(v for _, v in history)
     step = next(s for s, v in history if v == best)
-    assert (f'| prompt tuning | d{d_model} | ') in markdown
-    assert (f'| P={length} | rank/accuracy | {best:.2f} | {step} | {history[-1][1]:.2f} | '
+    method, variant = ('model', '') if length == 'model' else ('prompt', f'P={length}')
+    assert (f'| {method} tuning | d{d_model} | ') in markdown
+    assert (f'| {variant} | rank/accuracy | {best:.2f} | {step} | {history[-1][1]:.2f} | '
             f'{history[-1][0]} | {os.path.basename(model_dir)} |') in markdown
   assert '![quickstart_max: score vs model parameters](scale_quickstart_max.png)' in markdown
 
@@ -197,10 +207,10 @@ def test_scale_plot_is_a_png_with_a_line_per_variant(quick, tmp_path, capsys):
   assert (width, height) == (750, 480)
   lines = figure.lines([read_run(p) for p in quick.values()])
   params = sorted(t5.count_params(_config(d)) for d in SIZES)
-  assert sorted(lines) == ['prompt tuning (P=2)', 'prompt tuning (P=4)']
+  assert sorted(lines) == ['model tuning', 'prompt tuning (P=2)', 'prompt tuning (P=4)']
   for label, points in lines.items():
     assert [p[0] for p in points] == params  # one point per model size, in size order
-    length = int(label.split('=')[1].rstrip(')'))
+    length = 'model' if label == 'model tuning' else int(label.split('=')[1].rstrip(')'))
     for d_model, point in zip(SIZES, points):
       history = _evals(quick[d_model, length], 'rank/accuracy')
       assert point[1:] == (max(v for _, v in history), 0.0, 1)
@@ -228,21 +238,20 @@ def test_t5_sizes_are_named_and_counted_as_the_papers_table_4():
   assert t5.T5Config.preset('base', num_heads=8).size_name is None
 
 
-def test_model_tuning_run_is_its_own_method(quick, tmp_path, capsys):
-  # A stand-in until model tuning lands: a prompt run's folder whose run_info.json says what a
-  # model-tuning run's will (all weights trained, no prompt).
-  model = _copy(quick[16, 2], tmp_path / 'model_d16', tuning='model', prompt_length=None,
-                trainable='all')
-  code, _, err = _report(capsys, tmp_path / 'r', quick[16, 2], quick[32, 2], model)
+def test_model_tuning_runs_are_their_own_method(quick, tmp_path, capsys):
+  models = (quick[16, 'model'], quick[32, 'model'])
+  code, _, err = _report(capsys, tmp_path / 'r', quick[16, 2], quick[32, 2], *models)
   assert code == 0 and err == []
   rows = _csv(tmp_path / 'r' / 'runs.csv')
-  (row,) = [r for r in rows if r['run'] == 'model_d16']
-  assert (row['method'], row['size'], row['variant']) == ('model tuning', 'd16', '')
+  for d_model, model_dir in zip(SIZES, models):
+    (row,) = [r for r in rows if r['run'] == f'model_d{d_model}']
+    assert (row['method'], row['size'], row['variant']) == ('model tuning', f'd{d_model}', '')
+    evals = _evals(model_dir, 'rank/accuracy')
+    assert float(row['final']) == pytest.approx(evals[-1][1])
   assert {r['method'] for r in rows} == {'prompt tuning', 'model tuning'}
-  assert sorted(figure.lines([read_run(p) for p in (quick[16, 2], quick[32, 2], model)])) == [
+  assert sorted(figure.lines([read_run(p) for p in (quick[16, 2], quick[32, 2], *models)])) == [
       'model tuning', 'prompt tuning (P=2)']
-  partial = _copy(quick[16, 2], tmp_path / 'model_head', tuning='model', prompt_length=0,
-                  trainable='decoder')
+  partial = _copy(quick[16, 'model'], tmp_path / 'model_head', trainable='decoder')
   assert read_run(partial).variant == 'trainable=decoder'
 
 
