@@ -181,16 +181,21 @@ def matmul_flops(config, batch: int, enc_len: int, dec_len: int) -> tuple[int, i
   return batch * (enc_w + dec_w), batch * (enc_a + dec_a)
 
 
-def train_step_flops(config, batch: int, enc_len: int, dec_len: int) -> dict:
-  """Model FLOPs of one prompt-only train step: forward + activation gradients, no weight grads.
+def train_step_flops(config, batch: int, enc_len: int, dec_len: int,
+                     weight_grads: bool = False) -> dict:
+  """Model FLOPs of one train step: forward + activation gradients, and weight gradients with
+  `weight_grads` (model tuning; a prompt-only step has none).
 
-  Backward of x @ W (W frozen) needs only dx = dy @ W^T: as many FLOPs as the forward. Backward
-  of an attention matmul (both operands are activations) needs both operand gradients: twice
-  its forward. So train = 2 * weight + 3 * attention. Rematerialised recomputation is not
-  counted (the usual MFU convention), so remat lowers MFU rather than raising it.
+  Backward of x @ W (W frozen) needs only dx = dy @ W^T: as many FLOPs as the forward; a trained
+  W adds dW = x^T @ dy, as many again. Backward of an attention matmul (both operands are
+  activations) needs both operand gradients: twice its forward. So train = 2 * weight + 3 *
+  attention (prompt tuning), 3 * weight + 3 * attention (model tuning). Rematerialised
+  recomputation is not counted (the usual MFU convention), so remat lowers MFU rather than
+  raising it.
   """
   weight, attention = matmul_flops(config, batch, enc_len, dec_len)
-  return {'forward': weight + attention, 'train': 2 * weight + 3 * attention,
+  return {'forward': weight + attention,
+          'train': (3 if weight_grads else 2) * weight + 3 * attention,
           'forward_weight_matmuls': weight, 'forward_attention_matmuls': attention}
 
 

@@ -12,10 +12,13 @@
 #   bash benchmarks/gpu_check.sh train_xl   # one run by name (several may follow)
 #   bash benchmarks/gpu_check.sh real       # real RTE batches, base, ours beside PEFT, per
 #                                           # batching mode (benchmarks/real_data.py; ~5-9 min)
+#   bash benchmarks/gpu_check.sh cost       # base: model tuning beside prompt tuning (step time,
+#                                           # memory plan, optimizer state, checkpoint bytes)
 #
 # On the device tool, run the two halves as two calls (each command may run 10 minutes):
 #   run(command="bash benchmarks/gpu_check.sh base", timeout_s=560)
 #   run(command="bash benchmarks/gpu_check.sh big",  timeout_s=560)
+#   run(command="bash benchmarks/gpu_check.sh cost", timeout_s=540)   # model vs prompt tuning
 #
 # The real-data run needs RTE tokenized beforehand: the GPU machine has no TensorFlow/SeqIO.
 # On a CPU machine with them (and $PROMPT_TUNING_DATA_DIR, $PROMPT_TUNING_VOCAB set):
@@ -116,6 +119,11 @@ run_one() {
     table_check) echo "== table_check" | tee -a "$LOG"
         timeout "$LIMIT" "$PY" -m benchmarks.table_check --size base \
           --json "$OUT/table_check.json.txt" >>"$LOG" 2>&1 || echo "!! table_check failed" ;;
+    # Model tuning (every weight, model_tuning.gin's factored Adafactor, L tokens) beside prompt
+    # tuning (the paper's Adafactor, L + P tokens), and one kept checkpoint of each after the
+    # real loop (two saves of the whole base model: more than $LIMIT with the compiles).
+    cost_base) LIMIT="${COST_LIMIT:-480}" bench cost_base benchmarks.tuning_cost --sizes base \
+        "${SHAPE[@]}" ;;
     serve_load) serve_load ;;
     *) echo "unknown run $1" | tee -a "$LOG" ;;
   esac
@@ -124,12 +132,13 @@ run_one() {
 for part in "${PARTS[@]}"; do
   case "$part" in
     all) names=(train_base infer_base train_base_projected train_base_dpa train_large train_xl
-                train_xxl real_rte_base) ;;
+                train_xxl real_rte_base cost_base) ;;
     variants) names=(train_base_projected train_base_dpa) ;;
     base) names=(train_base infer_base) ;;
     real) names=(real_rte_base) ;;
     table) names=(table_base_k8 table_check) ;;
     serve) names=(serve_load) ;;
+    cost) names=(cost_base) ;;
     big) names=(train_large train_xl train_xxl) ;;
     *) names=("$part") ;;
   esac

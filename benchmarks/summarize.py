@@ -17,8 +17,10 @@ import types  # noqa: E402
 from benchmarks import inference  # noqa: E402
 from benchmarks import real_data  # noqa: E402
 from benchmarks import train_step  # noqa: E402
+from benchmarks import tuning_cost  # noqa: E402
 
 MODULES = {'train_step': train_step, 'inference': inference, 'real_data': real_data,
+           'tuning_cost': tuning_cost,
            'real_data_eval': types.SimpleNamespace(TABLE_HEADER=real_data.EVAL_TABLE_HEADER,
                                                    table_row=real_data.eval_table_row)}
 

@@ -60,7 +60,6 @@ def derive(timing: dict, flops: int, peak: float, batch: int, tokens_per_example
 def build_ours(args: argparse.Namespace, config, arrays: dict) -> dict:
   """Trainer, initial state, the compiled step (with its lower/compile seconds) and the batch."""
   from prompt_tuning.models import prompt as prompt_lib
-  from prompt_tuning.train import partitioning
   from prompt_tuning.train.trainer import PromptTrainer
 
   k = args.num_prompts
@@ -75,7 +74,13 @@ def build_ours(args: argparse.Namespace, config, arrays: dict) -> dict:
                        for i in range(k)])
     batch_rows = len(arrays['encoder_input_tokens'])
     arrays = {**arrays, 'prompt_ids': (np.arange(batch_rows) % k).astype(np.int32)}
-  state = trainer.init_state(prompt)
+  return compile_step(trainer, trainer.init_state(prompt), arrays)
+
+
+def compile_step(trainer, state, arrays: dict) -> dict:
+  """A trainer's step (PromptTrainer or ModelTrainer) lowered and compiled for the arrays'
+  shapes, timed, with its state and the batch on the trainer's mesh: what `stepper` takes."""
+  from prompt_tuning.train import partitioning
 
   start = time.perf_counter()
   lowered = trainer.lower_train_step({k: v.shape for k, v in arrays.items()})
@@ -98,16 +103,21 @@ def stepper(built: dict):
   return step
 
 
-def run_ours(args: argparse.Namespace, config, arrays: dict) -> dict:
+def measure(built: dict, warmup: int, steps: int) -> dict:
+  """Compile seconds, step timing, the loss after them, memory and XLA's FLOPs of a built step
+  (`compile_step`); one more step runs after the timed ones."""
   import jax
-  built = build_ours(args, config, arrays)
   step = stepper(built)
-  timing = common.time_calls(step, jax.block_until_ready, args.warmup, args.steps)
+  timing = common.time_calls(step, jax.block_until_ready, warmup, steps)
   flops = common.executed_flops(built['compiled'])
   return {'lower_s': built['lower_s'], 'compile_s': built['compile_s'], 'timing': timing,
           'final_loss': float(step()['loss']), 'memory': common.jax_memory(built['compiled']),
           'executed_flops_per_step': flops,
           'executed_tflops_per_s': flops / timing['step_s_median'] / 1e12 if flops else None}
+
+
+def run_ours(args: argparse.Namespace, config, arrays: dict) -> dict:
+  return measure(build_ours(args, config, arrays), args.warmup, args.steps)
 
 
 def peft_spec(args: argparse.Namespace, config, dtype: str) -> dict:

@@ -1,5 +1,9 @@
-"""Smoke test of benchmarks/: the tiny model through both benchmarks (JAX side only) and the
-analytic FLOPs formula against XLA's own count."""
+"""Smoke test of benchmarks/: the tiny model through both benchmarks (JAX side only), the
+analytic FLOPs formula against XLA's own count, and model vs prompt tuning's cost."""
+
+import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -10,6 +14,7 @@ from benchmarks import train_step
 from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models import t5
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['--size', 'tiny', '--batch', '2', '--inputs', '8', '--prompt', '4', '--targets', '4',
         '--warmup', '1', '--steps', '1', '--peak_n', '128']
 
@@ -80,3 +85,64 @@ def test_real_data_tiny(tmp_path):
   assert result['modes']['ours_default']['timed']['mean_input_width'] <= 16
   assert real_data.table_row(result).startswith('| ')
   assert '| ours_grouped |' in real_data.detail_rows(result)
+
+
+def test_tuning_cost_tiny(tmp_path):
+  """benchmarks/tuning_cost.py on the tiny preset, both methods: the JSON's fields, and model
+  tuning's optimizer state and kept checkpoint (orbax state, readable copy) outweigh a prompt's."""
+  import json
+  import re
+
+  from benchmarks import tuning_cost
+
+  path = tmp_path / 'cost.json'
+  tuning_cost.main(['--sizes', 'tiny', '--batch', '2', '--inputs', '8', '--prompt', '4',
+                    '--targets', '4', '--warmup', '1', '--steps', '1', '--checkpoint_steps', '1',
+                    '--json', str(path)])
+  result = json.loads(path.read_text())
+  assert result['benchmark'] == 'tuning_cost'
+  assert {'cpu_model', 'cpu_cores', 'jax', 'load_average_before'} <= set(result['machine'])
+  tiny = result['sizes']['tiny']
+  prompt, model, ratio = tiny['prompt'], tiny['model'], tiny['ratio_model_over_prompt']
+  for m in (prompt, model):
+    assert m['timing']['step_s_median'] > 0 and m['examples_per_s'] > 0
+    assert m['memory']['compiled_total_bytes'] > 0 and m['optimizer_state_bytes'] > 0
+    assert m['model_flops_per_step'] > 0
+    c = m['checkpoint']
+    assert c['step'] == 1 and c['committed_steps'] == [1]
+    assert c['orbax_bytes'] > 0 and c['copy_bytes'] > 0
+    assert c['total_bytes'] == c['orbax_bytes'] + c['copy_bytes']
+  assert prompt['trainable_params'] == 4 * 32  # P x d_model
+  assert model['trainable_params'] == tiny['model_params']
+  assert prompt['checkpoint']['copy_dir'] == 'numpy_checkpoints/checkpoint_1'
+  assert model['checkpoint']['copy_dir'] == 'checkpoint_1'
+  assert model['encoder_tokens'] == 8 and prompt['encoder_tokens'] == 8 + 4
+  # What model tuning costs beyond a prompt: every weight's optimizer statistics, the whole
+  # model in both the orbax state and the T5X copy.
+  assert model['optimizer_state_bytes'] > 100 * prompt['optimizer_state_bytes']
+  assert model['checkpoint']['orbax_bytes'] > 100 * prompt['checkpoint']['orbax_bytes']
+  assert model['checkpoint']['copy_bytes'] > 4 * model['trainable_params']  # float32 weights
+  assert model['checkpoint']['copy_bytes'] > 100 * prompt['checkpoint']['copy_bytes']
+  assert ratio['optimizer_state_bytes'] > 100 and ratio['checkpoint_total_bytes'] > 100
+  assert ratio['trainable_params'] == model['trainable_params'] / (4 * 32)
+  rows = tuning_cost.table_row(result).splitlines()
+  assert len(rows) == 3 and all(r.startswith('| ') for r in rows) and 'model / prompt' in rows[2]
+
+  # The optimizer the benchmark gives model tuning is still gin/runs/model_tuning.gin's.
+  with open(os.path.join(REPO, 'gin', 'runs', 'model_tuning.gin')) as f:
+    gin = f.read()
+  settings = dict(re.findall(r'^\s*(\w+) = (\S+)$', gin, re.M))
+  expected = tuning_cost.MODEL_TUNING_ADAFACTOR
+  assert float(settings['LEARNING_RATE']) == expected['learning_rate']
+  for key in ('factored', 'multiply_by_parameter_scale', 'weight_decay'):
+    assert settings[key] == str(expected[key])
+
+
+def test_tuning_cost_imports_no_tensorflow_seqio_or_gin():
+  """The GPU machine has none of them: importing the benchmark must not need them."""
+  code = ('import sys, benchmarks.tuning_cost\n'
+          'print(sorted({m.split(".")[0] for m in sys.modules} & '
+          '{"tensorflow", "seqio", "gin", "tensorflow_datasets", "torch"}))')
+  out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
+                       env={**os.environ, 'PYTHONPATH': REPO}, check=True).stdout
+  assert out.strip() == '[]', out
