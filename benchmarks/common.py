@@ -394,5 +394,12 @@ def emit(result: dict, path: Optional[str], table_header: str, table_row: str) -
   print(table_row)
 
 
+def main(argv, parse_args, run, table_header: str, table_row) -> None:
+  """A benchmark's command line: parse, run, write the JSON and print its table row."""
+  args = parse_args(argv)
+  result = run(args)
+  emit(result, args.json, table_header, table_row(result))
+
+
 def fmt(x: Optional[float], digits: int = 2) -> str:
   return '—' if x is None else f'{x:.{digits}f}'

@@ -171,9 +171,7 @@ def table_row(result: dict) -> str:
 
 
 def main(argv=None) -> None:
-  args = parse_args(argv)
-  result = run(args)
-  common.emit(result, args.json, TABLE_HEADER, table_row(result))
+  common.main(argv, parse_args, run, TABLE_HEADER, table_row)
 
 
 if __name__ == '__main__':
