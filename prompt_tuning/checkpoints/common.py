@@ -144,8 +144,14 @@ def check_params(flat: Mapping[str, Any], config: t5.T5Config, source: str,
 
   Keys under any prefix in `ignore` (e.g. a prompt stored with the model) are allowed extra.
   """
-  check_dtypes(flat, source)
   expected = {k: tuple(v.shape) for k, v in flatten(t5.param_shapes(config)).items()}
+  check_against(flat, expected, source, 'the T5 1.1 model', ignore)
+
+
+def check_against(flat: Mapping[str, Any], expected: Mapping[str, tuple[int, ...]], source: str,
+                  model: str, ignore: tuple[str, ...] = ()) -> None:
+  """`check_params` against any model's expected {key: shape}; `model` names it in errors."""
+  check_dtypes(flat, source)
   extra = sorted(k for k in flat if k not in expected and not k.startswith(ignore))
   missing = sorted(k for k in expected if k not in flat)
   if missing:
@@ -154,7 +160,7 @@ def check_params(flat: Mapping[str, Any], config: t5.T5Config, source: str,
         f'({_short(missing)}); is this checkpoint for a different architecture?')
   if extra:
     raise CheckpointError(
-        f'{source}: unexpected parameter(s) not in the T5 1.1 model ({_short(extra)}).')
+        f'{source}: unexpected parameter(s) not in {model} ({_short(extra)}).')
   for key, shape in expected.items():
     got = _shape(flat[key])
     if got != shape:

@@ -1,4 +1,5 @@
-"""Hugging Face T5 directories (`config.json` + safetensors), mapped to and from T5X names.
+"""Hugging Face T5 directories (`config.json` + safetensors), mapped to and from T5X names (the
+files themselves: hf_files.py).
 
 torch's Linear stores `weight` as [out, in]; T5X kernels are [in, out], hence the transposes.
 The relative position table lives in block 0 of each stack as [buckets, heads].
@@ -6,34 +7,21 @@ The relative position table lives in block 0 of each stack as [buckets, heads].
 
 from __future__ import annotations
 
-import json
 from typing import Any, Mapping, Optional
 
 import numpy as np
-from safetensors import safe_open
-from safetensors.numpy import save_file
 
 from prompt_tuning import storage
-from prompt_tuning.checkpoints.common import (FLOAT_DTYPES, CheckpointError, check_dtypes,
-                                              first_line, is_floating, storage_errors,
-                                              to_numpy_tree)
+from prompt_tuning.checkpoints import hf_files
+from prompt_tuning.checkpoints.common import (CheckpointError, check_dtypes, first_line,
+                                              storage_errors, to_numpy_tree)
+from prompt_tuning.checkpoints.hf_files import CONFIG_FILE, is_hf_dir  # noqa: F401  (hf.is_hf_dir)
 from prompt_tuning.models import t5
-
-CONFIG_FILE = 'config.json'
-WEIGHTS_FILE = 'model.safetensors'
-INDEX_FILE = 'model.safetensors.index.json'
 
 _ATTN = {'q': 'query', 'k': 'key', 'v': 'value', 'o': 'out'}
 _MLP = ('wi_0', 'wi_1', 'wo')
 # HF's copies of the shared table; identical to shared.weight in T5 1.1 checkpoints.
 _TIED_COPIES = ('encoder.embed_tokens.weight', 'decoder.embed_tokens.weight')
-
-
-@storage_errors
-def is_hf_dir(path: str) -> bool:
-  return storage.isfile(storage.join(path, CONFIG_FILE)) and (
-      storage.isfile(storage.join(path, WEIGHTS_FILE)) or
-      storage.isfile(storage.join(path, INDEX_FILE)))
 
 
 def name_map(config: t5.T5Config) -> list[tuple[str, str, bool]]:
@@ -96,110 +84,32 @@ def _scales_tied_logits(hf: Mapping[str, Any]) -> bool:
   return bool(hf.get('scale_decoder_outputs', hf.get('tie_word_embeddings', True)))
 
 
-def _weight_files(path: str) -> list[str]:
-  index = storage.join(path, INDEX_FILE)
-  if storage.isfile(index):
-    try:
-      weight_map = json.loads(storage.read_text(index))['weight_map']
-    except storage.StorageError:
-      raise
-    except (OSError, ValueError, KeyError, TypeError) as e:
-      raise CheckpointError(f'{index}: not a valid safetensors index '
-                            f'({type(e).__name__}: {first_line(e)}).') from e
-    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
-      raise CheckpointError(f'{index}: not a valid safetensors index (weight_map is not a map '
-                            f'of tensor name to file name).')
-    return sorted({storage.join(path, v) for v in weight_map.values()})
-  return [storage.join(path, WEIGHTS_FILE)]
-
-
-def _open(file: str):
-  """safetensors' reader of `file`; a URL's object is read through a local copy (downloaded once
-  into the cache, see storage.local_copy), which safetensors maps lazily as a local file."""
-  return safe_open(storage.local_copy(file), framework='numpy')
-
-
 @storage_errors
 def read_tensors(path: str) -> dict[str, np.ndarray]:
-  return _read_tensors(path)[0]
-
-
-def _read_tensors(path: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-  """(tensors, the file each came from); a tensor stored twice is an error, not a silent pick."""
-  tensors: dict[str, np.ndarray] = {}
-  files: dict[str, str] = {}
-  for file in _weight_files(path):
-    if not storage.isfile(file):
-      raise CheckpointError(f'{file}: listed in {INDEX_FILE} but missing.')
-    try:
-      with _open(file) as f:
-        for name in f.keys():
-          if name in files:
-            raise CheckpointError(f'{file}: tensor {name!r} is also stored in {files[name]}; '
-                                  f'which one is meant is ambiguous.')
-          tensors[name], files[name] = f.get_tensor(name), file
-    except (CheckpointError, storage.StorageError):
-      raise
-    except Exception as e:  # safetensors raises SafetensorError, OSError, TypeError, ...
-      raise CheckpointError(f'{file}: corrupt or truncated safetensors file '
-                            f'({first_line(e)}).') from e
-  return tensors, files
+  return hf_files.read_tensors(path)[0]
 
 
 @storage_errors
 def read_embedding(path: str) -> tuple[np.ndarray, str]:
   """(the token embedding [vocab, d_model], where it was read) of an HF T5 directory, reading
   no other tensor: `shared.weight`, else one of its tied copies."""
-  files = _weight_files(path)
-  for file in files:
-    if not storage.isfile(file):
-      raise CheckpointError(f'{file}: listed in {INDEX_FILE} but missing.')
-  for name in ('shared.weight',) + _TIED_COPIES:
-    for file in files:
-      try:
-        with _open(file) as f:
-          if name not in f.keys():
-            continue
-          value = f.get_tensor(name)
-      except storage.StorageError:
-        raise
-      except Exception as e:  # safetensors raises SafetensorError, OSError, TypeError, ...
-        raise CheckpointError(f'{file}: corrupt or truncated safetensors file '
-                              f'({first_line(e)}).') from e
-      source = f'{file} [{name}]'
-      if not is_floating(value.dtype):
-        raise CheckpointError(f'{source}: has dtype {value.dtype}; checkpoint parameters must be '
-                              f'floating point ({FLOAT_DTYPES}).')
-      return value, source
-  raise CheckpointError(f'{path} (Hugging Face safetensors): no token embedding '
-                        f'(shared.weight) in {", ".join(files)}.')
+  return hf_files.read_one(path, ('shared.weight',) + _TIED_COPIES,
+                           'token embedding (shared.weight)')
 
 
 @storage_errors
 def read_params(path: str, config: Optional[t5.T5Config] = None
                 ) -> tuple[t5.T5Config, dict[str, np.ndarray]]:
   """Reads an HF T5 1.1 directory (a local path or a URL) into (config, flat T5X params)."""
-  file = storage.join(path, CONFIG_FILE)
-  try:
-    hf_config = json.loads(storage.read_text(file))
-  except storage.StorageError:
-    raise
-  except ValueError as e:
-    raise CheckpointError(f'{file}: not valid JSON ({first_line(e)}).') from e
-  if not isinstance(hf_config, dict):
-    raise CheckpointError(f'{file}: not a T5 config (top level is {type(hf_config).__name__}).')
-  tensors, files = _read_tensors(path)
+  hf_config = hf_files.read_config(path, 'T5')
+  tensors, files = hf_files.read_tensors(path)
   param_dtype_from_file = config is None
   if config is None:
     config = config_from_json(path, hf_config)
   # Before the dtype of `shared` becomes the config's: an int tensor would be cast silently.
   t5x_keys = {hf_name: key for key, hf_name, _ in name_map(config)}
   t5x_keys.update({name: 'token_embedder/embedding' for name in _TIED_COPIES})
-  for name, value in tensors.items():
-    if not is_floating(value.dtype):
-      what = f' (T5X {t5x_keys[name]!r})' if name in t5x_keys else ''
-      raise CheckpointError(f'{files[name]}: tensor {name!r}{what} has dtype {value.dtype}; '
-                            f'checkpoint parameters must be floating point ({FLOAT_DTYPES}).')
+  hf_files.check_floating(tensors, files, t5x_keys)
   if 'shared.weight' not in tensors and 'encoder.embed_tokens.weight' in tensors:
     tensors['shared.weight'] = tensors['encoder.embed_tokens.weight']
   if param_dtype_from_file and 'shared.weight' in tensors:
@@ -252,36 +162,5 @@ def save(directory: str, config: t5.T5Config, params: Mapping[str, Any],
     if key not in flat:
       raise CheckpointError(f'{directory}: cannot save, parameter {key!r} is missing.')
     tensors[hf_name] = np.ascontiguousarray(flat[key].T if transpose else flat[key])
-  storage.check_writable(directory, 'output')
-  storage.makedirs(directory)
-  shards: list[dict[str, np.ndarray]] = []
-  current: dict[str, np.ndarray] = {}
-  size = 0
-  for name, value in tensors.items():
-    if current and size + value.nbytes > max_shard_bytes:
-      shards.append(current)
-      current, size = {}, 0
-    current[name] = value
-    size += value.nbytes
-  shards.append(current)
-
-  metadata = {'format': 'pt'}
-  if len(shards) == 1:
-    _save_file(shards[0], storage.join(directory, WEIGHTS_FILE), metadata)
-  else:
-    weight_map = {}
-    for i, shard in enumerate(shards, 1):
-      name = f'model-{i:05d}-of-{len(shards):05d}.safetensors'
-      _save_file(shard, storage.join(directory, name), metadata)
-      weight_map.update({k: name for k in shard})
-    total = sum(v.nbytes for v in tensors.values())
-    storage.write_atomic(storage.join(directory, INDEX_FILE), json.dumps(
-        {'metadata': {'total_size': total}, 'weight_map': weight_map}, indent=2))
   dtype_name = np.dtype(tensors['shared.weight'].dtype).name
-  storage.write_atomic(storage.join(directory, CONFIG_FILE),
-                       json.dumps(config_to_json(config, dtype_name), indent=2))
-  return directory
-
-
-def _save_file(tensors: Mapping[str, np.ndarray], path: str, metadata: Mapping[str, str]) -> None:
-  storage.save_atomic(path, lambda tmp: save_file(dict(tensors), tmp, metadata=dict(metadata)))
+  return hf_files.write(directory, tensors, config_to_json(config, dtype_name), max_shard_bytes)
