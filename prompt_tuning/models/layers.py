@@ -1,11 +1,13 @@
-"""T5 1.1 building blocks in Flax linen, one component each.
+"""T5 1.1 building blocks in Flax linen, one component each (the decoder-only families,
+models/decoder_only.py, reuse them and add LayerNorm and DenseGeneral's bias).
 
 Parameter names and logical axis names follow T5X/flaxformer so that T5X
 checkpoints map one-to-one onto these modules:
 
-  Embed                 embedding        ('vocab', 'embed')
-  DenseGeneral          kernel           given per use site
+  Embed                 embedding        ('vocab', 'embed'), or as given (positions)
+  DenseGeneral          kernel           given per use site (+ bias on its output axis)
   RMSNorm               scale            ('embed',)
+  LayerNorm             scale, bias      ('embed',)
   RelativePositionBias  rel_embedding    ('heads', 'relpos_buckets')
   MultiHeadAttention    query/key/value  ('embed', 'joined_kv'), out ('joined_kv', 'embed')
   MlpBlock              wi_0/wi_1        ('embed', 'mlp'),       wo  ('mlp', 'embed')
@@ -44,12 +46,14 @@ def _param(module: nn.Module, name: str, init: Initializer, shape: Sequence[int]
 
 
 class DenseGeneral(nn.Module):
-  """x @ kernel on the last axis; no bias (T5 has none)."""
+  """x @ kernel on the last axis; a bias only with use_bias (T5 has none; some decoder-only
+  families do, models/decoder_only.py), on the kernel's output axis."""
   features: int
   kernel_axes: tuple[str, str]
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   kernel_init: Initializer = default_kernel_init
+  use_bias: bool = False
 
   @nn.compact
   def __call__(self, x_BxLxI: Optional[jax.Array] = None,
@@ -63,21 +67,27 @@ class DenseGeneral(nn.Module):
                     self.kernel_axes, self.param_dtype).astype(self.dtype)
     if x_BxLxI is None:
       return kernel
-    return jnp.einsum('...i,io->...o', x_BxLxI.astype(self.dtype), kernel)
+    y = jnp.einsum('...i,io->...o', x_BxLxI.astype(self.dtype), kernel)
+    if self.use_bias:
+      bias = _param(self, 'bias', nn.initializers.zeros, (self.features,), self.kernel_axes[1:],
+                    self.param_dtype)
+      y = y + bias.astype(self.dtype)
+    return y
 
 
 class Embed(nn.Module):
-  """Token embedding table; lookup by gather, no sqrt(d_model) scaling."""
+  """Embedding table; lookup by gather, no sqrt(d_model) scaling. `axes` ('vocab', 'embed') for
+  tokens; learned absolute positions (GPT-2) use ('abspos_buckets', 'embed')."""
   num_embeddings: int
   features: int
   dtype: Dtype = jnp.float32
   param_dtype: Dtype = jnp.float32
   embedding_init: Initializer = nn.initializers.normal(stddev=1.0)
+  axes: tuple[str, str] = ('vocab', 'embed')
 
   def setup(self):
     self.embedding = _param(self, 'embedding', self.embedding_init,
-                            (self.num_embeddings, self.features), ('vocab', 'embed'),
-                            self.param_dtype)
+                            (self.num_embeddings, self.features), self.axes, self.param_dtype)
 
   def __call__(self, tokens_BxL: jax.Array) -> jax.Array:
     return jnp.take(self.embedding, tokens_BxL, axis=0).astype(self.dtype)
@@ -100,6 +110,25 @@ class RMSNorm(nn.Module):
     x = x.astype(jnp.float32)
     y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
     return (y * scale.astype(jnp.float32)).astype(self.dtype)
+
+
+class LayerNorm(nn.Module):
+  """GPT-2's layer norm: (x - mean) * rsqrt(var + eps) * scale + bias, in float32."""
+  epsilon: float = 1e-5
+  dtype: Dtype = jnp.float32
+  param_dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    scale = _param(self, 'scale', nn.initializers.ones, (x.shape[-1],), ('embed',),
+                   self.param_dtype)
+    bias = _param(self, 'bias', nn.initializers.zeros, (x.shape[-1],), ('embed',),
+                  self.param_dtype)
+    x = x.astype(jnp.float32)
+    centred = x - jnp.mean(x, axis=-1, keepdims=True)
+    y = centred * jax.lax.rsqrt(jnp.mean(jnp.square(centred), axis=-1, keepdims=True) +
+                                self.epsilon)
+    return (y * scale.astype(jnp.float32) + bias.astype(jnp.float32)).astype(self.dtype)
 
 
 def relative_position_bucket(relative_position: jax.Array, bidirectional: bool,
