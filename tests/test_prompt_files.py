@@ -298,3 +298,38 @@ def test_real_peft_adapter(tmp_path):
   stored = both.get_prompt_embedding_to_save('default').detach().float().numpy()
   assert stored.shape == (10, 8)
   np.testing.assert_array_equal(prompt_files.load_prompt_file(str(tmp_path / 'both')), stored[:5])
+
+
+# ---- decoder-only models: PEFT CAUSAL_LM adapters -------------------------------------------
+
+def test_causal_lm_adapter_gives_our_prefix_logits(tmp_path):
+  """A prompt of a decoder-only model exported as a PEFT CAUSAL_LM adapter:
+  PeftModel.from_pretrained on the same transformers model gives the logits our model gives
+  with the prompt placed before BOS; the file reads back as the same prompt."""
+  from hf_decoder_reference import make_hf, saved_case
+  from hf_decoder_reference import padded_batch as decoder_batch
+  from prompt_tuning.models import decoder_only
+  _, config, params = saved_case('llama3_tied', str(tmp_path / 'llama'))
+  prompt = np.random.RandomState(4).normal(0, 0.5, (5, config.d_model)).astype(np.float32)
+  adapter = prompt_files.write_peft(str(tmp_path / 'adapter'), prompt, config)
+  assert json.load(open(os.path.join(adapter, 'adapter_config.json')))['task_type'] == 'CAUSAL_LM'
+  np.testing.assert_array_equal(prompt_files.load_prompt_file(adapter), prompt)
+
+  tokens, lengths = decoder_batch()
+  real = np.arange(tokens.shape[1])[None, :] < lengths[:, None]
+  model = peft.PeftModel.from_pretrained(make_hf('llama3_tied'), adapter).eval()
+  with torch.no_grad():
+    ref = model(input_ids=torch.tensor(tokens, dtype=torch.long),
+                attention_mask=torch.tensor(real).long()).logits.numpy()[:, 5:]
+  ours = np.asarray(decoder_only.DecoderOnly(config).apply({'params': params}, tokens, prompt))
+  assert max_rel_err(ours[real], ref[real]) < 1e-4
+
+
+def test_after_bos_prompt_is_not_exported_as_a_peft_adapter(tmp_path):
+  from prompt_tuning.models.decoder_config import DecoderConfig
+  config = DecoderConfig(d_model=8, dtype='float32')
+  with pytest.raises(ValueError, match=r"trained at 'after_bos', which PEFT cannot place\. "
+                     r"Export it as \.npy instead\."):
+    prompt_files.write_peft(str(tmp_path / 'a'), np.zeros((2, 8), np.float32), config,
+                            placement='after_bos')
+  assert not (tmp_path / 'a').exists()

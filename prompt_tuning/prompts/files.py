@@ -237,11 +237,14 @@ def write_npy(path: str, prompt_PxD: Any) -> str:
 
 
 def write_peft(directory: str, prompt_PxD: Any, model_config: Any,
-               base_model_name_or_path: Optional[str] = None) -> str:
-  """A PEFT prompt-tuning adapter: `PeftModel.from_pretrained(t5, directory)` loads it.
+               base_model_name_or_path: Optional[str] = None,
+               placement: str = 'prefix') -> str:
+  """A PEFT prompt-tuning adapter: `PeftModel.from_pretrained(model, directory)` loads it.
 
-  num_transformer_submodules is 1: the prompt is prepended to the encoder only, as here.
-  `model_config` is the frozen model's T5Config.
+  For T5 (`model_config` a T5Config): SEQ_2_SEQ_LM with num_transformer_submodules 1, the prompt
+  prepended to the encoder only, as here. For a decoder-only model (a DecoderConfig): CAUSAL_LM,
+  which PEFT prepends before every token; a prompt trained after BOS (`placement` 'after_bos')
+  would run in another place, so it is refused (export it as .npy).
   """
   from safetensors.numpy import save_file
   prompt_PxD = np.ascontiguousarray(np.asarray(prompt_PxD, np.float32))
@@ -249,14 +252,19 @@ def write_peft(directory: str, prompt_PxD: Any, model_config: Any,
   if width != model_config.d_model:
     raise ValueError(f'Prompt width {width} does not match the model d_model '
                      f'{model_config.d_model}.')
+  causal = hasattr(model_config, 'num_kv_heads')  # a models.decoder_config.DecoderConfig
+  if causal and placement != 'prefix':
+    raise ValueError(f"PEFT places a CAUSAL_LM prompt before every token ('prefix'); this "
+                     f"prompt was trained at {placement!r}, which PEFT cannot place. Export it as "
+                     f".npy instead.")
   storage.makedirs(directory)
   save_atomic(storage.join(directory, PEFT_WEIGHTS), lambda tmp: save_file(
       {PEFT_TENSOR: prompt_PxD}, tmp, metadata={'format': 'pt'}))
   adapter_config = {
-      'peft_type': 'PROMPT_TUNING', 'task_type': 'SEQ_2_SEQ_LM',
+      'peft_type': 'PROMPT_TUNING', 'task_type': 'CAUSAL_LM' if causal else 'SEQ_2_SEQ_LM',
       'num_virtual_tokens': length, 'token_dim': width, 'num_transformer_submodules': 1,
       'num_attention_heads': model_config.num_heads,
-      'num_layers': model_config.num_encoder_layers,
+      'num_layers': model_config.num_layers if causal else model_config.num_encoder_layers,
       'prompt_tuning_init': 'RANDOM', 'prompt_tuning_init_text': None,
       'tokenizer_name_or_path': None, 'base_model_name_or_path': base_model_name_or_path,
       'inference_mode': True, 'revision': None,
