@@ -136,6 +136,21 @@ def test_prompt_matches_transformers_inputs_embeds(case, name, placement):
 
 
 @pytest.mark.parametrize('placement', ['prefix', 'after_bos'])
+def test_a_batch_mixing_prompts_equals_each_prompt_alone(case, placement):
+  """Rows of one batch steered by different prompts ([B, P, D]) give what each row gets from its
+  prompt alone ([P, D], the same rows): mixed-prompt batches change nothing."""
+  _, config, params = case('llama3_tied')
+  tokens, lengths = padded_batch()
+  prompts = _prompt(config, (3, PROMPT_LENGTH), seed=7)
+  model = decoder_only.DecoderOnly(config, prompt_placement=placement)
+  mixed = np.asarray(_apply(model, params, tokens, prompts))
+  real = _real(tokens, lengths)
+  for row in range(3):
+    alone = np.asarray(_apply(model, params, tokens, prompts[row]))[row]
+    assert max_rel_err(mixed[row][real[row]], alone[real[row]]) < 1e-6
+
+
+@pytest.mark.parametrize('placement', ['prefix', 'after_bos'])
 def test_greedy_with_a_prompt_matches_generate_on_inputs_embeds(case, placement):
   hf, config, params = case('llama3_tied')
   tokens, lengths = padded_batch()
