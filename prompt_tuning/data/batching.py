@@ -155,18 +155,23 @@ def trim(batch: Mapping[str, np.ndarray], buckets: Optional[Buckets],
 
 
 def group_in_windows(window_batches: Iterator[Mapping[str, np.ndarray]], batch_size: int,
-                     window: int, seed: int,
-                     start_position: int = 0) -> Iterator[dict[str, np.ndarray]]:
+                     window: int, seed: int, start_position: int = 0,
+                     sort_keys: Optional[Any] = None) -> Iterator[dict[str, np.ndarray]]:
   """Sorts each window of `window` batches (given as one [window * batch_size, L] batch) by
   length and yields its batches in a seeded random order: rows of a batch are then of similar
   length (less padding), while the window bounds how far the order moves. Deterministic for a
   seed. Resuming at batch `start_position`: `window_batches` starts at window
-  start_position // window, and the batches of it before the position are dropped."""
+  start_position // window, and the batches of it before the position are dropped.
+  `sort_keys(big) -> arrays` (np.lexsort's keys, the last primary) replaces the T5 rows' default
+  (input length, then target length), e.g. for decoder-only rows that carry their lengths."""
   first = start_position // window
   for index, big in enumerate(window_batches, start=first):
-    inputs = row_lengths(big[LENGTH_SOURCE['inputs']])
-    targets = row_lengths(big[LENGTH_SOURCE['targets']])
-    order = np.lexsort((targets, inputs))  # by input length, then target length
+    if sort_keys is None:
+      inputs = row_lengths(big[LENGTH_SOURCE['inputs']])
+      targets = row_lengths(big[LENGTH_SOURCE['targets']])
+      order = np.lexsort((targets, inputs))  # by input length, then target length
+    else:
+      order = np.lexsort(tuple(sort_keys(big)))
     chunks = [order[i * batch_size:(i + 1) * batch_size] for i in range(window)]
     rng = np.random.default_rng([seed, index])
     for k, j in enumerate(rng.permutation(window)):
