@@ -91,14 +91,8 @@ def synthetic_batch(seed: int, batch: int = 8, inputs: int = 12, targets: int = 
 def text_dataset(name: str, split: str) -> Any:
   """A task's examples after its text preprocessors, before tokenization (tf.data, file order):
   what tests compare with the pure-Python formatters. Imports SeqIO."""
-  import seqio
-  task = seqio.get_mixture_or_task(name)
-  ds = task.source.get_dataset(split=split, shuffle=False)
-  for preprocessor in task.preprocessors:
-    if preprocessor is seqio.preprocessors.tokenize:
-      break
-    ds = preprocessor(ds)
-  return ds
+  from prompt_tuning.data import causal_lm  # its one definition (decoder-only data reads it)
+  return causal_lm.text_dataset(name, split)
 
 
 def random_prompts(names: Iterable[str], length: int, d_model: int,
