@@ -9,6 +9,7 @@ import pytest
 seqio = pytest.importorskip('seqio')
 tokenizers = pytest.importorskip('tokenizers')
 
+from prompt_tuning import testing  # noqa: E402
 from prompt_tuning.data import batching, causal_lm, tasks  # noqa: E402
 
 TASKS = ('super_glue_rte_local', 'super_glue_boolq_local', 'glue_sst2_local')
@@ -34,13 +35,8 @@ def _save(tok, folder, config):
 @pytest.fixture(scope='module')
 def word_dir(texts, tmp_path_factory):
   """A Llama-like WordLevel tokenizer (<pad> 0, <s> 1, </s> 2, <unk> 3) over every word."""
-  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token='<unk>'))
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-  trainer = tokenizers.trainers.WordLevelTrainer(
-      special_tokens=['<pad>', '<s>', '</s>', '<unk>'])
   corpus = [t for exs in texts.values() for ex in exs for t in (ex['inputs'], ex['targets'])]
-  tok.train_from_iterator(corpus, trainer)
-  return _save(tok, tmp_path_factory.mktemp('w') / 'llama', {
+  return testing.word_level_tokenizer(corpus, str(tmp_path_factory.mktemp('w') / 'llama'), {
       'model_type': 'llama', 'bos_token_id': 1, 'eos_token_id': 2})
 
 
