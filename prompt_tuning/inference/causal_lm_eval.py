@@ -42,8 +42,8 @@ class CausalLMEvaluator:
     self.candidates_KxT = self.candidate_lengths_K = None
     if 'rank' in self.methods:
       from prompt_tuning.data import tasks
-      self.labels = list(tasks.TASK_INFO[task].labels)
-      candidates = data.label_candidates(task, tokenizer)
+      candidates = data.label_candidates(task, tokenizer)  # (a task without labels: one line)
+      self.labels = list(tasks.TASK_INFO[task].labels or ())
       self.candidates_KxT = batching.pad_rows(candidates)
       self.candidate_lengths_K = np.array([len(c) for c in candidates], np.int32)
 
