@@ -14,6 +14,8 @@ Placements:
   prefix  [prompt, x_1 .. x_n, pad]            the paper's
   suffix  [x_1 .. x_{n-1}, prompt, EOS, pad]    prompt just before the final (EOS) token
 
+  after_bos  decoder-only models only (train/decoder_trainer.py); an encoder refuses it
+
 Relative positions simply count the combined sequence, so a prefix prompt sits at 0..P-1.
 
 A prompt table (`PromptConfig.num_prompts` K > 1): the same parameter path holds [K, P, D]
@@ -39,7 +41,7 @@ gets prompt values of its own. One prompt only (no table).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal, Mapping, Optional, cast, get_args
+from typing import Any, Literal, Mapping, Optional, cast
 
 import flax.linen as nn
 import jax
@@ -55,8 +57,11 @@ PROMPT_VARIABLE = '/'.join(PROMPT_PATH)  # its name in a T5X checkpoint
 SHARED_PATH = ('encoder', 'prompt', 'shared', 'prompt')
 DEEP_AXES = ('prompt_layers',) + PROMPT_AXES  # deep prompts [L-1, P, D]
 DEEP_PATH = ('encoder', 'prompt', 'deep', 'prompt')
-Placement = Literal['prefix', 'suffix']
-PLACEMENTS: tuple[str, ...] = get_args(Placement)
+# PLACEMENTS are what an encoder takes; 'after_bos' (after a decoder-only model's first token)
+# is accepted for decoder-only models alone.
+Placement = Literal['prefix', 'suffix', 'after_bos']
+PLACEMENTS: tuple[str, ...] = ('prefix', 'suffix')
+DECODER_ONLY_PLACEMENTS: tuple[str, ...] = ('after_bos',)
 SharedMode = Optional[Literal['add', 'concat']]
 SHARED_MODES = ('add', 'concat')
 
@@ -76,7 +81,7 @@ class PromptConfig:
   def __post_init__(self):
     if self.length < 1:
       raise ValueError(f'Prompt length (PROMPT_LENGTH) must be at least 1, got {self.length}.')
-    if self.placement not in PLACEMENTS:
+    if self.placement not in PLACEMENTS + DECODER_ONLY_PLACEMENTS:
       raise ValueError(f'Unknown prompt placement {self.placement!r}; choose one of {PLACEMENTS}.')
     k = self.num_prompts
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
@@ -190,6 +195,9 @@ class Prompt(nn.Module):
   def __call__(self, tokens_BxL: jax.Array, embedded_BxLxD: jax.Array,
                prompt_ids_B: Optional[jax.Array] = None) -> jax.Array:
     c = self.config
+    if c.placement not in PLACEMENTS:
+      raise ValueError(f'Prompt placement {c.placement!r} is for decoder-only models; an '
+                       f'encoder takes one of {", ".join(PLACEMENTS)}.')
     width = embedded_BxLxD.shape[-1]
     param = self.prompt(width)
     if c.shared is not None:

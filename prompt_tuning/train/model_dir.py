@@ -63,7 +63,7 @@ SUMMARY = 'summary.json'
 # does not say (one written before the field existed; a single prompt's has no table fields).
 IDENTITY_FIELDS = {'prompt_length': None, 'd_model': None, 'placement': None, 'deep': False,
                    'num_prompts': 1, 'prompt_names': None, 'prompt_shared': None,
-                   'tuning': 'prompt', 'trainable': None}
+                   'tuning': 'prompt', 'trainable': None, 'architecture': 'encoder_decoder'}
 MODEL_TUNING = 'model'  # run_info.json's "tuning" of a model-tuning run (absent: 'prompt')
 T5X_CHECKPOINT_FILE = 'checkpoint'  # what makes a checkpoint_<step> folder a T5X checkpoint
 ORBAX_TMP = '.orbax-checkpoint-tmp'

@@ -143,8 +143,7 @@ class PromptTrainer:
     self.rules = partitioning.standard_logical_axis_rules() if rules is None else rules
     self.trace_count = 0  # how many times the train step was traced (= compiled)
 
-    axes = t5.logical_axes(self.model_config, self.prompt_config)
-    frozen_axes, trainable_axes = self.split(axes)
+    frozen_axes, trainable_axes = self.split(self.param_axes())
     self.frozen_shardings = partitioning.logical_to_sharding(frozen_axes, self.mesh, self.rules)
     self.trainable_shardings = partitioning.logical_to_sharding(trainable_axes, self.mesh,
                                                                 self.rules)
@@ -178,6 +177,10 @@ class PromptTrainer:
 
   # The norm of the trained tree after each step, a train metric (the loop checks it is finite).
   NORM_METRIC = 'prompt_norm'
+
+  def param_axes(self) -> dict:
+    """Logical axes of the whole parameter tree (frozen and trainable), for the shardings."""
+    return t5.logical_axes(self.model_config, self.prompt_config)
 
   def split(self, tree: dict) -> tuple[dict, dict]:
     """(frozen, trainable) parts of a parameter tree (or of its axes or shardings)."""
@@ -343,9 +346,9 @@ class PromptTrainer:
 
   def _step(self, state: TrainState, frozen, batch):
     self.trace_count += 1  # runs while tracing: once per batch shape
-    log.info('Compiling the train step for inputs %d, targets %d (batch %d; compilation %d).',
-             batch['encoder_input_tokens'].shape[1], batch['decoder_target_tokens'].shape[1],
-             batch['encoder_input_tokens'].shape[0], self.trace_count)
+    log.info('Compiling the train step for %s (batch %d; compilation %d).',
+             self.describe_shapes(batch), batch['decoder_target_tokens'].shape[0],
+             self.trace_count)
     rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
     grad_fn = jax.value_and_grad(self.batch_loss, has_aux=True)
     (loss, aux), grads = grad_fn(state.params, frozen, batch, rng,
@@ -366,6 +369,11 @@ class PromptTrainer:
       metrics['learning_rate'] = jnp.asarray(self.learning_rate_fn(state.step), jnp.float32)
     new_state = dataclasses.replace(state, step=state.step + 1, params=params, opt_state=opt_state)
     return new_state, metrics
+
+  def describe_shapes(self, batch) -> str:
+    """The batch's lengths as the compile log names them."""
+    return (f"inputs {batch['encoder_input_tokens'].shape[1]}, "
+            f"targets {batch['decoder_target_tokens'].shape[1]}")
 
   def _eval(self, trainable, frozen, batch):
     loss, aux = self.batch_loss(trainable, frozen, batch, jax.random.PRNGKey(0), False)

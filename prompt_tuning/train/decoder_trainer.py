@@ -1,0 +1,143 @@
+"""Prompt-only training of decoder-only causal LMs (models/decoder_only.py): `DecoderPromptTrainer`
+runs PromptTrainer's jitted, sharded, donated step, its loop, orbax checkpoints and MODEL_DIR, with
+the decoder-only model, batch features and loss in place of T5's.
+
+Batch features: SeqIO's DecoderFeatureConverter(pack=False) for a prefix LM (inputs then
+targets), the form the anchor feeds its decoder-only models:
+  decoder_target_tokens [B, L]  inputs then targets, right padded (0)  the sequence itself
+  decoder_loss_weights  [B, L]  1 on target positions, 0 elsewhere    required
+  decoder_input_tokens  [B, L]  decoder_target_tokens shifted right   optional, checked, unused
+  decoder_causal_attention      the prefix mask                       optional, unused
+  prompt_ids            [B]     each row's prompt (a table)           required when K > 1
+The model reads `decoder_target_tokens` as it is (a Hugging Face model's token stream: BOS first,
+no extra start token) minus its last column, and its logits at t are scored against
+decoder_target_tokens[t + 1] with decoder_loss_weights[t + 1]: exactly SeqIO's "logits at t
+predict decoder_target_tokens[t]" with the leading start token 0 dropped, and exactly transformers'
+shifted labels (PEFT's CAUSAL_LM prompt tuning). The first token is never predicted, so a loss
+weight on column 0 is refused. The prefix sees only causal attention (HF models have no
+bidirectional prefix), which is why decoder_causal_attention is ignored.
+
+The trainable tree is the prompt alone, at the same path as T5's (`encoder/prompt/prompt/prompt`,
+[P, D] or a table [K, P, D]): the path is the name MODEL_DIR's numpy prompt files, exports and
+readers use, so they work unchanged; the decoder-only model has no encoder and takes the prompt
+as an argument. Placements: 'prefix' (before BOS, as PEFT) and 'after_bos' (after the first
+token, as the anchor); deep and shared prompts are refused.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Optional, Sequence, cast
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec
+
+from prompt_tuning.models import decoder_only
+from prompt_tuning.models import prompt as prompt_lib
+from prompt_tuning.models.decoder_config import DecoderConfig
+from prompt_tuning.train import losses
+from prompt_tuning.train.trainer import (PACKED_FEATURES, LossConfig, PromptTrainer,
+                                         table_optimizer)
+
+FEATURES = ('decoder_target_tokens', 'decoder_loss_weights')
+# Accepted as SeqIO emits them: the shifted copy (checked, then dropped), the prefix mask (dropped).
+IGNORED_FEATURES = ('decoder_input_tokens', 'decoder_causal_attention')
+ARCHITECTURE = 'decoder_only'  # run_info.json's "architecture"
+
+
+def check_batch(batch: dict, num_prompts: int = 1) -> None:
+  """Clear errors for a batch the decoder-only step cannot take (the module docstring's
+  convention): packed, a feature missing, a loss weight on the first token, decoder_input_tokens
+  that are not the targets shifted right, bad prompt ids."""
+  packed = [k for k in PACKED_FEATURES if k in batch]
+  if packed:
+    raise ValueError(f'Packed examples ({", ".join(packed)}) are not supported with prompts: '
+                     'disable packing in the dataset config.')
+  missing = [k for k in FEATURES if k not in batch]
+  if missing:
+    raise ValueError(f'Batch is missing feature(s) {missing}; it has {sorted(batch)}.')
+  targets_BxL = batch['decoder_target_tokens']
+  weights_BxL = prompt_lib.host_values(batch['decoder_loss_weights'])
+  if weights_BxL is not None and np.ndim(weights_BxL) == 2 and np.any(weights_BxL[:, 0] != 0):
+    raise ValueError('decoder_loss_weights weighs the first token, which a causal LM never '
+                     'predicts: begin each row with BOS or an input token.')
+  inputs = batch.get('decoder_input_tokens')
+  if inputs is not None and not isinstance(inputs, jax.Array) and not isinstance(
+      targets_BxL, jax.Array):
+    if not np.array_equal(np.asarray(inputs)[:, 1:], np.asarray(targets_BxL)[:, :-1]):
+      raise ValueError('decoder_input_tokens are not decoder_target_tokens shifted right (SeqIO '
+                       "DecoderFeatureConverter's convention); the step reads the targets.")
+  prompt_lib.check_prompt_ids(batch.get('prompt_ids'), num_prompts, np.shape(targets_BxL)[0])
+
+
+class DecoderPromptTrainer(PromptTrainer):
+  """Prompt tuning of a frozen decoder-only model; PromptTrainer's step, loop and MODEL_DIR."""
+
+  def __init__(self, model_config: DecoderConfig, prompt_config: prompt_lib.PromptConfig,
+               frozen_params: dict, optimizer: optax.GradientTransformation, *,
+               mesh: Optional[jax.sharding.Mesh] = None, rules: Optional[list] = None,
+               loss: LossConfig = LossConfig(), frozen_dtype: Optional[str] = None,
+               learning_rate_fn: Optional[Callable[[Any], Any]] = None):
+    c = prompt_config
+    if c.placement not in decoder_only.PLACEMENTS:
+      raise ValueError(f'Prompt placement {c.placement!r} is not one a decoder-only model takes; '
+                       f'choose one of {", ".join(decoder_only.PLACEMENTS)}.')
+    if c.deep or c.shared is not None:
+      raise ValueError('Decoder-only prompt tuning takes input prompts only: deep and shared '
+                       'prompts (PromptConfig.deep, .shared) are not supported.')
+    self.model_config = model_config  # type: ignore[assignment]  # DecoderConfig, not T5Config
+    self.prompt_config = prompt_config
+    placement = cast(decoder_only.Placement, c.placement)  # checked above
+    self.model = decoder_only.DecoderOnly(model_config, placement)  # type: ignore[assignment]
+    self.optimizer = table_optimizer(optimizer, False) if c.is_table else optimizer
+    self._compile(frozen_params, mesh=mesh, rules=rules, loss=loss, frozen_dtype=frozen_dtype,
+                  learning_rate_fn=learning_rate_fn)
+
+  # -- what it trains: the prompt, beside (not inside) the model's tree -------------------------
+
+  def param_axes(self) -> dict:
+    axes = prompt_lib.TABLE_AXES if self.prompt_config.is_table else prompt_lib.PROMPT_AXES
+    return {**decoder_only.logical_axes(self.model_config),  # type: ignore[arg-type]
+            **prompt_lib.prompt_tree(PartitionSpec(*axes))}
+
+  def split(self, tree: dict) -> tuple[dict, dict]:
+    frozen = {k: v for k, v in tree.items() if k != 'encoder'}
+    return frozen, ({'encoder': tree['encoder']} if 'encoder' in tree else {})
+
+  def merge(self, frozen: dict, trainable: dict) -> dict:
+    return {**frozen, **trainable}
+
+  def run_info(self, initial_checkpoint: Optional[str] = None,
+               prompt_names: Optional[Sequence[str]] = None) -> dict:
+    """PromptTrainer's, with "architecture": "decoder_only" (its model_config: the
+    DecoderConfig)."""
+    return {**super().run_info(initial_checkpoint, prompt_names), 'architecture': ARCHITECTURE}
+
+  # -- steps ------------------------------------------------------------------------------------
+
+  def batch_loss(self, trainable, frozen, batch, rng, enable_dropout):
+    prompt = prompt_lib.get_prompt(trainable)
+    if self.prompt_config.is_table:
+      prompt = prompt_lib.select_prompts(prompt, batch['prompt_ids'])  # [B, P, D]
+    tokens_BxL = batch['decoder_target_tokens']
+    # The last token predicts nothing that is scored: it is not fed.
+    logits_BxLm1xV = self.model.apply({'params': frozen}, tokens_BxL[:, :-1], prompt,
+                                      enable_dropout=enable_dropout, rngs={'dropout': rng})
+    targets_BxLm1 = tokens_BxL[:, 1:]
+    weights_BxLm1 = batch['decoder_loss_weights'][:, 1:].astype(jnp.float32)
+    loss, z_loss, weight_sum = losses.cross_entropy_loss(
+        logits_BxLm1xV, targets_BxLm1, weights_BxLm1, z_loss=self.loss.z_loss,
+        label_smoothing=self.loss.label_smoothing,
+        loss_normalizing_factor=self.loss.loss_normalizing_factor)
+    correct, _ = losses.token_accuracy(logits_BxLm1xV, targets_BxLm1, weights_BxLm1)
+    return loss, {'z_loss': z_loss, 'weight_sum': weight_sum, 'correct': correct}
+
+  def describe_shapes(self, batch) -> str:
+    return f"sequences {batch['decoder_target_tokens'].shape[1]}"
+
+  def _step_features(self, batch: dict) -> dict:
+    check_batch(batch, self.num_prompts)
+    keep = FEATURES + (('prompt_ids',) if self.num_prompts > 1 else ())
+    return {k: batch[k] for k in keep if k in batch}
