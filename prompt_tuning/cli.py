@@ -329,13 +329,21 @@ _PLAN_DEFAULTS = ('MODEL_DIR = None', 'MIXTURE_OR_TASK_NAME = None', 'TRAIN_STEP
 
 
 def _gin_run(default_files: Sequence[str], function: str,
-             defaults: Sequence[str] = ()) -> Callable:
-  module_name, function_name = function.rsplit('.', 1)
+             defaults: Sequence[str] = (), alternate: Optional[str] = None) -> Callable:
+  """A gin-configured command running `function`, or `alternate` when the gin files bind it
+  (train: runs/causal_lm_prompt_tuning.gin binds the decoder-only run)."""
 
   def run(args):
     init_distributed(args)
     gin_utils.setup(args, default_files, defaults)
     import gin
+    chosen = function
+    if alternate is not None:
+      module, name = alternate.rsplit('.', 1)
+      loaded = sys.modules.get(module)  # a gin file that binds it has imported its module
+      if loaded is not None and gin.get_bindings(getattr(loaded, name)):
+        chosen = alternate
+    module_name, function_name = chosen.rsplit('.', 1)
     # Dynamic registration binds the function's registered wrapper, not the module attribute.
     fn = getattr(importlib.import_module(module_name), function_name)
     result = gin.get_configurable(fn)()
@@ -405,7 +413,8 @@ def _report(args: argparse.Namespace) -> int:
 
 
 _HANDLERS = {
-    'train': _gin_run((), 'prompt_tuning.runs.train'),
+    'train': _gin_run((), 'prompt_tuning.runs.train',
+                      alternate='prompt_tuning.train.causal_lm_run.train_causal_lm'),
     'eval': _gin_run((), 'prompt_tuning.runs.evaluate'),
     'infer': _gin_run((), 'prompt_tuning.runs.infer'),
     'plan': _gin_run((), 'prompt_tuning.train.plan.plan', _PLAN_DEFAULTS),

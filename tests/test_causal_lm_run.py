@@ -84,3 +84,25 @@ def test_a_placement_peft_cannot_take_is_refused_before_anything_is_written(chec
   summary = _train(checkpoint, tmp_path / 'run', 2, prompt=PromptConfig(4, 'after_bos'),
                    export_formats=('npy',))
   assert set(summary['exports']) == {'npy'}
+
+
+def test_the_train_command_runs_it_from_its_gin_file(checkpoint, shared, tmp_path):
+  from cli_helpers import run_cli
+  bindings = [f"MODEL_DIR = '{tmp_path / 'run'}'", f"INITIAL_CHECKPOINT_PATH = '{checkpoint}'",
+              f"MIXTURE_OR_TASK_NAME = '{TASK}'", f'TASK_FEATURE_LENGTHS = {LENGTHS}',
+              'TRAIN_STEPS = 2', 'BATCH_SIZE = 4', 'EVAL_PERIOD = 2', 'EVAL_MAX_EXAMPLES = 8',
+              'PROMPT_LENGTH = 4', 'GROUP_BY_LENGTH = 0']
+  args = ['train', '--gin_file=runs/causal_lm_prompt_tuning.gin'] + [
+      f'--gin_bindings={b}' for b in bindings]
+  env = {'PROMPT_TUNING_DATA_DIR': shared('data')}
+  run_cli(args, env, str(tmp_path))
+  summary = json.load(open(tmp_path / 'run' / 'summary.json'))
+  assert summary['architecture'] == 'decoder_only' and summary['steps'] == 2
+  assert 'rank/accuracy' in summary['final_eval']
+  assert 'causal_lm_run.train_causal_lm' in (tmp_path / 'run' / 'config.gin').read_text()
+
+  bad = args + [f"--gin_bindings=MODEL_DIR = '{tmp_path / 'bad'}'",
+                 "--gin_bindings=MIXTURE_OR_TASK_NAME = 'super_glue_rtee'"]
+  refused = run_cli(bad, env, str(tmp_path), check=False)
+  assert refused.returncode == 2 and 'Traceback' not in refused.stderr
+  assert 'super_glue_rtee' in refused.stderr and not (tmp_path / 'bad').exists()
