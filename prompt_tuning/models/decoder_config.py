@@ -24,8 +24,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Literal, Mapping, Optional, get_args
 
-import jax.numpy as jnp
 
+from prompt_tuning.models import layers
 from prompt_tuning.models.rope import ROPE_TYPES, RopeScaling
 
 Family = Literal['llama', 'qwen2', 'mistral', 'gpt2']
@@ -45,7 +45,7 @@ def supported() -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class DecoderConfig:
+class DecoderConfig(layers.Dtypes):
   """A decoder-only transformer; defaults are a tiny Llama (tests). Hashable (a module field)."""
   family: Family = 'llama'
   vocab_size: int = 256
@@ -105,13 +105,6 @@ class DecoderConfig:
   def architecture(self) -> str:
     return ARCHITECTURES[self.family]
 
-  @property
-  def activation_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.dtype)
-
-  @property
-  def weight_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.param_dtype)
 
   def window(self, layer: int) -> Optional[int]:
     """Layer `layer`'s sliding window, or None for full causal attention."""

@@ -97,6 +97,26 @@ class Embed(nn.Module):
     return jnp.einsum('bld,vd->blv', x_BxLxD, self.embedding.astype(x_BxLxD.dtype))
 
 
+class Dtypes:
+  """A model config's dtype names as dtypes: `dtype` of the activations, `param_dtype` of the
+  stored weights (T5Config and DecoderConfig share them)."""
+  dtype: str
+  param_dtype: str
+
+  @property
+  def activation_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def weight_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+
+def _norm_scale(module: nn.Module, features: int, dtype: Dtype) -> jax.Array:
+  """A layer norm's scale [D] (ones), its axis 'embed'."""
+  return _param(module, 'scale', nn.initializers.ones, (features,), ('embed',), dtype)
+
+
 class RMSNorm(nn.Module):
   """T5 layer norm: x * rsqrt(mean(x^2) + eps) * scale, in float32, no bias, no centring."""
   epsilon: float = 1e-6
@@ -105,8 +125,7 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = _param(self, 'scale', nn.initializers.ones, (x.shape[-1],), ('embed',),
-                   self.param_dtype)
+    scale = _norm_scale(self, x.shape[-1], self.param_dtype)
     x = x.astype(jnp.float32)
     y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
     return (y * scale.astype(jnp.float32)).astype(self.dtype)
@@ -120,8 +139,7 @@ class LayerNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    scale = _param(self, 'scale', nn.initializers.ones, (x.shape[-1],), ('embed',),
-                   self.param_dtype)
+    scale = _norm_scale(self, x.shape[-1], self.param_dtype)
     bias = _param(self, 'bias', nn.initializers.zeros, (x.shape[-1],), ('embed',),
                   self.param_dtype)
     x = x.astype(jnp.float32)

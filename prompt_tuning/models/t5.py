@@ -40,7 +40,7 @@ _SIZES = {
 
 
 @dataclasses.dataclass(frozen=True)
-class T5Config:
+class T5Config(layers.Dtypes):
   """Architecture and numerics of a T5 1.1 model."""
   vocab_size: int = 32128
   d_model: int = 768
@@ -98,13 +98,6 @@ class T5Config:
         return name
     return None
 
-  @property
-  def activation_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.dtype)
-
-  @property
-  def weight_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.param_dtype)
 
 
 _REMAT_POLICIES = {

@@ -37,7 +37,6 @@ from jax.sharding import PartitionSpec
 from prompt_tuning.models import decoder_only
 from prompt_tuning.models import prompt as prompt_lib
 from prompt_tuning.models.decoder_config import DecoderConfig
-from prompt_tuning.train import losses
 from prompt_tuning.train.trainer import (PACKED_FEATURES, LossConfig, PromptTrainer,
                                          table_optimizer)
 
@@ -127,12 +126,7 @@ class DecoderPromptTrainer(PromptTrainer):
                                       enable_dropout=enable_dropout, rngs={'dropout': rng})
     targets_BxLm1 = tokens_BxL[:, 1:]
     weights_BxLm1 = batch['decoder_loss_weights'][:, 1:].astype(jnp.float32)
-    loss, z_loss, weight_sum = losses.cross_entropy_loss(
-        logits_BxLm1xV, targets_BxLm1, weights_BxLm1, z_loss=self.loss.z_loss,
-        label_smoothing=self.loss.label_smoothing,
-        loss_normalizing_factor=self.loss.loss_normalizing_factor)
-    correct, _ = losses.token_accuracy(logits_BxLm1xV, targets_BxLm1, weights_BxLm1)
-    return loss, {'z_loss': z_loss, 'weight_sum': weight_sum, 'correct': correct}
+    return self.token_loss(logits_BxLm1xV, targets_BxLm1, weights_BxLm1)
 
   def describe_shapes(self, batch) -> str:
     return f"sequences {batch['decoder_target_tokens'].shape[1]}"

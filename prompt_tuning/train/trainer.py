@@ -337,6 +337,11 @@ class PromptTrainer:
         prompt_ids=batch.get('prompt_ids'), rngs={'dropout': rng})
     targets = batch['decoder_target_tokens']
     weights = batch.get('decoder_loss_weights', token_mask(targets).astype(jnp.float32))
+    return self.token_loss(logits, targets, weights)
+
+  def token_loss(self, logits, targets, weights):
+    """(loss, aux) of a step's logits against its targets: the LossConfig's cross entropy, and
+    its z-loss, weight sum and correct tokens (the metrics the step reports)."""
     loss, z_loss, weight_sum = losses.cross_entropy_loss(
         logits, targets, weights, z_loss=self.loss.z_loss,
         label_smoothing=self.loss.label_smoothing,
