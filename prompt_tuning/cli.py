@@ -341,8 +341,11 @@ def _gin_run(default_files: Sequence[str], function: str,
     if alternate is not None:
       module, name = alternate.rsplit('.', 1)
       loaded = sys.modules.get(module)  # a gin file that binds it has imported its module
-      if loaded is not None and gin.get_bindings(getattr(loaded, name)):
-        chosen = alternate
+      try:
+        if loaded is not None and gin.get_bindings(getattr(loaded, name)):
+          chosen = alternate
+      except ValueError:  # imported by Python, never registered with gin: not bound
+        pass
     module_name, function_name = chosen.rsplit('.', 1)
     # Dynamic registration binds the function's registered wrapper, not the module attribute.
     fn = getattr(importlib.import_module(module_name), function_name)
