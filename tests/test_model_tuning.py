@@ -14,7 +14,7 @@ import torch
 
 from cli_helpers import rte_env, rte_train_args, run_cli
 from hf_reference import make_hf_t5, max_rel_err, padded_batch
-from prompt_tuning import checkpoints
+from prompt_tuning import checkpoints, cli, runs
 from prompt_tuning.checkpoints.common import flatten
 from prompt_tuning.inference.runner import PromptedModel
 from prompt_tuning.testing import FIXTURE, FIXTURE_BINDINGS, synthetic_batch
@@ -225,10 +225,15 @@ def test_train_command_model_tunes_and_eval_reads_its_checkpoint(rte_model_run, 
   assert result['step'] == 3
   assert result['rank/accuracy'] == pytest.approx(final['rank/accuracy'])
 
-  exported = run_cli(['export', f'--model_dir={model_dir}', '--format=npy',
-                      f'--output={tmp / "p.npy"}'], rte_env(shared), str(tmp), check=False)
-  assert exported.returncode != 0 and 'Traceback' not in exported.stderr
-  assert 'is a model-tuning run: it has no prompt' in exported.stderr
+
+
+def test_export_of_a_model_tuning_dir_is_one_line(rte_model_run, capsys):
+  model_dir, tmp, _ = rte_model_run
+  code = cli.main(['export', f'--model_dir={model_dir}', '--format=npy',
+                   f'--output={tmp / "p.npy"}'])
+  err = capsys.readouterr().err.strip().splitlines()
+  assert code == 2 and len(err) == 1 and 'is a model-tuning run: it has no prompt' in err[0]
+  assert not (tmp / 'p.npy').exists()
 
 
 def test_a_mixture_is_model_tuned_as_one_multi_task_model(shared, tmp_path):
@@ -242,7 +247,14 @@ def test_a_mixture_is_model_tuned_as_one_multi_task_model(shared, tmp_path):
   final = summary['final_eval']
   assert 'generate/average' in final and any('quickstart_max' in k for k in final), final
 
-  args.append('--gin_bindings=PROMPT_PER_TASK = True')
-  refused = run_cli(args, rte_env(shared), str(tmp_path), check=False)
-  assert refused.returncode == 2 and 'Traceback' not in refused.stderr
-  assert "TRAINABLE = 'all' tunes the model, which has no prompts" in refused.stderr
+
+
+def test_prompt_tables_are_refused_before_anything_is_loaded(tmp_path):
+  for table in ({'prompt_per_task': True}, {'prompt_ensemble': 2}):
+    with pytest.raises(ValueError, match=r"^TRAINABLE = 'all' tunes the model, which has no "
+                       r"prompts: set PROMPT_PER_TASK = False and PROMPT_ENSEMBLE = 1"):
+      runs.train(model_dir=str(tmp_path / 'run'), mixture_or_task_name='quickstart_mixture',
+                 task_feature_lengths={'inputs': 16, 'targets': 4}, batch_size=8,
+                 train_steps=2, initial_checkpoint_path=str(tmp_path / 'none'),
+                 trainable='all', **table)
+  assert not (tmp_path / 'run').exists()
