@@ -262,22 +262,21 @@ def run(args: argparse.Namespace) -> dict:
 # Reporting.
 
 
-def human_bytes(n: Optional[float]) -> str:
+def _scaled(n: Optional[float], units: tuple[str, str, str], sep: str, small: str) -> str:
   if n is None:
     return '—'
-  for unit, scale in (('GB', 1e9), ('MB', 1e6), ('KB', 1e3)):
+  for unit, scale in zip(units, (1e9, 1e6, 1e3)):
     if n >= scale:
-      return f'{n / scale:.3g} {unit}'
-  return f'{int(n)} B'
+      return f'{n / scale:.3g}{sep}{unit}'
+  return f'{int(n)}{small}'
+
+
+def human_bytes(n: Optional[float]) -> str:
+  return _scaled(n, ('GB', 'MB', 'KB'), ' ', ' B')
 
 
 def human_count(n: Optional[float]) -> str:
-  if n is None:
-    return '—'
-  for unit, scale in (('B', 1e9), ('M', 1e6), ('K', 1e3)):
-    if n >= scale:
-      return f'{n / scale:.3g}{unit}'
-  return str(int(n))
+  return _scaled(n, ('B', 'M', 'K'), '', '')
 
 
 TABLE_HEADER = ('| machine | size | method | trainable params | ms/step | ex/s '

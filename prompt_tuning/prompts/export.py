@@ -96,13 +96,13 @@ def deep_path(output: str) -> str:
   return (output[:-4] if output.endswith('.npy') else output) + '.deep.npy'
 
 
-def export_final(model_dir: str, prompt_PxD: Any, model_config: t5.T5Config,
+def export_final(model_dir: str, prompt_PxD: Any, model_config: Any,
                  formats: Sequence[str] = ('npy', 'peft'),
                  prompt_names: Optional[Sequence[str]] = None,
-                 deep_LxPxD: Any = None) -> dict[str, str]:
+                 deep_LxPxD: Any = None, placement: str = 'prefix') -> dict[str, str]:
   """The end of a training run: MODEL_DIR/export/{prompt.npy, peft/}; {format: path}. A table
   [K, P, D] with `prompt_names`: export/{table.npy, prompt_names.json, prompts/<name>.npy,
-  peft/<name>/}."""
+  peft/<name>/}. `placement`: a decoder-only prompt's (PEFT takes 'prefix' only)."""
   export_dir = storage.join(model_dir, model_dir_lib.EXPORT)
   if prompt_names is not None:
     return _export_table(export_dir, prompt_PxD, model_config, formats, prompt_names)
@@ -115,7 +115,7 @@ def export_final(model_dir: str, prompt_PxD: Any, model_config: t5.T5Config,
           storage.absolute(storage.join(export_dir, FINAL_DEEP)), deep_LxPxD)
   if 'peft' in formats and deep_LxPxD is None:  # PEFT prompt tuning has no per-layer prompts
     written['peft'] = prompt_files.write_peft(storage.join(export_dir, FINAL_PEFT), prompt_PxD,
-                                              model_config)
+                                              model_config, placement=placement)
   return written
 
 

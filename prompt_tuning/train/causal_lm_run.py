@@ -18,7 +18,7 @@ import jax
 from prompt_tuning import storage
 from prompt_tuning.models.decoder_only import DecoderOnly
 from prompt_tuning.models.prompt import PromptConfig
-from prompt_tuning.prompts import files as prompt_files
+from prompt_tuning.prompts import export
 from prompt_tuning.prompts import init as prompt_init_lib
 from prompt_tuning.storage import write_atomic
 from prompt_tuning.train import loop, optim, partitioning, reporting, settings
@@ -113,15 +113,8 @@ def train_causal_lm(*, model_dir: str, mixture_or_task_name: str, task_feature_l
                        before_save=lambda _: reporter.flush())
   best.load()
   reporter.close()
-  written = {}
-  if host == 0:
-    export_dir = storage.join(model_dir, model_dir_lib.EXPORT)
-    value = trainer.prompt(state)
-    if 'npy' in export_formats:
-      written['npy'] = prompt_files.write_npy(storage.join(export_dir, 'prompt.npy'), value)
-    if 'peft' in export_formats:
-      written['peft'] = prompt_files.write_peft(storage.join(export_dir, 'peft'), value, config,
-                                                placement=prompt.placement)
+  written = (export.export_final(model_dir, trainer.prompt(state), config, export_formats,
+                                 placement=prompt.placement) if host == 0 else {})
   summary = {'model_dir': model_dir, 'task': mixture_or_task_name, 'steps': train_steps,
              'architecture': 'decoder_only',
              'first_eval': reporter.eval_history[0] if reporter.eval_history else None,
