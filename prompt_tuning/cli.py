@@ -96,8 +96,15 @@ def _serve_flags(parser: argparse.ArgumentParser) -> None:
                       help='the prompt library folder (.npy, PEFT adapters, MODEL_DIRs), as '
                       "eval/infer's PROMPT_LIBRARY")
   parser.add_argument('--checkpoint', help='without gin files: the model to serve (a T5X '
-                      'checkpoint or an HF T5 directory; its architecture is read from it)')
-  parser.add_argument('--vocab', help=f'the SentencePiece model (default ${VOCAB_ENV})')
+                      'checkpoint, an HF T5 directory or an HF decoder-only folder with its '
+                      'tokenizer.json; its architecture is read from it)')
+  parser.add_argument('--vocab', help=f'T5\'s SentencePiece model (default ${VOCAB_ENV})')
+  parser.add_argument('--placement', choices=('prefix', 'suffix', 'after_bos'),
+                      help="where the prompts go (default: a decoder-only library's MODEL_DIRs' "
+                      "own, else gin's PROMPT's, else prefix)")
+  parser.add_argument('--data_layer', choices=tuple(_AUTO_BOOL), default='auto',
+                      help='load the data layer (raw task examples, label words; TensorFlow '
+                      'and SeqIO take seconds to import): auto, when installed')
   parser.add_argument('--host', default='127.0.0.1', help='address to bind (127.0.0.1)')
   parser.add_argument('--port', type=int, default=8000, help='port (8000)')
   parser.add_argument('--api_key_file', help='a file holding the bearer token to require')
@@ -401,13 +408,15 @@ def _serve(args: argparse.Namespace) -> int:
     # Without gin (GPU machines lack it): the architecture is read from the checkpoint.
     return serve.serve(initial_checkpoint_path=args.checkpoint, prompt_library=args.prompt_library,
                        vocab=args.vocab, host=args.host, port=args.port,
-                       api_key_file=args.api_key_file, config=config)
+                       api_key_file=args.api_key_file, config=config, placement=args.placement,
+                       data_layer=_AUTO_BOOL[args.data_layer])
   args.gin_file = ['runs/serve.gin'] + list(args.gin_file)
   gin_utils.setup(args)
   import gin
   return gin.get_configurable(serve.serve)(
       prompt_library=args.prompt_library, vocab=args.vocab, host=args.host, port=args.port,
-      api_key_file=args.api_key_file, config=config)
+      api_key_file=args.api_key_file, config=config, placement=args.placement,
+      **({} if args.data_layer == 'auto' else {'data_layer': _AUTO_BOOL[args.data_layer]}))
 
 
 def _report(args: argparse.Namespace) -> int:

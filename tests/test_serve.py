@@ -430,11 +430,12 @@ def test_a_server_fault_is_a_500_in_the_same_shape():
   which logs its traceback; the next request is served."""
   from prompt_tuning import serve
   from prompt_tuning.serve import app as serve_api
+  from prompt_tuning.serve import backends
   store = serve.PromptStore({}, 4, None, 5)
   store.add('a', values=np.ones((5, 4)).tolist())
 
   class Vocab:
-    vocab_size = 100
+    vocab_size, eos_id = 100, 1
 
     def encode(self, text):
       raise RuntimeError('a bug')
@@ -444,6 +445,7 @@ def test_a_server_fault_is_a_500_in_the_same_shape():
 
     def __init__(self, store):
       self.store = store
+      self.backend = backends.Seq2SeqBackend(None, {}, self.vocab)
 
     def run(self, key, rows):
       raise AssertionError('no batch should run')

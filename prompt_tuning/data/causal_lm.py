@@ -174,16 +174,26 @@ def encode_example(tokenizer: CausalLMTokenizer, inputs: str, targets: str,
                    feature_lengths: Mapping[str, int]) -> tuple[list[int], list[int], bool]:
   """(prefix, targets) ids of one example, cut to `feature_lengths` as the module docstring
   says: prefix = [BOS] + inputs (<= Li), targets ends with EOS (<= Lt); and whether it was cut."""
-  bos = [tokenizer.bos_id] if tokenizer.add_bos and tokenizer.bos_id is not None else []
   limit_in, limit_out = int(feature_lengths['inputs']), int(feature_lengths['targets'])
-  if limit_in <= len(bos) or limit_out < 1:
+  if limit_in <= len(_bos(tokenizer)) or limit_out < 1:
     raise ValueError(f'feature lengths {dict(feature_lengths)}: inputs need more than '
-                     f'{len(bos)} token(s) (BOS), targets at least 1 (EOS).')
+                     f'{len(_bos(tokenizer))} token(s) (BOS), targets at least 1 (EOS).')
   body, target = tokenizer.encode(inputs), tokenizer.encode_target(targets)
-  keep = limit_in - len(bos)
-  cut = len(body) > keep or len(target) + 1 > limit_out
-  body = body[len(body) - keep:] if len(body) > keep else body  # the left goes
-  return bos + body, target[:limit_out - 1] + [tokenizer.eos_id], cut
+  prefix = prefix_ids(tokenizer, body, limit_in)
+  cut = len(prefix) < len(_bos(tokenizer)) + len(body) or len(target) + 1 > limit_out
+  return prefix, target[:limit_out - 1] + [tokenizer.eos_id], cut
+
+
+def _bos(tokenizer: CausalLMTokenizer) -> list[int]:
+  return [tokenizer.bos_id] if tokenizer.add_bos and tokenizer.bos_id is not None else []
+
+
+def prefix_ids(tokenizer: CausalLMTokenizer, ids: Sequence[int], limit: int) -> list[int]:
+  """A row's prefix: [BOS]? + the inputs' `ids`, at most `limit` tokens, the ids cut from the
+  left (BOS stays; see the module docstring). Training, eval and the server cut by it."""
+  bos = _bos(tokenizer)
+  keep = max(int(limit) - len(bos), 0)
+  return bos + list(ids)[max(len(ids) - keep, 0):]  # the left goes
 
 
 def rows_to_features(prefixes: Sequence[Sequence[int]], targets: Sequence[Sequence[int]],
@@ -382,7 +392,12 @@ def label_candidates(name: str, tokenizer: CausalLMTokenizer) -> list[list[int]]
   info = tasks.TASK_INFO.get(name)
   if info is None or not info.labels:
     raise ValueError(f'{name!r} has no label words (a classification task has).')
-  return [tokenizer.encode_target(label) + [tokenizer.eos_id] for label in info.labels]
+  return candidate_ids(tokenizer, info.labels)
+
+
+def candidate_ids(tokenizer: CausalLMTokenizer, labels: Sequence[str]) -> list[list[int]]:
+  """Each label as a target continuation, ids + EOS (not cut): what rank classification scores."""
+  return [tokenizer.encode_target(label) + [tokenizer.eos_id] for label in labels]
 
 
 def evaluate_predictions(name: str, examples: Sequence[dict],

@@ -68,7 +68,7 @@ def create_app(server: Server):
   app = FastAPI(title='prompt-tuning serve', docs_url=None, redoc_url=None, openapi_url=None)
   config, engine, store = server.config, server.engine, server.store
   context = {'max_decode_length': config.max_decode_length,
-             'vocab_size': engine.vocab.vocab_size}
+             'vocab_size': engine.backend.vocab_size}
   limit = requests.body_limit(config)
 
   def error(status: int, message: str, param: Optional[str] = None,
@@ -190,19 +190,19 @@ def create_app(server: Server):
   @app.post('/v1/completions')
   async def completions(request: Request):
     start, req = await parsed(request, requests.CompletionRequest, 'model')
-    plan = requests.completion_plan(req, config, engine.vocab.vocab_size)
+    plan = requests.completion_plan(req, config, engine.backend.vocab_size)
     for i, p in enumerate(plan.prompts):
       if isinstance(p, str) and len(p) > config.max_chars_per_input:
         raise RequestError(413, f'"prompt[{i}]": {len(p)} characters; at most '
                                 f'{config.max_chars_per_input}.', param=f'prompt[{i}]')
-    rows = server.rows(req.model, [p for p in plan.prompts for _ in range(plan.n)], plan.key)
+    rows = server.rows(req.model, plan.prompts, plan.key, 'prompt', plan.n)
     out = await answers(rows)
     choices = []
     for k, answer in enumerate(out):
       text, stopped = requests.cut_at_stop(answer['prediction'], plan.stop)
       if plan.echo:
         prompt = plan.prompts[k // plan.n]
-        text = (prompt if isinstance(prompt, str) else engine.vocab.text(prompt)) + text
+        text = (prompt if isinstance(prompt, str) else engine.backend.prompt_text(prompt)) + text
       choices.append({'index': k, 'text': text, 'logprobs': None,
                       'finish_reason': 'stop' if answer['finished'] or stopped else 'length'})
     prompt_tokens = sum(len(row.tokens) for row in rows[::plan.n])

@@ -1,20 +1,20 @@
 """`serve`, the command: loads everything before listening (the data layer, the frozen model,
 the prompt library, optionally compiling every batch shape), serves on uvicorn until
-SIGTERM/SIGINT, answers every request it received, and exits 0 (1 if any went unanswered)."""
+SIGTERM/SIGINT, answers every request it received, and exits 0 (1 if any went unanswered). The
+model is T5 (a T5X or HF T5 checkpoint, a SentencePiece vocabulary) or decoder-only (an HF
+folder with its tokenizer.json; backends.py)."""
 
 import logging
 import os
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from prompt_tuning.prompts import library as library_lib
+from prompt_tuning.serve import backends
 from prompt_tuning.serve.config import ServeConfig
 from prompt_tuning.serve.engine import Engine, freeze_heap
 from prompt_tuning.serve.server import Server
 from prompt_tuning.serve.store import PromptStore
-
-if TYPE_CHECKING:
-  from prompt_tuning.models.prompt import Placement
 
 log = logging.getLogger('prompt_tuning')
 
@@ -63,10 +63,14 @@ def serve(*, initial_checkpoint_path: str, model: Any = None, prompt: Any = None
           prompt_library: Optional[str] = None, vocab: Optional[str] = None,
           host: str = '127.0.0.1', port: int = 8000, api_key_file: Optional[str] = None,
           config: ServeConfig = ServeConfig(), frozen_dtype: Optional[str] = 'auto',
-          prompt_length: Optional[int] = None, data_layer: Optional[bool] = None) -> int:
-  """Loads the frozen model (T5X or HF checkpoint) and the prompt library; serves until
-  SIGTERM/SIGINT, then answers every request received and returns 0 (1 if any went
-  unanswered).
+          prompt_length: Optional[int] = None, data_layer: Optional[bool] = None,
+          placement: Optional[str] = None) -> int:
+  """Loads the frozen model (T5X or HF checkpoint; an HF decoder-only folder) and the prompt
+  library; serves until SIGTERM/SIGINT, then answers every request received and returns 0 (1 if
+  any went unanswered).
+
+  placement: where the prompts go (default: T5's `prompt.placement`; a decoder-only model's
+  library MODEL_DIRs' own; else 'prefix').
 
   data_layer: import the data layer (raw examples, the tasks' label words for rank) at start;
   None: when it is installed. Its import (TensorFlow, SeqIO) takes seconds and memory, so a
@@ -79,29 +83,39 @@ def serve(*, initial_checkpoint_path: str, model: Any = None, prompt: Any = None
   from prompt_tuning.serve import app as serve_api
   from prompt_tuning.serve import graceful
   from prompt_tuning.data.vocab import SentencePieceVocab
+  decoder_only = backends.is_decoder_only(initial_checkpoint_path)
   vocab_path = vocab or os.environ.get('PROMPT_TUNING_VOCAB')
-  if not vocab_path:
+  if not vocab_path and not decoder_only:
     raise ValueError('serve needs the SentencePiece vocabulary: --vocab=PATH or '
                      '$PROMPT_TUNING_VOCAB.')
   api_key = load_api_key(api_key_file)
   data = load_data_layer(data_layer)  # before the model: a missing one fails fast
   # 'auto' halves the frozen weights on accelerators; CPUs keep float32.
-  model_config, frozen = runner.load_frozen(initial_checkpoint_path, model, frozen_dtype)
+  tokenizer: Any
+  model_config: Any
+  if decoder_only:
+    model_config, frozen, tokenizer = backends.load_causal(initial_checkpoint_path, frozen_dtype,
+                                                           model, vocab)
+  else:
+    model_config, frozen = runner.load_frozen(initial_checkpoint_path, model, frozen_dtype)
+    tokenizer = SentencePieceVocab(str(vocab_path))
+    tokenizer.text([])  # builds the model that renders ids as text, before the first batch
   library = (library_lib.load_library(prompt_library, model_config.d_model) if prompt_library
              else {})
   store = PromptStore(library, model_config.d_model, prompt_library, prompt_length)
   frozen = jax.device_put(frozen)
-  placement: Placement = prompt.placement if hasattr(prompt, 'placement') else 'prefix'
-  tokenizer = SentencePieceVocab(vocab_path)
-  tokenizer.text([])  # builds the model that renders ids as text, before the first batch
-  engine = Engine(model_config, frozen, store, tokenizer, config, placement, freeze_heap=True)
+  placement = backends.placement(
+      placement, library if decoder_only else {},
+      prompt.placement if hasattr(prompt, 'placement') else 'prefix')
+  engine = Engine(model_config, frozen, store, tokenizer, config,
+                  placement, freeze_heap=True)  # type: ignore[arg-type]
   if config.warmup_decode_lengths:
     start = time.monotonic()
     log.info('compiled %d batch shapes in %.1f s', engine.warm_up(), time.monotonic() - start)
   server = Server(engine, config, api_key, data)
   app = serve_api.create_app(server)
-  log.info('serving %d prompt(s) of length %d on http://%s:%d', len(library), store.length,
-           host, port)
+  log.info('serving %d prompt(s) of length %d (%s, placement %s) on http://%s:%d', len(library),
+           store.length, type(engine.backend).__name__, placement, host, port)
   uvicorn_config = uvicorn.Config(app, host=host, port=port, log_level='warning',
                                   timeout_graceful_shutdown=120)
   http = graceful.GracefulServer(uvicorn_config, lambda: (server.received, server.answered))

@@ -22,7 +22,9 @@ class ServeConfig:
   max_queue: int = _field(4096, 'rows waiting; beyond it requests get 503 + Retry-After')
   max_inputs_per_request: int = _field(64, 'inputs one request may hold')
   max_chars_per_input: int = _field(8192, 'characters one input may hold')
-  max_input_length: int = _field(512, 'tokens of an input (longer inputs are cut, keeping EOS)')
+  max_input_length: int = _field(
+      512, 'tokens of an input (longer inputs are cut: T5 from the right keeping EOS, '
+      'decoder-only from the left keeping BOS)')
   max_decode_length: int = _field(64, 'tokens a generation may have at most')
   # On CPU a batch costs what its padded rows and width do (attention the square of the
   # width); accelerators pad nearly free but compile each shape.

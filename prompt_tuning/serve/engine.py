@@ -1,7 +1,9 @@
 """`Engine`: the frozen model with a PromptStore's table, running a batch of rows of any prompts
 mixed: generate (a DecodingConfig, to a length) or rank (score each label). `Row` is one input of
 a request as the batcher queues it. Few shapes, each compiled once: rows padded to the next of
-`row_sizes`, inputs to the next width bucket (ServeConfig.fine_shapes chooses how finely)."""
+`row_sizes`, inputs to the next width bucket (ServeConfig.fine_shapes chooses how finely). The
+model is T5 or decoder-only: its row convention (EOS or BOS, lengths) is its backend's
+(backends.py)."""
 
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 import numpy as np
 
 from prompt_tuning.data import batching
-from prompt_tuning.data.vocab import EOS_ID
 from prompt_tuning.inference import decoding, runner
+from prompt_tuning.serve import backends
 from prompt_tuning.serve.config import ServeConfig
 from prompt_tuning.serve.errors import RequestError
 from prompt_tuning.serve.store import PromptStore, Snapshot
@@ -40,11 +42,13 @@ class Engine:
 
   def __init__(self, model_config: Any, frozen: dict, store: PromptStore, vocab: Any,
                config: ServeConfig, placement: Placement = 'prefix', freeze_heap: bool = False):
-    """freeze_heap: after a batch that compiled, move the heap out of the garbage collector's
+    """model_config: a T5Config, or a DecoderConfig (vocab then a CausalLMTokenizer).
+    freeze_heap: after a batch that compiled, move the heap out of the garbage collector's
     reach (see the function freeze_heap; for a server process, not for a library caller's)."""
-    self.model_config, self.frozen, self.store = model_config, frozen, store
-    self.vocab, self.config = vocab, config
-    self.placement, self.freeze_heap = placement, freeze_heap
+    self.store, self.vocab, self.config = store, vocab, config
+    self.freeze_heap = freeze_heap
+    self.backend = backends.backend_for(model_config, frozen, vocab, placement)
+    self.backend.check_limits(store.length, config)
     self._model: tuple[int, Any] = (-1, None)  # (snapshot version, the model with its table)
     # Few shapes, each compiled once: widths in powers of two; rows see ServeConfig.fine_shapes.
     import jax
@@ -55,13 +59,12 @@ class Engine:
     self.buckets = tuple(sorted({min(2 ** i, config.max_input_length) for i in range(3, 16)}))
     self.shapes: set[tuple] = set()  # (kind, program, rows, width, capacity): each compiles once
 
-  def model(self, snap: Snapshot) -> runner.PromptedModel:
-    """The frozen model with the snapshot's table, made again when the table changed (a model
-    of the same capacity is equal to the last one: its compiled programs are reused)."""
+  def model(self, snap: Snapshot) -> Any:
+    """The frozen model (a runner) with the snapshot's table, made again when the table changed
+    (a model of the same capacity is equal to the last one: its compiled programs are reused)."""
     if self._model[0] != snap.version:  # only the worker thread runs batches: no lock needed
       import jax
-      self._model = (snap.version, runner.PromptedModel(
-          self.model_config, self.frozen, jax.device_put(snap.table), placement=self.placement))
+      self._model = (snap.version, self.backend.model(jax.device_put(snap.table)))
     return self._model[1]
 
   def warm_up(self) -> int:
@@ -75,7 +78,8 @@ class Engine:
       key = ('generate', decoding.DecodingConfig(), length)
       for width in self.buckets:
         for size in self.row_sizes:
-          rows = [Row(key, [EOS_ID], name, concurrent.futures.Future()) for _ in range(size)]
+          rows = [Row(key, [self.backend.eos_id], name, concurrent.futures.Future())
+                  for _ in range(size)]
           self.run_batch(key, rows, width, snap)
     return len(self.shapes) - before
 
@@ -100,22 +104,25 @@ class Engine:
     return answers
 
   def run_batch(self, key: tuple, rows: Sequence[Row], width: int, snap: Snapshot) -> list[dict]:
-    """One batch: rows padded to `width` and to the next of `row_sizes`."""
+    """One batch: rows padded to `width` and to the next of `row_sizes` (filler rows: one
+    padding token, prompt 0)."""
     size = next(n for n in self.row_sizes if n >= len(rows))
     tokens = batching.pad_rows([row.tokens for row in rows], size, width)
+    lengths = np.ones((size,), np.int32)  # a decoder-only row needs a token to end on
+    lengths[:len(rows)] = [len(row.tokens) for row in rows]
     ids = np.zeros((size,), np.int32)
     ids[:len(rows)] = [snap.index[row.prompt] for row in rows]
     capacity = snap.table.shape[0]
-    model = self.model(snap)
+    model, backend = self.model(snap), self.backend
     if key[0] == 'generate':
       config, length = key[1], key[2]
-      out = model.generate(tokens, config, length, ids)
-      answers = [generated_answer(self.vocab, out[j]) for j in range(len(rows))]
+      out = backend.generate(model, tokens, lengths, config, length, ids)
+      answers = [generated_answer(backend, out[j]) for j in range(len(rows))]
       program: tuple = (config, length)
     else:
       labels = key[1]
-      candidates = runner.label_targets(self.vocab, labels)
-      scores = model.score(tokens, candidates, ids)
+      candidates, candidate_lengths = backend.candidates(labels)
+      scores = backend.score(model, tokens, lengths, candidates, candidate_lengths, ids)
       answers = [{'prediction': labels[int(scores[j].argmax())],
                   'scores': [float(s) for s in scores[j]]} for j in range(len(rows))]
       program = candidates.shape
@@ -124,9 +131,10 @@ class Engine:
 
 
 def generated_answer(vocab: Any, ids: np.ndarray) -> dict:
-  """A generated row: its text (runner.text: the rule eval and infer use), how many tokens it
-  took (its EOS counted) and whether it ended by itself (EOS) rather than at the length."""
-  ends = np.flatnonzero(ids == EOS_ID)
+  """A generated row: its text (runner.text: the rule eval and infer use; a backend's `text`),
+  how many tokens it took (its EOS counted) and whether it ended by itself (`vocab.eos_id`)
+  rather than at the length."""
+  ends = np.flatnonzero(ids == vocab.eos_id)
   return {'prediction': runner.text(vocab, ids),
           'tokens': int(ends[0]) + 1 if len(ends) else len(ids), 'finished': bool(len(ends))}
 

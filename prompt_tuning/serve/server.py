@@ -6,7 +6,6 @@ import hmac
 import time
 from typing import Any, Optional, Sequence
 
-from prompt_tuning.inference import runner
 from prompt_tuning.serve.batcher import Batcher, Metrics
 from prompt_tuning.serve.config import ServeConfig
 from prompt_tuning.serve.engine import Engine, Row
@@ -39,12 +38,23 @@ class Server:
       raise RequestError(404, f'no prompt named {name!r}; GET /v1/prompts lists them.',
                          param=param)
 
-  def tokens(self, text_or_ids: str | list[int]) -> list[int]:
-    """Encoder input ids: the text's tokens (or the ids as given), cut to leave room for EOS."""
-    return runner.input_row(self.engine.vocab, text_or_ids, self.config.max_input_length)
+  def tokens(self, text_or_ids: str | list[int], param: str = 'inputs') -> list[int]:
+    """The model's input row of the text (or the ids as given), by its backend's rule (T5: cut
+    to leave room for EOS; decoder-only: [BOS]? + ids cut from the left); `param` names the
+    field in a refusal."""
+    try:
+      return self.engine.backend.input_row(text_or_ids, self.config.max_input_length)
+    except ValueError as e:
+      raise RequestError(400, f'"{param}": {e}.', param=param) from None
 
-  def rows(self, prompt: str, inputs: Sequence[str | list[int]], key: tuple) -> list[Row]:
-    return [Row(key, self.tokens(x), prompt, concurrent.futures.Future()) for x in inputs]
+  def rows(self, prompt: str, inputs: Sequence[str | list[int]], key: tuple,
+           param: str = 'inputs', copies: int = 1) -> list[Row]:
+    """`copies` rows of each input (OpenAI's n), each answered on its own."""
+    out = []
+    for i, x in enumerate(inputs):
+      tokens = self.tokens(x, f'{param}[{i}]')
+      out += [Row(key, tokens, prompt, concurrent.futures.Future()) for _ in range(copies)]
+    return out
 
   async def run(self, rows: list[Row]) -> list[dict]:
     """Queues the rows (503 when the queue is full) and waits, off the event loop, for each
