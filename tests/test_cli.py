@@ -186,7 +186,7 @@ OWN_FLAGS = {
     'inspect': {'--prompt', '--variable', '--model_dir', '--step', '--checkpoint', '--vocab',
                 '--top_k', '--json'},
     'serve': GIN | {'--prompt_library', '--prompts', '--checkpoint', '--vocab', '--host', '--port',
-                    '--api_key_file',
+                    '--api_key_file', '--placement', '--data_layer',
                     '--max_batch_size', '--max_wait_ms', '--max_queue', '--max_inputs_per_request',
                     '--max_chars_per_input', '--max_input_length', '--max_decode_length',
                     '--fine_shapes', '--warmup_decode_lengths'},

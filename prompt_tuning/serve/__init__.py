@@ -1,5 +1,5 @@
-"""`prompt-tuning serve`: one frozen model answering many tasks over HTTP, batching requests
-across tasks. TF-free (raw task examples use the data layer when it is installed).
+"""`prompt-tuning serve`: one frozen model (T5 or decoder-only) answering many tasks over HTTP,
+batching requests across tasks. TF-free (raw task examples use the data layer when it is installed).
 
   config.py     ServeConfig: the batching and request limits (the serve flags' one home)
   errors.py     RequestError: a refused request, its status and the field at fault
@@ -8,6 +8,8 @@ across tasks. TF-free (raw task examples use the data layer when it is installed
                 changes a shape
   engine.py     Row, Engine: the frozen model with the store's table, running a batch of rows of
                 any prompts: generate (DecodingConfig) or rank
+  backends.py   Seq2SeqBackend (T5), CausalBackend (decoder-only HF folders): each model kind's
+                row convention (EOS or BOS, row lengths, text, rank candidates) and loading
   batcher.py    Batcher, Metrics: a bounded queue of rows and one worker thread forming mixed-task
                 batches up to `max_batch_size` rows or `max_wait_ms`, padded length-aware; the
                 counters of GET /metrics

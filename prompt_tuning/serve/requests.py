@@ -275,7 +275,7 @@ _NEUTRAL: dict[str, tuple] = {
     'presence_penalty': (None, 0.0), 'frequency_penalty': (None, 0.0), 'logit_bias': (None, {})}
 _WHY = {'stream': 'streaming is not supported; send "stream": false',
         'stream_options': 'streaming is not supported',
-        'suffix': 'completing before a suffix is not supported',
+        'suffix': 'this server completes no suffix',
         'presence_penalty': 'penalties are not supported; send 0',
         'frequency_penalty': 'penalties are not supported; send 0',
         'logit_bias': 'logit biases are not supported',
