@@ -72,10 +72,11 @@ def _inspect_flags(parser: argparse.ArgumentParser) -> None:
   parser.add_argument('--step', type=int, default=None,
                       help='checkpoint step of --model_dir (default: the latest)')
   parser.add_argument('--checkpoint', help='the model whose token embedding is compared: a T5X '
-                      'checkpoint, an HF T5 directory or a [V, D] .npy (default with --model_dir: '
-                      'its base checkpoint)')
-  parser.add_argument('--vocab', help=f'SentencePiece model decoding the ids (default '
-                      f'${VOCAB_ENV}; without one, ids only)')
+                      'checkpoint, an HF T5 or decoder-only (Llama, Qwen2, Mistral, GPT-2) '
+                      'directory or a [V, D] .npy (default with --model_dir: its base checkpoint)')
+  parser.add_argument('--vocab', help=f'what decodes the ids: a SentencePiece model, or a folder '
+                      f'with a tokenizer.json (default: a decoder-only checkpoint folder\'s '
+                      f'tokenizer.json, else ${VOCAB_ENV}; without one, ids only)')
   parser.add_argument('--top_k', type=int, default=5, help='nearest tokens per position (5)')
   parser.add_argument('--json', help='also write the report as JSON to this file')
 

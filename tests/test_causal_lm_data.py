@@ -228,3 +228,53 @@ def test_a_mixture_tags_rows_with_their_task_and_resumes(word_dir):
   assert ids.dtype == np.int32 and set(ids.tolist()) == set(range(len(names)))
   for a, b in zip(first[7:], stream(7)):
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+# ----------------------------------------------------------------------------------------------
+# A real released tokenizer, offline: no Llama / GPT-2 tokenizer.json ships in a package fit for
+# the test extra, so T5's released SentencePiece model (shared/) is made a tokenizer.json by
+# transformers' own slow -> fast converter and checked against sentencepiece itself.
+
+
+@pytest.fixture(scope='module')
+def t5_dir(shared, tmp_path_factory):
+  """T5's released SentencePiece model as a tokenizer.json (transformers' converter; no
+  config.json: the tokenizer's own template decides BOS, and it adds none)."""
+  import shutil
+  transformers = pytest.importorskip('transformers')
+  source = tmp_path_factory.mktemp('spm')
+  shutil.copy(shared(*testing.VOCAB), source / 'spiece.model')
+  folder = str(tmp_path_factory.mktemp('t5') / 't5')
+  transformers.T5TokenizerFast.from_pretrained(str(source)).save_pretrained(folder)
+  return folder
+
+
+def test_a_released_tokenizer_encodes_and_decodes_real_texts_as_sentencepiece(texts, t5_dir,
+                                                                              shared):
+  import sentencepiece
+  sp = sentencepiece.SentencePieceProcessor(model_file=shared(*testing.VOCAB))
+  tok = causal_lm.CausalLMTokenizer(t5_dir)
+  assert (tok.bos_id, tok.eos_id, tok.add_bos, tok.byte_level) == (None, sp.eos_id(), False,
+                                                                   False)
+  assert tok.vocab_size == 32100 and tok.piece(100) == sp.id_to_piece(100)
+  checked = unknown = ties = 0
+  for name, examples in texts.items():
+    for ex in examples:
+      for text in (ex['inputs'], ex['targets']):
+        ids, reference = tok.encode(text), sp.encode(text)
+        if ids != reference:  # only a tie of Viterbi paths may be broken the other way
+          score = lambda x: sum(sp.get_score(i) for i in x)
+          assert (sp.decode(ids), len(ids)) == (sp.decode(reference), len(reference)), text
+          assert score(ids) == pytest.approx(score(reference), abs=1e-4), (name, text)
+          ties += 1
+        # decode stops at EOS and drops special tokens, <unk> too (sentencepiece shows ' ⁇ ').
+        known = [i for i in ids if i != sp.unk_id()]
+        assert tok.decode(ids + [sp.eos_id()] + ids) == sp.decode(known), (name, text)
+        checked, unknown = checked + 1, unknown + (len(known) < len(ids))
+    # A row: no BOS (the tokenizer adds none), inputs, targets, EOS (module docstring).
+    prefix, target, cut = causal_lm.encode_example(tok, ex['inputs'], ex['targets'],
+                                                   {'inputs': 100_000, 'targets': 100})
+    assert (prefix, target, cut) == (tok.encode(ex['inputs']),
+                                     sp.encode(ex['targets']) + [sp.eos_id()], False)
+  # 1 tie in 8838 texts: BoolQ's '454609000000000' ('0000' '000' against '000' '0000').
+  assert checked == 2 * (277 + 3270 + 872) and unknown > 0 and ties <= 2

@@ -167,6 +167,28 @@ def test_greedy_with_a_prompt_matches_generate_on_inputs_embeds(case, placement)
     np.testing.assert_array_equal(ours[row], ref[-STEPS:])
 
 
+def test_beam_search_matches_transformers_without_eos(case):
+  """Without an EOS and with no length penalty (alpha 0, length_penalty 0) T5X's beam search and
+  transformers' agree: every beam, its order and its summed log-prob. With an EOS they differ by
+  design: transformers also returns live beams once its search ends and divides by
+  length ** length_penalty; T5X returns only finished beams, over ((5 + length) / 6) ** alpha."""
+  hf, config, params = case('llama3_tied')
+  tokens, lengths = padded_batch()
+  prompt = _prompt(config, (PROMPT_LENGTH,), seed=3)
+  beams, steps = 3, 6
+  ours, scores = map(np.asarray, causal_lm.beam_search(
+      decoder_only.DecoderOnly(config), params, tokens, lengths, steps, num_beams=beams,
+      alpha=0.0, prompt=prompt))
+  for row, n in enumerate(lengths):
+    joined = torch.tensor(np.concatenate([prompt[None], _embeds(hf, tokens[row:row + 1, :n])], 1))
+    ref = hf.generate(inputs_embeds=joined, attention_mask=torch.ones(joined.shape[:2]).long(),
+                      max_new_tokens=steps, num_beams=beams, num_return_sequences=beams,
+                      do_sample=False, length_penalty=0.0, output_scores=True,
+                      return_dict_in_generate=True)
+    np.testing.assert_array_equal(ours[row], ref.sequences[:, -steps:].numpy())
+    np.testing.assert_allclose(scores[row], ref.sequences_scores.numpy(), atol=1e-4)
+
+
 def test_peft_prompt_tuning_model_gives_our_prefix_logits(case):
   """PEFT's own CAUSAL_LM prompt tuning, its virtual-token table set to our prompt."""
   peft = pytest.importorskip('peft')

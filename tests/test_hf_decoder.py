@@ -126,6 +126,28 @@ def test_gpt2_hub_names_and_buffers_are_read(saved, tmp_path):
   assert all(np.array_equal(flat[k], expected[k]) for k in flat)
 
 
+def test_the_embedding_alone_is_read_for_each_family(saved, tmp_path):
+  """checkpoints.load_embedding (what `inspect` reads) on decoder-only folders: Llama's name,
+  GPT-2's with and without the hub's missing `transformer.` prefix; a T5 folder is not one."""
+  from prompt_tuning import checkpoints
+  for name in ('llama3_tied', 'gpt2'):
+    model, path = saved(name)
+    expected = model.get_input_embeddings().weight.detach().numpy()
+    assert hf_decoder.is_decoder_dir(path)
+    value, source = checkpoints.load_embedding(path)
+    np.testing.assert_array_equal(value, expected)
+    assert source.endswith(('[model.embed_tokens.weight]', '[transformer.wte.weight]'))
+  hub = shutil.copytree(path, str(tmp_path / 'hub'))
+  save_file({'wte.weight': expected}, os.path.join(hub, 'model.safetensors'))
+  assert checkpoints.load_embedding(hub)[1].endswith('model.safetensors [wte.weight]')
+  t5 = tmp_path / 't5'
+  t5.mkdir()
+  (t5 / 'config.json').write_text(json.dumps({'model_type': 't5'}))
+  save_file({'shared.weight': expected}, str(t5 / 'model.safetensors'))
+  assert not hf_decoder.is_decoder_dir(str(t5)) and not hf_decoder.is_decoder_dir(str(tmp_path))
+  np.testing.assert_array_equal(checkpoints.load_embedding(str(t5))[0], expected)
+
+
 def _broken(saved, tmp_path, change):
   _, path = saved('llama2_untied_bias')
   copy = shutil.copytree(path, str(tmp_path / 'broken'))

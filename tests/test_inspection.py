@@ -216,6 +216,55 @@ def test_cli_bad_input_is_one_line_exit_2_nothing_written(tmp_path, capsys, monk
   assert sorted(os.listdir(tmp_path)) == ['base', 'fits.npy', 'wide.npy']
 
 
+def _decoder_folder(tmp_path):
+  """A tiny random Llama HF folder with a word-level tokenizer.json; its embedding has 3 rows
+  more than the tokenizer has ids (as Qwen2's table is padded)."""
+  from prompt_tuning import testing
+  from prompt_tuning.checkpoints import hf_decoder
+  from prompt_tuning.models import decoder_only
+  from prompt_tuning.models.decoder_config import DecoderConfig
+  folder = testing.word_level_tokenizer(['the premise means entailment or not'],
+                                        str(tmp_path / 'llama'), {})
+  with open(os.path.join(folder, 'tokenizer.json')) as f:
+    words = json.load(f)['model']['vocab']
+  config = DecoderConfig(vocab_size=len(words) + 3, d_model=16, num_layers=1, num_heads=2,
+                         num_kv_heads=1, head_dim=8, d_ff=32, bos_token_id=1, eos_token_id=2)
+  hf_decoder.save(folder, config, decoder_only.init_params(config))
+  return folder, words
+
+
+def test_cli_on_a_decoder_only_folder_and_run_decodes_with_its_tokenizer(tmp_path, capsys,
+                                                                         monkeypatch):
+  monkeypatch.setenv('PROMPT_TUNING_VOCAB', str(tmp_path / 'a_t5_vocab.model'))  # not used
+  folder, words = _decoder_folder(tmp_path)
+  embedding, _ = inspection.load_embedding(folder)
+  planted = ['entailment', 'not', '<s>']
+  prompt = 3.0 * embedding[[words[w] for w in planted]]
+  npy = prompt_files.write_npy(str(tmp_path / 'p.npy'), prompt)
+  run = str(tmp_path / 'run')  # a decoder-only run: its base checkpoint is the HF folder
+  os.makedirs(os.path.join(model_dir_lib.checkpoints_dir(run), '2'))
+  model_dir_lib.write_numpy_prompt(run, 2, prompt)
+  with open(os.path.join(run, model_dir_lib.RUN_INFO), 'w') as f:
+    json.dump({'architecture': 'decoder_only', 'initial_checkpoint': folder}, f)
+  for args in ([f'--prompt={npy}', f'--checkpoint={folder}'], [f'--model_dir={run}']):
+    out_json = tmp_path / 'r.json'
+    rc, out, err = _inspect([*args, f'--json={out_json}'], capsys)
+    assert rc == 0 and 'no vocabulary' not in err, err
+    report = json.loads(out_json.read_text())
+    assert report['embedding_shape'] == [len(words) + 3, 16]
+    assert report['searched_ids'] == len(words)  # the padding rows are left out
+    assert report['vocab'] == os.path.join(folder, 'tokenizer.json')
+    firsts = [p['nearest'][0] for p in report['prompts'][0]['positions']]
+    assert [(n['token'], n['id']) for n in firsts] == [(w, words[w]) for w in planted]
+    assert all(n['similarity'] == pytest.approx(1.0, abs=1e-5) for n in firsts)
+    assert 'entailment(' in out and '<s>(1) 1.000' in out
+  # Without its tokenizer.json the folder's ids are shown as ids (T5's $PROMPT_TUNING_VOCAB
+  # is not taken for it).
+  os.remove(os.path.join(folder, 'tokenizer.json'))
+  rc, out, err = _inspect([f'--prompt={npy}', f'--checkpoint={folder}'], capsys)
+  assert rc == 0 and 'no vocabulary' in err and f'#{words["not"]} 1.000' in out
+
+
 # ----------------------------------------------------------------------------------------------
 # The real artifacts: released prompts, the T5X fixture checkpoint, T5's vocabulary.
 

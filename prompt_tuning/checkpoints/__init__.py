@@ -12,7 +12,7 @@ from typing import Any, Mapping, Optional
 import numpy as np
 
 from prompt_tuning import storage
-from prompt_tuning.checkpoints import hf, t5x
+from prompt_tuning.checkpoints import hf, hf_decoder, t5x
 from prompt_tuning.checkpoints.common import (CheckpointError, check_params, derive_config,
                                               flatten, storage_errors, unflatten)
 from prompt_tuning.models import t5
@@ -87,11 +87,14 @@ def load_base(path: Optional[str], config: Optional[t5.T5Config] = None
 
 
 def load_embedding(path: str) -> tuple[np.ndarray, str]:
-  """(the token embedding table [vocab, d_model], where it was read) of a T5X or Hugging Face
-  checkpoint, reading only that array (no config, no other parameter)."""
+  """(the token embedding table [vocab, d_model], where it was read) of a T5X checkpoint or a
+  Hugging Face directory (T5, or a decoder-only model: hf_decoder.is_decoder_dir), reading only
+  that array."""
   if detect_format(path) == 't5x':
     flat, _, ckpt_dir = t5x.read_params(path, keys=[EMBEDDING])
     value, source = flat[EMBEDDING], f'{storage.join(ckpt_dir, t5x.CHECKPOINT_FILE)} [{EMBEDDING}]'
+  elif hf_decoder.is_decoder_dir(path):
+    value, source = hf_decoder.read_embedding(path)
   else:
     value, source = hf.read_embedding(path)
   value = np.asarray(value)

@@ -109,6 +109,28 @@ def read_config(path: str, **overrides: Any) -> DecoderConfig:
     raise config_file_error(path, e) from e
 
 
+@storage_errors
+def is_decoder_dir(path: str) -> bool:
+  """Whether `path` is an HF directory whose config.json names a supported decoder-only family
+  (its `architectures` or `model_type`); T5's and unreadable configs are not."""
+  if not (storage.isdir(path) and hf_files.is_hf_dir(path)):
+    return False
+  try:
+    decoder_config.family_of(hf_files.read_config(path))
+  except (CheckpointError, ValueError):
+    return False
+  return True
+
+
+@storage_errors
+def read_embedding(path: str) -> tuple[np.ndarray, str]:
+  """(the token embedding [vocab, d_model], 'file [tensor]') of a decoder-only directory, reading
+  no other tensor (GPT-2's hub files name it without the `transformer.` prefix)."""
+  names = ((f'{_GPT2_PREFIX}wte.weight', 'wte.weight') if read_config(path).family == 'gpt2'
+           else ('model.embed_tokens.weight',))
+  return hf_files.read_one(path, names, f'token embedding ({names[0]})')
+
+
 def _hf_names(config: DecoderConfig, tensors: dict, files: dict) -> tuple[dict, dict]:
   """Buffers dropped; GPT-2's unprefixed names (the hub's files) given the prefix."""
   def name(n: str) -> str:

@@ -142,6 +142,15 @@ class CausalLMTokenizer:
   def vocab_size(self) -> int:
     return self._tok.get_vocab_size(with_added_tokens=True)
 
+  def piece(self, token_id: int) -> str:
+    """The vocabulary's own spelling of one id ('Ġthe' in a byte-level BPE), as
+    SentencePieceVocab.piece gives T5's ('▁the'): what `prompt-tuning inspect` shows."""
+    token = self._tok.id_to_token(int(token_id))
+    if token is None:
+      raise ValueError(f'{self.path}: id {token_id} is outside the vocabulary of '
+                       f'{self.vocab_size} ids.')
+    return token
+
   def encode(self, text: str) -> list[int]:
     """The ids of `text` alone: no BOS, no EOS, nothing the tokenizer's template adds."""
     return list(self._tok.encode(text, add_special_tokens=False).ids)

@@ -117,7 +117,7 @@ def _decode_loop(model, params, encoder_input_tokens_BxL, max_decode_length,
     token_B = pick(logits_BxV, jax.random.fold_in(rng, s.i)).astype(jnp.int32)
     token_B = jnp.where(s.done_B, PAD_ID, token_B)
     tokens_BxT = lax.dynamic_update_slice(s.tokens_BxT, token_B[:, None], (0, s.i))
-    return _SampleState(s.i + 1, token_B, tokens_BxT, s.done_B | (token_B == EOS_ID), cache)
+    return _SampleState(s.i + 1, token_B, tokens_BxT, s.done_B | ends(token_B, (EOS_ID,)), cache)
 
   init = _SampleState(jnp.array(0, jnp.int32), jnp.full((batch,), PAD_ID, jnp.int32),
                       jnp.zeros((batch, max_decode_length), jnp.int32),
@@ -182,6 +182,18 @@ def sample_logits(logits_BxV: jax.Array, rng: jax.Array, temperature: float = 1.
   return jax.random.categorical(rng, logits_BxV, axis=-1)
 
 
+def check_sampling(top_k: int, top_p: float) -> None:
+  if top_k < 0:
+    raise ValueError(f'top_k must be >= 0, got {top_k}.')
+  if not 0.0 < top_p <= 1.0:
+    raise ValueError(f'top_p must be in (0, 1], got {top_p}.')
+
+
+def check_beams(num_beams: int) -> None:
+  if num_beams < 1:
+    raise ValueError(f'num_beams must be >= 1, got {num_beams}.')
+
+
 @_host_checked
 @functools.partial(jax.jit, static_argnames=('model', 'max_decode_length', 'temperature',
                                              'top_k', 'top_p'))
@@ -193,10 +205,7 @@ def sample(model, params, encoder_input_tokens_BxL, max_decode_length: int, rng:
   temperature < 1e-4 is argmax; top_k=0 and top_p=1 disable those filters. The same rng
   gives the same tokens; step i uses fold_in(rng, i). prompt_ids [B]: as for `greedy`.
   """
-  if top_k < 0:
-    raise ValueError(f'top_k must be >= 0, got {top_k}.')
-  if not 0.0 < top_p <= 1.0:
-    raise ValueError(f'top_p must be in (0, 1], got {top_p}.')
+  check_sampling(top_k, top_p)
   pick = functools.partial(sample_logits, temperature=temperature, top_k=top_k, top_p=top_p)
   return _decode_loop(model, params, encoder_input_tokens_BxL, max_decode_length, pick, rng,
                       prompt_ids)
@@ -204,7 +213,8 @@ def sample(model, params, encoder_input_tokens_BxL, max_decode_length: int, rng:
 
 # ----------------------------------------------------------------------------------------------
 # Beam search (T5X's algorithm: 2K candidates per step, finished set scored with its brevity
-# penalty, early exit once no live beam can beat the finished ones).
+# penalty, early exit once no live beam can beat the finished ones); its steps are shared
+# with the decoder-only models (causal_lm.py), whose caches have no cross-attention.
 
 
 def brevity_penalty(alpha: float, length: Any) -> Any:
@@ -212,7 +222,8 @@ def brevity_penalty(alpha: float, length: Any) -> Any:
   return ((5.0 + length) / 6.0) ** alpha
 
 
-class _BeamState(NamedTuple):
+class BeamState(NamedTuple):
+  """Beam search's loop state, shared by T5 and the decoder-only models (causal_lm.py)."""
   i: jax.Array              # tokens decoded so far
   live_seqs_BxKxT: jax.Array
   live_logp_BxK: jax.Array  # summed log-probs, best first; -inf for empty beams
@@ -222,8 +233,16 @@ class _BeamState(NamedTuple):
   cache: Any                # rows b * K + k
 
 
-def _reorder_cache(cache, rows_N: jax.Array):
-  """Moves cache rows to follow their beams. The cross-attention entries are identical for
+def ends(token: jax.Array, eos_ids: tuple[int, ...]) -> jax.Array:
+  """Whether each token is one of `eos_ids` (none: never)."""
+  ended = jnp.zeros(token.shape, bool)
+  for eos in eos_ids:
+    ended |= token == eos
+  return ended
+
+
+def reorder_cache(cache, rows_N: jax.Array):
+  """Moves cache rows to follow their beams. T5's cross-attention entries are identical for
   every beam of an example, so they stay put."""
   def gather(path, x):
     names = {getattr(k, 'key', None) for k in path}
@@ -231,6 +250,73 @@ def _reorder_cache(cache, rows_N: jax.Array):
       return x
     return jnp.take(x, rows_N, axis=0)
   return jax.tree_util.tree_map_with_path(gather, cache)
+
+
+def beam_start(batch: int, num_beams: int, length: int, cache) -> BeamState:
+  """The state before the first token: only beam 0 of each example is live (the others would
+  duplicate its candidates); `cache` holds rows b * K + k."""
+  shape = (batch, num_beams)
+  seqs_BxKxT = jnp.zeros(shape + (length,), jnp.int32)
+  live_BxK = jnp.full(shape, -jnp.inf, jnp.float32).at[:, 0].set(0.0)
+  return BeamState(jnp.array(0, jnp.int32), seqs_BxKxT, live_BxK, seqs_BxKxT,
+                   jnp.full(shape, -jnp.inf, jnp.float32), jnp.zeros(shape, bool), cache)
+
+
+def beam_continues(s: BeamState, alpha: float, length: int) -> jax.Array:
+  """Whether any live beam can still beat its example's finished ones: log-probs only fall, so
+  at best it ends with its log-prob over the largest penalty reachable (lengths i + 1 .. T)."""
+  penalty = jnp.maximum(brevity_penalty(alpha, s.i + 1.0), brevity_penalty(alpha, float(length)))
+  best_live_B = s.live_logp_BxK[:, 0] / penalty
+  worst_done_B = jnp.where(jnp.all(s.done_BxK, axis=1), s.done_scores_BxK[:, -1], -jnp.inf)
+  return (s.i < length) & ~jnp.all(worst_done_B > best_live_B)
+
+
+def last_beam_tokens(s: BeamState) -> jax.Array:
+  """Each live beam's latest token [B * K] (PAD before the first)."""
+  last_BxK = jnp.where(s.i == 0, PAD_ID, lax.dynamic_index_in_dim(
+      s.live_seqs_BxKxT, jnp.maximum(s.i - 1, 0), axis=2, keepdims=False))
+  return last_BxK.reshape(-1)
+
+
+def beam_advance(s: BeamState, logits_NxV: jax.Array, alpha: float,
+                 eos_ids: tuple[int, ...] = (EOS_ID,)) -> BeamState:
+  """One step: `logits_NxV` (N = B * K, the live beams' next-token logits) extend the beams; a
+  candidate ending in one of `eos_ids` joins the finished set, scored with its brevity penalty;
+  the cache follows the beams' parents."""
+  batch, k = s.live_logp_BxK.shape
+  ninf, vocab = jnp.float32(-jnp.inf), logits_NxV.shape[-1]
+  logp_BxKxV = jax.nn.log_softmax(logits_NxV.astype(jnp.float32).reshape(batch, k, vocab), -1)
+  logp_BxKxV += s.live_logp_BxK[..., None]
+  # 2K candidates: even if K of them end here, K remain to continue.
+  cand_logp_BxC, flat_BxC = lax.top_k(logp_BxKxV.reshape(batch, k * vocab), 2 * k)
+  parent_BxC, token_BxC = flat_BxC // vocab, (flat_BxC % vocab).astype(jnp.int32)
+  cand_seqs_BxCxT = jnp.take_along_axis(s.live_seqs_BxKxT, parent_BxC[..., None], axis=1)
+  cand_seqs_BxCxT = lax.dynamic_update_slice(cand_seqs_BxCxT, token_BxC[..., None], (0, 0, s.i))
+  ended_BxC = ends(token_BxC, eos_ids) & (cand_logp_BxC > ninf)  # not empty beams' (K > V/2)
+
+  live_logp_BxK, pick_BxK = lax.top_k(jnp.where(ended_BxC, ninf, cand_logp_BxC), k)
+  live_seqs_BxKxT = jnp.take_along_axis(cand_seqs_BxCxT, pick_BxK[..., None], axis=1)
+  parent_BxK = jnp.take_along_axis(parent_BxC, pick_BxK, axis=1)
+  rows_N = (jnp.arange(batch)[:, None] * k + parent_BxK).reshape(-1)
+  cache = reorder_cache(s.cache, rows_N)
+
+  new_scores_BxC = jnp.where(ended_BxC, cand_logp_BxC / brevity_penalty(alpha, s.i + 1.0), ninf)
+  scores_Bx3K = jnp.concatenate([s.done_scores_BxK, new_scores_BxC], axis=1)
+  done_scores_BxK, keep_BxK = lax.top_k(scores_Bx3K, k)
+  done_seqs_BxKxT = jnp.take_along_axis(
+      jnp.concatenate([s.done_seqs_BxKxT, cand_seqs_BxCxT], axis=1), keep_BxK[..., None], 1)
+  done_BxK = jnp.take_along_axis(jnp.concatenate([s.done_BxK, ended_BxC], axis=1), keep_BxK,
+                                 axis=1)
+  return BeamState(s.i + 1, live_seqs_BxKxT, live_logp_BxK, done_seqs_BxKxT, done_scores_BxK,
+                   done_BxK, cache)
+
+
+def beam_result(s: BeamState) -> tuple[jax.Array, jax.Array]:
+  """(tokens [B, K, T], scores [B, K]), best first: T5X's rule (see `beam_search`)."""
+  any_done_B = jnp.any(s.done_BxK, axis=1)
+  tokens_BxKxT = jnp.where(any_done_B[:, None, None], s.done_seqs_BxKxT, s.live_seqs_BxKxT)
+  scores_BxK = jnp.where(any_done_B[:, None], s.done_scores_BxK, s.live_logp_BxK)
+  return tokens_BxKxT, scores_BxK
 
 
 @_host_checked
@@ -246,65 +332,17 @@ def beam_search(model, params, encoder_input_tokens_BxL, max_decode_length: int,
   EOS). As in T5X: a row with any finished sequence returns only finished ones (empty slots:
   PAD tokens, score -inf); a row with none returns its live beams and their raw log-probs.
   """
-  if num_beams < 1:
-    raise ValueError(f'num_beams must be >= 1, got {num_beams}.')
+  check_beams(num_beams)
   k, t = num_beams, max_decode_length
   tokens_NxL, cache = _start(model, params, encoder_input_tokens_BxL, t, copies=k,
                              prompt_ids_B=prompt_ids)
-  batch = tokens_NxL.shape[0] // k
-  ninf = jnp.float32(-jnp.inf)
 
-  def cond(s: _BeamState):
-    # Log-probs only fall, so a live beam ends at best with its current log-prob over the
-    # largest penalty still reachable (lengths i + 1 .. T).
-    penalty = jnp.maximum(brevity_penalty(alpha, s.i + 1.0), brevity_penalty(alpha, float(t)))
-    best_live_B = s.live_logp_BxK[:, 0] / penalty
-    worst_done_B = jnp.where(jnp.all(s.done_BxK, axis=1), s.done_scores_BxK[:, -1], ninf)
-    return (s.i < t) & ~jnp.all(worst_done_B > best_live_B)
+  def body(s: BeamState):
+    logits_NxV, cache = _step(model, params, s.cache, tokens_NxL, last_beam_tokens(s))
+    return beam_advance(s._replace(cache=cache), logits_NxV, alpha)
 
-  def body(s: _BeamState):
-    last_BxK = jnp.where(s.i == 0, PAD_ID, lax.dynamic_index_in_dim(
-        s.live_seqs_BxKxT, jnp.maximum(s.i - 1, 0), axis=2, keepdims=False))
-    logits_NxV, cache = _step(model, params, s.cache, tokens_NxL, last_BxK.reshape(-1))
-    vocab = logits_NxV.shape[-1]
-    logp_BxKxV = (jax.nn.log_softmax(logits_NxV.reshape(batch, k, vocab), axis=-1)
-                  + s.live_logp_BxK[..., None])
-    # 2K candidates: even if K of them end here, K remain to continue.
-    cand_logp_BxC, flat_BxC = lax.top_k(logp_BxKxV.reshape(batch, k * vocab), 2 * k)
-    parent_BxC, token_BxC = flat_BxC // vocab, (flat_BxC % vocab).astype(jnp.int32)
-    cand_seqs_BxCxT = jnp.take_along_axis(s.live_seqs_BxKxT, parent_BxC[..., None], axis=1)
-    cand_seqs_BxCxT = lax.dynamic_update_slice(cand_seqs_BxCxT, token_BxC[..., None],
-                                               (0, 0, s.i))
-    ended_BxC = token_BxC == EOS_ID
-
-    live_logp_BxK, pick_BxK = lax.top_k(jnp.where(ended_BxC, ninf, cand_logp_BxC), k)
-    live_seqs_BxKxT = jnp.take_along_axis(cand_seqs_BxCxT, pick_BxK[..., None], axis=1)
-    parent_BxK = jnp.take_along_axis(parent_BxC, pick_BxK, axis=1)
-    rows_N = (jnp.arange(batch)[:, None] * k + parent_BxK).reshape(-1)
-    cache = _reorder_cache(cache, rows_N)
-
-    new_scores_BxC = jnp.where(ended_BxC, cand_logp_BxC / brevity_penalty(alpha, s.i + 1.0),
-                               ninf)
-    scores_Bx3K = jnp.concatenate([s.done_scores_BxK, new_scores_BxC], axis=1)
-    done_scores_BxK, keep_BxK = lax.top_k(scores_Bx3K, k)
-    done_seqs_BxKxT = jnp.take_along_axis(
-        jnp.concatenate([s.done_seqs_BxKxT, cand_seqs_BxCxT], axis=1), keep_BxK[..., None], 1)
-    done_BxK = jnp.take_along_axis(jnp.concatenate([s.done_BxK, ended_BxC], axis=1), keep_BxK,
-                                   axis=1)
-    return _BeamState(s.i + 1, live_seqs_BxKxT, live_logp_BxK, done_seqs_BxKxT,
-                      done_scores_BxK, done_BxK, cache)
-
-  seqs0_BxKxT = jnp.zeros((batch, k, t), jnp.int32)
-  # Only beam 0 is real at first; the others would duplicate its candidates.
-  live0_BxK = jnp.tile(jnp.concatenate([jnp.zeros((1,)), jnp.full((k - 1,), -jnp.inf)]),
-                       (batch, 1)).astype(jnp.float32)
-  init = _BeamState(jnp.array(0, jnp.int32), seqs0_BxKxT, live0_BxK, seqs0_BxKxT,
-                    jnp.full((batch, k), ninf), jnp.zeros((batch, k), bool), cache)
-  s = lax.while_loop(cond, body, init)
-  any_done_B = jnp.any(s.done_BxK, axis=1)
-  tokens_BxKxT = jnp.where(any_done_B[:, None, None], s.done_seqs_BxKxT, s.live_seqs_BxKxT)
-  scores_BxK = jnp.where(any_done_B[:, None], s.done_scores_BxK, s.live_logp_BxK)
-  return tokens_BxKxT, scores_BxK
+  init = beam_start(tokens_NxL.shape[0] // k, k, t, cache)
+  return beam_result(lax.while_loop(lambda s: beam_continues(s, alpha, t), body, init))
 
 
 # ----------------------------------------------------------------------------------------------

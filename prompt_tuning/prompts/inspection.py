@@ -3,8 +3,10 @@
 For each position of a learned prompt, the vocabulary tokens whose input embeddings are nearest
 by cosine similarity, and the position's L2 norm beside the embedding table's. The numbers are
 pure numpy (`nearest_tokens`, `inspect_prompt`); `load_embedding` reads only the token embedding
-of a checkpoint (or a saved [V, D] .npy table); `format_table` is what the command prints;
-`inspect_command` is the command.
+of a checkpoint (T5X, an HF T5 or decoder-only directory) or a saved [V, D] .npy table;
+`load_vocabulary` picks what decodes the ids (T5's SentencePiece model, or a decoder-only
+folder's tokenizer.json); `format_table` is what the command prints; `inspect_command` is the
+command.
 
 Ties are broken deterministically: among equally similar rows the lower id comes first. A row or
 a prompt position of norm 0 has similarity 0 with everything.
@@ -76,8 +78,8 @@ def inspect_prompt(prompt: Any, embedding_VxD: Any, k: int = DEFAULT_TOP_K, voca
                    num_tokens: Optional[int] = None) -> dict[str, Any]:
   """A JSON-ready report of `nearest_tokens`, with the ids decoded by `vocab` when given.
 
-  `vocab` is a vocab.SentencePieceVocab (anything with `piece(id)`). A [P, D] prompt is reported
-  as a table of one. The report:
+  `vocab` is anything with `piece(id)` (vocab.SentencePieceVocab, causal_lm.CausalLMTokenizer).
+  A [P, D] prompt is reported as a table of one. The report:
 
     {'prompt_shape': [P, D] or [K, P, D], 'embedding_shape': [V, D], 'searched_ids': N, 'k': k,
      'summary': {'prompt_norm_mean', 'prompt_norm_min', 'prompt_norm_max',
@@ -155,8 +157,9 @@ def _token_label(nearest: dict[str, Any]) -> str:
 
 
 def load_embedding(path: str) -> tuple[np.ndarray, str]:
-  """(the token embedding [V, D] as float32, where it was read) from a T5X checkpoint, an HF T5
-  directory (only that array is read) or a [V, D] .npy file; each a local path or a URL."""
+  """(the token embedding [V, D] as float32, where it was read) from a T5X checkpoint, an HF T5 or
+  decoder-only directory (only that array is read) or a [V, D] .npy file; each a local path or a
+  URL."""
   path = os.fspath(path)
   if path.endswith('.npy') and storage.isfile(path):
     try:
@@ -176,18 +179,38 @@ def load_embedding(path: str) -> tuple[np.ndarray, str]:
   return value.astype(np.float32), source
 
 
+def load_vocabulary(vocab: Optional[str], checkpoint: str) -> tuple[Any, Optional[str]]:
+  """(what decodes the ids, its path) or (None, None): `vocab` (a SentencePiece model, or a
+  folder holding a tokenizer.json, or that file), else a decoder-only checkpoint folder's own
+  tokenizer.json, else $PROMPT_TUNING_VOCAB for any other checkpoint (it is T5's)."""
+  from prompt_tuning.checkpoints import hf_decoder
+  decoder = hf_decoder.is_decoder_dir(checkpoint)
+  if not vocab and decoder:
+    vocab = checkpoint if storage.exists(storage.join(checkpoint, 'tokenizer.json')) else None
+  elif not vocab:
+    vocab = os.environ.get(VOCAB_ENV)
+  if not vocab:
+    return None, None
+  if vocab.endswith('.json') or storage.isdir(vocab):
+    from prompt_tuning.data.causal_lm import CausalLMTokenizer
+    folder = os.path.dirname(vocab) if vocab.endswith('.json') else vocab
+    return CausalLMTokenizer(folder), storage.join(folder, 'tokenizer.json')
+  from prompt_tuning.data.vocab import SentencePieceVocab
+  return SentencePieceVocab(vocab), vocab
+
+
 def inspect_command(prompt: Optional[str] = None, variable: Optional[str] = None,
                     model_dir: Optional[str] = None, step: Optional[int] = None,
                     checkpoint: Optional[str] = None, vocab: Optional[str] = None,
                     top_k: int = DEFAULT_TOP_K, json_file: Optional[str] = None) -> None:
   """`prompt-tuning inspect` (its flags by name): prints the table of one prompt, a `prompt` file
   (read at `variable` of a T5X checkpoint) or the prompt of a `model_dir` at `step` (default the
-  latest), against the token embedding of `checkpoint` (default: the run's base checkpoint);
-  `vocab` (default $PROMPT_TUNING_VOCAB) decodes the ids. `json_file` also gets the report."""
+  latest), against the token embedding of `checkpoint` (default: the run's base checkpoint, T5's
+  or a decoder-only run's HF folder); `vocab` decodes the ids (default: `load_vocabulary`'s).
+  `json_file` also gets the report."""
   import json
   import sys
 
-  from prompt_tuning.data.vocab import SentencePieceVocab
   from prompt_tuning.prompts import files as prompt_files
   from prompt_tuning.train import model_dir as model_dir_lib
   if bool(prompt) == bool(model_dir):
@@ -207,22 +230,22 @@ def inspect_command(prompt: Optional[str] = None, variable: Optional[str] = None
     checkpoint = (model_dir_lib.read_run_info(model_dir) or {}).get('initial_checkpoint')
   if not checkpoint:
     raise ValueError('inspect needs --checkpoint=PATH: the model whose token embedding the prompt '
-                     'is compared with (a T5X checkpoint, an HF T5 directory or a [V, D] .npy).')
+                     'is compared with (a T5X checkpoint, an HF T5 or decoder-only directory or '
+                     'a [V, D] .npy).')
   embedding, embedding_source = load_embedding(checkpoint)
   if value.shape[-1] != embedding.shape[-1]:
     raise ValueError(f'the prompt {prompt_source} has shape {list(value.shape)} (width '
                      f'{value.shape[-1]}) but the embedding {embedding_source} has shape '
                      f'{list(embedding.shape)} (width {embedding.shape[-1]}): the prompt was '
                      f'trained for another model.')
-  vocab_path = vocab or os.environ.get(VOCAB_ENV)
-  pieces = SentencePieceVocab(vocab_path) if vocab_path else None
+  pieces, vocab_path = load_vocabulary(vocab, checkpoint)
   if pieces is not None and pieces.vocab_size > embedding.shape[0]:
     raise ValueError(f'the vocabulary {vocab_path} has {pieces.vocab_size} ids but the embedding '
                      f'{embedding_source} has {embedding.shape[0]} rows: they belong to different '
                      f'models.')
   if pieces is None:
-    print(f'prompt-tuning inspect: no vocabulary (--vocab or ${VOCAB_ENV}); tokens are shown as '
-          f'ids.', file=sys.stderr)
+    print(f'prompt-tuning inspect: no vocabulary (--vocab, a decoder-only checkpoint\'s '
+          f'tokenizer.json or ${VOCAB_ENV}); tokens are shown as ids.', file=sys.stderr)
   report = inspect_prompt(value, embedding, top_k, pieces,
                           num_tokens=pieces.vocab_size if pieces else None)
   report = {'prompt_source': prompt_source, 'embedding_source': embedding_source,
