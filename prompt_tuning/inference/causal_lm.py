@@ -217,11 +217,3 @@ def score_candidates(model: DecoderOnly, params, tokens_BxL: jax.Array, lengths_
                         targets_NxT, lengths_N)
   return logp_N.reshape(batch, num)
 
-
-def generate(model: DecoderOnly, params, tokens_BxL, lengths_B, steps: int, decoding,
-             prompt: Optional[jax.Array] = None) -> jax.Array:
-  """`steps` generated ids [B, steps] as `decoding` (a decoding.DecodingConfig) says."""
-  if decoding.method != 'greedy':
-    raise ValueError(f'decoding method {decoding.method!r} is not yet supported for '
-                     f'decoder-only models; use greedy.')
-  return greedy(model, params, tokens_BxL, lengths_B, steps, prompt)

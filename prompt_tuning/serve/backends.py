@@ -127,12 +127,7 @@ class CausalBackend:
 
   def generate(self, model: Any, tokens_BxL: np.ndarray, lengths_B: np.ndarray,
                config: decoding.DecodingConfig, length: int, ids_B: np.ndarray) -> np.ndarray:
-    try:
-      return model.generate(tokens_BxL, config, length, ids_B, lengths_B)
-    except ValueError as e:  # a method causal_lm.generate lacks: the request's, not a fault
-      if config.method == 'greedy':
-        raise
-      raise RequestError(400, str(e)) from None
+    return model.generate(tokens_BxL, config, length, ids_B, lengths_B)
 
   def score(self, model: Any, tokens_BxL: np.ndarray, lengths_B: np.ndarray,
             candidates_CxT: np.ndarray, candidate_lengths_C: np.ndarray,
