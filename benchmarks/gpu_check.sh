@@ -14,6 +14,9 @@
 #                                           # batching mode (benchmarks/real_data.py; ~5-9 min)
 #   bash benchmarks/gpu_check.sh cost       # base: model tuning beside prompt tuning (step time,
 #                                           # memory plan, optimizer state, checkpoint bytes)
+#   bash benchmarks/gpu_check.sh real_causal_lm  # decoder-only (#25): a random Llama (d 512, 8
+#                                           # layers, GQA) on real RTE / BoolQ / SST-2 rows, ours
+#                                           # beside PEFT CAUSAL_LM (causal_lm_real_data.py)
 #
 # On the device tool, run the two halves as two calls (each command may run 10 minutes):
 #   run(command="bash benchmarks/gpu_check.sh base", timeout_s=560)
@@ -25,6 +28,12 @@
 #   python -m benchmarks.real_data --task rte --prepare_only --out benchmarks/data/rte_i512_t8.npz
 # (276 KB; benchmarks/data/ is git-ignored, so carry it), then on the device tool:
 #   run(command="bash benchmarks/gpu_check.sh real", timeout_s=580, carry=["benchmarks/data"])
+# The decoder-only part reads its own .npz files (rows tokenized by data/causal_lm.py with T5's
+# SentencePiece as a tokenizer.json; ~1 MB together), prepared the same way on the CPU machine:
+#   for t in rte boolq sst2; do python -m benchmarks.causal_lm_real_data --task $t \
+#     --prepare_only --out benchmarks/data/clm_${t}_i512_t8.npz; done
+#   run(command="bash benchmarks/gpu_check.sh real_causal_lm", timeout_s=580,
+#       carry=["benchmarks/data"])
 #
 # The serving load test (#13) needs the bundle benchmarks/serve_bundle.sh builds on a CPU machine
 # (wheels of the serve extra, the T5X fixture, the vocabulary, the tasks' inputs), then:
@@ -72,6 +81,19 @@ real_data() {  # real_data NAME TASK ARGS...: benchmarks.real_data on the prepar
   fi
   # Compiles one step per distinct batch shape (about 10 here) before timing: more than $LIMIT.
   LIMIT="${REAL_LIMIT:-540}" bench "$name" benchmarks.real_data --task "$task" --data "$npz" "$@"
+}
+
+causal_lm_real() {  # causal_lm_real NAME TASK: benchmarks.causal_lm_real_data on its .npz
+  local name=$1 task=$2 npz="$REAL_DATA/clm_$2_i512_t8.npz"
+  if [ ! -f "$npz" ]; then
+    echo "!! $name: $npz is missing. Prepare it on a CPU machine with TensorFlow/SeqIO:" \
+         "python -m benchmarks.causal_lm_real_data --task $task --prepare_only --out $npz;" \
+         "then carry benchmarks/data (run(..., carry=[\"benchmarks/data\"]))." | tee -a "$LOG"
+    return
+  fi
+  # bf16 on both sides (ours: activations; PEFT: autocast), batch 32 as the issue asks.
+  LIMIT="${CLM_LIMIT:-180}" bench "$name" benchmarks.causal_lm_real_data --task "$task" \
+    --data "$npz" --batch 32 --steps 8 --repeats 2
 }
 
 serve_load() {  # 2,000 mixed RTE/CB/BoolQ requests: 32 clients vs one at a time (loopback)
@@ -124,6 +146,9 @@ run_one() {
     # real loop (two saves of the whole base model: more than $LIMIT with the compiles).
     cost_base) LIMIT="${COST_LIMIT:-480}" bench cost_base benchmarks.tuning_cost --sizes base \
         "${SHAPE[@]}" ;;
+    # Decoder-only prompt tuning (#25), ours (the library's grouped, bucketed batches) beside
+    # PEFT CAUSAL_LM (dynamic padding, group_by_length), one task each.
+    clm_rte|clm_boolq|clm_sst2) causal_lm_real "$1" "${1#clm_}" ;;
     serve_load) serve_load ;;
     *) echo "unknown run $1" | tee -a "$LOG" ;;
   esac
@@ -132,10 +157,11 @@ run_one() {
 for part in "${PARTS[@]}"; do
   case "$part" in
     all) names=(train_base infer_base train_base_projected train_base_dpa train_large train_xl
-                train_xxl real_rte_base cost_base) ;;
+                train_xxl real_rte_base cost_base clm_rte clm_boolq clm_sst2) ;;
     variants) names=(train_base_projected train_base_dpa) ;;
     base) names=(train_base infer_base) ;;
     real) names=(real_rte_base) ;;
+    real_causal_lm) names=(clm_rte clm_boolq clm_sst2) ;;
     table) names=(table_base_k8 table_check) ;;
     serve) names=(serve_load) ;;
     cost) names=(cost_base) ;;

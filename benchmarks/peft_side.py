@@ -1,4 +1,5 @@
-"""The Hugging Face PEFT side of the benchmarks (torch only; run as a child process).
+"""The Hugging Face PEFT side of the benchmarks (torch only; run as a child process, or as
+benchmarks/causal_lm_real_data.py's worker, which takes `peft_causal_lm` and `optimizer`).
 
   python -m benchmarks.peft_side {train|inference} SPEC.json RESULT.json
 
@@ -76,6 +77,31 @@ def peft_model(spec: dict, device: torch.device, zero_eos_logit: bool = False):
                                    num_virtual_tokens=spec['prompt'],
                                    num_transformer_submodules=1)
   return peft.get_peft_model(model, config)
+
+
+def peft_causal_lm(folder: str, prompt: int, device: torch.device,
+                   frozen_dtype: str = 'float32'):
+  """A decoder-only HF folder (`AutoModelForCausalLM`, e.g. LlamaForCausalLM) wrapped by
+  `get_peft_model(model, PromptTuningConfig(CAUSAL_LM, num_virtual_tokens=prompt))`."""
+  import peft
+  import transformers
+  model = transformers.AutoModelForCausalLM.from_pretrained(
+      folder, dtype=getattr(torch, frozen_dtype)).to(device)
+  config = peft.PromptTuningConfig(task_type=peft.TaskType.CAUSAL_LM, num_virtual_tokens=prompt)
+  return peft.get_peft_model(model, config)
+
+
+def causal_lm_batch(prefixes: list, targets: list, pad_id: int, device: torch.device) -> dict:
+  """Rows prefix + targets padded to the longest (the collators' dynamic padding), labels -100
+  except on the targets (transformers shifts them; PEFT puts -100 before them for the prompt)."""
+  rows = [np.concatenate([p, t]) for p, t in zip(prefixes, targets)]
+  ids = np.full((len(rows), max(map(len, rows))), pad_id, np.int64)
+  mask, labels = np.zeros_like(ids), np.full_like(ids, -100)
+  for r, (prefix, row) in enumerate(zip(prefixes, rows)):
+    ids[r, :len(row)], mask[r, :len(row)] = row, 1
+    labels[r, len(prefix):len(row)] = row[len(prefix):]
+  return {k: torch.from_numpy(v).to(device)
+          for k, v in (('input_ids', ids), ('attention_mask', mask), ('labels', labels))}
 
 
 def optimizer(spec: dict, params: list):

@@ -285,9 +285,14 @@ def length_stratified(batches: list, inputs: list, steps: int) -> list:
   then a systematic sample of that order (so the sample's lengths are the epoch's quantiles,
   whatever order the mode puts them in); returned in the mode's own (epoch) order."""
   longest = [max(len(inputs[i]) for i in idx) for idx in batches]
-  by_length = sorted(range(len(batches)), key=lambda k: (longest[k], k))
-  chosen = sorted(by_length[p] for p in sample_positions(len(batches), steps))
-  return [batches[k] for k in chosen]
+  return [batches[k] for k in stratified_positions(longest, steps)]
+
+
+def stratified_positions(longest: list[int], steps: int) -> list[int]:
+  """Which `steps` of the batches whose longest rows are `longest` `length_stratified` picks
+  (their positions, in epoch order)."""
+  by_length = sorted(range(len(longest)), key=lambda k: (longest[k], k))
+  return sorted(by_length[p] for p in sample_positions(len(longest), steps))
 
 
 def batch_shape(mode: str, inputs: list, targets: list, idx, buckets: dict,
@@ -331,7 +336,7 @@ def padding_stats(mode: str, inputs: list, targets: list, batches: list, buckets
 class Worker:
   """A side's process: `call(cmd)` sends one command and waits for its one-line reply."""
 
-  def __init__(self, side: str, spec: dict, directory: str):
+  def __init__(self, side: str, spec: dict, directory: str, module: str = 'benchmarks.real_data'):
     spec_file = os.path.join(directory, f'{side}_spec.json')
     with open(spec_file, 'w') as f:
       json.dump(spec, f)
@@ -344,13 +349,20 @@ class Worker:
         env['XLA_FLAGS'] = f"{env.get('XLA_FLAGS', '')} {spec['xla_flags']}".strip()
     self.side = side
     self.proc = subprocess.Popen(
-        [sys.executable, '-m', 'benchmarks.real_data', '--worker', side, '--spec', spec_file],
+        [sys.executable, '-m', module, '--worker', side, '--spec', spec_file],
         cwd=repo, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         preexec_fn=common._die_with_parent)  # noqa: SLF001
 
   def call(self, cmd: str, **kwargs) -> dict:
+    self.send(cmd, **kwargs)
+    return self.reply(cmd)
+
+  def send(self, cmd: str, **kwargs) -> None:
+    """Sends a command without waiting (`reply` collects its answer): workers run at once."""
     self.proc.stdin.write(json.dumps({'cmd': cmd, **kwargs}) + '\n')
     self.proc.stdin.flush()
+
+  def reply(self, cmd: str) -> dict:
     line = self.proc.stdout.readline()
     if not line:
       code = self.proc.wait()
@@ -373,9 +385,10 @@ class Worker:
         self.proc.kill()
 
 
-def worker_main(side: str, spec_file: str) -> None:
+def worker_main(side: str, spec_file: str, impls: Optional[dict] = None) -> None:
   """The worker loop: replies go to the original stdout; everything else printed goes to
-  stderr (libraries may print)."""
+  stderr (libraries may print). `impls`: side -> the class that serves it (default: this
+  benchmark's OursWorker and PeftWorker)."""
   reply_to = os.fdopen(os.dup(1), 'w')
   os.dup2(2, 1)
   with open(spec_file) as f:
@@ -383,7 +396,8 @@ def worker_main(side: str, spec_file: str) -> None:
   if side == 'ours' and spec.get('library_xla_flags', True):
     from prompt_tuning.train import xla_cpu
     xla_cpu.apply()  # before JAX starts, as `prompt-tuning train` does
-  impl = OursWorker(spec) if side == 'ours' else PeftWorker(spec)
+  impls = impls or {'ours': OursWorker, 'peft': PeftWorker}
+  impl = impls[side](spec)
   for line in sys.stdin:
     msg = json.loads(line)
     if msg['cmd'] == 'quit':
@@ -398,7 +412,7 @@ def worker_main(side: str, spec_file: str) -> None:
     reply_to.flush()
 
 
-def _timed_steps(step, batches: list, sync) -> dict:
+def timed_steps(step, batches: list, sync) -> dict:
   times = []
   snapshot = common.cpu_snapshot()
   for batch in batches:
@@ -479,7 +493,7 @@ class OursWorker:
 
   def run(self, mode: str) -> dict:
     import jax
-    return _timed_steps(self._step, self.batches[mode], jax.block_until_ready)
+    return timed_steps(self._step, self.batches[mode], jax.block_until_ready)
 
   def finish(self) -> dict:
     return {'memory': common.jax_memory()}
@@ -544,7 +558,7 @@ class PeftWorker:
     return loss.detach()
 
   def run(self, mode: str) -> dict:
-    return _timed_steps(self._step, self.batches[mode], self.wait)
+    return timed_steps(self._step, self.batches[mode], self.wait)
 
   def finish(self) -> dict:
     from benchmarks import peft_side
@@ -619,7 +633,7 @@ def run_train(args: argparse.Namespace) -> dict:
         setup[side] = workers[side].call('setup')
       runs = {m: [] for m in modes}
       for repeat in range(args.repeats):
-        order = modes if repeat % 2 == 0 else _swap_pairs(modes)
+        order = modes if repeat % 2 == 0 else swap_pairs(modes)
         for mode in order:
           if mode == 'ours_fixed' and repeat >= args.fixed_repeats:
             continue
@@ -664,11 +678,12 @@ def run_train(args: argparse.Namespace) -> dict:
       'setup': setup, 'finish': finish, 'modes': per_mode, 'ratios': ratios}
 
 
-def _swap_pairs(modes: list[str]) -> list[str]:
-  """ours, peft, ours, peft -> peft, ours, peft, ours (the other side starts this repeat)."""
+def swap_pairs(modes: list[str]) -> list[str]:
+  """ours, peft, ours, peft -> peft, ours, peft, ours (the other side starts this repeat); a
+  mode's side is its name's first word."""
   out = list(modes)
   for i in range(0, len(out) - 1, 2):
-    if SIDE[out[i]] != SIDE[out[i + 1]]:
+    if out[i].split('_')[0] != out[i + 1].split('_')[0]:
       out[i], out[i + 1] = out[i + 1], out[i]
   return out
 

@@ -14,13 +14,14 @@ if __package__ in (None, ''):
 
 import types  # noqa: E402
 
+from benchmarks import causal_lm_real_data  # noqa: E402
 from benchmarks import inference  # noqa: E402
 from benchmarks import real_data  # noqa: E402
 from benchmarks import train_step  # noqa: E402
 from benchmarks import tuning_cost  # noqa: E402
 
 MODULES = {'train_step': train_step, 'inference': inference, 'real_data': real_data,
-           'tuning_cost': tuning_cost,
+           'tuning_cost': tuning_cost, 'causal_lm_real_data': causal_lm_real_data,
            'real_data_eval': types.SimpleNamespace(TABLE_HEADER=real_data.EVAL_TABLE_HEADER,
                                                    table_row=real_data.eval_table_row)}
 

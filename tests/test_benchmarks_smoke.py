@@ -146,3 +146,45 @@ def test_tuning_cost_imports_no_tensorflow_seqio_or_gin():
   out = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True,
                        env={**os.environ, 'PYTHONPATH': REPO}, check=True).stdout
   assert out.strip() == '[]', out
+
+
+def test_causal_lm_real_data_tiny(tmp_path):
+  """benchmarks/causal_lm_real_data.py on synthetic rows at toy size: the library's grouped and
+  plain streams for ours, the same plain batches dynamically padded for PEFT CAUSAL_LM, both
+  workers, the ratios and the table row. No TF."""
+  import numpy as np
+
+  from benchmarks import causal_lm_real_data as clm
+  from benchmarks import real_data
+
+  rng = np.random.RandomState(0)
+  # Rows of 9 to 16 tokens: one bucket (16), one compile.
+  prefixes = [[1] + list(rng.randint(3, 90, size=n)) for n in (6, 12, 7, 11, 9, 8, 10, 7)]
+  targets = [[5, 2] if i % 2 else [7, 8, 2] for i in range(len(prefixes))]
+  path = str(tmp_path / 'rows.npz')
+  real_data.save_examples(path, prefixes, targets, {
+      'task': 'rte', 'split': 'synthetic', 'num_examples': 8, 'inputs_limit': 16,
+      'targets_limit': 4, 'vocab_size': 100, 'bos_id': 1, 'eos_id': 2, 'pad_id': 0})
+  args = clm.parse_args(
+      ['--data', path, '--batch', '2', '--inputs', '16', '--targets', '4', '--prompt', '3',
+       '--d_model', '16', '--layers', '1', '--heads', '2', '--kv_heads', '1', '--d_ff', '32',
+       '--steps', '2', '--repeats', '1', '--window', '2', '--warm_runs', '0',
+       '--modes', 'ours_grouped,ours_default,peft_dynamic', '--parallel_setup',
+       '--xla_flags=--xla_backend_optimization_level=0'])
+  result = clm.run(args)
+  modes = result['modes']
+  # ours_default and peft_dynamic time the very same examples; PEFT pads to the longest row,
+  # ours to its bucket; grouping pads the epoch less.
+  same = ('examples', 'real_tokens', 'batches')
+  assert [modes['ours_default']['timed'][k] for k in same] == [
+      modes['peft_dynamic']['timed'][k] for k in same]
+  assert modes['peft_dynamic']['epoch']['mean_width'] <= modes['ours_default']['epoch'][
+      'mean_width']
+  assert modes['ours_grouped']['epoch']['padding_fraction'] <= modes['ours_default']['epoch'][
+      'padding_fraction']
+  assert all(m['examples_per_s'] > 0 for m in modes.values())
+  assert set(result['ratios']) == {'ours_grouped/peft_dynamic', 'ours_default/peft_dynamic'}
+  assert result['setup']['peft']['trainable_params'] == 3 * 16
+  assert result['setup']['ours']['distinct_shapes'] == 1
+  assert {'load_average_before', 'load_average_after'} <= set(result['machine'])
+  assert clm.table_row(result).startswith('| ')

@@ -131,6 +131,26 @@ def test_inputs_are_cut_from_the_left_keeping_bos_and_targets_keep_eos(texts, wo
     causal_lm.encode_example(tok, 'a', 'b', {'inputs': 1, 'targets': 4})
 
 
+def test_row_batches_of_encoded_rows_are_get_batches_naming_each_rows_example(texts,
+                                                                               word_dir):
+  """row_batches (no SeqIO: what benchmarks and machines without TensorFlow feed the trainer)
+  gives get_batches' grouped stream; example_index names each row's example."""
+  tok = causal_lm.CausalLMTokenizer(word_dir)
+  rows = [causal_lm.encode_example(tok, e['inputs'], e['targets'], LENGTHS)[:2]
+          for e in texts['super_glue_rte_local']]
+  ours = causal_lm.row_batches([rows], LENGTHS, 8, seed=3, group_window=3, example_index=True)
+  ref = causal_lm.get_batches('super_glue_rte_local', 'validation', tok, LENGTHS, 8, seed=3,
+                              group_window=3)
+  for _, a, b in zip(range(6), ours, ref):
+    assert set(a) == set(b) | {'example_index'}
+    assert all(np.array_equal(a[k], b[k]) for k in b)
+    for row, i in enumerate(a['example_index']):
+      real = a['decoder_target_tokens'][row, :a['lengths'][row]].tolist()
+      assert real == list(rows[i][0]) + list(rows[i][1])
+  with pytest.raises(ValueError, match='at least one row for every task'):
+    next(causal_lm.row_batches([rows, []], LENGTHS, 8))
+
+
 def test_batches_pad_to_length_buckets_and_resume_at_a_position(word_dir):
   tok = causal_lm.CausalLMTokenizer(word_dir)
 

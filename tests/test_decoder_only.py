@@ -60,6 +60,20 @@ def test_logits_match_transformers_on_a_padded_batch(case, name):
   assert max_rel_err(ours[real], ref[real]) < 1e-4
 
 
+def test_logits_at_chosen_positions_are_those_of_the_full_forward(case):
+  """logits_at_BxT (what training scores): the full forward's logits at those positions, per
+  row, with a prompt in front."""
+  _, config, params = case('llama2_untied_bias')
+  tokens, _ = padded_batch()
+  model, prompt = decoder_only.DecoderOnly(config), _prompt(config, (3,))
+  at = np.array([[20, 21, 22, 23], [13, 14, 15, 16], [0, 1, 2, 3]], np.int32)
+  full = np.asarray(model.apply({'params': params}, tokens, prompt))
+  chosen = np.asarray(model.apply({'params': params}, tokens, prompt, logits_at_BxT=at))
+  assert chosen.shape == (3, 4, config.vocab_size)
+  np.testing.assert_allclose(chosen, np.take_along_axis(full, at[:, :, None], axis=1),
+                             rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize('name', sorted(CASES))
 def test_greedy_with_the_cache_matches_generate(case, name):
   """Our padded batch decoded together equals transformers' generate on each row alone."""

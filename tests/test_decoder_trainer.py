@@ -95,6 +95,36 @@ def test_bad_configs_and_batches_are_refused_in_one_line(tiny):
   assert trainer.trace_count == 0
 
 
+def test_a_target_window_scores_only_the_targets_with_the_same_step(tiny):
+  """target_length T: logits at T positions per row, not L - 1; the same loss, metrics and
+  prompt update as logits everywhere (a row whose window runs past the end counts each target
+  once), fewer FLOPs; a batch whose targets span more than T positions is refused."""
+  config, frozen = tiny
+  batch = lm_batch(0, length=16)
+  weights = np.zeros_like(batch['decoder_loss_weights'])
+  weights[0, 3:8] = weights[1, 13:16] = weights[2, 9:15] = 1  # row 1's window is clipped
+  batch['decoder_loss_weights'] = weights
+  batch['decoder_target_tokens'][:, 9:] = np.maximum(batch['decoder_target_tokens'][:, 9:], 3)
+  batch['decoder_input_tokens'][:, 1:] = batch['decoder_target_tokens'][:, :-1]
+  runs = {}
+  for name, target_length in (('all', None), ('window', 6)):
+    trainer = make(config, frozen, optimizer=optax.sgd(1.0), target_length=target_length)
+    features = {k: jnp.asarray(batch[k]) for k in ('decoder_target_tokens',
+                                                  'decoder_loss_weights')}
+    step = trainer.lower_train_step({k: v.shape for k, v in features.items()}).compile()
+    state, metrics = step(trainer.init_state(prompt_of((P, 64))), trainer.frozen, features)
+    runs[name] = (trainer.prompt(state), jax.device_get(metrics), step.cost_analysis()['flops'])
+  np.testing.assert_allclose(runs['window'][0], runs['all'][0], rtol=1e-5, atol=1e-6)
+  for key in ('loss', 'accuracy', 'z_loss', 'grad_norm'):
+    np.testing.assert_allclose(runs['window'][1][key], runs['all'][1][key], rtol=1e-5)
+  # The head's forward and input gradient (2 x 2 D V each) left at 4 rows x (15 - 6) positions.
+  assert runs['all'][2] - runs['window'][2] > 0.9 * 4 * 9 * 4 * 64 * 256
+  with pytest.raises(ValueError, match=r"row 2 span 6 positions, more than the trainer's "
+                                       r"target_length 5 \(the targets feature length\)"):
+    trainer = make(config, frozen, target_length=5)
+    trainer.train_step(trainer.init_state(prompt_of((P, 64))), batch)
+
+
 @pytest.mark.parametrize('family', ['llama2_untied_bias', 'gpt2'])
 def test_one_step_equals_peft_causal_lm_prompt_tuning(family, tmp_path):
   """One SGD(1) step's update is minus PEFT's prompt gradient on the same model and batch:

@@ -311,19 +311,39 @@ def get_batches(name: str, split: str, tokenizer: CausalLMTokenizer,
   (default `batching.auto_buckets(Li + Lt)`); the last partial batch is dropped. For a fixed seed
   the stream is fixed and `start_position=k` starts at its k-th batch, as pipeline.get_batches.
   `group_window=W` > 1 sorts each run of W batches' rows by length (batching.group_in_windows).
+  The task's text is read and encoded here; `row_batches` makes the batches.
   """
   if not 0 <= shard_index < num_shards:
     raise ValueError(f'shard_index {shard_index} not in [0, {num_shards}).')
-  limit = int(feature_lengths['inputs']) + int(feature_lengths['targets'])
-  widths = tuple(buckets) if buckets is not None else batching.auto_buckets(limit)
   names, rates = _members(name)
   encoded = []
   for task_name in names:
-    rows = [encode_example(tokenizer, ex['inputs'], ex['targets'], feature_lengths)
+    rows = [encode_example(tokenizer, ex['inputs'], ex['targets'], feature_lengths)[:2]
             for ex in text_examples(task_name, split)[shard_index::num_shards]]
     if not rows:
       raise ValueError(f'{task_name}:{split} has no examples for shard {shard_index}.')
     encoded.append(rows)
+  return row_batches(encoded, feature_lengths, batch_size, rates=rates, shuffle=shuffle,
+                     seed=seed, repeat=repeat, start_position=start_position,
+                     group_window=group_window, prompt_per_task=prompt_per_task,
+                     buckets=buckets)
+
+
+def row_batches(encoded: Sequence[Sequence[tuple[Sequence[int], Sequence[int]]]],
+                feature_lengths: Mapping[str, int], batch_size: int, *,
+                rates: Optional[np.ndarray] = None, shuffle: bool = True,
+                seed: Optional[int] = 0, repeat: bool = True, start_position: int = 0,
+                group_window: int = 0, prompt_per_task: bool = False,
+                buckets: Optional[Sequence[int]] = None,
+                example_index: bool = False) -> Iterator[dict[str, np.ndarray]]:
+  """`get_batches`' stream made from rows already encoded (no SeqIO): `encoded[k]` holds task
+  k's (prefix, targets) of `encode_example`, `rates` the mixture's (default: equal).
+  `example_index` adds the feature `example_index` [B]: each row's index in its task's list."""
+  if not encoded or not all(encoded):
+    raise ValueError('row_batches needs at least one row for every task.')
+  limit = int(feature_lengths['inputs']) + int(feature_lengths['targets'])
+  widths = tuple(buckets) if buckets is not None else batching.auto_buckets(limit)
+  rates = np.full(len(encoded), 1 / len(encoded)) if rates is None else np.asarray(rates)
   window = max(int(group_window), 1)
   seed = int(seed or 0)
   order = _order([len(r) for r in encoded], rates, seed, shuffle, repeat,
@@ -338,6 +358,8 @@ def get_batches(name: str, split: str, tokenizer: CausalLMTokenizer,
       big = rows_to_features([c[0] for c in chosen], [c[1] for c in chosen], limit)
       if prompt_per_task:
         big['prompt_ids'] = np.array([k for k, _ in picked], np.int32)
+      if example_index:
+        big['example_index'] = np.array([i for _, i in picked], np.int32)
       yield big
 
   batches: Iterator[dict[str, np.ndarray]] = window_batches()

@@ -235,13 +235,18 @@ class DecoderOnly(nn.Module):
     return self.logits_dense(h_BxLxD)
 
   def __call__(self, tokens_BxL: jax.Array, prompt: Optional[jax.Array] = None,
-               enable_dropout: bool = False) -> jax.Array:
-    """Next-token logits [B, L, V] float32: [:, t] predicts token t + 1 (prompt or not)."""
+               enable_dropout: bool = False,
+               logits_at_BxT: Optional[jax.Array] = None) -> jax.Array:
+    """Next-token logits [B, L, V] float32: [:, t] predicts token t + 1 (prompt or not).
+    `logits_at_BxT` (token positions, per row): only those logits, [B, T, V]; the
+    vocabulary-wide head is then paid at T positions, not L (training scores a few targets)."""
     x_BxMxD, p = self._embed(tokens_BxL, prompt)
     batch, m = x_BxMxD.shape[:2]
     positions_BxM = jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32), (batch, m))
-    h_BxMxD = self._stack(x_BxMxD, positions_BxM, enable_dropout=enable_dropout)
-    return self._logits(h_BxMxD[:, p:])
+    h_BxLxD = self._stack(x_BxMxD, positions_BxM, enable_dropout=enable_dropout)[:, p:]
+    if logits_at_BxT is not None:
+      h_BxLxD = jnp.take_along_axis(h_BxLxD, logits_at_BxT[:, :, None], axis=1)
+    return self._logits(h_BxLxD)
 
   def prefill(self, tokens_BxL: jax.Array, lengths_B: jax.Array,
               prompt: Optional[jax.Array] = None) -> jax.Array:

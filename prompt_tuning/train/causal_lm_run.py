@@ -68,7 +68,8 @@ def train_causal_lm(*, model_dir: str, mixture_or_task_name: str, task_feature_l
     schedule = lambda _: learning_rate
     trainer = DecoderPromptTrainer(config, prompt, frozen, optimizer(learning_rate=learning_rate),
                                    mesh=partitioning.make_mesh(mesh_shape), loss=loss,
-                                   frozen_dtype=frozen_dtype, learning_rate_fn=schedule)
+                                   frozen_dtype=frozen_dtype, learning_rate_fn=schedule,
+                                   target_length=int(task_feature_lengths['targets']))
     if tokenizer.vocab_size > config.vocab_size:
       raise ValueError(f'{checkpoint_dir}: the tokenizer has {tokenizer.vocab_size} ids but the '
                        f'model embeds only {config.vocab_size}.')

@@ -17,6 +17,12 @@ shifted labels (PEFT's CAUSAL_LM prompt tuning). The first token is never predic
 weight on column 0 is refused. The prefix sees only causal attention (HF models have no
 bidirectional prefix), which is why decoder_causal_attention is ignored.
 
+`target_length` T (train_causal_lm passes the task's targets feature length): every row's loss
+weights lie within T consecutive positions (data/causal_lm.py's targets + EOS), so the step
+computes the logits of those T positions only (`DecoderOnly(..., logits_at_BxT)`), not of all L:
+the [D, V] head is the largest single matmul per position, and the loss is unchanged. A batch
+whose weights span more than T positions is refused on the host.
+
 The trainable tree is the prompt alone, at the same path as T5's (`encoder/prompt/prompt/prompt`,
 [P, D] or a table [K, P, D]): the path is the name MODEL_DIR's numpy prompt files, exports and
 readers use, so they work unchanged; the decoder-only model has no encoder and takes the prompt
@@ -46,10 +52,11 @@ IGNORED_FEATURES = ('decoder_input_tokens', 'decoder_causal_attention')
 ARCHITECTURE = 'decoder_only'  # run_info.json's "architecture"
 
 
-def check_batch(batch: dict, num_prompts: int = 1) -> None:
+def check_batch(batch: dict, num_prompts: int = 1, target_length: Optional[int] = None) -> None:
   """Clear errors for a batch the decoder-only step cannot take (the module docstring's
-  convention): packed, a feature missing, a loss weight on the first token, decoder_input_tokens
-  that are not the targets shifted right, bad prompt ids."""
+  convention): packed, a feature missing, a loss weight on the first token, loss weights that
+  span more than `target_length` positions in a row, decoder_input_tokens that are not the
+  targets shifted right, bad prompt ids."""
   packed = [k for k in PACKED_FEATURES if k in batch]
   if packed:
     raise ValueError(f'Packed examples ({", ".join(packed)}) are not supported with prompts: '
@@ -62,6 +69,13 @@ def check_batch(batch: dict, num_prompts: int = 1) -> None:
   if weights_BxL is not None and np.ndim(weights_BxL) == 2 and np.any(weights_BxL[:, 0] != 0):
     raise ValueError('decoder_loss_weights weighs the first token, which a causal LM never '
                      'predicts: begin each row with BOS or an input token.')
+  if target_length is not None and weights_BxL is not None and np.ndim(weights_BxL) == 2:
+    span_B = target_span(np.asarray(weights_BxL))
+    if span_B.max(initial=0) > target_length:
+      row = int(np.argmax(span_B))
+      raise ValueError(f'decoder_loss_weights of row {row} span {span_B[row]} positions, more '
+                       f'than the trainer\'s target_length {target_length} (the targets feature '
+                       f'length): raise it, or pass None to score every position.')
   inputs = batch.get('decoder_input_tokens')
   if inputs is not None and not isinstance(inputs, jax.Array) and not isinstance(
       targets_BxL, jax.Array):
@@ -71,6 +85,24 @@ def check_batch(batch: dict, num_prompts: int = 1) -> None:
   prompt_lib.check_prompt_ids(batch.get('prompt_ids'), num_prompts, np.shape(targets_BxL)[0])
 
 
+def target_span(weights_BxL: np.ndarray) -> np.ndarray:
+  """Each row's positions from its first to its last nonzero loss weight ([B]; 0 if none)."""
+  on_BxL = weights_BxL != 0
+  first_B = np.argmax(on_BxL, axis=1)
+  last_B = on_BxL.shape[1] - np.argmax(on_BxL[:, ::-1], axis=1)
+  return np.where(on_BxL.any(axis=1), last_B - first_B, 0)
+
+
+def target_window(weights_BxL: jax.Array, length: int) -> tuple[jax.Array, jax.Array]:
+  """(positions [B, T], inside [B, T]): T = `length` positions from each row's first nonzero
+  weight, clipped to the row's end; `inside` is False where clipping repeated a position (its
+  weight must count 0)."""
+  width = weights_BxL.shape[1]
+  start_Bx1 = jnp.argmax(weights_BxL != 0, axis=1)[:, None]
+  positions_BxT = start_Bx1 + jnp.arange(length)[None, :]
+  return jnp.minimum(positions_BxT, width - 1), positions_BxT < width
+
+
 class DecoderPromptTrainer(PromptTrainer):
   """Prompt tuning of a frozen decoder-only model; PromptTrainer's step, loop and MODEL_DIR."""
 
@@ -78,8 +110,13 @@ class DecoderPromptTrainer(PromptTrainer):
                frozen_params: dict, optimizer: optax.GradientTransformation, *,
                mesh: Optional[jax.sharding.Mesh] = None, rules: Optional[list] = None,
                loss: LossConfig = LossConfig(), frozen_dtype: Optional[str] = None,
-               learning_rate_fn: Optional[Callable[[Any], Any]] = None):
+               learning_rate_fn: Optional[Callable[[Any], Any]] = None,
+               target_length: Optional[int] = None):
     c = prompt_config
+    if target_length is not None and target_length < 1:
+      raise ValueError(f'target_length {target_length}: give the targets feature length (>= 1), '
+                       f'or None to score every position.')
+    self.target_length = target_length
     if c.placement not in decoder_only.PLACEMENTS:
       raise ValueError(f'Prompt placement {c.placement!r} is not one a decoder-only model takes; '
                        f'choose one of {", ".join(decoder_only.PLACEMENTS)}.')
@@ -121,17 +158,23 @@ class DecoderPromptTrainer(PromptTrainer):
     if self.prompt_config.is_table:
       prompt = prompt_lib.select_prompts(prompt, batch['prompt_ids'])  # [B, P, D]
     tokens_BxL = batch['decoder_target_tokens']
-    # The last token predicts nothing that is scored: it is not fed.
-    logits_BxLm1xV = self.model.apply({'params': frozen}, tokens_BxL[:, :-1], prompt,
-                                      enable_dropout=enable_dropout, rngs={'dropout': rng})
     targets_BxLm1 = tokens_BxL[:, 1:]
     weights_BxLm1 = batch['decoder_loss_weights'][:, 1:].astype(jnp.float32)
-    return self.token_loss(logits_BxLm1xV, targets_BxLm1, weights_BxLm1)
+    at_BxT = None
+    if self.target_length is not None and self.target_length < targets_BxLm1.shape[1]:
+      at_BxT, inside_BxT = target_window(weights_BxLm1, self.target_length)
+      targets_BxLm1 = jnp.take_along_axis(targets_BxLm1, at_BxT, axis=1)
+      weights_BxLm1 = jnp.take_along_axis(weights_BxLm1, at_BxT, axis=1) * inside_BxT
+    # The last token predicts nothing that is scored: it is not fed.
+    logits = self.model.apply({'params': frozen}, tokens_BxL[:, :-1], prompt,
+                              enable_dropout=enable_dropout, logits_at_BxT=at_BxT,
+                              rngs={'dropout': rng})
+    return self.token_loss(logits, targets_BxLm1, weights_BxLm1)
 
   def describe_shapes(self, batch) -> str:
     return f"sequences {batch['decoder_target_tokens'].shape[1]}"
 
   def _step_features(self, batch: dict) -> dict:
-    check_batch(batch, self.num_prompts)
+    check_batch(batch, self.num_prompts, self.target_length)
     keep = FEATURES + (('prompt_ids',) if self.num_prompts > 1 else ())
     return {k: batch[k] for k in keep if k in batch}
