@@ -5,7 +5,8 @@ The decoder-only counterpart of evaluation.py's Evaluator: data/causal_lm.py mak
 (the prefix rows, cut as training cuts them) and the label candidates; inference/causal_lm.py
 decodes and scores them on the model's KV cache; the predictions' text (`target_text`) goes
 through the task's postprocessor and metrics. A prompt table [K, P, D] answers each example of a
-mixture with its task's prompt (`prompt_ids`, by task name).
+mixture with its task's prompt (`prompt_ids`, by task name); a deep run's per-layer prompts
+(`deep`) go with its one prompt.
 """
 
 from __future__ import annotations
@@ -55,7 +56,8 @@ class CausalLMEvaluator:
       raise ValueError('A table of prompts needs prompt_ids (the prompt of each task).')
     return np.asarray(prompt)[self.prompt_ids[np.maximum(index_B, 0)]]
 
-  def predictions(self, model: DecoderOnly, params: Any, prompt: Any, method: str) -> list[str]:
+  def predictions(self, model: DecoderOnly, params: Any, prompt: Any, method: str,
+                  deep: Any = None) -> list[str]:
     """Each example's predicted text (generated, or the label word ranked first)."""
     from prompt_tuning.data import causal_lm as data
     out: list[str] = [''] * len(self.examples)
@@ -64,26 +66,27 @@ class CausalLMEvaluator:
       rows = self._prompts(prompt, index_B)
       if method == 'generate':
         ids_BxS = np.asarray(causal_lm.greedy(model, params, batch['inputs'], batch['lengths'],
-                                              self.target_length, rows))
+                                              self.target_length, rows, deep))
         texts = [self.tokenizer.target_text(ids) for ids in ids_BxS]
       else:
         assert self.labels is not None
         logp_BxK = np.asarray(causal_lm.score_candidates(
             model, params, batch['inputs'], batch['lengths'], self.candidates_KxT,
-            self.candidate_lengths_K, rows))
+            self.candidate_lengths_K, rows, deep))
         texts = [self.labels[k] for k in np.argmax(logp_BxK, axis=1)]
       for i, text in zip(index_B, texts):
         if i >= 0:
           out[i] = text
     return out
 
-  def evaluate(self, model: DecoderOnly, params: Any, prompt: Any = None) -> dict[str, float]:
+  def evaluate(self, model: DecoderOnly, params: Any, prompt: Any = None,
+               deep: Any = None) -> dict[str, float]:
     """'<method>/<metric>' for each method, e.g. {'generate/accuracy': ..., 'rank/accuracy':
     ...}, by the task's own postprocessor and metrics."""
     from prompt_tuning.data import causal_lm as data
     metrics = {}
     for method in self.methods:
       scores = data.evaluate_predictions(self.task, self.examples,
-                                         self.predictions(model, params, prompt, method))
+                                         self.predictions(model, params, prompt, method, deep))
       metrics.update({f'{method}/{k}': float(v) for k, v in scores.items()})
     return metrics
