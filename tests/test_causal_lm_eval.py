@@ -1,6 +1,7 @@
 """The decoder-only evaluator (inference/causal_lm_eval.py) on the real RTE validation file, a
 random tiny Llama and a tokenizer built here: its predictions against a full-forward reference
-(no cache), its metrics against the task's own, and a prompt table."""
+(no cache), its metrics against the task's own, a prompt table, and a mixture (RTE + CB) whose
+tasks rank their own label words."""
 
 import jax
 import jax.numpy as jnp
@@ -92,3 +93,27 @@ def test_a_table_answers_each_task_with_its_prompt(setup):
           evaluator.predictions(model, params, table[1], 'rank'))
   with pytest.raises(ValueError, match='Unknown evaluation method'):
     CausalLMEvaluator(TASK, 'validation', tokenizer, LENGTHS, methods=('beam',))
+
+
+def test_a_mixture_ranks_each_tasks_own_labels_with_its_prompt(setup):
+  """RTE (2 labels) + CB (3): each task's examples rank over its own label words with its own
+  prompt of the table, as each task alone does; metrics per task."""
+  import seqio
+  tokenizer, model, params, _ = setup
+  mixture, names = 'causal_lm_eval_test_mixture', [TASK, 'super_glue_cb_local']
+  seqio.MixtureRegistry.add(mixture, names, default_rate=1.0)
+  try:
+    table = np.random.RandomState(2).normal(0, 0.5, (2, P, 32)).astype(np.float32)
+    ids = {name: k for k, name in enumerate(names)}
+    evaluator = CausalLMEvaluator(mixture, 'validation', tokenizer, LENGTHS, methods=('rank',),
+                                  batch_size=4, max_examples=3, prompt_ids=ids)
+    mixed = evaluator.predictions(model, params, table, 'rank')
+    for name in names:
+      alone = CausalLMEvaluator(name, 'validation', tokenizer, LENGTHS, methods=('rank',),
+                                batch_size=4, max_examples=3).predictions(
+          model, params, table[ids[name]], 'rank')
+      assert set(alone) <= set(tasks.TASK_INFO[name].labels)
+      assert [p for p, ex in zip(mixed, evaluator.examples) if ex['task'] == name] == alone
+    assert 'rank/super_glue_cb_local/accuracy' in evaluator.evaluate(model, params, table)
+  finally:
+    seqio.MixtureRegistry.remove(mixture)

@@ -1,6 +1,7 @@
 """Prompt tuning a decoder-only model end to end (train/causal_lm_run.py) on the real RTE files:
 a random tiny Llama saved as an HF folder with a tokenizer built here; MODEL_DIR, evaluations,
-resume, the PEFT CAUSAL_LM export, and a placement PEFT cannot take refused up front."""
+resume, the PEFT CAUSAL_LM export, a placement PEFT cannot take refused up front, deep prompts,
+and a prompt per task of a mixture (the quickstart tasks) with a shared prompt."""
 
 import json
 import os
@@ -15,7 +16,8 @@ pytest.importorskip('tokenizers')
 from prompt_tuning import testing  # noqa: E402
 from prompt_tuning.checkpoints import hf_decoder  # noqa: E402
 from prompt_tuning.data import causal_lm as data  # noqa: E402
-from prompt_tuning.data import tasks  # noqa: E402
+from prompt_tuning.data import pipeline, tasks  # noqa: E402
+from prompt_tuning.inference.causal_lm_eval import CausalLMEvaluator  # noqa: E402
 from prompt_tuning.models import decoder_only  # noqa: E402
 from prompt_tuning.models.decoder_config import DecoderConfig  # noqa: E402
 from prompt_tuning.models.prompt import PromptConfig  # noqa: E402
@@ -25,6 +27,7 @@ from prompt_tuning.train.causal_lm_run import train_causal_lm  # noqa: E402
 
 TASK = 'super_glue_rte_local'
 LENGTHS = {'inputs': 48, 'targets': 4}
+MIXTURE = 'quickstart_taskless_mixture'  # two tasks, alike inputs: only their prompts differ
 
 
 @pytest.fixture(scope='module')
@@ -35,6 +38,9 @@ def checkpoint(shared, tmp_path_factory):
   folder = str(tmp_path_factory.mktemp('ckpt') / 'llama')
   corpus = [t for split in ('train', 'validation')
             for ex in data.text_examples(TASK, split) for t in (ex['inputs'], ex['targets'])]
+  corpus += [t for name in pipeline.prompt_names(MIXTURE)
+             for ex in data.text_examples(name, 'validation')
+             for t in (ex['inputs'], ex['targets'])]
   testing.word_level_tokenizer(corpus, folder, {})
   vocab = data.CausalLMTokenizer(folder, add_bos=True).vocab_size
   config = DecoderConfig(vocab_size=vocab, d_model=32, num_layers=2, num_heads=4, num_kv_heads=2,
@@ -76,14 +82,73 @@ def test_a_run_trains_evaluates_resumes_and_exports(checkpoint, tmp_path):
   np.testing.assert_array_equal(prompt_files.load_prompt_file(adapter), prompt)
 
 
-def test_a_placement_peft_cannot_take_is_refused_before_anything_is_written(checkpoint,
+def test_a_placement_peft_cannot_take_is_refused_and_a_deep_run_exports_npy(checkpoint,
                                                                              tmp_path):
   with pytest.raises(ValueError, match=r"PEFT cannot place a prompt at 'after_bos'"):
     _train(checkpoint, tmp_path / 'run', 2, prompt=PromptConfig(4, 'after_bos'))
   assert not (tmp_path / 'run').exists()
-  summary = _train(checkpoint, tmp_path / 'run', 2, prompt=PromptConfig(4, 'after_bos'),
+  run = tmp_path / 'run'
+  summary = _train(checkpoint, run, 2, prompt=PromptConfig(4, 'after_bos', deep=True),
                    export_formats=('npy',))
-  assert set(summary['exports']) == {'npy'}
+  assert set(summary['exports']) == {'npy', 'npy (deep)'}
+  deep = model_dir_lib.load_deep_prompt(str(run))
+  assert deep.shape == (1, 4, 32) and json.load(open(run / 'run_info.json'))['deep'] is True
+  np.testing.assert_array_equal(np.load(run / 'export' / 'deep_prompt.npy'), deep)
+  assert not np.array_equal(deep, model_dir_lib.load_deep_prompt(str(run), 0))  # it trained
+
+
+def test_a_mixture_trains_evaluates_and_exports_a_prompt_per_task(checkpoint, tmp_path):
+  """PROMPT_PER_TASK with a shared prompt ('concat'): a table of the mixture's tasks, each task
+  evaluated with its own effective prompt (what a single-task evaluation of that prompt gives)
+  and exported on its own (npy, PEFT)."""
+  run, lengths = tmp_path / 'run', {'inputs': 12, 'targets': 4}
+  summary = train_causal_lm(
+      model_dir=str(run), mixture_or_task_name=MIXTURE, task_feature_lengths=lengths,
+      batch_size=4, train_steps=2, checkpoint_dir=checkpoint, prompt_per_task=True,
+      prompt=PromptConfig(3, 'prefix', shared='concat'), eval_period=2, eval_methods=('rank',),
+      eval_max_examples=4, eval_batch_size=4, group_by_length=0)
+  names = pipeline.prompt_names(MIXTURE)
+  assert summary['prompt_names'] == names
+  info = json.load(open(run / 'run_info.json'))
+  assert (info['num_prompts'], info['prompt_names'], info['prompt_shared']) == (2, names, 'concat')
+  table, step = model_dir_lib.load_prompt(str(run))
+  assert step == 2 and table.shape == (2, 6, 32)  # [shared; task] per task
+  assert not np.array_equal(table, model_dir_lib.load_prompt(str(run), 0)[0])
+  config, params = hf_decoder.load(checkpoint)
+  tokenizer = data.CausalLMTokenizer(checkpoint)
+  for k, name in enumerate(names):
+    np.testing.assert_array_equal(np.load(run / 'export' / 'prompts' / f'{name}.npy'), table[k])
+    np.testing.assert_array_equal(
+        prompt_files.load_prompt_file(summary['exports'][f'peft/{name}']), table[k])
+    # The task alone, its rows given prompt k of the table (the run's compiled shapes).
+    alone = CausalLMEvaluator(name, 'validation', tokenizer, lengths, methods=('rank',),
+                              batch_size=4, max_examples=4, prompt_ids={name: k}).evaluate(
+        decoder_only.DecoderOnly(config), params, table)
+    assert summary['final_eval'][f'rank/{name}/accuracy'] == alone['rank/accuracy'], name
+
+
+def test_the_gin_file_binds_multi_task_and_deep_settings():
+  """runs/multi_task_prompt_tuning.gin and prompts/deep.gin after the decoder-only run's file
+  set the names T5's runs use (PROMPT_PER_TASK, PROMPT_SHARED, PromptConfig.deep)."""
+  import gin
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  files = ['runs/causal_lm_prompt_tuning.gin', 'runs/multi_task_prompt_tuning.gin']
+  required = ["MODEL_DIR = '/m'", "MIXTURE_OR_TASK_NAME = 'x'", 'TASK_FEATURE_LENGTHS = {}',
+              "INITIAL_CHECKPOINT_PATH = '/c'"]
+  try:
+    for extra, shared, deep in (([], None, False), (["PROMPT_SHARED = 'add'"], 'add', False),
+                                (['PROMPT_PER_TASK = False'], None, True)):
+      gin.clear_config()
+      names = files + (['prompts/deep.gin'] if deep else [])
+      gin.parse_config_files_and_bindings([os.path.join(repo, 'gin', f) for f in names],
+                                          required + extra)
+      config = gin.get_configurable(PromptConfig)()
+      assert (config.shared, config.deep) == (shared, deep)
+      assert gin.query_parameter('%PROMPT_PER_TASK') is not deep
+      assert str(gin.query_parameter('causal_lm_run.train_causal_lm.prompt_per_task')) == (
+          '%PROMPT_PER_TASK')
+  finally:
+    gin.clear_config()
 
 
 def test_the_train_command_runs_it_from_its_gin_file(checkpoint, shared, tmp_path):

@@ -1,5 +1,6 @@
 """Prompt-only training of decoder-only models (train/decoder_trainer.py): what changes, PEFT's
-CAUSAL_LM prompt tuning step, compiled cost, prompt tables, MODEL_DIR resume, a (4, 2) mesh."""
+CAUSAL_LM prompt tuning step, compiled cost, prompt tables (and shared + task prompts), MODEL_DIR
+resume, a (4, 2) mesh. Deep prompts: test_decoder_deep_prompt.py."""
 
 import jax
 import jax.numpy as jnp
@@ -217,6 +218,42 @@ def test_table_rows_train_only_their_prompt(tiny):
                                atol=1e-5, err_msg=str(k))
   assert after[3].tobytes() == table[3].tobytes()
   np.testing.assert_allclose(float(metrics['loss']), sum(losses_alone), rtol=1e-5)
+
+
+def test_shared_and_task_prompts_train_as_their_effective_table(tiny):
+  """A shared + task table (PromptConfig.shared; 'concat', whose length differs from the
+  parameters'; 'add' is the same path, combine_shared tested with T5): a mixed-task batch's loss
+  is the sum of each task's rows scored with its effective prompt alone (a single-prompt model);
+  a step moves the shared prompt and every task's, and `prompt` reads the combined table."""
+  config, frozen = tiny
+  mode = 'concat'
+  table, shared = prompt_of((2, P, 64), seed=5), prompt_of((P, 64), seed=6)
+  batch = lm_batch(8, batch=6)
+  ids = np.array([1, 0, 0, 1, 1, 0], np.int32)
+  trainer = DecoderPromptTrainer(config, prompt_lib.PromptConfig(P, 'after_bos', 2, mode),
+                                 frozen, optim.adafactor())
+  state = trainer.init_state(table, shared_PxD=shared)
+  effective = prompt_lib.combine_shared(shared, table, mode)
+  np.testing.assert_array_equal(trainer.prompt(state), effective)
+  single = make(config, frozen, placement='after_bos')
+  alone_loss = jax.jit(lambda prompt, b: single.batch_loss(prompt_lib.prompt_tree(prompt),
+                                                           single.frozen, b, KEY, False)[0])
+  alone = 0.0
+  for k in range(2):
+    weights = np.where((ids == k)[:, None], batch['decoder_loss_weights'], 0)
+    alone += float(alone_loss(effective[k], {**batch, 'decoder_loss_weights': weights}))
+  state, metrics = trainer.train_step(state, {**batch, 'prompt_ids': ids})
+  np.testing.assert_allclose(float(metrics['loss']), alone, rtol=1e-5)
+  node = jax.device_get(state.params['encoder']['prompt'])
+  assert not np.array_equal(node['shared']['prompt'], shared)
+  assert all(not np.array_equal(node['prompt']['prompt'][k], table[k]) for k in range(2))
+  np.testing.assert_allclose(trainer.prompt(state), prompt_lib.combine_shared(
+      node['shared']['prompt'], node['prompt']['prompt'], mode), rtol=1e-6)
+  assert trainer.prompt(state).shape == (2, 2 * P, 64)
+  assert trainer.run_info()['prompt_shared'] == mode
+  with pytest.raises(ValueError, match=r"shared = 'add' .* needs num_prompts >= 2"):
+    DecoderPromptTrainer(config, prompt_lib.PromptConfig(P, shared='add'), frozen,
+                         optim.adafactor())
 
 
 def test_model_dir_resume_is_bit_identical(tiny, tmp_path):

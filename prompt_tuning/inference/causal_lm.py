@@ -4,7 +4,9 @@
 
 Batches are right-padded with per-row lengths (the models' convention): `tokens_BxL` holds each
 row's real tokens first, `lengths_B` how many. A prompt ([P, D] or [B, P, D], float32) goes where
-the model's `prompt_placement` puts it; the cache is sized here for prompt + inputs + what
+the model's `prompt_placement` puts it, and a deep run's per-layer prompts `deep` ([L-1, P, D])
+replace its positions before each later layer (prefilled into the cache, so decoding needs
+nothing more); the cache is sized here for prompt + inputs + what
 follows. Each function is one jitted program per shape and setting (the model, the step count,
 the sampling and beam settings and `eos_ids` are static arguments).
 
@@ -37,20 +39,20 @@ from prompt_tuning.models.decoder_only import DecoderOnly
 EosIds = tuple[int, ...]
 
 
-def _prefill(model: DecoderOnly, params, tokens_BxL, lengths_B, prompt, extra: int):
+def _prefill(model: DecoderOnly, params, tokens_BxL, lengths_B, prompt, extra: int, deep=None):
   """(next-token logits [B, V], the filled cache) with room for `extra` more positions."""
   p = 0 if prompt is None else prompt.shape[-2]
   batch, length = tokens_BxL.shape
   cache = model.init_cache(batch, length + p + extra)
   logits_BxV, variables = model.apply({'params': params, 'cache': cache}, tokens_BxL, lengths_B,
-                                      prompt, method=model.prefill, mutable=['cache'])
+                                      prompt, deep, method=model.prefill, mutable=['cache'])
   return logits_BxV, variables['cache']
 
 
 def _decode(model: DecoderOnly, params, tokens_BxL, lengths_B, steps: int, prompt, pick, rng,
-            eos_ids: EosIds) -> jax.Array:
+            eos_ids: EosIds, deep=None) -> jax.Array:
   """Runs `pick(logits_BxV, step_rng) -> token_B` until every row ended or `steps` tokens."""
-  logits_BxV, cache = _prefill(model, params, tokens_BxL, lengths_B, prompt, steps)
+  logits_BxV, cache = _prefill(model, params, tokens_BxL, lengths_B, prompt, steps, deep)
 
   def choose(i, logits_BxV, done_B):
     token_B = jnp.where(done_B, PAD_VALUE,
@@ -75,38 +77,40 @@ def _decode(model: DecoderOnly, params, tokens_BxL, lengths_B, steps: int, promp
 
 @functools.partial(jax.jit, static_argnames=('model', 'steps', 'eos_ids'))
 def greedy(model: DecoderOnly, params, tokens_BxL: jax.Array, lengths_B: jax.Array, steps: int,
-           prompt: Optional[jax.Array] = None, eos_ids: EosIds = ()) -> jax.Array:
+           prompt: Optional[jax.Array] = None, eos_ids: EosIds = (),
+           deep: Optional[jax.Array] = None) -> jax.Array:
   """The `steps` most likely next tokens [B, steps] of each row, one at a time; after a token of
   `eos_ids` 0 (none by default: no stop, callers cut at EOS)."""
   pick = lambda logits_BxV, _: argmax(logits_BxV)
   return _decode(model, params, tokens_BxL, lengths_B, steps, prompt, pick,
-                 jax.random.PRNGKey(0), eos_ids)
+                 jax.random.PRNGKey(0), eos_ids, deep)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'steps', 'temperature', 'top_k', 'top_p',
                                              'eos_ids'))
 def sample(model: DecoderOnly, params, tokens_BxL: jax.Array, lengths_B: jax.Array, steps: int,
            rng: jax.Array, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           prompt: Optional[jax.Array] = None, eos_ids: EosIds = ()) -> jax.Array:
+           prompt: Optional[jax.Array] = None, eos_ids: EosIds = (),
+           deep: Optional[jax.Array] = None) -> jax.Array:
   """Ancestral sampling [B, steps] with T5's knobs (decoding.sample_logits: temperature < 1e-4
   is argmax, top_k=0 and top_p=1 filter nothing); the same rng gives the same tokens."""
   decoding_lib.check_sampling(top_k, top_p)
   pick = functools.partial(decoding_lib.sample_logits, temperature=temperature, top_k=top_k,
                            top_p=top_p)
-  return _decode(model, params, tokens_BxL, lengths_B, steps, prompt, pick, rng, eos_ids)
+  return _decode(model, params, tokens_BxL, lengths_B, steps, prompt, pick, rng, eos_ids, deep)
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'steps', 'num_beams', 'alpha', 'eos_ids'))
 def beam_search(model: DecoderOnly, params, tokens_BxL: jax.Array, lengths_B: jax.Array,
                 steps: int, num_beams: int = 4, alpha: float = 0.6,
-                prompt: Optional[jax.Array] = None,
-                eos_ids: EosIds = ()) -> tuple[jax.Array, jax.Array]:
+                prompt: Optional[jax.Array] = None, eos_ids: EosIds = (),
+                deep: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
   """(tokens [B, K, steps], scores [B, K]), best first, K = num_beams; T5's `beam_search`
   rules: a finished beam (ending in `eos_ids`, 0 after) scores its summed log-prob over
   brevity_penalty(alpha, its length with the EOS); a row with any finished beam returns only
   finished ones (empty slots: 0s, -inf), a row with none its live beams and raw log-probs."""
   decoding_lib.check_beams(num_beams)
-  first_BxV, cache = _prefill(model, params, tokens_BxL, lengths_B, prompt, steps)
+  first_BxV, cache = _prefill(model, params, tokens_BxL, lengths_B, prompt, steps, deep)
   copies = lambda x: jnp.repeat(x, num_beams, axis=0)  # example b's beams: rows b*K .. b*K+K-1
   state = decoding_lib.beam_start(first_BxV.shape[0], num_beams, steps,
                                   jax.tree.map(copies, cache))
@@ -149,13 +153,14 @@ def _check(model: DecoderOnly, tokens_BxL, lengths_B, steps: int, prompt) -> Non
 
 def generate(model: DecoderOnly, params, tokens_BxL, lengths_B, steps: int,
              decoding: DecodingConfig, prompt=None, rng: Optional[jax.Array] = None,
-             eos_ids: Optional[EosIds] = None) -> np.ndarray:
+             eos_ids: Optional[EosIds] = None, deep=None) -> np.ndarray:
   """Token ids [B, S] of each row's continuation as `decoding` says (greedy, sampling,
   or the best beam), S = its max_decode_length or else `steps` (DecodingConfig.generate's rule).
 
   As T5's decoding: a row stops at its first token of `eos_ids` (default: the model config's
   eos_token_id, `eos_ids_of`), the EOS is kept and 0s follow; callers cut at the EOS. `prompt`:
-  [P, D] or per row [B, P, D]. `rng` (sampling) defaults to PRNGKey(decoding.seed).
+  [P, D] or per row [B, P, D]; `deep` a deep run's per-layer prompts. `rng` (sampling) defaults
+  to PRNGKey(decoding.seed).
   """
   c = decoding
   length = c.max_decode_length or steps
@@ -164,15 +169,16 @@ def generate(model: DecoderOnly, params, tokens_BxL, lengths_B, steps: int,
   args = (model, params, jnp.asarray(tokens_BxL, jnp.int32), jnp.asarray(lengths_B, jnp.int32),
           length)
   prompt = None if prompt is None else jnp.asarray(prompt, jnp.float32)
+  deep = None if deep is None else jnp.asarray(deep, jnp.float32)
   if c.method == 'greedy':
-    ids = greedy(*args, prompt=prompt, eos_ids=eos)
+    ids = greedy(*args, prompt=prompt, eos_ids=eos, deep=deep)
   elif c.method == 'beam_search':
     ids = beam_search(*args, num_beams=c.num_beams, alpha=c.alpha, prompt=prompt,
-                      eos_ids=eos)[0][:, 0]
+                      eos_ids=eos, deep=deep)[0][:, 0]
   else:
     rng = jax.random.PRNGKey(c.seed) if rng is None else rng
     ids = sample(*args, rng, temperature=c.temperature, top_k=c.top_k, top_p=c.top_p,
-                 prompt=prompt, eos_ids=eos)
+                 prompt=prompt, eos_ids=eos, deep=deep)
   # block_until_ready waits with the GIL released (as DecodingConfig.generate).
   return np.asarray(jax.block_until_ready(ids))
 
@@ -193,10 +199,10 @@ def _target_logp(first_BxV, cache, model, params, targets_BxT, target_lengths_B)
 @functools.partial(jax.jit, static_argnames=('model',))
 def score(model: DecoderOnly, params, tokens_BxL: jax.Array, lengths_B: jax.Array,
           targets_BxT: jax.Array, target_lengths_B: jax.Array,
-          prompt: Optional[jax.Array] = None) -> jax.Array:
+          prompt: Optional[jax.Array] = None, deep: Optional[jax.Array] = None) -> jax.Array:
   """log p(targets | prompt, inputs) [B] (float32), each row's targets right-padded to T."""
   first_BxV, cache = _prefill(model, params, tokens_BxL, lengths_B, prompt,
-                              targets_BxT.shape[1])
+                              targets_BxT.shape[1], deep)
   return _target_logp(first_BxV, cache, model, params, targets_BxT,
                       jnp.asarray(target_lengths_B, jnp.int32))
 
@@ -204,12 +210,13 @@ def score(model: DecoderOnly, params, tokens_BxL: jax.Array, lengths_B: jax.Arra
 @functools.partial(jax.jit, static_argnames=('model',))
 def score_candidates(model: DecoderOnly, params, tokens_BxL: jax.Array, lengths_B: jax.Array,
                      candidates_KxT: jax.Array, candidate_lengths_K: jax.Array,
-                     prompt: Optional[jax.Array] = None) -> jax.Array:
+                     prompt: Optional[jax.Array] = None,
+                     deep: Optional[jax.Array] = None) -> jax.Array:
   """log p(candidate k | prompt, row b's inputs) [B, K]: one prefill per row, its cache copied
   for the K candidates (rank classification over class verbalizers)."""
   batch, num = tokens_BxL.shape[0], candidates_KxT.shape[0]
   first_BxV, cache = _prefill(model, params, tokens_BxL, lengths_B, prompt,
-                              candidates_KxT.shape[1])
+                              candidates_KxT.shape[1], deep)
   copies = lambda x: jnp.repeat(x, num, axis=0)  # row b's copies are rows b*K .. b*K + K - 1
   targets_NxT = jnp.tile(candidates_KxT, (batch, 1))
   lengths_N = jnp.tile(jnp.asarray(candidate_lengths_K, jnp.int32), batch)

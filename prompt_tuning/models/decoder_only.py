@@ -30,6 +30,11 @@ Positions count the combined sequence. Logits are returned for the tokens only, 
 either way: `__call__`'s logits[:, t] predict token t + 1 (the combined sequence's positions
 P .. P + L - 1), so the loss is the same with or without a prompt.
 
+Deep prompts (`deep`: [L-1, P, D], or per row [B, L-1, P, D]; P-tuning v2 style, not the paper's
+method; T5's meaning, models/prompt.py): before each layer i >= 1 the hidden states at the
+prompt's positions (0 .. P-1 for 'prefix', 1 .. P for 'after_bos') are replaced by deep[i-1].
+`prefill` writes those layers' keys/values into the cache, so decoding needs nothing more.
+
 Cache (collection 'cache', made by `init_cache`, not by a forward pass): `index` [B] (each row's
 next position) and per layer `layers_i/attention/cached_key`, `cached_value` [B, T, KvH, Dh].
 Slot t holds position t; `prefill` writes the prompt and inputs at 0 .. P + L - 1 and sets each
@@ -52,6 +57,7 @@ from prompt_tuning.models.decoder_config import DecoderConfig
 
 Placement = Literal['prefix', 'after_bos']
 PLACEMENTS: tuple[str, ...] = get_args(Placement)
+PROMPT_START = {'prefix': 0, 'after_bos': 1}  # the prompt's first position in the sequence
 _ACTIVATIONS = {'silu': nn.silu, 'gelu_new': lambda x: nn.gelu(x, approximate=True),
                 'gelu_pytorch_tanh': lambda x: nn.gelu(x, approximate=True),
                 'gelu': lambda x: nn.gelu(x, approximate=False), 'relu': nn.relu}
@@ -172,6 +178,15 @@ def insert_prompt(x_BxLxD: jax.Array, prompt: jax.Array, placement: str) -> jax.
   return jnp.concatenate([x_BxLxD[:, :1], prompt_BxPxD, x_BxLxD[:, 1:]], axis=1)
 
 
+def replace_prompt(x_BxMxD: jax.Array, value: jax.Array, placement: str) -> jax.Array:
+  """Hidden states [B, M, D] with the prompt's P positions (where `insert_prompt` put it) set to
+  `value` ([P, D] or [B, P, D]); every other position untouched."""
+  p = value.shape[-2]
+  start = PROMPT_START[placement]
+  rest_BxLxD = jnp.concatenate([x_BxMxD[:, :start], x_BxMxD[:, start + p:]], axis=1)
+  return insert_prompt(rest_BxLxD, value, placement)
+
+
 def init_cache(config: DecoderConfig, batch: int, max_length: int) -> dict:
   """The empty decoding cache of `batch` rows and `max_length` positions (prompt + inputs +
   generated tokens; writes past it are dropped, so size it to hold them all)."""
@@ -218,13 +233,26 @@ class DecoderOnly(nn.Module):
       return x_BxLxD, 0
     return insert_prompt(x_BxLxD, prompt, self.prompt_placement), p
 
+  def _check_deep(self, deep: Optional[jax.Array], p: int) -> None:
+    c = self.config
+    if deep is None:
+      return
+    expected = (c.num_layers - 1, p, c.d_model)
+    if p == 0 or c.num_layers < 2 or deep.ndim not in (3, 4) or deep.shape[-3:] != expected:
+      raise ValueError(f'Deep prompts have shape {tuple(deep.shape)}; this {c.num_layers}-layer '
+                       f'model with a prompt of {p} takes [layers - 1, P, D] = {expected} '
+                       f'(or one per row), beside an input prompt, with at least 2 layers.')
+
   def _stack(self, x_BxMxD: jax.Array, positions_BxM: jax.Array, use_cache: bool = False,
-             enable_dropout: bool = False) -> jax.Array:
-    """The layers and the final norm: hidden states [B, M, D]."""
+             enable_dropout: bool = False, deep: Optional[jax.Array] = None) -> jax.Array:
+    """The layers and the final norm: hidden states [B, M, D]. `deep` (checked): layer i >= 1
+    sees deep[..., i - 1, :, :] at the prompt's positions."""
     if self.config.position == 'learned':
       x_BxMxD = x_BxMxD + self.position_embedder(positions_BxM)
     x_BxMxD = self.dropout(x_BxMxD, deterministic=not enable_dropout)
-    for layer in self.layers:
+    for i, layer in enumerate(self.layers):
+      if deep is not None and i > 0:
+        x_BxMxD = replace_prompt(x_BxMxD, deep[..., i - 1, :, :], self.prompt_placement)
       x_BxMxD = layer(x_BxMxD, positions_BxM, use_cache, enable_dropout)
     return self.decoder_norm(x_BxMxD)
 
@@ -235,28 +263,32 @@ class DecoderOnly(nn.Module):
     return self.logits_dense(h_BxLxD)
 
   def __call__(self, tokens_BxL: jax.Array, prompt: Optional[jax.Array] = None,
-               enable_dropout: bool = False,
+               enable_dropout: bool = False, deep: Optional[jax.Array] = None,
                logits_at_BxT: Optional[jax.Array] = None) -> jax.Array:
     """Next-token logits [B, L, V] float32: [:, t] predicts token t + 1 (prompt or not).
-    `logits_at_BxT` (token positions, per row): only those logits, [B, T, V]; the
-    vocabulary-wide head is then paid at T positions, not L (training scores a few targets)."""
+    `deep`: the prompt's per-layer values (module docstring). `logits_at_BxT` (token positions,
+    per row): only those logits, [B, T, V]; the vocabulary-wide head is then paid at T
+    positions, not L (training scores a few targets)."""
     x_BxMxD, p = self._embed(tokens_BxL, prompt)
+    self._check_deep(deep, p)
     batch, m = x_BxMxD.shape[:2]
     positions_BxM = jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32), (batch, m))
-    h_BxLxD = self._stack(x_BxMxD, positions_BxM, enable_dropout=enable_dropout)[:, p:]
+    h_BxMxD = self._stack(x_BxMxD, positions_BxM, enable_dropout=enable_dropout, deep=deep)
+    h_BxLxD = h_BxMxD[:, p:]
     if logits_at_BxT is not None:
       h_BxLxD = jnp.take_along_axis(h_BxLxD, logits_at_BxT[:, :, None], axis=1)
     return self._logits(h_BxLxD)
 
   def prefill(self, tokens_BxL: jax.Array, lengths_B: jax.Array,
-              prompt: Optional[jax.Array] = None) -> jax.Array:
+              prompt: Optional[jax.Array] = None, deep: Optional[jax.Array] = None) -> jax.Array:
     """Writes the prompt and inputs into an empty cache (apply with {'params', 'cache':
     init_cache(...)} and mutable=['cache']); returns the logits [B, V] after each row's last real
-    token (at P + lengths_B - 1). Rows need at least one token."""
+    token (at P + lengths_B - 1). Rows need at least one token. `deep` as in `__call__`."""
     x_BxMxD, p = self._embed(tokens_BxL, prompt)
+    self._check_deep(deep, p)
     batch, m = x_BxMxD.shape[:2]
     positions_BxM = jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32), (batch, m))
-    h_BxMxD = self._stack(x_BxMxD, positions_BxM, use_cache=True)
+    h_BxMxD = self._stack(x_BxMxD, positions_BxM, use_cache=True, deep=deep)
     lengths_B = jnp.asarray(lengths_B, jnp.int32)
     last_Bx1x1 = (p + lengths_B - 1)[:, None, None]
     h_Bx1xD = jnp.take_along_axis(h_BxMxD, last_Bx1x1, axis=1)

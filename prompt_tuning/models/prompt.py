@@ -35,7 +35,9 @@ prompts the input alone): a second trainable parameter `encoder/prompt/deep/prom
 (L = the encoder's layers; logical axes ('prompt_layers', 'prompt', 'prompt_embed'),
 replicated). Layer 0 sees the input prompt as above; before each later layer i the hidden states
 at the prompt positions are replaced by deep[i-1] (`replace_prompt_positions`), so every layer
-gets prompt values of its own. One prompt only (no table).
+gets prompt values of its own. One prompt only (no table). Decoder-only models take all of
+these too (train/decoder_trainer.py, the same paths; models/decoder_only.py places the deep
+prompts at its own placements).
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def export_final(model_dir: str, prompt_PxD: Any, model_config: Any,
   peft/<name>/}. `placement`: a decoder-only prompt's (PEFT takes 'prefix' only)."""
   export_dir = storage.join(model_dir, model_dir_lib.EXPORT)
   if prompt_names is not None:
-    return _export_table(export_dir, prompt_PxD, model_config, formats, prompt_names)
+    return _export_table(export_dir, prompt_PxD, model_config, formats, prompt_names, placement)
   written = {}
   if 'npy' in formats:
     written['npy'] = prompt_files.write_npy(
@@ -120,7 +120,8 @@ def export_final(model_dir: str, prompt_PxD: Any, model_config: Any,
 
 
 def _export_table(export_dir: str, table_KxPxD: Any, model_config: t5.T5Config,
-                  formats: Sequence[str], names: Sequence[str]) -> dict[str, str]:
+                  formats: Sequence[str], names: Sequence[str],
+                  placement: str) -> dict[str, str]:
   written = {}
   if 'npy' in formats:
     written['npy'] = prompt_files.write_npy(
@@ -132,5 +133,6 @@ def _export_table(export_dir: str, table_KxPxD: Any, model_config: t5.T5Config,
   if 'peft' in formats:
     for name, prompt_PxD in zip(names, table_KxPxD):
       written[f'peft/{name}'] = prompt_files.write_peft(
-          storage.join(export_dir, FINAL_PEFT, name), prompt_PxD, model_config)
+          storage.join(export_dir, FINAL_PEFT, name), prompt_PxD, model_config,
+          placement=placement)
   return written

@@ -3,8 +3,11 @@
 DecoderPromptTrainer steps -> MODEL_DIR (the same loop, checkpoints, repair, records and best
 prompt as T5's runs.train) -> evaluations (inference/causal_lm_eval.py) -> exports.
 
-The decoder-only counterpart of runs.train for one prompt; gin-configurable as it is. Not yet
-on the command line (`prompt-tuning train` runs T5): call it from Python or gin.
+The decoder-only counterpart of runs.train; gin-configurable as it is (`prompt-tuning train
+--gin_file=runs/causal_lm_prompt_tuning.gin`). It trains one prompt (deep prompts too, with
+PromptConfig.deep) or, with `prompt_per_task` (gin PROMPT_PER_TASK, as runs.train), a prompt per
+task of a mixture in one table, optionally with a shared prompt (PROMPT_SHARED): each task is
+evaluated with its own prompt and exported on its own.
 """
 
 from __future__ import annotations
@@ -41,13 +44,17 @@ def train_causal_lm(*, model_dir: str, mixture_or_task_name: str, task_feature_l
                     mesh_shape: Optional[Sequence[int]] = None,
                     frozen_dtype: Optional[str] = None, group_by_length: int = 32,
                     add_bos: Optional[bool] = None,
-                    export_formats: Sequence[str] = ('npy', 'peft')) -> dict:
+                    export_formats: Sequence[str] = ('npy', 'peft'),
+                    prompt_per_task: bool = False) -> dict:
   """Prompt-tunes the decoder-only model in `checkpoint_dir` on a task; returns a summary.
 
   Batches: inputs as a prefix, loss on the targets (data/causal_lm.py's rows); `prompt`'s
   placement is 'prefix' (PEFT's) or 'after_bos' (the anchor's). Evaluation every `eval_period`
   steps (rank classification over the task's label words and/or greedy generation), keeping the
-  best prompt. Exports: export/prompt.npy and, for a prefix prompt, a PEFT CAUSAL_LM adapter.
+  best prompt. Exports: export/prompt.npy and, for a prefix prompt, a PEFT CAUSAL_LM adapter
+  (a deep run: export/deep_prompt.npy beside it, no PEFT). `prompt_per_task`: a table of the
+  mixture's tasks' prompts, each task evaluated with its own ('<method>/<task>/<metric>') and
+  exported on its own (export/prompts/<task>.npy, export/peft/<task>/), as runs.train does.
   """
   from prompt_tuning.checkpoints import hf_decoder
   from prompt_tuning.data import causal_lm as data
@@ -60,6 +67,7 @@ def train_causal_lm(*, model_dir: str, mixture_or_task_name: str, task_feature_l
         train_steps=train_steps, batch_size=batch_size, eval_period=eval_period,
         save_period=save_period, keep=keep, eval_batch_size=eval_batch_size,
         task_feature_lengths=task_feature_lengths, group_by_length=group_by_length)
+    prompt, names = settings.task_prompts(prompt, mixture_or_task_name, prompt_per_task)
     if 'peft' in export_formats and prompt.placement != 'prefix':
       raise ValueError(f"EXPORT_FORMATS has 'peft', but PEFT cannot place a prompt at "
                        f"{prompt.placement!r}; drop it (export/prompt.npy is written).")
@@ -79,11 +87,13 @@ def train_causal_lm(*, model_dir: str, mixture_or_task_name: str, task_feature_l
       return data.get_batches(mixture_or_task_name, 'train', tokenizer, task_feature_lengths,
                               batch_size // hosts, seed=random_seed, shard_index=host,
                               num_shards=hosts, start_position=position,
-                              group_window=group_by_length)
-    evaluator = CausalLMEvaluator(mixture_or_task_name, eval_split, tokenizer,
-                                  task_feature_lengths, methods=eval_methods,
-                                  batch_size=eval_batch_size,
-                                  max_examples=eval_max_examples) if eval_period else None
+                              group_window=group_by_length,
+                              prompt_per_task=names is not None)
+    evaluator = CausalLMEvaluator(
+        mixture_or_task_name, eval_split, tokenizer, task_feature_lengths, methods=eval_methods,
+        batch_size=eval_batch_size, max_examples=eval_max_examples,
+        prompt_ids=None if names is None else {n: k for k, n in enumerate(names)}
+    ) if eval_period else None
     main_metric = f'{eval_methods[0]}/accuracy' if evaluator else None
     reporter = reporting.Reporter(model_dir, train_steps, main_metric=main_metric)
     best = reporting.BestPrompt(model_dir, main_metric)
@@ -91,7 +101,7 @@ def train_causal_lm(*, model_dir: str, mixture_or_task_name: str, task_feature_l
     def on_eval(step: int, state) -> None:
       assert evaluator is not None
       metrics = evaluator.evaluate(cast(DecoderOnly, trainer.model), trainer.frozen,
-                                   trainer.prompt(state))
+                                   trainer.prompt(state), trainer.deep_prompt(state))
       best.update(step, metrics, trainer.prompt(state))
       reporter.eval_metrics(step, metrics)  # last: its record marks this evaluation complete
     periodic = [] if evaluator is None else [
@@ -108,16 +118,18 @@ def train_causal_lm(*, model_dir: str, mixture_or_task_name: str, task_feature_l
                        prompt_init=prompt_init(embedding_VxD=trainer.embedding(),
                                                vocab=tokenizer),
                        seed=random_seed, save_every=save_period or eval_period or train_steps,
-                       keep=keep, initial_checkpoint=checkpoint_dir,
+                       keep=keep, initial_checkpoint=checkpoint_dir, prompt_names=names,
                        on_metrics=reporter.train_metrics, periodic=periodic,
                        periodic_at_start=True, before_write=start_writing,
                        before_save=lambda _: reporter.flush())
   best.load()
   reporter.close()
   written = (export.export_final(model_dir, trainer.prompt(state), config, export_formats,
+                                 prompt_names=names, deep_LxPxD=trainer.deep_prompt(state),
                                  placement=prompt.placement) if host == 0 else {})
   summary = {'model_dir': model_dir, 'task': mixture_or_task_name, 'steps': train_steps,
              'architecture': 'decoder_only',
+             **({'prompt_names': names} if names is not None else {}),
              'first_eval': reporter.eval_history[0] if reporter.eval_history else None,
              'final_eval': reporter.eval_history[-1][1] if reporter.eval_history else None,
              'best': best.record, 'exports': written}

@@ -27,7 +27,12 @@ The trainable tree is the prompt alone, at the same path as T5's (`encoder/promp
 [P, D] or a table [K, P, D]): the path is the name MODEL_DIR's numpy prompt files, exports and
 readers use, so they work unchanged; the decoder-only model has no encoder and takes the prompt
 as an argument. Placements: 'prefix' (before BOS, as PEFT) and 'after_bos' (after the first
-token, as the anchor); deep and shared prompts are refused.
+token, as the anchor). T5's other prompt forms train here too, at T5's paths:
+  a table [K, P, D]      each row's `prompt_ids` picks its prompt (a task of a mixture)
+  shared + task          encoder/prompt/shared/prompt [P, D], 'add' or 'concat' with each task's
+                         (`effective_prompts` is what the model sees, and what files hold)
+  deep                   encoder/prompt/deep/prompt [L-1, P, D] (P-tuning v2 style, not the
+                         paper's method): layer i >= 1 sees deep[i-1] at the prompt's positions
 """
 
 from __future__ import annotations
@@ -120,23 +125,37 @@ class DecoderPromptTrainer(PromptTrainer):
     if c.placement not in decoder_only.PLACEMENTS:
       raise ValueError(f'Prompt placement {c.placement!r} is not one a decoder-only model takes; '
                        f'choose one of {", ".join(decoder_only.PLACEMENTS)}.')
-    if c.deep or c.shared is not None:
-      raise ValueError('Decoder-only prompt tuning takes input prompts only: deep and shared '
-                       'prompts (PromptConfig.deep, .shared) are not supported.')
+    if c.shared is not None and not c.is_table:
+      raise ValueError(f'PromptConfig.shared = {c.shared!r} combines a shared prompt with each '
+                       f'prompt of a table: it needs num_prompts >= 2 (PROMPT_PER_TASK).')
+    if c.deep and model_config.num_layers < 2:
+      raise ValueError(f'Deep prompts (PromptConfig.deep) need at least 2 layers (one per layer '
+                       f'after the first); this model has {model_config.num_layers}.')
     self.model_config = model_config  # type: ignore[assignment]  # DecoderConfig, not T5Config
     self.prompt_config = prompt_config
     placement = cast(decoder_only.Placement, c.placement)  # checked above
     self.model = decoder_only.DecoderOnly(model_config, placement)  # type: ignore[assignment]
-    self.optimizer = table_optimizer(optimizer, False) if c.is_table else optimizer
+    self.optimizer = table_optimizer(optimizer, c.shared is not None) if c.is_table else optimizer
     self._compile(frozen_params, mesh=mesh, rules=rules, loss=loss, frozen_dtype=frozen_dtype,
                   learning_rate_fn=learning_rate_fn)
 
   # -- what it trains: the prompt, beside (not inside) the model's tree -------------------------
 
   def param_axes(self) -> dict:
-    axes = prompt_lib.TABLE_AXES if self.prompt_config.is_table else prompt_lib.PROMPT_AXES
+    c = self.prompt_config
+    axes = prompt_lib.TABLE_AXES if c.is_table else prompt_lib.PROMPT_AXES
+    tree = prompt_lib.prompt_tree(PartitionSpec(*axes),
+                                  PartitionSpec(*prompt_lib.DEEP_AXES) if c.deep else None)
+    if c.shared is not None:
+      tree['encoder']['prompt']['shared'] = {'prompt': PartitionSpec(*prompt_lib.PROMPT_AXES)}
     return {**decoder_only.logical_axes(self.model_config),  # type: ignore[arg-type]
-            **prompt_lib.prompt_tree(PartitionSpec(*axes))}
+            **tree}
+
+  @property
+  def deep_shape(self) -> Optional[tuple[int, int, int]]:
+    """(layers - 1, P, D) of the deep prompts, or None without them."""
+    c, m = self.prompt_config, self.model_config
+    return (m.num_layers - 1, c.length, m.d_model) if c.deep else None  # type: ignore[attr-defined]
 
   def split(self, tree: dict) -> tuple[dict, dict]:
     frozen = {k: v for k, v in tree.items() if k != 'encoder'}
@@ -154,9 +173,9 @@ class DecoderPromptTrainer(PromptTrainer):
   # -- steps ------------------------------------------------------------------------------------
 
   def batch_loss(self, trainable, frozen, batch, rng, enable_dropout):
-    prompt = prompt_lib.get_prompt(trainable)
+    prompt = prompt_lib.effective_prompts(trainable, self.prompt_config.shared)
     if self.prompt_config.is_table:
-      prompt = prompt_lib.select_prompts(prompt, batch['prompt_ids'])  # [B, P, D]
+      prompt = prompt_lib.select_prompts(prompt, batch['prompt_ids'])  # [B, P', D]
     tokens_BxL = batch['decoder_target_tokens']
     targets_BxLm1 = tokens_BxL[:, 1:]
     weights_BxLm1 = batch['decoder_loss_weights'][:, 1:].astype(jnp.float32)
@@ -167,7 +186,8 @@ class DecoderPromptTrainer(PromptTrainer):
       weights_BxLm1 = jnp.take_along_axis(weights_BxLm1, at_BxT, axis=1) * inside_BxT
     # The last token predicts nothing that is scored: it is not fed.
     logits = self.model.apply({'params': frozen}, tokens_BxL[:, :-1], prompt,
-                              enable_dropout=enable_dropout, logits_at_BxT=at_BxT,
+                              enable_dropout=enable_dropout,
+                              deep=prompt_lib.get_deep_prompt(trainable), logits_at_BxT=at_BxT,
                               rngs={'dropout': rng})
     return self.token_loss(logits, targets_BxLm1, weights_BxLm1)
 
