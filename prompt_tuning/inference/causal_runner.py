@@ -5,7 +5,10 @@ same methods, for eval, infer and the server.
 A decoder-only row is [BOS]? + input ids, right padded; its length travels with it (`lengths_B`),
 since id 0 may be a real token (GPT-2's '!'). Without lengths, a row ends at its last non-zero id.
 Candidates for rank classification are label ids + EOS (data/causal_lm.label_candidates), with
-their lengths likewise.
+their lengths likewise. `generate_rows` / `score_rows` take any number of rows (lists of ids):
+sorted by length, batched by data/causal_lm.eval_batches (each batch at its bucket, `batch_size`
+rows), results in the rows' order; with `members` M (an ensemble: the table's first M prompts)
+each batch runs once per member in one call.
 
 Where a decoder-only run's pieces are: its MODEL_DIR's run_info.json has "architecture":
 "decoder_only", the base checkpoint (an HF folder: config.json, safetensors, tokenizer.json) at
@@ -19,13 +22,15 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from prompt_tuning.data import batching
+from prompt_tuning.data import causal_lm as data
 from prompt_tuning.inference import causal_lm
 from prompt_tuning.inference import decoding as decoding_lib
-from prompt_tuning.inference.runner import find_prompt
+from prompt_tuning.inference.runner import cast_frozen, find_prompt
 from prompt_tuning.models.decoder_config import DecoderConfig
 from prompt_tuning.models.decoder_only import DecoderOnly, Placement
 from prompt_tuning.prompts import library as library_lib
 from prompt_tuning.train import model_dir as model_dir_lib
+from prompt_tuning.train import preemption
 from prompt_tuning.train.decoder_trainer import ARCHITECTURE
 
 
@@ -44,14 +49,9 @@ def run_settings(model_dir: str) -> tuple[Optional[str], Placement]:
 def load_frozen(checkpoint_dir: str, frozen_dtype: Optional[str] = None
                 ) -> tuple[DecoderConfig, Any]:
   """(config, frozen params) of an HF decoder-only folder, cast as runner.load_frozen casts."""
-  import jax
   from prompt_tuning.checkpoints import hf_decoder
   config, frozen = hf_decoder.load(checkpoint_dir)
-  if frozen_dtype == 'auto':
-    frozen_dtype = 'bfloat16' if jax.default_backend() in ('gpu', 'tpu') else None
-  if frozen_dtype:
-    frozen = jax.tree_util.tree_map(lambda x: jax.numpy.asarray(x, dtype=frozen_dtype), frozen)
-  return config, frozen
+  return config, cast_frozen(frozen, frozen_dtype)
 
 
 def _lengths(tokens_BxL: np.ndarray, lengths_B: Optional[np.ndarray]) -> np.ndarray:
@@ -115,6 +115,16 @@ class CausalPromptedModel:
     library = library_lib.load_library(spec, config.d_model)
     return cls.with_library(config, frozen, library, placement=placement, names=names)
 
+  @classmethod
+  def of(cls, module: DecoderOnly, params: Mapping, prompts: Any,
+         names: Optional[Sequence[str]] = None) -> 'CausalPromptedModel':
+    """A model built elsewhere (a training run's module, frozen params and prompt)."""
+    self = cls.__new__(cls)
+    self.config, self.module, self.params = module.config, module, dict(params)
+    self.prompts = prompts
+    self.names = list(names) if names is not None else None
+    return self
+
   @property
   def is_table(self) -> bool:
     return self.prompts is not None and np.ndim(self.prompts) == 3
@@ -160,3 +170,44 @@ class CausalPromptedModel:
         self.module, self.params, np.asarray(tokens_BxL, np.int32),
         _lengths(tokens_BxL, lengths_B), np.asarray(candidates_CxT, np.int32),
         _lengths(candidates_CxT, candidate_lengths_C), self.rows_prompt(prompt_ids_B))))
+
+  # Any number of rows.
+  def generate_rows(self, rows: Sequence[Sequence[int]], decoding: decoding_lib.DecodingConfig,
+                    max_length: int, *, batch_size: int, buckets: Optional[Sequence[int]] = None,
+                    prompt_ids_N: Optional[np.ndarray] = None, members: int = 0) -> np.ndarray:
+    """Generated ids [N, max_length] per row ([M, N, max_length] with `members`)."""
+    return self._rows(lambda t, n, ids: self.generate(t, decoding, max_length, ids, n), rows,
+                      batch_size, buckets, prompt_ids_N, members)
+
+  def score_rows(self, rows: Sequence[Sequence[int]], candidates_CxT: np.ndarray,
+                 candidate_lengths_C: np.ndarray, *, batch_size: int,
+                 buckets: Optional[Sequence[int]] = None,
+                 prompt_ids_N: Optional[np.ndarray] = None, members: int = 0) -> np.ndarray:
+    """Log-likelihoods [N, C] of each candidate after each row ([M, N, C] with `members`)."""
+    return self._rows(lambda t, n, ids: self.score(t, candidates_CxT, ids, n, candidate_lengths_C),
+                      rows, batch_size, buckets, prompt_ids_N, members)
+
+  def _rows(self, run, rows, batch_size, buckets, prompt_ids_N, members) -> np.ndarray:
+    order = np.argsort([len(r) for r in rows], kind='stable')  # like lengths share a batch
+    out: Optional[np.ndarray] = None
+    for batch in data.eval_batches([{'inputs': rows[i]} for i in order], batch_size, buckets):
+      preemption.check_interrupt()
+      real_B = batch['example_index'] >= 0  # filler rows (copies) come last
+      where_B = order[np.maximum(batch['example_index'], 0)]
+      tokens_BxL, lengths_B = batch['inputs'], batch['lengths']
+      if members:  # row (m, b): batch row b with prompt m
+        result = run(np.tile(tokens_BxL, (members, 1)), np.tile(lengths_B, members),
+                     np.repeat(np.arange(members, dtype=np.int32), len(tokens_BxL)))
+        result = result.reshape((members, len(tokens_BxL)) + result.shape[1:])[:, real_B]
+        if out is None:
+          out = np.zeros((members, len(rows)) + result.shape[2:], result.dtype)
+        out[:, where_B[real_B]] = result
+      else:
+        ids_B = None if prompt_ids_N is None else np.asarray(prompt_ids_N)[where_B]
+        result = run(tokens_BxL, lengths_B, ids_B)[real_B]
+        if out is None:
+          out = np.zeros((len(rows),) + result.shape[1:], result.dtype)
+        out[where_B[real_B]] = result
+    if out is None:
+      raise ValueError('no rows to run.')
+    return out
