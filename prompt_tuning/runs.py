@@ -15,12 +15,13 @@ from typing import Any, Callable, Optional, Sequence
 
 import jax
 
-from prompt_tuning import storage
+from prompt_tuning import causal_runs, storage
 from prompt_tuning.data import batching
 from prompt_tuning.inference import evaluation, mixed
 from prompt_tuning.inference.decoding import DecodingConfig
 from prompt_tuning.inference.runner import PromptedModel, load_frozen
 from prompt_tuning.models import t5
+from prompt_tuning.models.decoder_model import DecoderModel
 from prompt_tuning.models.prompt import PromptConfig
 from prompt_tuning.prompts import export
 from prompt_tuning.prompts import init as prompt_init
@@ -98,6 +99,9 @@ def train(*, model_dir: str, mixture_or_task_name: str, task_feature_lengths: di
   """
   # Log lines of the checks wait until the run starts: bad input prints its one error line alone.
   with reporting.HeldLogs() as held:
+    if isinstance(model, DecoderModel):
+      raise ValueError(f'MODEL is a decoder-only model ({model.gin_file}); train it with '
+                       f'--gin_file=runs/causal_lm_prompt_tuning.gin.')
     tasks = _import_tasks(mixture_or_task_module)
     tasks.get_task_or_mixture(mixture_or_task_name)  # unknown names fail here, with close names
     if sentinel_targets:
@@ -292,14 +296,29 @@ def evaluate(*, model_dir: Optional[str], mixture_or_task_name: str,
   answered in mixed batches, each by the prompt named like the task. `ensemble_prompts`
   (ENSEMBLE_PROMPTS): N prompts of the task evaluated in one pass as an ensemble (each member,
   their mean and the ensemble; Evaluator.evaluate_ensemble). `sentinel_targets`: as train's.
+  With MODEL a DecoderModel (gin/models/llama.gin, ...) the decoder-only model of
+  INITIAL_CHECKPOINT_PATH (an HF folder) runs the same evaluation (causal_runs.py).
   """
   buckets = batching.resolve(length_buckets, task_feature_lengths)
   tasks = _import_tasks(mixture_or_task_module)
-  if sentinel_targets:
-    mixture_or_task_name = tasks.sentinel_task(mixture_or_task_name)
   if prompt_library is not None and ensemble_prompts is not None:
     raise ValueError('Set PROMPT_LIBRARY (a prompt per task) or ENSEMBLE_PROMPTS (N prompts of '
                      'one task), not both.')
+  out = output_dir or storage.join(model_dir or '.', model_dir_lib.INFERENCE_EVAL)
+  runner: Any
+  evaluator: evaluation.EvaluatorBase
+  if causal_runs.is_decoder_only(model, model_dir, sentinel_targets):
+    runner, step, evaluator = causal_runs.eval_setup(
+        model=model, model_dir=model_dir, task=mixture_or_task_name,
+        task_feature_lengths=task_feature_lengths,
+        initial_checkpoint_path=initial_checkpoint_path, prompt=prompt, prompt_file=prompt_file,
+        split=split, methods=methods, max_examples=max_examples, batch_size=batch_size,
+        decoding=decoding, output_dir=out, step=step, length_buckets=length_buckets,
+        prompt_library=prompt_library, ensemble_prompts=ensemble_prompts,
+        frozen_dtype=frozen_dtype)
+    return _evaluated(evaluator, runner, step, split, ensemble_prompts is not None)
+  if sentinel_targets:
+    mixture_or_task_name = tasks.sentinel_task(mixture_or_task_name)
   if prompt_library is not None or ensemble_prompts is not None:
     runner, ids = _library_model(initial_checkpoint_path, model, prompt, frozen_dtype,
                                  prompt_library or ensemble_prompts, mixture_or_task_name,
@@ -309,17 +328,22 @@ def evaluate(*, model_dir: Optional[str], mixture_or_task_name: str,
     runner, step, ids = PromptedModel.from_run(
         initial_checkpoint_path, model, placement=prompt.placement, model_dir=model_dir,
         prompt_file=prompt_file, step=step, task=mixture_or_task_name, frozen_dtype=frozen_dtype)
-  out = output_dir or storage.join(model_dir or '.', model_dir_lib.INFERENCE_EVAL)
   evaluator = evaluation.Evaluator(mixture_or_task_name, split, task_feature_lengths,
                                    methods=methods, batch_size=batch_size,
                                    max_examples=max_examples, decoding_config=decoding,
                                    output_dir=out, buckets=buckets, prompt_ids=ids)
-  if ensemble_prompts is not None:
+  return _evaluated(evaluator, runner, step, split, ensemble_prompts is not None)
+
+
+def _evaluated(evaluator: evaluation.EvaluatorBase, runner: Any, step: int, split: str,
+               ensemble: bool) -> dict:
+  """eval's metrics (an ensemble's: members, mean, ensemble), printed and returned."""
+  if ensemble:
     assert runner.names is not None
     metrics = evaluator.evaluate_ensemble(runner, runner.names, step)
   else:
     metrics = evaluator.evaluate(runner, step, tag=model_dir_lib.COMMAND_TAG)
-  print(json.dumps({'task': mixture_or_task_name, 'split': split, 'step': step, **metrics},
+  print(json.dumps({'task': evaluator.task_name, 'split': split, 'step': step, **metrics},
                    indent=2, default=float))
   return metrics
 
@@ -331,16 +355,9 @@ def _library_model(initial_checkpoint_path, model, prompt, frozen_dtype, spec, t
   from prompt_tuning.data import pipeline
   config, frozen = load_frozen(initial_checkpoint_path, model, frozen_dtype)
   library = library_lib.load_library(spec, config.d_model)
-  if ensemble:
-    if len(library) < 2:
-      raise ValueError(f'ENSEMBLE_PROMPTS holds {len(library)} prompt; an ensemble needs at '
-                       f'least 2.')
+  names = library_lib.run_names(library, task, pipeline.prompt_names(task), ensemble)
+  if names is None:
     return PromptedModel.with_library(config, frozen, library, placement=prompt.placement), None
-  names = pipeline.prompt_names(task)
-  missing = [t for t in names if t not in library]
-  if missing:
-    raise ValueError(f'PROMPT_LIBRARY has no prompt for task(s) {missing} of {task!r}; its '
-                     f'prompts are {sorted(library)}.')
   runner = PromptedModel.with_library(config, frozen, library, placement=prompt.placement,
                                       names=names)
   # One task, one prompt: no ids.
@@ -363,10 +380,29 @@ def infer(*, model_dir: Optional[str], mixture_or_task_name: str, task_feature_l
   "inputs": text}; "task" is accepted for "prompt"): decodes the mixed rows in shared batches,
   each with its named prompt, and writes {"prompt", "inputs", "prediction"} per row in order.
   Inputs are taken as the model's input text as is (tokenized with the task's vocabulary).
+  With MODEL a DecoderModel: the same for a decoder-only model (causal_runs.py).
   """
   buckets = batching.resolve(length_buckets, task_feature_lengths)
   _import_tasks(mixture_or_task_module)
   out_dir = output_dir or storage.join(model_dir or '.', model_dir_lib.INFERENCE)
+  runner: Any
+  evaluator: evaluation.EvaluatorBase
+  if causal_runs.is_decoder_only(model, model_dir):
+    if prompt_library is not None or input_file is not None:
+      return causal_runs.infer_mixed(
+          model=model, prompt_library=prompt_library, input_file=input_file,
+          task_feature_lengths=task_feature_lengths, prompt=prompt,
+          initial_checkpoint_path=initial_checkpoint_path, batch_size=batch_size,
+          decoding=decoding, output_dir=out_dir, frozen_dtype=frozen_dtype)
+    runner, step, evaluator = causal_runs.eval_setup(
+        model=model, model_dir=model_dir, task=mixture_or_task_name,
+        task_feature_lengths=task_feature_lengths,
+        initial_checkpoint_path=initial_checkpoint_path, prompt=prompt, prompt_file=prompt_file,
+        split=split, methods=('generate',), max_examples=max_examples, batch_size=batch_size,
+        decoding=decoding, output_dir=None, step=step, length_buckets=length_buckets,
+        prompt_library=None, ensemble_prompts=None, frozen_dtype=frozen_dtype)
+    return evaluation.write_inference(out_dir, mixture_or_task_name, split, step,
+                                      evaluator.examples, evaluator.generate(runner))
   if prompt_library is not None or input_file is not None:
     return mixed.infer_mixed(
         prompt_library=prompt_library, input_file=input_file, task=mixture_or_task_name,
@@ -380,10 +416,5 @@ def infer(*, model_dir: Optional[str], mixture_or_task_name: str, task_feature_l
                                    methods=('generate',), batch_size=batch_size,
                                    max_examples=max_examples, decoding_config=decoding,
                                    buckets=buckets, prompt_ids=ids)
-  texts = evaluator.generate(runner)
-  path = storage.join(out_dir, model_dir_lib.inference_file(mixture_or_task_name, split, step))
-  write_atomic(path, ''.join(
-      json.dumps({'input': example.get('inputs_pretokenized'), 'prediction': text}) + '\n'
-      for example, text in zip(evaluator.examples, texts)))
-  print(f'wrote {len(texts)} predictions to {path}')
-  return path
+  return evaluation.write_inference(out_dir, mixture_or_task_name, split, step,
+                                    evaluator.examples, evaluator.generate(runner))

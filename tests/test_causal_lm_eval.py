@@ -1,7 +1,9 @@
 """The decoder-only evaluator (inference/causal_lm_eval.py) on the real RTE validation file, a
-random tiny Llama and a tokenizer built here: its predictions against a full-forward reference
-(no cache), its metrics against the task's own, a prompt table, and a mixture (RTE + CB) whose
-tasks rank their own label words."""
+random tiny Llama and a tokenizer built here, run through CausalPromptedModel: its predictions
+against a full-forward reference (no cache), its metrics and files against the task's own, a
+prompt table, and a mixture (RTE + CB) whose tasks rank their own label words."""
+
+import json
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +17,7 @@ from prompt_tuning import testing  # noqa: E402
 from prompt_tuning.data import causal_lm as data  # noqa: E402
 from prompt_tuning.data import tasks  # noqa: E402
 from prompt_tuning.inference.causal_lm_eval import CausalLMEvaluator  # noqa: E402
+from prompt_tuning.inference.causal_runner import CausalPromptedModel  # noqa: E402
 from prompt_tuning.models import decoder_only  # noqa: E402
 from prompt_tuning.models.decoder_config import DecoderConfig  # noqa: E402
 
@@ -40,7 +43,7 @@ def setup(shared, tmp_path_factory):
     params = decoder_only.init_params(config, jax.random.PRNGKey(0))
     evaluator = CausalLMEvaluator(TASK, 'validation', tokenizer, LENGTHS,
                                   methods=('generate', 'rank'), batch_size=4, max_examples=5)
-    yield tokenizer, decoder_only.DecoderOnly(config), params, evaluator
+    yield tokenizer, config, params, evaluator
   finally:
     tasks.restore_settings(saved)
 
@@ -62,11 +65,13 @@ def _greedy(model, params, prefix, steps, prompt):
   return row[len(prefix):]
 
 
-def test_predictions_equal_a_full_forward_reference_and_metrics_the_tasks(setup):
-  tokenizer, model, params, evaluator = setup
+def test_predictions_equal_a_full_forward_reference_and_metrics_the_tasks(setup, tmp_path):
+  tokenizer, config, params, evaluator = setup
+  model = decoder_only.DecoderOnly(config)
   prompt = np.random.RandomState(0).normal(0, 0.5, (P, 32)).astype(np.float32)
-  ranked = evaluator.predictions(model, params, prompt, 'rank')
-  generated = evaluator.predictions(model, params, prompt, 'generate')
+  runner = CausalPromptedModel(config, params, prompt)
+  ranked = evaluator.predictions(runner, 'rank')
+  generated = evaluator.predictions(runner, 'generate')
   labels = list(tasks.TASK_INFO[TASK].labels)
   candidates = data.label_candidates(TASK, tokenizer)
   for ex, rank_text, gen_text in zip(evaluator.examples, ranked, generated):
@@ -74,10 +79,16 @@ def test_predictions_equal_a_full_forward_reference_and_metrics_the_tasks(setup)
     assert rank_text == labels[int(np.argmax(scores))]
     assert gen_text == tokenizer.target_text(
         _greedy(model, params, ex['inputs'], LENGTHS['targets'], prompt))
-  metrics = evaluator.evaluate(model, params, prompt)
+  evaluator.output_dir = str(tmp_path)  # T5's files: predictions and a metrics record
+  metrics = evaluator.evaluate(runner, 7, tag='eval')
   expected = data.evaluate_predictions(TASK, evaluator.examples, ranked)
   assert metrics['rank/accuracy'] == pytest.approx(expected['accuracy'])
   assert {'generate/accuracy', 'generate/invalid', 'rank/invalid'} <= set(metrics)
+  rows = [json.loads(line) for line in open(tmp_path / f'{TASK}-rank-eval-step7.jsonl')]
+  assert [r['prediction'] for r in rows] == ranked
+  assert rows[0]['input'] == evaluator.examples[0]['inputs_pretokenized']
+  records = [json.loads(line) for line in open(tmp_path / f'{TASK}-metrics.jsonl')]
+  assert [(r['method'], r['step']) for r in records] == [('generate', 7), ('rank', 7)]
   # The labels themselves score 100: the metrics are the task's own.
   perfect = data.evaluate_predictions(TASK, evaluator.examples,
                                       [ex['targets_pretokenized'] for ex in evaluator.examples])
@@ -85,13 +96,13 @@ def test_predictions_equal_a_full_forward_reference_and_metrics_the_tasks(setup)
 
 
 def test_a_table_answers_each_task_with_its_prompt(setup):
-  tokenizer, model, params, _ = setup
+  tokenizer, config, params, _ = setup
   table = np.random.RandomState(1).normal(0, 0.5, (2, P, 32)).astype(np.float32)
   evaluator = CausalLMEvaluator(TASK, 'validation', tokenizer, LENGTHS, methods=('rank',),
                                 batch_size=4, max_examples=6, prompt_ids={TASK: 1})
-  assert (evaluator.predictions(model, params, table, 'rank') ==
-          evaluator.predictions(model, params, table[1], 'rank'))
-  with pytest.raises(ValueError, match='Unknown evaluation method'):
+  assert (evaluator.predictions(CausalPromptedModel(config, params, table), 'rank') ==
+          evaluator.predictions(CausalPromptedModel(config, params, table[1]), 'rank'))
+  with pytest.raises(ValueError, match='EVAL_METHODS'):
     CausalLMEvaluator(TASK, 'validation', tokenizer, LENGTHS, methods=('beam',))
 
 
@@ -99,7 +110,7 @@ def test_a_mixture_ranks_each_tasks_own_labels_with_its_prompt(setup):
   """RTE (2 labels) + CB (3): each task's examples rank over its own label words with its own
   prompt of the table, as each task alone does; metrics per task."""
   import seqio
-  tokenizer, model, params, _ = setup
+  tokenizer, config, params, _ = setup
   mixture, names = 'causal_lm_eval_test_mixture', [TASK, 'super_glue_cb_local']
   seqio.MixtureRegistry.add(mixture, names, default_rate=1.0)
   try:
@@ -107,13 +118,14 @@ def test_a_mixture_ranks_each_tasks_own_labels_with_its_prompt(setup):
     ids = {name: k for k, name in enumerate(names)}
     evaluator = CausalLMEvaluator(mixture, 'validation', tokenizer, LENGTHS, methods=('rank',),
                                   batch_size=4, max_examples=3, prompt_ids=ids)
-    mixed = evaluator.predictions(model, params, table, 'rank')
+    mixed = evaluator.predictions(CausalPromptedModel(config, params, table), 'rank')
     for name in names:
       alone = CausalLMEvaluator(name, 'validation', tokenizer, LENGTHS, methods=('rank',),
                                 batch_size=4, max_examples=3).predictions(
-          model, params, table[ids[name]], 'rank')
+          CausalPromptedModel(config, params, table[ids[name]]), 'rank')
       assert set(alone) <= set(tasks.TASK_INFO[name].labels)
       assert [p for p, ex in zip(mixed, evaluator.examples) if ex['task'] == name] == alone
-    assert 'rank/super_glue_cb_local/accuracy' in evaluator.evaluate(model, params, table)
+    metrics = evaluator.evaluate(CausalPromptedModel(config, params, table), 0)
+    assert 'rank/super_glue_cb_local/accuracy' in metrics
   finally:
     seqio.MixtureRegistry.remove(mixture)

@@ -151,13 +151,24 @@ def test_the_gin_file_binds_multi_task_and_deep_settings():
     gin.clear_config()
 
 
+def test_a_t5_model_or_another_family_is_refused_in_one_line(checkpoint, tmp_path):
+  from prompt_tuning.models import t5
+  from prompt_tuning.models.decoder_model import DecoderModel
+  with pytest.raises(ValueError, match=r'T5Config, a T5 model.*models/decoder_only.gin'):
+    _train(checkpoint, tmp_path / 'run', 2, model=t5.T5Config.preset('tiny'))
+  with pytest.raises(ValueError, match=r'holds a llama model.*models/gpt2.gin'):
+    _train(checkpoint, tmp_path / 'run', 2, model=DecoderModel('gpt2'))
+  assert not (tmp_path / 'run').exists()
+
+
 def test_the_train_command_runs_it_from_its_gin_file(checkpoint, shared, tmp_path):
   from cli_helpers import run_cli
   bindings = [f"MODEL_DIR = '{tmp_path / 'run'}'", f"INITIAL_CHECKPOINT_PATH = '{checkpoint}'",
               f"MIXTURE_OR_TASK_NAME = '{TASK}'", f'TASK_FEATURE_LENGTHS = {LENGTHS}',
               'TRAIN_STEPS = 2', 'BATCH_SIZE = 4', 'EVAL_PERIOD = 2', 'EVAL_MAX_EXAMPLES = 8',
               'PROMPT_LENGTH = 4', 'GROUP_BY_LENGTH = 0']
-  args = ['train', '--gin_file=runs/causal_lm_prompt_tuning.gin'] + [
+  # The family block checks the folder is a Llama and gives its defaults (BOS).
+  args = ['train', '--gin_file=runs/causal_lm_prompt_tuning.gin', '--gin_file=models/llama.gin'] + [
       f'--gin_bindings={b}' for b in bindings]
   env = {'PROMPT_TUNING_DATA_DIR': shared('data')}
   run_cli(args, env, str(tmp_path))

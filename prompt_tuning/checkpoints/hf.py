@@ -17,6 +17,7 @@ from prompt_tuning.checkpoints.common import (CheckpointError, check_dtypes, fir
                                               storage_errors, to_numpy_tree)
 from prompt_tuning.checkpoints.hf_files import CONFIG_FILE, is_hf_dir  # noqa: F401  (hf.is_hf_dir)
 from prompt_tuning.models import t5
+from prompt_tuning.models.decoder_config import FAMILIES as DECODER_FAMILIES
 
 _ATTN = {'q': 'query', 'k': 'key', 'v': 'value', 'o': 'out'}
 _MLP = ('wi_0', 'wi_1', 'wo')
@@ -56,6 +57,11 @@ def name_map(config: t5.T5Config) -> list[tuple[str, str, bool]]:
 
 def config_from_json(path: str, hf: Mapping[str, Any]) -> t5.T5Config:
   file = storage.join(path, CONFIG_FILE)
+  family = hf.get('model_type')
+  if family in DECODER_FAMILIES:  # the decoder-only runs read it (models/decoder_model.py)
+    raise CheckpointError(f'{file}: a decoder-only {family} model, not T5 1.1: give the gin '
+                          f'files models/{family}.gin in place of the T5 model files (train: '
+                          f'runs/causal_lm_prompt_tuning.gin).')
   act = hf.get('feed_forward_proj', 'relu')
   if act != 'gated-gelu':
     raise CheckpointError(f'{file}: feed_forward_proj is {act!r}; only T5 1.1 models '

@@ -77,8 +77,8 @@ def _decode(model: DecoderOnly, params, tokens_BxL, lengths_B, steps: int, promp
 
 @functools.partial(jax.jit, static_argnames=('model', 'steps', 'eos_ids'))
 def greedy(model: DecoderOnly, params, tokens_BxL: jax.Array, lengths_B: jax.Array, steps: int,
-           prompt: Optional[jax.Array] = None, eos_ids: EosIds = (),
-           deep: Optional[jax.Array] = None) -> jax.Array:
+           prompt: Optional[jax.Array] = None, deep: Optional[jax.Array] = None,
+           eos_ids: EosIds = ()) -> jax.Array:
   """The `steps` most likely next tokens [B, steps] of each row, one at a time; after a token of
   `eos_ids` 0 (none by default: no stop, callers cut at EOS)."""
   pick = lambda logits_BxV, _: argmax(logits_BxV)
@@ -90,8 +90,8 @@ def greedy(model: DecoderOnly, params, tokens_BxL: jax.Array, lengths_B: jax.Arr
                                              'eos_ids'))
 def sample(model: DecoderOnly, params, tokens_BxL: jax.Array, lengths_B: jax.Array, steps: int,
            rng: jax.Array, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           prompt: Optional[jax.Array] = None, eos_ids: EosIds = (),
-           deep: Optional[jax.Array] = None) -> jax.Array:
+           prompt: Optional[jax.Array] = None, deep: Optional[jax.Array] = None,
+           eos_ids: EosIds = ()) -> jax.Array:
   """Ancestral sampling [B, steps] with T5's knobs (decoding.sample_logits: temperature < 1e-4
   is argmax, top_k=0 and top_p=1 filter nothing); the same rng gives the same tokens."""
   decoding_lib.check_sampling(top_k, top_p)
@@ -103,8 +103,8 @@ def sample(model: DecoderOnly, params, tokens_BxL: jax.Array, lengths_B: jax.Arr
 @functools.partial(jax.jit, static_argnames=('model', 'steps', 'num_beams', 'alpha', 'eos_ids'))
 def beam_search(model: DecoderOnly, params, tokens_BxL: jax.Array, lengths_B: jax.Array,
                 steps: int, num_beams: int = 4, alpha: float = 0.6,
-                prompt: Optional[jax.Array] = None, eos_ids: EosIds = (),
-                deep: Optional[jax.Array] = None) -> tuple[jax.Array, jax.Array]:
+                prompt: Optional[jax.Array] = None, deep: Optional[jax.Array] = None,
+                eos_ids: EosIds = ()) -> tuple[jax.Array, jax.Array]:
   """(tokens [B, K, steps], scores [B, K]), best first, K = num_beams; T5's `beam_search`
   rules: a finished beam (ending in `eos_ids`, 0 after) scores its summed log-prob over
   brevity_penalty(alpha, its length with the EOS); a row with any finished beam returns only

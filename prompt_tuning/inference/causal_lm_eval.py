@@ -1,13 +1,14 @@
-"""Evaluating a prompt of a decoder-only model on a task: greedy generation and rank
-classification over the task's label words, scored by the task's own metrics.
+"""Evaluating a prompt of a decoder-only model on a task: generation and rank classification
+over the task's label words, scored by the task's own metrics.
 
-The decoder-only counterpart of evaluation.py's Evaluator: data/causal_lm.py makes the examples
-(the prefix rows, cut as training cuts them) and the label candidates; inference/causal_lm.py
-decodes and scores them on the model's KV cache; the predictions' text (`target_text`) goes
-through the task's postprocessor and metrics. A prompt table [K, P, D] answers each example of a
-mixture with its task's prompt (`prompt_ids`, by task name); a deep run's per-layer prompts
-(`deep`) go with its one prompt. Rank classification ranks each task's examples over that
-task's own label words, so a mixture's tasks may have different labels.
+The decoder-only counterpart of evaluation.py's Evaluator, sharing its EvaluatorBase (metrics,
+one-pass ensembles, prediction files under `output_dir`): data/causal_lm.py makes the examples
+(the prefix rows, cut as training cuts them) and the label candidates; a CausalPromptedModel
+(causal_runner.py) decodes and scores them on the model's KV cache; the predictions' text
+(`target_text`) goes through the task's postprocessor and metrics. A prompt table [K, P, D]
+answers each example of a mixture with its task's prompt (`prompt_ids`, by task name); a deep
+run's per-layer prompts go with the model. Rank classification ranks each task's examples over
+that task's own label words, so a mixture's tasks may have different labels.
 """
 
 from __future__ import annotations
@@ -17,83 +18,69 @@ from typing import Any, Mapping, Optional, Sequence
 import numpy as np
 
 from prompt_tuning.data import batching
-from prompt_tuning.inference import causal_lm
-from prompt_tuning.models.decoder_only import DecoderOnly
+from prompt_tuning.inference import decoding as decoding_lib
+from prompt_tuning.inference.causal_runner import CausalPromptedModel
+from prompt_tuning.inference.evaluation import EvaluatorBase, check_methods
 
-METHODS = ('generate', 'rank')
 
-
-class CausalLMEvaluator:
+class CausalLMEvaluator(EvaluatorBase):
   """One task's (or mixture's) examples of a split, evaluated for any prompt of one model."""
 
   def __init__(self, task: str, split: str, tokenizer: Any, feature_lengths: Mapping[str, int],
                *, methods: Sequence[str] = ('generate',), batch_size: int = 32,
                max_examples: Optional[int] = None,
-               prompt_ids: Optional[Mapping[str, int]] = None):
+               prompt_ids: Optional[Mapping[str, int]] = None,
+               decoding: decoding_lib.DecodingConfig = decoding_lib.DecodingConfig(),
+               output_dir: Optional[str] = None, buckets: Optional[Sequence[int]] = None):
+    """`buckets`: the prefix widths batches are padded to (None: auto buckets up to the longest
+    prefix); `output_dir`: where predictions and metrics go (None: nowhere)."""
     from prompt_tuning.data import causal_lm as data
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-      raise ValueError(f'Unknown evaluation method(s) {unknown}; choose from {list(METHODS)}.')
-    self.task, self.tokenizer, self.methods = task, tokenizer, tuple(methods)
+    check_methods(methods)
+    self.task_name, self.tokenizer, self.methods = task, tokenizer, tuple(methods)
     self.batch_size, self.target_length = batch_size, int(feature_lengths['targets'])
+    self.decoding, self.output_dir, self.buckets = decoding, output_dir, buckets
     self.examples, _ = data.get_eval_examples(task, split, tokenizer, feature_lengths,
                                               max_examples)
-    self.prompt_ids = None if prompt_ids is None else np.array(
-        [prompt_ids[ex['task']] for ex in self.examples], np.int32)
+    self.prompt_ids = self._row_prompts(split, prompt_ids)
+    self.rows = [ex['inputs'] for ex in self.examples]
     # Rank classification: per task, (its label words, their ids [K, T], their lengths [K]).
-    self.candidates: dict[str, tuple[list[str], np.ndarray, np.ndarray]] = {}
+    self.candidates: dict[str, tuple[tuple[str, ...], np.ndarray, np.ndarray]] = {}
     if 'rank' in self.methods:
       from prompt_tuning.data import tasks
       for name in dict.fromkeys(ex['task'] for ex in self.examples):
         words = data.label_candidates(name, tokenizer)  # (a task without labels: one line)
-        self.candidates[name] = (list(tasks.TASK_INFO[name].labels or ()),
+        self.candidates[name] = (tuple(tasks.TASK_INFO[name].labels or ()),
                                  batching.pad_rows(words),
                                  np.array([len(c) for c in words], np.int32))
+    # (an ensemble's mean log-likelihood names a class of the first task's labels)
+    self.labels = next(iter(self.candidates.values()))[0] if self.candidates else ()
 
-  def _prompts(self, prompt: Any, index_B: np.ndarray) -> Any:
-    """The batch's prompt: the one prompt [P, D], or each row's of a table [K, P, D]."""
-    if prompt is None or np.ndim(prompt) == 2:
-      return prompt
-    if self.prompt_ids is None:
-      raise ValueError('A table of prompts needs prompt_ids (the prompt of each task).')
-    return np.asarray(prompt)[self.prompt_ids[np.maximum(index_B, 0)]]
-
-  def predictions(self, model: DecoderOnly, params: Any, prompt: Any, method: str,
-                  deep: Any = None) -> list[str]:
-    """Each example's predicted text (generated, or the label word ranked first)."""
-    from prompt_tuning.data import causal_lm as data
-    out: list[str] = [''] * len(self.examples)
-    everything = np.arange(len(self.examples))
-    groups = [everything] if method == 'generate' else [  # rank: one task at a time
-        everything[[ex['task'] == name for ex in self.examples]] for name in self.candidates]
-    for indices in groups:
-      for batch in data.eval_batches([self.examples[i] for i in indices], self.batch_size):
-        local_B = batch['example_index']
-        index_B = np.where(local_B >= 0, indices[np.maximum(local_B, 0)], -1)
-        rows = self._prompts(prompt, index_B)
-        if method == 'generate':
-          ids_BxS = np.asarray(causal_lm.greedy(model, params, batch['inputs'], batch['lengths'],
-                                                self.target_length, rows, deep))
-          texts = [self.tokenizer.target_text(ids) for ids in ids_BxS]
-        else:
-          labels, candidates_KxT, lengths_K = self.candidates[self.examples[indices[0]]['task']]
-          logp_BxK = np.asarray(causal_lm.score_candidates(
-              model, params, batch['inputs'], batch['lengths'], candidates_KxT, lengths_K, rows,
-              deep))
-          texts = [labels[k] for k in np.argmax(logp_BxK, axis=1)]
-        for i, text in zip(index_B, texts):
-          if i >= 0:
-            out[i] = text
+  def _run(self, model: CausalPromptedModel, method: str, members: int = 0) -> np.ndarray:
+    if method == 'generate':
+      return model.generate_rows(self.rows, self.decoding, self.target_length,
+                                 batch_size=self.batch_size, buckets=self.buckets,
+                                 prompt_ids_N=self.prompt_ids, members=members)
+    # Rank: each task's rows over its own candidates; [.., N, K_max], -inf past a task's labels.
+    widest = max(len(labels) for labels, _, _ in self.candidates.values())
+    out: Optional[np.ndarray] = None
+    for name, (_, candidates_KxT, lengths_K) in self.candidates.items():
+      index = np.array([i for i, ex in enumerate(self.examples) if ex['task'] == name])
+      scores = model.score_rows(
+          [self.rows[i] for i in index], candidates_KxT, lengths_K, batch_size=self.batch_size,
+          buckets=self.buckets, members=members,
+          prompt_ids_N=None if self.prompt_ids is None else self.prompt_ids[index])
+      if out is None:
+        out = np.full(scores.shape[:-2] + (len(self.rows), widest), -np.inf, scores.dtype)
+      out[..., index, :scores.shape[-1]] = scores
+    assert out is not None
     return out
 
-  def evaluate(self, model: DecoderOnly, params: Any, prompt: Any = None,
-               deep: Any = None) -> dict[str, float]:
-    """'<method>/<metric>' for each method, e.g. {'generate/accuracy': ..., 'rank/accuracy':
-    ...}, by the task's own postprocessor and metrics."""
-    from prompt_tuning.data import causal_lm as data
-    metrics = {}
-    for method in self.methods:
-      scores = data.evaluate_predictions(self.task, self.examples,
-                                         self.predictions(model, params, prompt, method, deep))
-      metrics.update({f'{method}/{k}': float(v) for k, v in scores.items()})
-    return metrics
+  def _answers(self, method: str, outputs: np.ndarray) -> list[str]:
+    if method == 'generate':
+      return [self.tokenizer.target_text(ids) for ids in outputs]
+    return [self.candidates[ex['task']][0][k]
+            for ex, k in zip(self.examples, np.argmax(outputs, axis=-1))]
+
+  def predictions(self, model: CausalPromptedModel, method: str) -> list[str]:
+    """Each example's predicted text (generated, or the label word ranked first)."""
+    return self._answers(method, self._run(model, method))

@@ -43,13 +43,26 @@ def load_frozen(initial_checkpoint_path: Optional[str], model: Optional[t5.T5Con
   """(config, frozen params) of the base checkpoint, the weights cast to `frozen_dtype`
   ('bfloat16' halves their memory; 'auto': bfloat16 on GPU/TPU, as stored on CPU; None: as
   stored)."""
-  import jax
   config, frozen = checkpoints.load_base(initial_checkpoint_path, model)
+  return config, cast_frozen(frozen, frozen_dtype)
+
+
+def resolve_frozen_dtype(frozen_dtype: Optional[str]) -> Optional[str]:
+  """FROZEN_DTYPE as a dtype name or None (as stored): 'auto' is bfloat16 on GPU/TPU, None on
+  CPU."""
+  import jax
   if frozen_dtype == 'auto':
-    frozen_dtype = 'bfloat16' if jax.default_backend() in ('gpu', 'tpu') else None
-  if frozen_dtype:
-    frozen = jax.tree_util.tree_map(lambda x: jax.numpy.asarray(x, dtype=frozen_dtype), frozen)
-  return config, frozen
+    return 'bfloat16' if jax.default_backend() in ('gpu', 'tpu') else None
+  return frozen_dtype
+
+
+def cast_frozen(frozen: Any, frozen_dtype: Optional[str]) -> Any:
+  """The frozen weights cast to FROZEN_DTYPE (resolve_frozen_dtype)."""
+  import jax
+  dtype = resolve_frozen_dtype(frozen_dtype)
+  if not dtype:
+    return frozen
+  return jax.tree_util.tree_map(lambda x: jax.numpy.asarray(x, dtype=dtype), frozen)
 
 
 def find_prompt(model_dir: Optional[str], prompt_file: Optional[str],

@@ -191,3 +191,19 @@ def table(library: Mapping[str, LibraryPrompt],
     raise LibraryError(f'no prompt named {missing[0]!r} in the library; it has '
                        f'{sorted(library)}.')
   return names, np.stack([library[n].value for n in names]).astype(np.float32)
+
+
+def run_names(library: Mapping[str, LibraryPrompt], task: str, task_names: Sequence[str],
+              ensemble: bool) -> Optional[list[str]]:
+  """The prompts eval runs: an ensemble's members (None: all, at least 2; ENSEMBLE_PROMPTS), or
+  the prompt of each task `task_names` of `task` (named like the task; PROMPT_LIBRARY)."""
+  if ensemble:
+    if len(library) < 2:
+      raise LibraryError(f'ENSEMBLE_PROMPTS holds {len(library)} prompt; an ensemble needs at '
+                         f'least 2.')
+    return None
+  missing = [t for t in task_names if t not in library]
+  if missing:
+    raise LibraryError(f'PROMPT_LIBRARY has no prompt for task(s) {missing} of {task!r}; its '
+                       f'prompts are {sorted(library)}.')
+  return list(task_names)

@@ -3,8 +3,9 @@
 DecoderPromptTrainer steps -> MODEL_DIR (the same loop, checkpoints, repair, records and best
 prompt as T5's runs.train) -> evaluations (inference/causal_lm_eval.py) -> exports.
 
-The decoder-only counterpart of runs.train; gin-configurable as it is (`prompt-tuning train
---gin_file=runs/causal_lm_prompt_tuning.gin`). It trains one prompt (deep prompts too, with
+The decoder-only counterpart of runs.train; `prompt-tuning train` runs it with
+gin/runs/causal_lm_prompt_tuning.gin (and optionally a family block, gin/models/llama.gin, ...).
+It trains one prompt (deep prompts too, with
 PromptConfig.deep) or, with `prompt_per_task` (gin PROMPT_PER_TASK, as runs.train), a prompt per
 task of a mixture in one table, optionally with a shared prompt (PROMPT_SHARED): each task is
 evaluated with its own prompt and exported on its own.
@@ -14,12 +15,12 @@ from __future__ import annotations
 
 import functools
 import json
-from typing import Any, Callable, Optional, Sequence, cast
+from typing import Any, Callable, Optional, Sequence
 
 import jax
 
 from prompt_tuning import storage
-from prompt_tuning.models.decoder_only import DecoderOnly
+from prompt_tuning.models.decoder_model import DecoderModel
 from prompt_tuning.models.prompt import PromptConfig
 from prompt_tuning.prompts import export
 from prompt_tuning.prompts import init as prompt_init_lib
@@ -45,7 +46,8 @@ def train_causal_lm(*, model_dir: str, mixture_or_task_name: str, task_feature_l
                     frozen_dtype: Optional[str] = None, group_by_length: int = 32,
                     add_bos: Optional[bool] = None,
                     export_formats: Sequence[str] = ('npy', 'peft'),
-                    prompt_per_task: bool = False) -> dict:
+                    prompt_per_task: bool = False,
+                    model: Optional[DecoderModel] = None) -> dict:
   """Prompt-tunes the decoder-only model in `checkpoint_dir` on a task; returns a summary.
 
   Batches: inputs as a prefix, loss on the targets (data/causal_lm.py's rows); `prompt`'s
@@ -55,13 +57,21 @@ def train_causal_lm(*, model_dir: str, mixture_or_task_name: str, task_feature_l
   (a deep run: export/deep_prompt.npy beside it, no PEFT). `prompt_per_task`: a table of the
   mixture's tasks' prompts, each task evaluated with its own ('<method>/<task>/<metric>') and
   exported on its own (export/prompts/<task>.npy, export/peft/<task>/), as runs.train does.
+  `model` (gin MODEL, gin/models/<family>.gin): the family `checkpoint_dir` must hold, and the
+  defaults of `add_bos` and `frozen_dtype` where those are None.
   """
   from prompt_tuning.checkpoints import hf_decoder
   from prompt_tuning.data import causal_lm as data
   from prompt_tuning.data import tasks
   from prompt_tuning.inference.causal_lm_eval import CausalLMEvaluator
+  from prompt_tuning.inference.causal_runner import CausalPromptedModel
+  from prompt_tuning.inference.runner import resolve_frozen_dtype
 
   with reporting.HeldLogs() as held:
+    model = check_model(model)
+    model.check(checkpoint_dir)
+    add_bos = model.add_bos if add_bos is None else add_bos
+    frozen_dtype = resolve_frozen_dtype(frozen_dtype or model.frozen_dtype)
     tasks.get_task_or_mixture(mixture_or_task_name)  # unknown names fail here, with close names
     settings.check_settings(
         train_steps=train_steps, batch_size=batch_size, eval_period=eval_period,
@@ -100,8 +110,9 @@ def train_causal_lm(*, model_dir: str, mixture_or_task_name: str, task_feature_l
 
     def on_eval(step: int, state) -> None:
       assert evaluator is not None
-      metrics = evaluator.evaluate(cast(DecoderOnly, trainer.model), trainer.frozen,
-                                   trainer.prompt(state), trainer.deep_prompt(state))
+      runner = CausalPromptedModel.of(trainer.model, trainer.frozen,  # type: ignore[arg-type]
+                                      trainer.prompt(state), deep=trainer.deep_prompt(state))
+      metrics = evaluator.evaluate(runner, step)
       best.update(step, metrics, trainer.prompt(state))
       reporter.eval_metrics(step, metrics)  # last: its record marks this evaluation complete
     periodic = [] if evaluator is None else [
@@ -137,3 +148,14 @@ def train_causal_lm(*, model_dir: str, mixture_or_task_name: str, task_feature_l
     write_atomic(storage.join(model_dir, model_dir_lib.SUMMARY),
                  json.dumps(summary, indent=2, default=str))
   return summary
+
+
+def check_model(model: Any) -> DecoderModel:
+  """gin's MODEL for a decoder-only run (None: any family); a T5 model is one line."""
+  if model is None:
+    return DecoderModel()
+  if not isinstance(model, DecoderModel):
+    raise ValueError(f'MODEL is {type(model).__name__}, a T5 model (models/t5_1_1_prompt.gin); a '
+                     f'decoder-only run takes models/decoder_only.gin or a family\'s block '
+                     f'(models/llama.gin, qwen2, mistral, gpt2).')
+  return model
