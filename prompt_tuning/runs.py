@@ -213,8 +213,8 @@ def _eval_hook(evaluator: evaluation.Evaluator, trainer: PromptTrainer,
   def on_eval(step: int, state) -> None:
     model = PromptedModel.of(trainer.model, trainer.full_params(state))
     if members:
-      metrics = _flat(evaluator.evaluate_ensemble(model, members, step,
-                                                  tag=evaluation.TRAIN_ENSEMBLE_TAG))
+      metrics = evaluation.flat_ensemble_report(evaluator.evaluate_ensemble(
+          model, members, step, tag=evaluation.TRAIN_ENSEMBLE_TAG))
     else:
       metrics = evaluator.evaluate(model, step)
     preemption.crash_point('mid_eval', step)
@@ -259,21 +259,6 @@ def _finish(model_dir: str, task: str, train_steps: int, trainer: PromptTrainer,
                  json.dumps(summary, indent=2, default=str))
     reporting.print_summary(summary)
   return summary
-
-
-def _flat(results: dict) -> dict:
-  """evaluate_ensemble's report as flat scalars: '<method>/ensemble/<metric>',
-  '<method>/member_mean/<metric>', '<method>/member<n>/<metric>'."""
-  flat = {}
-  for key, value in results.items():
-    if key == 'members':
-      continue
-    method, part = key.split('/', 1)
-    parts = ([(f'member{n}', v) for n, v in enumerate(value)] if part == 'members'
-             else [(part, value)])
-    for label, metrics in parts:
-      flat.update({f'{method}/{label}/{k}': v for k, v in metrics.items()})
-  return flat
 
 
 def evaluate(*, model_dir: Optional[str], mixture_or_task_name: str,

@@ -18,6 +18,7 @@ from prompt_tuning.checkpoints import hf_decoder  # noqa: E402
 from prompt_tuning.data import causal_lm as data  # noqa: E402
 from prompt_tuning.data import pipeline, tasks  # noqa: E402
 from prompt_tuning.inference.causal_lm_eval import CausalLMEvaluator  # noqa: E402
+from prompt_tuning.inference.causal_runner import CausalPromptedModel  # noqa: E402
 from prompt_tuning.models import decoder_only  # noqa: E402
 from prompt_tuning.models.decoder_config import DecoderConfig  # noqa: E402
 from prompt_tuning.models.prompt import PromptConfig  # noqa: E402
@@ -123,8 +124,32 @@ def test_a_mixture_trains_evaluates_and_exports_a_prompt_per_task(checkpoint, tm
     # The task alone, its rows given prompt k of the table (the run's compiled shapes).
     alone = CausalLMEvaluator(name, 'validation', tokenizer, lengths, methods=('rank',),
                               batch_size=4, max_examples=4, prompt_ids={name: k}).evaluate(
-        decoder_only.DecoderOnly(config), params, table)
+        CausalPromptedModel(config, params, table), 2)
     assert summary['final_eval'][f'rank/{name}/accuracy'] == alone['rank/accuracy'], name
+
+
+def test_an_ensemble_trains_members_on_the_same_batches_and_scores_them(checkpoint, tmp_path):
+  """PROMPT_ENSEMBLE = 2: two members from different starts, each batch run once per member;
+  evaluated as each member, their mean and the ensemble; exported per member."""
+  run = tmp_path / 'run'
+  summary = train_causal_lm(
+      model_dir=str(run), mixture_or_task_name=TASK, task_feature_lengths=LENGTHS,
+      batch_size=4, train_steps=2, checkpoint_dir=checkpoint, prompt_ensemble=2,
+      prompt=PromptConfig(3, 'prefix'), eval_period=2, eval_methods=('rank',),
+      eval_max_examples=4, eval_batch_size=4, group_by_length=0)
+  assert summary['prompt_names'] == ['member0', 'member1']
+  table, _ = model_dir_lib.load_prompt(str(run))
+  start, _ = model_dir_lib.load_prompt(str(run), 0)
+  assert table.shape == (2, 3, 32) and not np.array_equal(start[0], start[1])
+  assert not np.array_equal(table, start)
+  final = summary['final_eval']
+  assert {'rank/ensemble/accuracy', 'rank/member_mean/accuracy', 'rank/member0/accuracy',
+          'rank/member1/accuracy'} <= set(final)
+  assert final['rank/member_mean/accuracy'] == pytest.approx(
+      (final['rank/member0/accuracy'] + final['rank/member1/accuracy']) / 2)
+  for k in (0, 1):
+    np.testing.assert_array_equal(np.load(run / 'export' / 'prompts' / f'member{k}.npy'),
+                                  table[k])
 
 
 def test_the_gin_file_binds_multi_task_and_deep_settings():
@@ -147,6 +172,13 @@ def test_the_gin_file_binds_multi_task_and_deep_settings():
       assert gin.query_parameter('%PROMPT_PER_TASK') is not deep
       assert str(gin.query_parameter('causal_lm_run.train_causal_lm.prompt_per_task')) == (
           '%PROMPT_PER_TASK')
+    gin.clear_config()  # T5's ensemble file after it: PROMPT_ENSEMBLE reaches the run
+    gin.parse_config_files_and_bindings(
+        [os.path.join(repo, 'gin', f) for f in (files[0], 'runs/prompt_ensemble_train.gin')],
+        required)
+    assert gin.query_parameter('%PROMPT_ENSEMBLE') == 5
+    assert str(gin.query_parameter('causal_lm_run.train_causal_lm.prompt_ensemble')) == (
+        '%PROMPT_ENSEMBLE')
   finally:
     gin.clear_config()
 

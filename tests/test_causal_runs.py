@@ -99,9 +99,10 @@ def test_an_ensemble_in_one_pass_equals_its_members_alone(run, tmp_path):
                                 batch_size=4, max_examples=4)
   alone = [CausalPromptedModel(config, params, table[k], placement='after_bos')
            for k in range(3)]
-  scores = np.stack([m.score_rows(evaluator.rows, evaluator.candidates_KxT,
-                                  evaluator.candidate_lengths_K, batch_size=4) for m in alone])
-  labels = tasks.TASK_INFO[TASK].labels
+  labels, candidates_KxT, lengths_K = evaluator.candidates[TASK]
+  scores = np.stack([m.score_rows(evaluator.rows, candidates_KxT, lengths_K, batch_size=4)
+                     for m in alone])
+  assert labels == tuple(tasks.TASK_INFO[TASK].labels)
   expected = [labels[c] for c in ensembles.mean_log_likelihood(scores)]
   out = tmp_path / 'out'
   rows = [json.loads(line) for line in open(out / f'{TASK}-rank-ensemble-step0.jsonl')]

@@ -219,3 +219,18 @@ class Evaluator(EvaluatorBase):
 def _safe(name: str) -> str:
   """A member's name (often a path) as a file-name part."""
   return ''.join(c if c.isalnum() or c in '-_.' else '_' for c in name).strip('._')[-60:]
+
+
+def flat_ensemble_report(results: dict) -> dict:
+  """evaluate_ensemble's report as flat scalars: '<method>/ensemble/<metric>',
+  '<method>/member_mean/<metric>', '<method>/member<n>/<metric>'."""
+  flat = {}
+  for key, value in results.items():
+    if key == 'members':
+      continue
+    method, part = key.split('/', 1)
+    parts = ([(f'member{n}', v) for n, v in enumerate(value)] if part == 'members'
+             else [(part, value)])
+    for label, metrics in parts:
+      flat.update({f'{method}/{label}/{k}': v for k, v in metrics.items()})
+  return flat

@@ -46,7 +46,7 @@ def train_causal_lm(*, model_dir: str, mixture_or_task_name: str, task_feature_l
                     frozen_dtype: Optional[str] = None, group_by_length: int = 32,
                     add_bos: Optional[bool] = None,
                     export_formats: Sequence[str] = ('npy', 'peft'),
-                    prompt_per_task: bool = False,
+                    prompt_per_task: bool = False, prompt_ensemble: int = 1,
                     model: Optional[DecoderModel] = None) -> dict:
   """Prompt-tunes the decoder-only model in `checkpoint_dir` on a task; returns a summary.
 
@@ -57,6 +57,9 @@ def train_causal_lm(*, model_dir: str, mixture_or_task_name: str, task_feature_l
   (a deep run: export/deep_prompt.npy beside it, no PEFT). `prompt_per_task`: a table of the
   mixture's tasks' prompts, each task evaluated with its own ('<method>/<task>/<metric>') and
   exported on its own (export/prompts/<task>.npy, export/peft/<task>/), as runs.train does.
+  `prompt_ensemble` N > 1 (gin PROMPT_ENSEMBLE, runs/prompt_ensemble_train.gin): N prompts of
+  one task trained together on the same batches (runs.train's rule), evaluated as each member,
+  their mean and the ensemble, exported per member.
   `model` (gin MODEL, gin/models/<family>.gin): the family `checkpoint_dir` must hold, and the
   defaults of `add_bos` and `frozen_dtype` where those are None.
   """
@@ -64,6 +67,7 @@ def train_causal_lm(*, model_dir: str, mixture_or_task_name: str, task_feature_l
   from prompt_tuning.data import causal_lm as data
   from prompt_tuning.data import tasks
   from prompt_tuning.inference.causal_lm_eval import CausalLMEvaluator
+  from prompt_tuning.inference import evaluation
   from prompt_tuning.inference.causal_runner import CausalPromptedModel
   from prompt_tuning.inference.runner import resolve_frozen_dtype
 
@@ -77,7 +81,9 @@ def train_causal_lm(*, model_dir: str, mixture_or_task_name: str, task_feature_l
         train_steps=train_steps, batch_size=batch_size, eval_period=eval_period,
         save_period=save_period, keep=keep, eval_batch_size=eval_batch_size,
         task_feature_lengths=task_feature_lengths, group_by_length=group_by_length)
-    prompt, names = settings.task_prompts(prompt, mixture_or_task_name, prompt_per_task)
+    prompt, names = settings.task_prompts(prompt, mixture_or_task_name, prompt_per_task,
+                                          prompt_ensemble)
+    members = names if prompt_ensemble > 1 else None
     if 'peft' in export_formats and prompt.placement != 'prefix':
       raise ValueError(f"EXPORT_FORMATS has 'peft', but PEFT cannot place a prompt at "
                        f"{prompt.placement!r}; drop it (export/prompt.npy is written).")
@@ -94,17 +100,19 @@ def train_causal_lm(*, model_dir: str, mixture_or_task_name: str, task_feature_l
     hosts, host = jax.process_count(), jax.process_index()
 
     def batches(position: int):
-      return data.get_batches(mixture_or_task_name, 'train', tokenizer, task_feature_lengths,
-                              batch_size // hosts, seed=random_seed, shard_index=host,
-                              num_shards=hosts, start_position=position,
-                              group_window=group_by_length,
-                              prompt_per_task=names is not None)
+      stream = data.get_batches(mixture_or_task_name, 'train', tokenizer, task_feature_lengths,
+                                batch_size // hosts, seed=random_seed, shard_index=host,
+                                num_shards=hosts, start_position=position,
+                                group_window=group_by_length,
+                                prompt_per_task=names is not None and not members)
+      return settings.per_member(stream, len(members)) if members else stream
     evaluator = CausalLMEvaluator(
         mixture_or_task_name, eval_split, tokenizer, task_feature_lengths, methods=eval_methods,
         batch_size=eval_batch_size, max_examples=eval_max_examples,
-        prompt_ids=None if names is None else {n: k for k, n in enumerate(names)}
+        prompt_ids=None if names is None or members else {n: k for k, n in enumerate(names)}
     ) if eval_period else None
-    main_metric = f'{eval_methods[0]}/accuracy' if evaluator else None
+    main_metric = (f'{eval_methods[0]}/{"ensemble/" if members else ""}accuracy' if evaluator
+                   else None)
     reporter = reporting.Reporter(model_dir, train_steps, main_metric=main_metric)
     best = reporting.BestPrompt(model_dir, main_metric)
 
@@ -112,7 +120,9 @@ def train_causal_lm(*, model_dir: str, mixture_or_task_name: str, task_feature_l
       assert evaluator is not None
       runner = CausalPromptedModel.of(trainer.model, trainer.frozen,  # type: ignore[arg-type]
                                       trainer.prompt(state), deep=trainer.deep_prompt(state))
-      metrics = evaluator.evaluate(runner, step)
+      metrics = (evaluation.flat_ensemble_report(evaluator.evaluate_ensemble(
+          runner, members, step, tag=evaluation.TRAIN_ENSEMBLE_TAG)) if members
+                 else evaluator.evaluate(runner, step))
       best.update(step, metrics, trainer.prompt(state))
       reporter.eval_metrics(step, metrics)  # last: its record marks this evaluation complete
     periodic = [] if evaluator is None else [

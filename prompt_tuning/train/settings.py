@@ -138,7 +138,7 @@ def check_settings(*, train_steps, batch_size, eval_period, save_period, keep, e
 def per_member(batches: Iterator[dict], members: int) -> Iterator[dict]:
   """Each batch once per ensemble member: rows tiled N times, member n's rows with prompt n."""
   for batch in batches:
-    rows = len(batch['encoder_input_tokens'])
+    rows = len(next(iter(batch.values())))  # every feature is per row
     tiled = {k: np.concatenate([v] * members) for k, v in batch.items()}
     tiled['prompt_ids'] = np.repeat(np.arange(members, dtype=np.int32), rows)
     yield tiled
