@@ -298,16 +298,23 @@ def get_batches(name: str, split: str, tokenizer: CausalLMTokenizer,
   limit = int(feature_lengths['inputs']) + int(feature_lengths['targets'])
   widths = tuple(buckets) if buckets is not None else batching.auto_buckets(limit)
   names, rates = _members(name)
-  encoded = []
+  texts = []
   for task_name in names:
-    rows = [encode_example(tokenizer, ex['inputs'], ex['targets'], feature_lengths)
-            for ex in text_examples(task_name, split)[shard_index::num_shards]]
-    if not rows:
+    examples = text_examples(task_name, split)[shard_index::num_shards]
+    if not examples:
       raise ValueError(f'{task_name}:{split} has no examples for shard {shard_index}.')
-    encoded.append(rows)
+    texts.append(examples)
+  encoded: list[dict[int, tuple[list[int], list[int], bool]]] = [{} for _ in names]
+
+  def encoded_row(k: int, i: int) -> tuple[list[int], list[int], bool]:
+    # Encoded when first drawn: a short run pays only for the examples it reads.
+    if i not in encoded[k]:
+      ex = texts[k][i]
+      encoded[k][i] = encode_example(tokenizer, ex['inputs'], ex['targets'], feature_lengths)
+    return encoded[k][i]
   window = max(int(group_window), 1)
   seed = int(seed or 0)
-  order = _order([len(r) for r in encoded], rates, seed, shuffle, repeat,
+  order = _order([len(t) for t in texts], rates, seed, shuffle, repeat,
                  (start_position // window) * window * batch_size)
 
   def window_batches():
@@ -315,7 +322,7 @@ def get_batches(name: str, split: str, tokenizer: CausalLMTokenizer,
       picked = [p for _, p in zip(range(window * batch_size), order)]
       if len(picked) < window * batch_size:
         return
-      chosen = [encoded[k][i] for k, i in picked]
+      chosen = [encoded_row(k, i) for k, i in picked]
       big = rows_to_features([c[0] for c in chosen], [c[1] for c in chosen], limit)
       if prompt_per_task:
         big['prompt_ids'] = np.array([k for k, _ in picked], np.int32)
