@@ -71,6 +71,15 @@ def check_batch(batch: dict, num_prompts: int = 1) -> None:
   prompt_lib.check_prompt_ids(batch.get('prompt_ids'), num_prompts, np.shape(targets_BxL)[0])
 
 
+def next_token_targets(batch: dict) -> tuple[Any, Any, Any]:
+  """(tokens fed [B, L-1], targets [B, L-1], float32 loss weights [B, L-1]) of a batch: the
+  model reads decoder_target_tokens minus its last column (it predicts nothing scored), and its
+  logits at t are scored against token t + 1 with that token's loss weight."""
+  tokens_BxL = batch['decoder_target_tokens']
+  return (tokens_BxL[:, :-1], tokens_BxL[:, 1:],
+          batch['decoder_loss_weights'][:, 1:].astype(jnp.float32))
+
+
 class DecoderPromptTrainer(PromptTrainer):
   """Prompt tuning of a frozen decoder-only model; PromptTrainer's step, loop and MODEL_DIR."""
 
@@ -120,12 +129,9 @@ class DecoderPromptTrainer(PromptTrainer):
     prompt = prompt_lib.get_prompt(trainable)
     if self.prompt_config.is_table:
       prompt = prompt_lib.select_prompts(prompt, batch['prompt_ids'])  # [B, P, D]
-    tokens_BxL = batch['decoder_target_tokens']
-    # The last token predicts nothing that is scored: it is not fed.
-    logits_BxLm1xV = self.model.apply({'params': frozen}, tokens_BxL[:, :-1], prompt,
+    fed_BxLm1, targets_BxLm1, weights_BxLm1 = next_token_targets(batch)
+    logits_BxLm1xV = self.model.apply({'params': frozen}, fed_BxLm1, prompt,
                                       enable_dropout=enable_dropout, rngs={'dropout': rng})
-    targets_BxLm1 = tokens_BxL[:, 1:]
-    weights_BxLm1 = batch['decoder_loss_weights'][:, 1:].astype(jnp.float32)
     return self.token_loss(logits_BxLm1xV, targets_BxLm1, weights_BxLm1)
 
   def describe_shapes(self, batch) -> str:
