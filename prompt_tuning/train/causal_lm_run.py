@@ -3,8 +3,8 @@
 DecoderPromptTrainer steps -> MODEL_DIR (the same loop, checkpoints, repair, records and best
 prompt as T5's runs.train) -> evaluations (inference/causal_lm_eval.py) -> exports.
 
-The decoder-only counterpart of runs.train for one prompt; gin-configurable as it is. Not yet
-on the command line (`prompt-tuning train` runs T5): call it from Python or gin.
+The decoder-only counterpart of runs.train for one prompt; gin-configurable as it is.
+`prompt-tuning train --gin_file=runs/causal_lm_prompt_tuning.gin` runs it.
 """
 
 from __future__ import annotations
