@@ -142,7 +142,8 @@ def serve_config(args: argparse.Namespace):
 
 # (help, flag groups, takes gin flags)
 COMMANDS: dict[str, tuple[str, tuple[Callable, ...], bool]] = {
-    'quickstart': ('tune a prompt of a tiny T5 on the embedded toy tasks (no downloads)',
+    'quickstart': ('tune a prompt of a tiny T5 on the embedded toy tasks (no downloads; a tiny '
+                   'Llama with --gin_file=quickstart_causal_lm.gin)',
                    (_data_flags,), True),
     'train': ('prompt tuning from gin (T5X layout): train, evaluate, checkpoint, export',
               (_data_flags, _host_flags), True),
@@ -339,7 +340,8 @@ _PLAN_DEFAULTS = ('MODEL_DIR = None', 'MIXTURE_OR_TASK_NAME = None', 'TRAIN_STEP
 def _gin_run(default_files: Sequence[str], function: str,
              defaults: Sequence[str] = (), alternate: Optional[str] = None) -> Callable:
   """A gin-configured command running `function`, or `alternate` when the gin files bind it
-  (train: runs/causal_lm_prompt_tuning.gin binds the decoder-only run)."""
+  (train: runs/causal_lm_prompt_tuning.gin binds the decoder-only run; quickstart:
+  quickstart_causal_lm.gin the decoder-only demo)."""
 
   def run(args):
     init_distributed(args)
@@ -431,7 +433,9 @@ _HANDLERS = {
     'eval': _gin_run((), 'prompt_tuning.runs.evaluate'),
     'infer': _gin_run((), 'prompt_tuning.runs.infer'),
     'plan': _gin_run((), 'prompt_tuning.train.plan.plan', _PLAN_DEFAULTS),
-    'quickstart': _gin_run(('quickstart.gin',), 'prompt_tuning.quickstart.quickstart'),
+    'quickstart': _gin_run(
+        ('quickstart.gin',), 'prompt_tuning.quickstart.quickstart',
+        alternate='prompt_tuning.train.causal_lm_quickstart.quickstart_causal_lm'),
     'export': _export,
     'convert': _convert,
     'inspect': _inspect,

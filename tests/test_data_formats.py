@@ -438,3 +438,18 @@ def test_quickstart_tasks_format():
   mixture = tasks.get_task_or_mixture('quickstart_mixture')
   assert sorted(t.name for t in mixture.tasks) == [
       'quickstart_first', 'quickstart_last', 'quickstart_max', 'quickstart_min']
+
+
+def test_quickstart_tasks_for_causal_lms_mark_where_the_answer_follows():
+  assert text_examples('quickstart_lm_max', 'validation')[0] == {
+      'inputs': 'max: 565343 =', 'targets': '6'}
+  assert text_examples('quickstart_lm_first_taskless', 'validation')[0]['inputs'].endswith(' =')
+  mixture = tasks.get_task_or_mixture('quickstart_lm_mixture')
+  assert sorted(t.name for t in mixture.tasks) == [
+      'quickstart_lm_first', 'quickstart_lm_last', 'quickstart_lm_max', 'quickstart_lm_min']
+  assert tasks.TASK_INFO['quickstart_lm_mixture'].labels == tuple('0123456789')
+  # The answer of any variant, from the digits of any input text.
+  assert tasks.quickstart_answer('quickstart_lm_max_taskless', '565343 =') == '6'
+  assert tasks.quickstart_answer('quickstart_first', 'first: 45258') == '4'
+  with pytest.raises(ValueError, match=r"'quickstart_lm_mode' is not a quickstart task"):
+    tasks.quickstart_answer('quickstart_lm_mode', '123')

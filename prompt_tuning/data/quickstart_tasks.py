@@ -3,6 +3,11 @@
 Registers, on import, quickstart_{first,last,max,min} ('max: 38251' -> '8', byte vocabulary),
 their `_taskless` variants, quickstart_mixture and quickstart_taskless_mixture (first + max
 without prefixes: multi-task prompt tuning). Examples are fixed by (op, split, seed).
+
+For decoder-only models (the causal-LM quickstart), quickstart_lm_{op} ('max: 38251 =' -> '8'),
+their `_taskless` variants ('38251 =') and quickstart_lm_mixture: the same examples with inputs
+that end in ' =', since a causal LM reads inputs and targets as one row without a separator and
+could not tell a last input digit from the answer.
 """
 
 from __future__ import annotations
@@ -26,6 +31,8 @@ QUICKSTART_OPS: dict[str, Callable[[str], str]] = {
 QUICKSTART_SIZES = {'train': 20_000, 'validation': 200}
 QUICKSTART_LABELS = tuple('0123456789')
 QUICKSTART_TASKLESS_MIXTURE = 'quickstart_taskless_mixture'
+QUICKSTART_LM_MIXTURE = 'quickstart_lm_mixture'
+LM_INPUT_END = ' ='  # where a causal LM's answer follows (see the module docstring)
 
 _BYTE_VOCAB = vocabularies.byte_vocabulary()
 
@@ -48,36 +55,48 @@ def _quickstart_examples(op: str, split: str, n: int, seed: int) -> tuple[tuple[
   return tuple((s, fn(s)) for s in strings)
 
 
-def _quickstart_dataset(op: str, split: str, shuffle_files: bool,
+def quickstart_answer(task: str, inputs: str) -> str:
+  """What the quickstart task `task` (any variant, e.g. 'quickstart_lm_max_taskless') answers
+  for the digits of an input text ('565343 =' -> '6')."""
+  op = task.removeprefix('quickstart_').removeprefix('lm_').removesuffix('_taskless')
+  if op not in QUICKSTART_OPS:
+    raise ValueError(f'{task!r} is not a quickstart task: quickstart_[lm_]<op>[_taskless] with '
+                     f'<op> one of {", ".join(QUICKSTART_OPS)}.')
+  return QUICKSTART_OPS[op](''.join(c for c in inputs if c.isdigit()))
+
+
+def _quickstart_dataset(op: str, end: str, split: str, shuffle_files: bool,
                         seed: Optional[int] = None) -> tf.data.Dataset:
   pairs = quickstart_examples(op, split)
   ds = tf.data.Dataset.from_tensor_slices({
-      'inputs': np.array([f'{op}: {digits}' for digits, _ in pairs], dtype=object),
+      'inputs': np.array([f'{op}: {digits}{end}' for digits, _ in pairs], dtype=object),
       'targets': np.array([answer for _, answer in pairs], dtype=object)})
   return sources.shuffled(ds, len(pairs), shuffle_files, seed)
 
 
 def _register_quickstart() -> None:
   info = registry.TaskInfo(QUICKSTART_LABELS, 'accuracy', 'quickstart')
-  names = []
-  for op in QUICKSTART_OPS:
-    source = sources.Source(functools.partial(_quickstart_dataset, op),
-                            splits=tuple(QUICKSTART_SIZES))
-    for suffix, extra in (('', []), ('_taskless', [preprocessors.remove_first_text_token])):
-      registry.add_task(f'quickstart_{op}{suffix}', source, extra, _BYTE_VOCAB,
-                        registry.classification(QUICKSTART_LABELS), [metrics.accuracy], info)
-    names.append(f'quickstart_{op}')
-  if 'quickstart_mixture' in seqio.MixtureRegistry.names():
-    seqio.MixtureRegistry.remove('quickstart_mixture')
-  seqio.MixtureRegistry.add('quickstart_mixture', names, default_rate=1.0)
-  registry.TASK_INFO['quickstart_mixture'] = info
+  for prefix, end, mixture in (('quickstart_', '', 'quickstart_mixture'),
+                               ('quickstart_lm_', LM_INPUT_END, QUICKSTART_LM_MIXTURE)):
+    names = []
+    for op in QUICKSTART_OPS:
+      source = sources.Source(functools.partial(_quickstart_dataset, op, end),
+                              splits=tuple(QUICKSTART_SIZES))
+      for suffix, extra in (('', []), ('_taskless', [preprocessors.remove_first_text_token])):
+        registry.add_task(f'{prefix}{op}{suffix}', source, extra, _BYTE_VOCAB,
+                          registry.classification(QUICKSTART_LABELS), [metrics.accuracy], info)
+      names.append(f'{prefix}{op}')
+    _add_mixture(mixture, names, info)
   # Two tasks whose inputs look alike ("38251"): only a prompt per task tells them apart.
-  if QUICKSTART_TASKLESS_MIXTURE in seqio.MixtureRegistry.names():
-    seqio.MixtureRegistry.remove(QUICKSTART_TASKLESS_MIXTURE)
-  seqio.MixtureRegistry.add(QUICKSTART_TASKLESS_MIXTURE,
-                            ['quickstart_first_taskless', 'quickstart_max_taskless'],
-                            default_rate=1.0)
-  registry.TASK_INFO[QUICKSTART_TASKLESS_MIXTURE] = info
+  _add_mixture(QUICKSTART_TASKLESS_MIXTURE,
+               ['quickstart_first_taskless', 'quickstart_max_taskless'], info)
+
+
+def _add_mixture(name: str, task_names: list[str], info: registry.TaskInfo) -> None:
+  if name in seqio.MixtureRegistry.names():
+    seqio.MixtureRegistry.remove(name)  # idempotent re-import
+  seqio.MixtureRegistry.add(name, task_names, default_rate=1.0)
+  registry.TASK_INFO[name] = info
 
 
 _register_quickstart()

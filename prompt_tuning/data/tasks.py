@@ -9,6 +9,7 @@ Importing this module registers (idempotently):
   taskless_<each of the above>                                   without the leading task name
   quickstart_{first,last,max,min}, quickstart_<op>_taskless, quickstart_mixture,
   quickstart_taskless_mixture (first + max without prefixes: multi-task prompt tuning)
+  quickstart_lm_<op>, quickstart_lm_<op>_taskless, quickstart_lm_mixture (inputs end in ' =')
   mrqa_{squad,textbook_qa,bio_asq,relation_extraction,duo_rc,race,drop}   TFDS mrqa/<set>:1.0.0
   mrqa_<set>_local, mrqa_out_of_domain{,_local}   (no taskless_ variants; mrqa.py says more)
   glue_mrpc_from_qqp, glue_qqp_from_mrpc (+ _local, taskless_)   zero-shot transfer, validation
@@ -65,7 +66,7 @@ from prompt_tuning.data import mrqa  # noqa: F401
 from prompt_tuning.data import glue_transfer  # noqa: F401
 from prompt_tuning.data.quickstart_tasks import (QUICKSTART_LABELS, QUICKSTART_OPS,
                                                  QUICKSTART_SIZES, QUICKSTART_TASKLESS_MIXTURE,
-                                                 quickstart_examples)
+                                                 quickstart_answer, quickstart_examples)
 from prompt_tuning.data.registry import TASK_INFO, TaskInfo, set_local_file
 from prompt_tuning.data.sources import (LOCAL_DATA_ENV, TFDS_DOWNLOAD_ENV, VOCAB_ENV,
                                         DataFileError, DataFileMissingError, TfdsDataMissingError,
@@ -84,7 +85,7 @@ __all__ = [
     'TASK_INFO', 'TaskInfo', 'set_local_file',
     # quickstart_tasks.py
     'QUICKSTART_LABELS', 'QUICKSTART_OPS', 'QUICKSTART_SIZES', 'QUICKSTART_TASKLESS_MIXTURE',
-    'quickstart_examples',
+    'quickstart_answer', 'quickstart_examples',
     # lookups (here)
     'check_vocabulary', 'format_example', 'get_task_or_mixture', 'get_vocabulary',
     'read_local_examples', 'release_file_reader', 'sentinel_task', 'target_prefix',

@@ -21,6 +21,8 @@ from typing import Any, Iterable, Optional
 import numpy as np
 
 from prompt_tuning.data.vocab import EOS_ID
+# Tests build their tiny decoder-only tokenizers with the library's builder (its one home).
+from prompt_tuning.data.word_level import word_level_tokenizer  # noqa: F401
 
 # The folder of read-only fixtures and data (../shared beside the checkout unless set).
 SHARED_ENV = 'PROMPT_TUNING_SHARED'
@@ -140,21 +142,3 @@ def wait_until_up(proc: subprocess.Popen, port: int, limit_s: float = 180,
       time.sleep(0.2)
   proc.kill()
   raise RuntimeError(f'the server did not start in {limit_s:g} s')
-
-
-def word_level_tokenizer(corpus: Iterable[str], folder: str, config: dict) -> str:
-  """A Llama-like WordLevel `tokenizer.json` (<pad> 0, <s> 1, </s> 2, <unk> 3) over the words
-  of `corpus`, with `config` as config.json, in `folder` (made); returns the folder."""
-  import json
-
-  import tokenizers
-  tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(unk_token='<unk>'))
-  tok.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
-  trainer = tokenizers.trainers.WordLevelTrainer(
-      special_tokens=['<pad>', '<s>', '</s>', '<unk>'])
-  tok.train_from_iterator(corpus, trainer)
-  os.makedirs(folder)
-  tok.save(os.path.join(folder, 'tokenizer.json'))
-  with open(os.path.join(folder, 'config.json'), 'w') as f:
-    json.dump(config, f)
-  return folder

@@ -90,6 +90,15 @@ def check_batch(batch: dict, num_prompts: int = 1, target_length: Optional[int] 
   prompt_lib.check_prompt_ids(batch.get('prompt_ids'), num_prompts, np.shape(targets_BxL)[0])
 
 
+def next_token_targets(batch: dict) -> tuple[Any, Any, Any]:
+  """(tokens fed [B, L-1], targets [B, L-1], float32 loss weights [B, L-1]) of a batch: the
+  model reads decoder_target_tokens minus its last column (it predicts nothing scored), and its
+  logits at t are scored against token t + 1 with that token's loss weight."""
+  tokens_BxL = batch['decoder_target_tokens']
+  return (tokens_BxL[:, :-1], tokens_BxL[:, 1:],
+          batch['decoder_loss_weights'][:, 1:].astype(jnp.float32))
+
+
 def target_span(weights_BxL: np.ndarray) -> np.ndarray:
   """Each row's positions from its first to its last nonzero loss weight ([B]; 0 if none)."""
   on_BxL = weights_BxL != 0
@@ -176,16 +185,13 @@ class DecoderPromptTrainer(PromptTrainer):
     prompt = prompt_lib.effective_prompts(trainable, self.prompt_config.shared)
     if self.prompt_config.is_table:
       prompt = prompt_lib.select_prompts(prompt, batch['prompt_ids'])  # [B, P', D]
-    tokens_BxL = batch['decoder_target_tokens']
-    targets_BxLm1 = tokens_BxL[:, 1:]
-    weights_BxLm1 = batch['decoder_loss_weights'][:, 1:].astype(jnp.float32)
+    fed_BxLm1, targets_BxLm1, weights_BxLm1 = next_token_targets(batch)
     at_BxT = None
     if self.target_length is not None and self.target_length < targets_BxLm1.shape[1]:
       at_BxT, inside_BxT = target_window(weights_BxLm1, self.target_length)
       targets_BxLm1 = jnp.take_along_axis(targets_BxLm1, at_BxT, axis=1)
       weights_BxLm1 = jnp.take_along_axis(weights_BxLm1, at_BxT, axis=1) * inside_BxT
-    # The last token predicts nothing that is scored: it is not fed.
-    logits = self.model.apply({'params': frozen}, tokens_BxL[:, :-1], prompt,
+    logits = self.model.apply({'params': frozen}, fed_BxLm1, prompt,
                               enable_dropout=enable_dropout,
                               deep=prompt_lib.get_deep_prompt(trainable), logits_at_BxT=at_BxT,
                               rngs={'dropout': rng})
