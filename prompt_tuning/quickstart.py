@@ -23,7 +23,6 @@ import time
 from typing import Optional
 
 import jax
-import optax
 
 from prompt_tuning import checkpoints, runs
 from prompt_tuning.data import batching
@@ -32,7 +31,7 @@ from prompt_tuning.inference.runner import PromptedModel, text
 from prompt_tuning.models import t5
 from prompt_tuning.models.prompt import PromptConfig
 from prompt_tuning.prompts import init as prompt_init
-from prompt_tuning.train import losses
+from prompt_tuning.train import losses, optim
 
 log = logging.getLogger('prompt_tuning')
 
@@ -43,31 +42,17 @@ def model_tune(config: t5.T5Config, task: str, feature_lengths: dict, steps: int
   from prompt_tuning.data import pipeline
 
   model = t5.EncoderDecoder(config)
-  params = t5.init_params(config, jax.random.PRNGKey(seed))
-  tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, learning_rate, steps // 10, steps),
-                   weight_decay=1e-4)
-  opt_state = tx.init(params)
 
-  @jax.jit
-  def step(params, opt_state, batch):
-    def loss_fn(p):
-      logits = model.apply({'params': p}, batch['encoder_input_tokens'],
-                           batch['decoder_input_tokens'], batch['decoder_target_tokens'])
-      loss, _, weight_sum = losses.cross_entropy_loss(
-          logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'], z_loss=0.0)
-      return loss / weight_sum
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  data = pipeline.get_batches(task, 'train', feature_lengths, batch_size, seed=seed)
-  start = time.time()
-  for i in range(1, steps + 1):
-    params, opt_state, loss = step(params, opt_state, next(data))
-    if i % 100 == 0 or i == steps:
-      log.info('model tuning %d/%d: loss/token %.4f (%.1fs)', i, steps, float(loss),
-               time.time() - start)
-  return params
+  def batch_loss(p, batch):
+    logits = model.apply({'params': p}, batch['encoder_input_tokens'],
+                         batch['decoder_input_tokens'], batch['decoder_target_tokens'])
+    loss, _, weight_sum = losses.cross_entropy_loss(
+        logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'], z_loss=0.0)
+    return loss / weight_sum
+  return optim.fit_from_scratch(
+      t5.init_params(config, jax.random.PRNGKey(seed)), batch_loss,
+      pipeline.get_batches(task, 'train', feature_lengths, batch_size, seed=seed), steps,
+      learning_rate)
 
 
 def quickstart(*, model_dir: str = os.path.join('runs', 'quickstart'),

@@ -25,7 +25,7 @@ from prompt_tuning.data import batching
 from prompt_tuning.data import causal_lm as data
 from prompt_tuning.inference import causal_lm
 from prompt_tuning.inference import decoding as decoding_lib
-from prompt_tuning.inference.runner import cast_frozen, find_prompt
+from prompt_tuning.inference.runner import cast_frozen, run_prompts
 from prompt_tuning.models.decoder_config import DecoderConfig
 from prompt_tuning.models.decoder_only import DecoderOnly, Placement
 from prompt_tuning.prompts import library as library_lib
@@ -89,16 +89,8 @@ class CausalPromptedModel:
     if not checkpoint_dir:
       raise ValueError('No decoder-only checkpoint: set INITIAL_CHECKPOINT_PATH to its HF folder.')
     config, frozen = load_frozen(checkpoint_dir, frozen_dtype)
-    value, step, names = find_prompt(model_dir, prompt_file, step)
-    ids = None
-    if names is not None and value.ndim == 3:
-      if task in names:
-        value, names = value[names.index(task)], None
-      else:
-        ids = {n: k for k, n in enumerate(names)}
-    # A deep run's per-layer prompts come with its MODEL_DIR (a prompt file holds the input prompt).
-    deep = (model_dir_lib.load_deep_prompt(model_dir, step) if model_dir and not prompt_file
-            else None)
+    value, step, names, ids, deep = run_prompts(model_dir, prompt_file, step, task,
+                                                config.d_model)
     model = cls(config, frozen, value, placement=placement or run_placement, names=names,
                 deep=deep)
     return model, step, ids

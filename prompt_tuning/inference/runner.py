@@ -77,6 +77,29 @@ def find_prompt(model_dir: Optional[str], prompt_file: Optional[str],
   return value, step, model_dir_lib.prompt_names(model_dir)
 
 
+def run_prompts(model_dir: Optional[str], prompt_file: Optional[str], step: Optional[int],
+                task: Optional[str], d_model: int
+                ) -> tuple[np.ndarray, int, Optional[list[str]], Optional[dict[str, int]], Any]:
+  """(prompt or table, step, the table's names, {task: prompt id} or None, deep prompts or None)
+  that eval/infer run (either model kind): find_prompt's, checked against `d_model`. A multi-task
+  MODEL_DIR asked for one of its tasks gives that task's prompt; for a mixture, its whole table
+  with each task's id. A deep run's per-layer prompts come with its MODEL_DIR (a prompt file
+  holds the input prompt only)."""
+  value, step, names = find_prompt(model_dir, prompt_file, step)
+  if value.shape[-1] != d_model:
+    raise ValueError(f'{prompt_file or model_dir}: the prompt has shape {value.shape} but the '
+                     f'model width (d_model) is {d_model}.')
+  ids = None
+  if names is not None and value.ndim == 3:
+    if task in names:
+      value, names = value[names.index(task)], None
+    else:
+      ids = {n: k for k, n in enumerate(names)}
+  deep = (model_dir_lib.load_deep_prompt(model_dir, step) if model_dir and not prompt_file
+          else None)
+  return value, step, names, ids, deep
+
+
 def text(vocab: Any, ids: Any) -> str:
   """Generated ids as text, T5's rule: up to the first EOS, padding dropped, sentinel k shown as
   '<extra_id_k>' and an id past the vocabulary as ' ⁇ '. A SeqIO vocabulary renders them
@@ -158,19 +181,8 @@ class PromptedModel:
     if model_dir and not prompt_file and model_dir_lib.is_model_tuning(model_dir):
       return cls.from_model_tuning(model_dir, model, step=step, frozen_dtype=frozen_dtype)
     config, frozen = load_frozen(initial_checkpoint_path, model, frozen_dtype)
-    value, step, names = find_prompt(model_dir, prompt_file, step)
-    if value.shape[-1] != config.d_model:
-      raise ValueError(f'{prompt_file or model_dir}: the prompt has shape {value.shape} but the '
-                       f'model width (d_model) is {config.d_model}.')
-    ids = None
-    if names is not None and value.ndim == 3:
-      if task in names:
-        value, names = value[names.index(task)], None
-      else:
-        ids = {n: k for k, n in enumerate(names)}
-    # A deep run's per-layer prompts come with its MODEL_DIR (a prompt file holds the input prompt).
-    deep = (model_dir_lib.load_deep_prompt(model_dir, step) if model_dir and not prompt_file
-            else None)
+    value, step, names, ids, deep = run_prompts(model_dir, prompt_file, step, task,
+                                                config.d_model)
     return cls(config, frozen, value, placement=placement, names=names, deep=deep), step, ids
 
   @classmethod

@@ -26,13 +26,12 @@ from typing import Optional
 
 import jax
 import numpy as np
-import optax
 
 from prompt_tuning.models import decoder_only
 from prompt_tuning.models.decoder_config import DecoderConfig
 from prompt_tuning.models.prompt import PromptConfig
 from prompt_tuning.prompts import init as prompt_init
-from prompt_tuning.train import losses
+from prompt_tuning.train import losses, optim
 from prompt_tuning.train.decoder_trainer import next_token_targets
 
 log = logging.getLogger('prompt_tuning')
@@ -70,33 +69,17 @@ def model_tune(config: DecoderConfig, tokenizer, mixture: str, feature_lengths: 
   from prompt_tuning.data import causal_lm
 
   model = decoder_only.DecoderOnly(config)
-  params = decoder_only.init_params(config, jax.random.PRNGKey(seed))
-  tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, learning_rate, steps // 10, steps),
-                   weight_decay=1e-4)
-  opt_state = tx.init(params)
 
-  @jax.jit
-  def step(params, opt_state, batch):
+  def batch_loss(p, batch):
     fed_BxLm1, targets_BxLm1, weights_BxLm1 = next_token_targets(batch)
-
-    def loss_fn(p):
-      logits_BxLm1xV = model.apply({'params': p}, fed_BxLm1)
-      loss, _, weight_sum = losses.cross_entropy_loss(logits_BxLm1xV, targets_BxLm1,
-                                                      weights_BxLm1, z_loss=0.0)
-      return loss / weight_sum
-    loss, grads = jax.value_and_grad(loss_fn)(params)
-    updates, opt_state = tx.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
-
-  data = causal_lm.get_batches(mixture, 'train', tokenizer, feature_lengths, batch_size,
-                               seed=seed)
-  start = time.time()
-  for i in range(1, steps + 1):
-    params, opt_state, loss = step(params, opt_state, next(data))
-    if i % 100 == 0 or i == steps:
-      log.info('model tuning %d/%d: loss/token %.4f (%.1fs)', i, steps, float(loss),
-               time.time() - start)
-  return params
+    logits_BxLm1xV = model.apply({'params': p}, fed_BxLm1)
+    loss, _, weight_sum = losses.cross_entropy_loss(logits_BxLm1xV, targets_BxLm1,
+                                                    weights_BxLm1, z_loss=0.0)
+    return loss / weight_sum
+  return optim.fit_from_scratch(
+      decoder_only.init_params(config, jax.random.PRNGKey(seed)), batch_loss,
+      causal_lm.get_batches(mixture, 'train', tokenizer, feature_lengths, batch_size, seed=seed),
+      steps, learning_rate)
 
 
 def _base(base_dir: str, config: DecoderConfig, mixture: str, lengths: dict, steps: int,

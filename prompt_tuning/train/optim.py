@@ -169,3 +169,31 @@ def make_optimizer(
   if weight_decay:
     return optax.chain(optax.add_decayed_weights(weight_decay), sgd)
   return sgd
+
+
+def fit_from_scratch(params: Any, batch_loss: Any, batches: Any, steps: int,
+                     learning_rate: float) -> Any:
+  """Every weight trained with AdamW (warm-up then cosine decay, weight decay 1e-4) on
+  `batch_loss(params, batch) -> mean token loss` for `steps` batches: how the quickstarts build
+  their frozen toy models (not prompt tuning, which trains through train/trainer.py)."""
+  import logging
+  import time
+
+  import jax
+  tx = optax.adamw(optax.warmup_cosine_decay_schedule(0.0, learning_rate, steps // 10, steps),
+                   weight_decay=1e-4)
+  opt_state = tx.init(params)
+
+  @jax.jit
+  def step(params, opt_state, batch):
+    loss, grads = jax.value_and_grad(batch_loss)(params, batch)
+    updates, opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss
+
+  start = time.time()
+  for i in range(1, steps + 1):
+    params, opt_state, loss = step(params, opt_state, next(batches))
+    if i % 100 == 0 or i == steps:
+      logging.getLogger('prompt_tuning').info('model tuning %d/%d: loss/token %.4f (%.1fs)', i,
+                                              steps, float(loss), time.time() - start)
+  return params
