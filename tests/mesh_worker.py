@@ -19,7 +19,7 @@ from prompt_tuning.train import partitioning
 from prompt_tuning.testing import synthetic_batch
 from train_fixtures import make_trainer
 
-MESHES = {'1x1': (1, 1), '8x1': (8, 1), '4x2': (4, 2), '2x4': (2, 4)}
+MESHES = {'1x1': (1, 1), '8x1': (8, 1), '4x2': (4, 2)}
 TABLE_MESHES = ('1x1', '4x2')
 PROMPT_IDS = np.array([2, 0, 1, 1, 0, 2, 2, 1], np.int32)  # one per row of synthetic_batch's 8
 

@@ -28,7 +28,7 @@ P = 3
 
 @pytest.fixture(scope='module')
 def setup(shared, tmp_path_factory):
-  """(tokenizer, model, params, evaluator of 5 examples, generate and rank)."""
+  """(tokenizer, model, params, evaluator of 3 examples, generate and rank)."""
   saved = tasks.get_settings()
   tasks.set_local_data_dir(shared('data'))
   try:
@@ -42,7 +42,7 @@ def setup(shared, tmp_path_factory):
                            num_heads=4, num_kv_heads=2, head_dim=8, d_ff=64, dtype='float32')
     params = decoder_only.init_params(config, jax.random.PRNGKey(0))
     evaluator = CausalLMEvaluator(TASK, 'validation', tokenizer, LENGTHS,
-                                  methods=('generate', 'rank'), batch_size=4, max_examples=5)
+                                  methods=('generate', 'rank'), batch_size=4, max_examples=3)
     yield tokenizer, config, params, evaluator
   finally:
     tasks.restore_settings(saved)

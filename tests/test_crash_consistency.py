@@ -17,7 +17,6 @@ STEPS = dict(TRAIN_STEPS=8, SAVE_PERIOD=2, EVAL_PERIOD=4)
 # (fault, what the kill cuts) in the order the restarted run reaches them.
 CUTS = [
     ('after_save@0', 'between the first save and the evaluation at start'),
-    ('step@1', 'mid-step: step 1 computed, not saved'),
     ('orbax_commit@2', "inside orbax's save of step 2, before its commit"),
     ('mid_eval@4', "inside the evaluation of step 4: predictions written, record not"),
     ('sigterm@5', 'SIGTERM after step 5: save and exit 0'),

@@ -292,8 +292,8 @@ def test_reimport_is_idempotent():
   finally:
     tasks.restore_settings(saved)
   # 82 (+ quickstart_taskless_mixture), then MRQA's 14 tasks and 2 mixtures, then
-  # glue_transfer's 8 tasks and 8 mixtures.
-  assert list(tasks.TASK_INFO) == names and len(names) == 114
+  # glue_transfer's 8 tasks and 8 mixtures, then the decoder-only quickstart's 9 (quickstart_lm_*).
+  assert list(tasks.TASK_INFO) == names and len(names) == 123
   assert list(seqio.TaskRegistry.names()) == registered
 
 

@@ -8,14 +8,13 @@ import numpy as np
 def test_meshes_agree_with_one_device(eight_devices):
   out = eight_devices('mesh_worker.py')
   ref = out['1x1']
-  for name in ('8x1', '4x2', '2x4'):
+  for name in ('8x1', '4x2'):
     np.testing.assert_allclose(out[name]['losses'], ref['losses'], rtol=1e-5, err_msg=name)
     # Split contractions reorder float32 sums; measured at most 1.2e-5 here (a partitioning bug
     # moves the prompt by 1e-3 or more).
     np.testing.assert_allclose(out[name]['prompt'], ref['prompt'], atol=2e-5, err_msg=name)
     assert out[name]['traces'] == 1, name
   # Model parallelism really split the frozen weights: the vocab axis over 'model'.
-  assert out['2x4']['embedding_shard'] == [32128 // 4, 32]
   assert out['4x2']['embedding_shard'] == [32128 // 2, 32]
   assert out['8x1']['embedding_shard'] == [32128, 32]
   # A table of 3 prompts, rows mixing them: (4, 2) gives one device's losses and table, and the
