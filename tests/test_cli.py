@@ -233,9 +233,14 @@ def test_serve_flags_are_the_serve_config_and_its_defaults():
 def test_train_runs_t5_when_the_decoder_only_run_is_imported_but_not_bound(tmp_path, capsys):
   """`train` picks the decoder-only run only when the gin files bind it; its module imported
   by Python (never registered with gin) leaves T5's run in charge."""
+  import gin
+
   from prompt_tuning.train import causal_lm_run  # noqa: F401
-  code = cli.main(['train', '--gin_file=configs/paper/t5_1_1_base_rte.gin',
-                   '--gin_bindings=TRAIN_STEPS = 0',
-                   f"--gin_bindings=MODEL_DIR = '{tmp_path / 'run'}'",
-                   f"--gin_bindings=INITIAL_CHECKPOINT_PATH = '{tmp_path / 'none'}'"])
+  try:
+    code = cli.main(['train', '--gin_file=configs/paper/t5_1_1_base_rte.gin',
+                     '--gin_bindings=TRAIN_STEPS = 0',
+                     f"--gin_bindings=MODEL_DIR = '{tmp_path / 'run'}'",
+                     f"--gin_bindings=INITIAL_CHECKPOINT_PATH = '{tmp_path / 'none'}'"])
+  finally:
+    gin.clear_config()  # the preset's bindings must not reach later tests' runs
   assert code == 0 and 'TRAIN_STEPS = 0: nothing to train' in capsys.readouterr().out

@@ -43,9 +43,11 @@ def _init():
 def quick(tmp_path_factory):
   """{(d_model, prompt length or 'model'): MODEL_DIR} of six finished runs, four prompt-tuned
   and two model-tuned (rank accuracy at steps 0, 2 and 4)."""
+  import gin
   import jax
 
   from prompt_tuning import checkpoints
+  gin.clear_config()  # runs started from Python: no bindings left by an earlier test's launch
   root = tmp_path_factory.mktemp('quick')
   out = {}
   for d_model in SIZES:
@@ -106,7 +108,10 @@ def _release_files(root, mrpc_dev):
 def transfer(shared, tmp_path_factory):
   """(SQuAD run scored on MRQA's out-of-domain sets by `eval`, QQP -> MRPC zero-shot run)."""
   pytest.importorskip('seqio')
+  import gin
+
   from prompt_tuning.data import tasks
+  gin.clear_config()  # runs started from Python: no bindings left by an earlier test's launch
   root = tmp_path_factory.mktemp('transfer')
   _release_files(root / 'data', shared('data', 'glue', 'MRPC', 'dev.tsv'))
   saved = tasks.get_settings()
