@@ -1,9 +1,11 @@
 """`prompt-tuning serve` on the real T5X fixture for the serving tests (test_serve.py,
 test_serve_shutdown.py): a library of random prompts, a server behind an API key, requests."""
 
+import http.client
 import json
 import os
 import subprocess
+import threading
 import urllib.error
 import urllib.request
 
@@ -57,3 +59,36 @@ def write_library(tmp):
   prompt_files.write_npy(str(library / 'extra' / 'wide.npy'), np.zeros((5, 8), np.float32))
   prompt_files.write_npy(str(library / 'extra' / 'ok.npy'), np.ones((5, 4), np.float32))
   return library
+
+
+def post_in_flight(port, bodies, token=KEY, timeout=150):
+  """Each body POSTed to /v1/predict on its own connection, every one fully sent before this
+  returns (requests in flight, e.g. for a SIGTERM); then a function that waits for their
+  (status, answer) or the exception, in order."""
+  results, sent = [None] * len(bodies), [threading.Event() for _ in bodies]
+  headers = {'Authorization': f'Bearer {token}', 'Content-Type': 'application/json'}
+
+  def one(i):
+    connection = http.client.HTTPConnection('127.0.0.1', port, timeout=timeout)
+    try:
+      connection.request('POST', '/v1/predict', json.dumps(bodies[i]), headers)
+      sent[i].set()
+      response = connection.getresponse()
+      results[i] = (response.status, json.loads(response.read()))
+    except (OSError, http.client.HTTPException) as e:
+      results[i] = e
+    finally:
+      sent[i].set()
+      connection.close()
+
+  threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
+  for t in threads:
+    t.start()
+  for e in sent:
+    assert e.wait(60), 'a request could not be sent in 60 s'
+
+  def answers():
+    for t in threads:
+      t.join(timeout + 10)
+    return results
+  return answers

@@ -5,12 +5,9 @@ rank), rows are [BOS] + ids cut from the left, bad inputs are refused. One serve
 (`--checkpoint` without gin): /v1/predict, OpenAI's /v1/completions and /v1/models, prompts
 added and removed, 4xx errors in one line, warm-up, and SIGTERM answering every request sent."""
 
-import http.client
-import json
 import signal
 import subprocess
 import sys
-import threading
 
 import jax
 import numpy as np
@@ -29,7 +26,7 @@ from prompt_tuning.models.decoder_config import DecoderConfig  # noqa: E402
 from prompt_tuning.prompts import files as prompt_files  # noqa: E402
 from prompt_tuning.prompts import library as library_lib  # noqa: E402
 
-from serve_helpers import KEY, call  # noqa: E402
+from serve_helpers import KEY, call, post_in_flight  # noqa: E402
 
 WORDS = 'the cat sat on a mat dog ran far yes no maybe red blue green big small'.split()
 INPUTS = ['the cat sat on a mat', 'dog ran', 'red blue green big small the cat sat on a mat',
@@ -154,38 +151,6 @@ def test_placement_comes_from_the_flag_or_the_librarys_runs(setup, tmp_path):
 # One server process.
 
 
-def _post_all(port, bodies):
-  """Each body on its own connection, all sent before this returns; then a function that waits
-  for their (status, answer) or exception."""
-  results, sent = [None] * len(bodies), [threading.Event() for _ in bodies]
-
-  def one(i):
-    connection = http.client.HTTPConnection('127.0.0.1', port, timeout=120)
-    try:
-      connection.request('POST', '/v1/predict', json.dumps(bodies[i]),
-                         {'Authorization': f'Bearer {KEY}', 'Content-Type': 'application/json'})
-      sent[i].set()
-      response = connection.getresponse()
-      results[i] = (response.status, json.loads(response.read()))
-    except (OSError, http.client.HTTPException) as e:
-      results[i] = e
-    finally:
-      sent[i].set()
-      connection.close()
-
-  threads = [threading.Thread(target=one, args=(i,)) for i in range(len(bodies))]
-  for t in threads:
-    t.start()
-  for e in sent:
-    assert e.wait(60), 'a request could not be sent in 60 s'
-
-  def answers():
-    for t in threads:
-      t.join(120)
-    return results
-  return answers
-
-
 def test_serve_a_decoder_only_folder_without_gin(setup, expected, tmp_path):
   folder, library_dir = setup[0], setup[1]
   port = testing.free_port()
@@ -206,7 +171,7 @@ def test_serve_a_decoder_only_folder_without_gin(setup, expected, tmp_path):
     assert models['object'] == 'list' and [m['id'] for m in models['data']] == ['a', 'b']
     # Two prompts at once, each answered as it alone does; no compile after warm-up.
     bodies = [{'task': name, 'inputs': INPUTS} for name in ('a', 'b')]
-    for body, (status, answer) in zip(bodies, _post_all(port, bodies)()):
+    for body, (status, answer) in zip(bodies, post_in_flight(port, bodies)()):
       assert status == 200 and answer['predictions'] == expected[body['task']][0], answer
     assert call(port, 'GET', '/metrics')[1]['compiled_shapes'] == compiled
     status, ranked, _ = call(port, 'POST', '/v1/predict', {'task': 'b', 'inputs': INPUTS,
@@ -243,7 +208,7 @@ def test_serve_a_decoder_only_folder_without_gin(setup, expected, tmp_path):
     assert call(port, 'DELETE', '/v1/prompts/c')[0] == 200
     assert call(port, 'POST', '/v1/predict', {'task': 'c', 'inputs': INPUTS[:1]})[0] == 404
     # SIGTERM with requests in flight: each answered, exit 0.
-    answers = _post_all(port, [{'task': 'ab'[i % 2], 'inputs': INPUTS} for i in range(8)])
+    answers = post_in_flight(port, [{'task': 'ab'[i % 2], 'inputs': INPUTS} for i in range(8)])
     proc.send_signal(signal.SIGTERM)
     results = answers()
     assert [r[0] if isinstance(r, tuple) else repr(r) for r in results] == [200] * 8

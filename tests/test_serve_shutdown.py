@@ -9,7 +9,6 @@ data layer), so the matrix costs about what two cases in a row would."""
 
 import concurrent.futures
 import http.client
-import json
 import signal
 import socket
 import threading
@@ -19,42 +18,17 @@ import pytest
 
 from prompt_tuning import testing
 
-from serve_helpers import GOOD, KEY, call, start_server, write_library
+from serve_helpers import GOOD, call, post_in_flight, start_server, write_library
 
 DELAYS = (0.1, 0.3, 1.0)
-HEADERS = {'Authorization': f'Bearer {KEY}', 'Content-Type': 'application/json'}
 
 
 def _send_all(port, n=16, body=GOOD):
-  """n requests on n connections, each fully sent before this returns; then a function that
-  waits for the answers: [(status, predictions) or the exception]."""
-  results, sent = [None] * n, [threading.Event() for _ in range(n)]
-  payload = json.dumps(body)
-
-  def one(i):
-    connection = http.client.HTTPConnection('127.0.0.1', port, timeout=150)
-    try:
-      connection.request('POST', '/v1/predict', payload, HEADERS)
-      sent[i].set()
-      response = connection.getresponse()
-      results[i] = (response.status, json.loads(response.read()).get('predictions'))
-    except (OSError, http.client.HTTPException) as e:
-      results[i] = e
-    finally:
-      sent[i].set()
-      connection.close()
-
-  threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
-  for t in threads:
-    t.start()
-  for e in sent:
-    assert e.wait(60), 'a request could not be sent in 60 s'
-
-  def answers():
-    for t in threads:
-      t.join(160)
-    return results
-  return answers
+  """n requests in flight (serve_helpers.post_in_flight); then a function that waits for the
+  answers: [(status, predictions) or the exception]."""
+  answers = post_in_flight(port, [body] * n)
+  return lambda: [(r[0], r[1].get('predictions')) if isinstance(r, tuple) else r
+                  for r in answers()]
 
 
 def _case(shared, tmp, name, delay, warm, second_signal=False):
