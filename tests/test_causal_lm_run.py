@@ -157,6 +157,7 @@ def test_the_gin_file_binds_multi_task_and_deep_settings():
   set the names T5's runs use (PROMPT_PER_TASK, PROMPT_SHARED, PromptConfig.deep)."""
   import gin
   repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  gin.add_config_file_search_path(os.path.join(repo, 'gin'))  # for its includes, as the CLI
   files = ['runs/causal_lm_prompt_tuning.gin', 'runs/multi_task_prompt_tuning.gin']
   required = ["MODEL_DIR = '/m'", "MIXTURE_OR_TASK_NAME = 'x'", 'TASK_FEATURE_LENGTHS = {}',
               "INITIAL_CHECKPOINT_PATH = '/c'"]

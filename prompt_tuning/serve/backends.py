@@ -26,6 +26,7 @@ from prompt_tuning.models.decoder_config import ARCHITECTURES, DecoderConfig
 from prompt_tuning.prompts import library as library_lib
 from prompt_tuning.serve.errors import RequestError
 from prompt_tuning.train import model_dir as model_dir_lib
+from prompt_tuning.train.decoder_trainer import ARCHITECTURE
 
 
 class Seq2SeqBackend:
@@ -182,7 +183,7 @@ def placement(flag: Optional[str], library: Mapping[str, library_lib.LibraryProm
   trained: dict[str, str] = {}
   for prompt in library.values():
     info = (model_dir_lib.read_run_info(prompt.source) or {}) if prompt.kind == 'model_dir' else {}
-    if info.get('architecture') == 'decoder_only':
+    if info.get('architecture') == ARCHITECTURE:
       trained.setdefault(info.get('placement', 'prefix'), prompt.source)
   if len(trained) > 1:
     (a, first), (b, second) = list(trained.items())[:2]

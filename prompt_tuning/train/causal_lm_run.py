@@ -27,7 +27,7 @@ from prompt_tuning.prompts import init as prompt_init_lib
 from prompt_tuning.storage import write_atomic
 from prompt_tuning.train import loop, optim, partitioning, reporting, settings
 from prompt_tuning.train import model_dir as model_dir_lib
-from prompt_tuning.train.decoder_trainer import DecoderPromptTrainer
+from prompt_tuning.train.decoder_trainer import ARCHITECTURE, DecoderPromptTrainer
 from prompt_tuning.train.trainer import LossConfig
 
 
@@ -149,7 +149,7 @@ def train_causal_lm(*, model_dir: str, mixture_or_task_name: str, task_feature_l
                                  prompt_names=names, deep_LxPxD=trainer.deep_prompt(state),
                                  placement=prompt.placement) if host == 0 else {})
   summary = {'model_dir': model_dir, 'task': mixture_or_task_name, 'steps': train_steps,
-             'architecture': 'decoder_only',
+             'architecture': ARCHITECTURE,
              **({'prompt_names': names} if names is not None else {}),
              'first_eval': reporter.eval_history[0] if reporter.eval_history else None,
              'final_eval': reporter.eval_history[-1][1] if reporter.eval_history else None,
